@@ -1,0 +1,1 @@
+"""Evaluation suite for checkpoints produced by the factory (or any HF checkpoint)."""

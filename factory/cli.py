@@ -1,0 +1,167 @@
+"""The ``factory`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from factory.errors import FactoryError
+
+
+def _recipe(args):
+    from factory.recipe import load_recipe
+
+    return load_recipe(args.recipe, args.overrides)
+
+
+def cmd_validate(args) -> int:
+    recipe = _recipe(args)
+    print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {' -> '.join(recipe.stages)})")
+    if args.explain:
+        from factory.configs import explain
+        from factory.stages.base import stage_kinds
+
+        for name, cfg in recipe.stages.items():
+            print(f"\nstages.{name} (kind {cfg.kind}): {stage_kinds()[cfg.kind].doc}")
+            print("\n".join(explain(type(cfg), "  ")))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from factory.pipeline import Pipeline
+
+    recipe = _recipe(args)
+    decisions = Pipeline(recipe, args.runs_dir).plan(force=tuple(args.force), only=args.only)
+    width = max(len(d.stage) for d in decisions)
+    for d in decisions:
+        label = {"cached": "cached", "run": "will run", "corrupted": "CORRUPTED", "skip": "skip"}[d.action]
+        print(f"{d.stage:<{width}}  {recipe.stages[d.stage].kind:<10} {label:<9}  {d.reason}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from factory.pipeline import Pipeline
+
+    recipe = _recipe(args)
+    progress = not args.no_progress
+    Pipeline(recipe, args.runs_dir, progress=progress).run(force=tuple(args.force), only=args.only)
+    return 0
+
+
+def _fmt_metric(metrics: dict) -> str:
+    keys = [k for k in ("eval_loss_before", "eval_loss_after") if k in metrics]
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+
+
+def cmd_ls(args) -> int:
+    from factory.artifacts import read_manifest
+
+    root = Path(args.runs_dir)
+    if not root.is_dir():
+        raise FactoryError(f"{root}: no such runs directory")
+    rows = []
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for stage in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                m = read_manifest(stage)
+            except FactoryError as e:
+                rows.append((f"{run.name}/{stage.name}", "?", "unreadable", "", "", str(e)))
+                continue
+            if m is None:
+                continue
+            rows.append((f"{run.name}/{stage.name}", m["kind"], m["hash"][:12], str(m.get("tokens") or "-"),
+                         f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m.get("metrics", {}))))
+    if not rows:
+        print(f"no artifacts under {root}")
+        return 0
+    header = ("artifact", "kind", "hash", "tokens", "wall", "metrics")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_show(args) -> int:
+    from factory.artifacts import read_manifest, verify
+
+    d = Path(args.artifact)
+    m = read_manifest(d)
+    if m is None:
+        raise FactoryError(f"{d}: not a complete artifact (no manifest.json)")
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    check = verify(d, m)
+    print(f"artifact  {d}")
+    print(f"kind      {m['kind']} (stage {m.get('stage')} of recipe {m.get('recipe')})")
+    print(f"hash      {m['hash']}")
+    print(f"config    {m['config_hash'][:16]}")
+    for name, h in m["inputs"].items():
+        print(f"input     {name} {h[:16]}  {m.get('sources', {}).get(name, '')}")
+    print(f"tokens    {m.get('tokens')}")
+    print(f"wall      {m.get('wall_s')} s")
+    for k, v in (m.get("metrics") or {}).items():
+        print(f"metric    {k} = {v}")
+    print(f"versions  {', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}")
+    print(f"files     {len(m['files'])}, " + ("all match their sha256" if check.ok else f"CORRUPTED: {check.problem}"))
+    return 0 if check.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factory", description="Minitron model factory: recipe-driven "
+                                "correction, pruning, distillation, alignment and evaluation of LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def recipe_cmd(name, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("recipe", help="recipe YAML file")
+        sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.correct.max_tokens=5000")
+        return sp
+
+    sp = recipe_cmd("validate", "validate a recipe completely, without running anything")
+    sp.add_argument("--explain", action="store_true", help="list every config key of each stage with its help")
+    sp.set_defaults(fn=cmd_validate)
+    for name, fn, help_ in (("plan", cmd_plan, "show which stages are cached and which would run, and why"),
+                            ("run", cmd_run, "run the recipe's stages, reusing cached artifacts")):
+        sp = recipe_cmd(name, help_)
+        sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"), help="where artifacts go (default runs/)")
+        sp.add_argument("--only", help="run only this stage (its inputs must be up to date)")
+        sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
+        if name == "run":
+            sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sp.set_defaults(fn=fn)
+    sp = sub.add_parser("ls", help="list artifacts in a runs directory")
+    sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"))
+    sp.set_defaults(fn=cmd_ls)
+    sp = sub.add_parser("show", help="show an artifact's manifest and verify its files")
+    sp.add_argument("artifact", help="artifact directory")
+    sp.add_argument("--json", action="store_true", help="print the raw manifest")
+    sp.set_defaults(fn=cmd_show)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; silence the libraries' per-file bars."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FactoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Built-in stage kinds. Importing this package registers them."""
+
+from factory.stages import correct  # noqa: F401

@@ -1,0 +1,74 @@
+"""Packing documents into fixed-length token blocks with a held-out split."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from factory.errors import FactoryError
+
+
+@dataclass
+class PackedData:
+    train: torch.Tensor  # [n_train, seq_len] int64
+    heldout: torch.Tensor  # [n_heldout, seq_len] int64
+    documents_used: int
+    tokens_read: int
+
+    def batch(self, step: int, micro: int, batch_size: int, grad_accum: int, seed: int) -> torch.Tensor:
+        """Micro-batch ``micro`` of optimizer step ``step``: a pure function of its
+        arguments, so a resumed run sees exactly the batches it would have seen."""
+        n = self.train.shape[0]
+        per_step = batch_size * grad_accum
+        first = step * per_step + micro * batch_size
+        idx = [self._order(first + i, n, seed) for i in range(batch_size)]
+        return self.train[idx]
+
+    @staticmethod
+    def _order(position: int, n: int, seed: int) -> int:
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return int(perm[offset])
+
+
+def pack(documents: Iterable[str], tokenizer, seq_len: int, train_blocks: int, heldout_blocks: int,
+         seed: int, source: str, tokenize_batch: int = 64) -> PackedData:
+    """Shuffle documents, tokenize them with an EOS after each, and cut the stream
+    into ``seq_len`` blocks: the first ``heldout_blocks`` are held out, up to
+    ``train_blocks`` more are for training (fewer if the corpus is smaller: the
+    trainer then makes several passes)."""
+    docs = list(documents)
+    if not docs:
+        raise FactoryError(f"{source}: the dataset has no documents")
+    random.Random(seed).shuffle(docs)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise FactoryError(f"{source}: the tokenizer has no eos token")
+    need = (train_blocks + heldout_blocks) * seq_len
+    stream: list[int] = []
+    used = 0
+    for start in range(0, len(docs), tokenize_batch):
+        chunk = docs[start:start + tokenize_batch]
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+        used += len(chunk)
+        if len(stream) >= need:
+            break
+    n_blocks = len(stream) // seq_len
+    if n_blocks < heldout_blocks + 1:
+        raise FactoryError(
+            f"{source}: {len(stream)} tokens make {n_blocks} blocks of {seq_len}; need at least "
+            f"{heldout_blocks + 1} (held-out + 1): use more data or a smaller seq_len / eval_tokens")
+    blocks = torch.tensor(stream[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
+    blocks = blocks[: heldout_blocks + train_blocks]
+    return PackedData(train=blocks[heldout_blocks:], heldout=blocks[:heldout_blocks],
+                      documents_used=used, tokens_read=len(stream))
+
+
+def blocks_for(tokens: int, seq_len: int) -> int:
+    return max(1, math.ceil(tokens / seq_len))

@@ -1,0 +1,158 @@
+"""The training loop shared by every training stage: schedule, accumulation,
+clipping, periodic held-out eval, metrics JSONL, progress, checkpoint and resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from factory.configs import field, require
+from factory.training.metrics import MetricsLog
+from factory.training.optim import adamw, lr_at
+
+
+@dataclass
+class TrainConfig:
+    """Knobs every training stage shares (names follow NeMo / HF where they exist)."""
+
+    seq_len: int = field(512, help="tokens per packed sequence")
+    batch_size: int = field(4, help="sequences per micro-batch")
+    grad_accum: int = field(1, help="micro-batches per optimizer step")
+    max_tokens: int = field(100_000, help="training token budget (k/M/B suffixes allowed)")
+    lr: float = field(2e-5, help="peak learning rate")
+    min_lr_ratio: float = field(0.1, help="cosine decays to lr * min_lr_ratio")
+    warmup_ratio: float = field(0.05, help="fraction of steps with linear warmup")
+    weight_decay: float = field(0.01, help="AdamW decoupled weight decay (not on norms/biases)")
+    adam_beta1: float = field(0.9, help="AdamW beta1")
+    adam_beta2: float = field(0.95, help="AdamW beta2")
+    adam_eps: float = field(1e-8, help="AdamW epsilon")
+    grad_clip: float = field(1.0, help="max global gradient norm (0 disables clipping)")
+    eval_tokens: int = field(16_384, help="held-out tokens for the eval loss")
+    eval_every: int = field(0, help="steps between held-out evals (0: before and after only)")
+    eval_batch_size: int = field(8, help="sequences per eval batch", hashed=False)
+    checkpoint_every: int = field(50, help="steps between mid-stage checkpoints (0: never)", hashed=False)
+    log_every: int = field(1, help="steps between metrics rows", hashed=False)
+    dtype: Literal["float32", "bfloat16"] = field("float32", help="training dtype of the weights")
+    loss_chunk: int = field(1024, help="tokens per chunk of the fused LM-head loss")
+
+    def check(self, where: str) -> None:
+        for key in ("seq_len", "batch_size", "grad_accum", "max_tokens", "eval_tokens", "loss_chunk"):
+            require(getattr(self, key) > 0, where, key, "must be positive")
+        require(self.seq_len >= 2, where, "seq_len", "must be at least 2")
+        require(self.lr > 0, where, "lr", "must be positive")
+        require(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
+        require(0 <= self.warmup_ratio < 1, where, "warmup_ratio", "must be in [0, 1)")
+        require(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, where, "adam_beta1",
+                "betas must be in [0, 1)")
+        for key in ("grad_clip", "eval_every", "checkpoint_every"):
+            require(getattr(self, key) >= 0, where, key, "must be >= 0")
+        require(self.log_every >= 1, where, "log_every", "must be >= 1")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.grad_accum
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
+
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    tokens: int
+    resumed_from: int
+    train_s: float
+    final_train_loss: float
+
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, int]]
+BatchFn = Callable[[int, int], torch.Tensor]  # (step, micro) -> batch
+EvalFn = Callable[[], dict]
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, extra: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": torch.get_rng_state(), "extra": extra}, tmp)
+    os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+
+
+def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
+          work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train") -> LoopResult:
+    """Run ``cfg.total_steps`` optimizer steps, resuming from ``work_dir`` if a checkpoint is there.
+
+    ``eval_fn`` returns a dict of held-out metrics; it runs before training
+    (step 0), every ``eval_every`` steps and at the end."""
+    total = cfg.total_steps
+    warmup = int(cfg.warmup_ratio * total)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
+    ckpt = work_dir / "checkpoint.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+        log.truncate_after(start)
+        print(f"[factory] {desc}: resumed from step {start}/{total} ({ckpt})", file=sys.stderr)
+    else:
+        log.truncate_after(-1)
+        log.write({"step": 0, "tokens": 0, **{f"eval_{k}": v for k, v in eval_fn().items()}})
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = _progress(total, start, desc, progress)
+    t0 = time.perf_counter()
+    last_loss = float("nan")
+    for step in range(start, total):
+        lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            loss, _ = loss_fn(model, batch_fn(step, micro))
+            (loss / cfg.grad_accum).backward()
+            step_loss += loss.item() / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = step_loss
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        tps = (done - start) * cfg.tokens_per_step / max(elapsed, 1e-9)
+        if done % cfg.log_every == 0 or done == total:
+            log.write({"step": done, "tokens": done * cfg.tokens_per_step, "loss": step_loss, "lr": lr,
+                       "grad_norm": float(grad_norm), "tokens_per_s": tps})
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+            log.write({"step": done, "tokens": done * cfg.tokens_per_step,
+                       **{f"eval_{k}": v for k, v in eval_fn().items()}})
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            _save_checkpoint(ckpt, model, optimizer, done, {})
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+    bar.close()
+    train_s = time.perf_counter() - t0
+    log.write({"step": total, "tokens": total * cfg.tokens_per_step,
+               **{f"eval_{k}": v for k, v in eval_fn().items()}})
+    return LoopResult(steps=total, tokens=total * cfg.tokens_per_step, resumed_from=start,
+                      train_s=train_s, final_train_loss=last_loss)
+
+
+def _progress(total: int, start: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True)

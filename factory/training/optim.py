@@ -1,0 +1,31 @@
+"""AdamW with linear warmup and cosine decay to a floor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    if total <= warmup:
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = peak * min_ratio
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
+    """AdamW without decay on norms and biases (1-D parameters), as is usual for LMs."""
+    decay, no_decay = [], []
+    seen = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
