@@ -98,6 +98,9 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(where, f"expected {_type_name(tp)}, got null")
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error is the precise one
+            return coerce(options[0], value, where)
         errors = []
         for arg in args:
             if arg is type(None):

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -41,6 +42,9 @@ class TrainConfig:
     log_every: int = field(1, help="steps between metrics rows", hashed=False)
     dtype: Literal["float32", "bfloat16"] = field("float32", help="training dtype of the weights")
     loss_chunk: int = field(1024, help="tokens per chunk of the fused LM-head loss")
+    matmul_precision: Literal["highest", "medium"] = field(
+        "highest", help="fp32 matmul precision: highest = IEEE fp32; medium = bf16 inner products with fp32 "
+                        "accumulation (AMX on CPUs, like TF32 on GPUs), about 1.6x faster on CPUs with AMX")
 
     def check(self, where: str) -> None:
         for key in ("seq_len", "batch_size", "grad_accum", "max_tokens", "eval_tokens", "loss_chunk"):
@@ -80,6 +84,23 @@ class LoopResult:
 LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, int]]
 BatchFn = Callable[[int, int], torch.Tensor]  # (step, micro) -> batch
 EvalFn = Callable[[], dict]
+
+
+@contextmanager
+def matmul_precision(mode: str):
+    """Set torch's fp32 matmul precision (CPU oneDNN and CUDA) for the duration."""
+    old = torch.get_float32_matmul_precision()
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    old_cpu = getattr(mkldnn, "fp32_precision", None) if mkldnn is not None else None
+    torch.set_float32_matmul_precision(mode)
+    if old_cpu is not None:
+        mkldnn.fp32_precision = "bf16" if mode == "medium" else "ieee"
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+        if old_cpu is not None:
+            mkldnn.fp32_precision = old_cpu
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, extra: dict) -> None:

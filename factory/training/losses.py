@@ -27,31 +27,34 @@ class _FusedLinearCE(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             y = labels[start:start + chunk_size]
-            logits = (h @ weight.t()).to(acc)
+            # log_softmax is one fused pass; its exp is the softmax we need for the gradient.
+            logp = torch.log_softmax((h @ weight.t()).to(acc), dim=-1)
             valid = y != IGNORE_INDEX
             safe_y = torch.where(valid, y, torch.zeros_like(y))
-            lse = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, safe_y[:, None]).squeeze(1)
-            total += ((lse - target) * valid).sum()
+            rows = torch.arange(logp.shape[0])
+            total -= (logp[rows, safe_y] * valid).sum()
             if need_grad:
-                # d(loss)/d(logits) = (softmax - onehot) / n_valid on valid rows.
-                g = torch.exp(logits.sub_(lse[:, None]))
-                g[torch.arange(g.shape[0]), safe_y] -= 1.0
-                g.mul_((valid.to(g.dtype) / denom)[:, None])
+                # d(loss)/d(logits) = (softmax - onehot) / n_valid on valid rows; the
+                # 1/n_valid is applied in backward, to the small results, not here.
+                g = logp.exp_()
+                g[rows, safe_y] -= 1.0
+                if not bool(valid.all()):
+                    g[~valid] = 0.0
                 g = g.to(hidden.dtype)
                 grad_h[start:start + chunk_size] = g @ weight
                 if grad_w is not None:
                     grad_w.addmm_(g.t().to(acc), h.to(acc))
         if need_grad:
-            ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+            ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0), denom)
             ctx.has_grad_w = grad_w is not None
         return total / denom.to(acc)
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype)
-        gw = (grad_w * grad_out).to(gh.dtype) if ctx.has_grad_w else None
+        grad_h, grad_w, denom = ctx.saved_tensors
+        scale = grad_out / denom
+        gh = grad_h * scale.to(grad_h.dtype)
+        gw = (grad_w * scale).to(gh.dtype) if ctx.has_grad_w else None
         return gh, gw, None, None, None
 
 

@@ -28,4 +28,6 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
         seen.add(id(p))
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    # The fused kernel does the whole update in one pass over each tensor: on a CPU
+    # it is several times faster than the foreach path, which is memory-bound.
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
