@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = field(1, help="steps between metrics rows", hashed=False)
     dtype: Literal["float32", "bfloat16"] = field("float32", help="training dtype of the weights")
     loss_chunk: int = field(1024, help="tokens per chunk of the fused LM-head loss")
+    device: str = field("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N", hashed=False)
     matmul_precision: Literal["highest", "medium"] = field(
         "highest", help="fp32 matmul precision: highest = IEEE fp32; medium = bf16 inner products with fp32 "
                         "accumulation (AMX on CPUs, like TF32 on GPUs), about 1.6x faster on CPUs with AMX")
@@ -59,6 +60,8 @@ class TrainConfig:
         for key in ("grad_clip", "eval_every", "checkpoint_every"):
             require(getattr(self, key) >= 0, where, key, "must be >= 0")
         require(self.log_every >= 1, where, "log_every", "must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
+                f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -67,6 +70,11 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
@@ -77,7 +85,8 @@ class LoopResult:
     steps: int
     tokens: int
     resumed_from: int
-    train_s: float
+    train_s: float  # time in optimizer steps
+    wall_s: float  # including evals and checkpoints
     final_train_loss: float
 
 
@@ -137,8 +146,10 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     params = [p for p in model.parameters() if p.requires_grad]
     bar = _progress(total, start, desc, progress)
     t0 = time.perf_counter()
+    step_time = 0.0  # optimizer steps only: evals and checkpoints are not training throughput
     last_loss = float("nan")
     for step in range(start, total):
+        ts = time.perf_counter()
         lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -152,8 +163,8 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         optimizer.zero_grad(set_to_none=True)
         last_loss = step_loss
         done = step + 1
-        elapsed = time.perf_counter() - t0
-        tps = (done - start) * cfg.tokens_per_step / max(elapsed, 1e-9)
+        step_time += time.perf_counter() - ts
+        tps = (done - start) * cfg.tokens_per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
             log.write({"step": done, "tokens": done * cfg.tokens_per_step, "loss": step_loss, "lr": lr,
                        "grad_norm": float(grad_norm), "tokens_per_s": tps})
@@ -165,11 +176,11 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
     bar.close()
-    train_s = time.perf_counter() - t0
+    wall_s = time.perf_counter() - t0
     log.write({"step": total, "tokens": total * cfg.tokens_per_step,
                **{f"eval_{k}": v for k, v in eval_fn().items()}})
     return LoopResult(steps=total, tokens=total * cfg.tokens_per_step, resumed_from=start,
-                      train_s=train_s, final_train_loss=last_loss)
+                      train_s=step_time, wall_s=wall_s, final_train_loss=last_loss)
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):

@@ -31,7 +31,7 @@ class _FusedLinearCE(torch.autograd.Function):
             logp = torch.log_softmax((h @ weight.t()).to(acc), dim=-1)
             valid = y != IGNORE_INDEX
             safe_y = torch.where(valid, y, torch.zeros_like(y))
-            rows = torch.arange(logp.shape[0])
+            rows = torch.arange(logp.shape[0], device=logp.device)
             total -= (logp[rows, safe_y] * valid).sum()
             if need_grad:
                 # d(loss)/d(logits) = (softmax - onehot) / n_valid on valid rows; the

@@ -34,7 +34,9 @@ def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
 def lm_finetune(ctx: StageContext, model_dir: Path, data: DatasetSpec, desc: str) -> StageResult:
     cfg: TrainConfig = ctx.config
     torch.manual_seed(ctx.seed)
+    device = cfg.torch_device()
     model, tok = load_model(model_dir, cfg.torch_dtype())
+    model.to(device)
     packed = pack(iter_documents(data, ctx.base), tok, cfg.seq_len,
                   train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
                   heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len), seed=ctx.seed,
@@ -42,17 +44,17 @@ def lm_finetune(ctx: StageContext, model_dir: Path, data: DatasetSpec, desc: str
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
 
     def batch_fn(step: int, micro: int) -> torch.Tensor:
-        return packed.batch(step, micro, cfg.batch_size, cfg.grad_accum, ctx.seed)
+        return packed.batch(step, micro, cfg.batch_size, cfg.grad_accum, ctx.seed).to(device)
 
     def loss_fn(m, batch):
         return causal_lm_loss(m, batch, chunk_size=cfg.loss_chunk)
 
     def eval_fn() -> dict:
-        return heldout_loss(model, packed.heldout, cfg.eval_batch_size)
+        return heldout_loss(model, packed.heldout.to(device), cfg.eval_batch_size)
 
     with matmul_precision(cfg.matmul_precision):
         result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, desc)
-    save_checkpoint(model, tok, ctx.out_dir)
+    save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     rows = [json.loads(line) for line in log.path.read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
