@@ -204,18 +204,22 @@ def hashed_dict(obj) -> dict:
     return out
 
 
-def refs(obj) -> dict[str, tuple[str, str]]:
-    """Field name -> (ref kind, referenced name) for every reference field set."""
+def refs(obj, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """Field path -> (ref kind, referenced name) for every reference set, nested
+    configs included (``calibration.data``)."""
     out = {}
     for f in dataclasses.fields(obj):
         kind = f.metadata.get("ref")
         value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(refs(value, f"{prefix}{f.name}."))
+            continue
         if kind and value is not None:
             if isinstance(value, list):
                 for i, v in enumerate(value):
-                    out[f"{f.name}[{i}]"] = (kind, v)
+                    out[f"{prefix}{f.name}[{i}]"] = (kind, v)
             else:
-                out[f.name] = (kind, value)
+                out[f"{prefix}{f.name}"] = (kind, value)
     return out
 
 

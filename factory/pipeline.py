@@ -176,8 +176,11 @@ class Pipeline:
             else:
                 datasets[fname] = recipe.datasets[name]
                 sources[name] = f"dataset ({datasets[fname].licence_of()})"
+        fields = recipe.stage_inputs(stage)
         ctx = StageContext(name=stage, config=cfg, seed=recipe.seed, base=recipe.base, models=models,
-                           datasets=datasets, out_dir=out, work_dir=work, progress=self.progress)
+                           datasets=datasets, out_dir=out, work_dir=work, progress=self.progress,
+                           cache_dir=self.run_dir / ".cache" / stage,
+                           input_hashes={f: inputs[n] for f, (_, n) in fields.items()})
         self._event(stage, "start", "")
         t0 = time.perf_counter()
         result = kind.run(ctx)

@@ -173,8 +173,25 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
             m.check_files(f"models.{n}", path.parent)
         for n, d in datasets.items():
             d.check_files(f"datasets.{n}", path.parent)
+    _check_shapes(order, stages, models, path.parent, kinds)
     return Recipe(name=name, engine=engine, seed=seed, description=description, models=models,
                   datasets=datasets, stages={n: stages[n] for n in order}, file=path, raw=raw)
+
+
+def _check_shapes(order: list[str], stages: dict, models: dict, base: Path, kinds: dict) -> None:
+    """Follow model shapes through the stages so impossible targets fail validation."""
+    from factory.sources.models import peek_config
+
+    shapes: dict[str, dict | None] = {}
+    for sname in order:
+        cfg = stages[sname]
+        inputs = [(f, t) for f, (k, t) in refs(cfg).items() if k == "model"]
+        if not inputs:
+            shapes[sname] = None
+            continue
+        fname, target = inputs[0]  # the first model input is the one a stage transforms
+        src = shapes.get(target) if target in stages else peek_config(models[target], base)
+        shapes[sname] = kinds[cfg.kind].shape(cfg, src, f"stages.{sname}") if src is not None else None
 
 
 def _check_refs(stages: dict, models: dict, datasets: dict) -> None:

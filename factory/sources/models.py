@@ -33,6 +33,7 @@ class PackagedModel:
     licence: str
     description: str
     eos_token: str
+    config: dict  # the parts of config.json that validation needs, known without fetching
 
 
 PACKAGED_MODELS = {
@@ -45,6 +46,9 @@ PACKAGED_MODELS = {
         description="SmolLM2-135M-Instruct (Llama; 30 layers, hidden 576, 9 heads / 3 KV groups, "
                     "MLP 1536, vocab 49152, tied embeddings), Q4_1 GGUF dequantized to fp32",
         eos_token="<|im_end|>",
+        config={"model_type": "llama", "hidden_act": "silu", "num_hidden_layers": 30, "hidden_size": 576,
+                "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+                "vocab_size": 49152, "tie_word_embeddings": True, "attention_bias": False},
     ),
 }
 
@@ -108,6 +112,23 @@ def fingerprint(spec: ModelSpec, base: Path) -> str:
     if spec.gguf_file:
         return sha256_json({"gguf": sha256_file(root / spec.gguf_file), "conversion": _CONVERSION_VERSION})
     return sha256_json(hash_tree(root))
+
+
+def peek_config(spec: ModelSpec, base: Path) -> dict | None:
+    """The model's config.json as a dict when it is known without fetching anything."""
+    if spec.tiny is not None:
+        from factory.sources.tiny import tiny_config
+
+        return tiny_config(spec.tiny).to_dict()
+    if spec.packaged is not None:
+        return dict(PACKAGED_MODELS[spec.packaged].config)
+    if spec.path is not None and not spec.gguf_file:
+        path = resolve_path(spec.path, base) / "config.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
 
 
 def materialize(spec: ModelSpec, base: Path) -> Path:

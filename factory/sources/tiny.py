@@ -40,9 +40,9 @@ class TinyLlamaSpec:
             require(getattr(self, key) > 0, where, key, "must be positive")
         require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
                 f"must divide num_attention_heads ({self.num_attention_heads})")
-        if self.head_dim is None:
-            require(self.hidden_size % self.num_attention_heads == 0, where, "hidden_size",
-                    f"must be a multiple of num_attention_heads ({self.num_attention_heads}) when head_dim is null")
+        # transformers' Llama config insists on this even when head_dim is explicit
+        require(self.hidden_size % self.num_attention_heads == 0, where, "hidden_size",
+                f"must be a multiple of num_attention_heads ({self.num_attention_heads})")
 
 
 def byte_tokenizer():
@@ -70,14 +70,14 @@ def byte_tokenizer():
     return tok
 
 
-def build_tiny(spec: TinyLlamaSpec, out_dir: Path) -> None:
-    """Write a tiny random Llama checkpoint with its tokenizer to ``out_dir``."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
-    tok = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
+
+def tiny_config(spec: TinyLlamaSpec):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -86,11 +86,21 @@ def build_tiny(spec: TinyLlamaSpec, out_dir: Path) -> None:
         head_dim=spec.head_dim or spec.hidden_size // spec.num_attention_heads,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
         rms_norm_eps=1e-5,
     )
+
+
+def build_tiny(spec: TinyLlamaSpec, out_dir: Path) -> None:
+    """Write a tiny random Llama checkpoint with its tokenizer to ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    tok = byte_tokenizer()
+    assert len(tok) == VOCAB_SIZE and tok.eos_token_id == 2 and tok.bos_token_id == 1
+    config = tiny_config(spec)
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(config)

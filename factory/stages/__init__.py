@@ -1,3 +1,3 @@
 """Built-in stage kinds. Importing this package registers them."""
 
-from factory.stages import correct  # noqa: F401
+from factory.stages import correct, prune  # noqa: F401

@@ -28,6 +28,8 @@ class StageContext:
     out_dir: Path
     work_dir: Path
     progress: bool = True
+    cache_dir: Path | None = None  # per-stage cache that outlives artifacts (e.g. importance scores)
+    input_hashes: dict[str, str] = field(default_factory=dict)  # field -> content hash of that input
 
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
@@ -40,21 +42,32 @@ class StageResult:
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific manifest entries
 
 
+# (config, input model's config.json as a dict, YAML path) -> output config dict,
+# or None when it cannot be known before running. Raises ConfigError for
+# impossible settings, so `factory validate` catches them before any work.
+ShapeFn = Callable[[Any, dict, str], "dict | None"]
+
+
+def same_shape(cfg: Any, model_config: dict, where: str) -> dict:
+    return model_config
+
+
 @dataclass(frozen=True)
 class StageKind:
     name: str
     config_cls: type
     run: Callable[[StageContext], StageResult]
     doc: str
+    shape: ShapeFn = same_shape
 
 
 _REGISTRY: dict[str, StageKind] = {}
 
 
-def register(name: str, config_cls: type, doc: str):
+def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape):
     """Decorator: register ``run`` as the implementation of stage kind ``name``."""
     def wrap(fn):
-        _REGISTRY[name] = StageKind(name, config_cls, fn, doc)
+        _REGISTRY[name] = StageKind(name, config_cls, fn, doc, shape)
         return fn
     return wrap
 

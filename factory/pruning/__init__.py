@@ -1,0 +1,1 @@
+"""Minitron pruning of Llama-family HF models: activation importance, width and depth."""

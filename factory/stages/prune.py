@@ -1,0 +1,258 @@
+"""``prune``: Minitron width and depth pruning ranked by activation importance.
+
+Targets use NeMo / ModelOpt names (``target_hidden_size``,
+``target_ffn_hidden_size``, ``target_num_attention_heads``,
+``target_num_query_groups``, ``target_num_layers``, ``drop_layers``); unset
+targets keep the source's value. ``target_params`` instead searches the
+architectures that fit a parameter budget and keeps the one with the lowest
+held-out loss right after pruning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from evals.lm_loss import heldout_loss
+from factory.configs import field, require, to_dict
+from factory.errors import ConfigError
+from factory.hashing import sha256_json
+from factory.pruning import depth
+from factory.pruning.arch import Shape, check_supported
+from factory.pruning.budget import Candidate, enumerate_candidates
+from factory.pruning.importance import Importance, collect
+from factory.pruning.report import plot_importance
+from factory.pruning.width import apply, make_plan
+from factory.sources.datasets import iter_documents
+from factory.stages.base import StageContext, StageResult, register
+from factory.training.data import pack
+from factory.training.loop import matmul_precision
+from factory.training.runner import load_model, save_checkpoint
+
+
+@dataclass
+class CalibrationConfig:
+    data: str = field(None, ref="dataset", help="calibration corpus: a datasets: entry")
+    samples: int = field(1024, help="calibration sequences (the paper uses 1024)")
+    seq_len: int = field(512, help="tokens per calibration sequence")
+    batch_size: int = field(8, help="sequences per forward pass", hashed=False)
+    heldout_samples: int = field(32, help="further sequences for held-out loss (ranking and report)")
+
+    def check(self, where: str) -> None:
+        require(self.data is not None, where, "data", "missing required key")
+        for key in ("samples", "seq_len", "batch_size", "heldout_samples"):
+            require(getattr(self, key) > 0, where, key, "must be positive")
+
+
+@dataclass
+class PruneConfig:
+    kind: str = field("prune", help="stage kind")
+    model: str = field(None, ref="model", help="model to prune: a models: entry or an earlier stage")
+    calibration: CalibrationConfig = field(factory=CalibrationConfig, help="calibration data")
+    importance_aggregation: Literal["l2", "mean", "variance"] = field(
+        "l2", help="batch aggregation of per-sample importance (l2: the paper's and ModelOpt's choice)")
+    target_hidden_size: int | None = field(None, help="hidden / embedding channels to keep")
+    target_ffn_hidden_size: int | None = field(None, help="MLP neurons to keep per layer")
+    target_num_attention_heads: int | None = field(None, help="query heads to keep per layer")
+    target_num_query_groups: int | None = field(None, help="query groups (KV heads) to keep per layer")
+    target_num_layers: int | None = field(None, help="layers to keep (one contiguous block is dropped)")
+    drop_layers: list[int] | None = field(None, help="explicit 0-based layers to drop (instead of a criterion)")
+    depth_criterion: Literal["lm_loss", "block_influence", "last"] = field(
+        "lm_loss", help="how the dropped block is chosen")
+    target_params: int | None = field(None, help="parameter budget (e.g. 70M): search width/depth candidates")
+    max_candidates: int = field(8, help="candidates ranked under target_params")
+    candidate_multiple: int = field(32, help="hidden and MLP widths of candidates are multiples of this")
+    dtype: Literal["float32", "bfloat16"] = field("float32", help="dtype for calibration and the result")
+    device: str = field("auto", help="auto, cpu, cuda or cuda:N", hashed=False)
+    matmul_precision: Literal["highest", "medium"] = field("highest", help="fp32 matmul precision")
+
+    def check(self, where: str) -> None:
+        require(self.model is not None, where, "model", "missing required key")
+        for key in ("target_hidden_size", "target_ffn_hidden_size", "target_num_attention_heads",
+                    "target_num_query_groups", "target_num_layers", "target_params"):
+            v = getattr(self, key)
+            require(v is None or v > 0, where, key, "must be positive")
+        explicit = [k for k in ("target_hidden_size", "target_ffn_hidden_size", "target_num_attention_heads",
+                                "target_num_query_groups", "target_num_layers", "drop_layers")
+                    if getattr(self, k) is not None]
+        if self.target_params is not None and explicit:
+            raise ConfigError(f"{where}.target_params", f"cannot be combined with {explicit[0]} "
+                                                        "(the budget search chooses those)")
+        if self.drop_layers is not None:
+            require(len(set(self.drop_layers)) == len(self.drop_layers), where, "drop_layers", "has duplicates")
+            require(len(self.drop_layers) > 0, where, "drop_layers", "is empty")
+        if not explicit and self.target_params is None:
+            raise ConfigError(where, "no pruning target: set target_params or a target_* key or drop_layers")
+        require(self.max_candidates >= 1, where, "max_candidates", "must be >= 1")
+
+    def device_(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate | None, list[int] | None]:
+    """The explicit target architecture (None under target_params), checked against the source."""
+    if cfg.target_params is not None:
+        require(cfg.target_params < src.params(), where, "target_params",
+                f"{cfg.target_params:,} is not below the source's {src.params():,} parameters")
+        return None, None
+    t = Candidate(
+        num_layers=cfg.target_num_layers or src.num_layers,
+        hidden_size=cfg.target_hidden_size or src.hidden_size,
+        ffn_hidden_size=cfg.target_ffn_hidden_size or src.ffn_hidden_size,
+        num_attention_heads=cfg.target_num_attention_heads or src.num_attention_heads,
+        num_query_groups=cfg.target_num_query_groups or src.num_query_groups)
+    pairs = (("target_num_layers", t.num_layers, src.num_layers),
+             ("target_hidden_size", t.hidden_size, src.hidden_size),
+             ("target_ffn_hidden_size", t.ffn_hidden_size, src.ffn_hidden_size),
+             ("target_num_attention_heads", t.num_attention_heads, src.num_attention_heads),
+             ("target_num_query_groups", t.num_query_groups, src.num_query_groups))
+    for key, value, have in pairs:
+        require(value <= have, where, key, f"{value} is larger than the source's {have}")
+    if cfg.target_num_query_groups is None and t.num_attention_heads % t.num_query_groups:
+        # fewer heads than the source, groups unset: keep heads-per-group, drop whole groups
+        per_group = src.num_attention_heads // src.num_query_groups
+        require(t.num_attention_heads % per_group == 0, where, "target_num_attention_heads",
+                f"{t.num_attention_heads} heads cannot be whole query groups of {per_group}; "
+                "set target_num_query_groups too")
+        t = Candidate(t.num_layers, t.hidden_size, t.ffn_hidden_size, t.num_attention_heads,
+                      t.num_attention_heads // per_group)
+    require(t.num_attention_heads % t.num_query_groups == 0, where, "target_num_attention_heads",
+            f"{t.num_attention_heads} is not a multiple of the {t.num_query_groups} kept query groups")
+    per_group_src = src.num_attention_heads // src.num_query_groups
+    require(t.num_attention_heads // t.num_query_groups <= per_group_src, where, "target_num_attention_heads",
+            f"{t.num_attention_heads} heads in {t.num_query_groups} groups needs "
+            f"{t.num_attention_heads // t.num_query_groups} heads per group; the source has {per_group_src}")
+    require(t.hidden_size % t.num_attention_heads == 0, where, "target_hidden_size",
+            f"{t.hidden_size} is not a multiple of {t.num_attention_heads} heads "
+            "(HF Llama-family configs require it)")
+    drop = cfg.drop_layers
+    if drop is not None:
+        bad = [i for i in drop if not 0 <= i < src.num_layers]
+        require(not bad, where, "drop_layers", f"layer {bad[0] if bad else ''} is out of range 0..{src.num_layers - 1}")
+        if cfg.target_num_layers is not None:
+            require(src.num_layers - len(drop) == cfg.target_num_layers, where, "drop_layers",
+                    f"drops {len(drop)} of {src.num_layers} layers, which contradicts "
+                    f"target_num_layers {cfg.target_num_layers}")
+        t = Candidate(src.num_layers - len(drop), t.hidden_size, t.ffn_hidden_size, t.num_attention_heads,
+                      t.num_query_groups)
+    require(t.num_layers >= 1, where, "target_num_layers", "must keep at least one layer")
+    return t, sorted(drop) if drop is not None else None
+
+
+def output_shape(cfg: PruneConfig, model_config: dict, where: str) -> dict | None:
+    check_supported(model_config, f"{where}.model")
+    src = Shape.from_config(model_config)
+    target, _ = resolve_targets(cfg, src, where)
+    if target is None:
+        return None
+    return {**model_config, "num_hidden_layers": target.num_layers, "hidden_size": target.hidden_size,
+            "intermediate_size": target.ffn_hidden_size, "num_attention_heads": target.num_attention_heads,
+            "num_key_value_heads": target.num_query_groups, "head_dim": src.head_dim}
+
+
+def _importance(ctx: StageContext, model, calib: torch.Tensor, cfg: PruneConfig) -> tuple[Importance, bool]:
+    """Importance statistics, reused from the stage cache when model and calibration match."""
+    key = sha256_json({"model": ctx.input_hashes.get("model"), "data": ctx.input_hashes.get("calibration.data"),
+                       "calibration": {k: v for k, v in to_dict(cfg.calibration).items() if k != "batch_size"},
+                       "seed": ctx.seed, "dtype": cfg.dtype, "version": 1})[:24]
+    cached = ctx.cache_dir / f"importance-{key}.safetensors" if ctx.cache_dir else None
+    if cached is not None and cached.exists():
+        imp, _ = Importance.load(cached)
+        print(f"[factory] {ctx.name}: reusing importance scores from {cached}", file=sys.stderr)
+        return imp, True
+    imp = collect(model, calib, cfg.calibration.batch_size, ctx.progress)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        imp.save(tmp, {"key": key})
+        tmp.replace(cached)
+    return imp, False
+
+
+def _choose_drop(cfg: PruneConfig, model, imp: Importance, n_drop: int, loss_of) -> tuple[list[int], list[dict]]:
+    n = model.config.num_hidden_layers
+    if n_drop == 0:
+        return [], []
+    if cfg.depth_criterion == "block_influence":
+        return depth.by_block_influence(imp.block_influence(), n_drop)
+    if cfg.depth_criterion == "last":
+        return list(range(n - n_drop, n)), []
+    return depth.by_lm_loss(model, n_drop, loss_of)
+
+
+def _prune(model, imp, src: Shape, cand: Candidate, drop: list[int], how):
+    keep = [i for i in range(src.num_layers) if i not in set(drop)]
+    plan = make_plan(imp, src, keep, cand.hidden_size, cand.ffn_hidden_size, cand.num_attention_heads,
+                     cand.num_query_groups, how)
+    return apply(model, plan)
+
+
+@register("prune", PruneConfig, "Minitron width/depth pruning by activation importance", shape=output_shape)
+def run(ctx: StageContext) -> StageResult:
+    cfg: PruneConfig = ctx.config
+    with matmul_precision(cfg.matmul_precision):
+        return _run(ctx, cfg)
+
+
+def _run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
+    device = cfg.device_()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    model, tok = load_model(ctx.models["model"], dtype)
+    model.to(device)
+    model_cfg = model.config.to_dict()
+    check_supported(model_cfg, f"stages.{ctx.name}.model")
+    src = Shape.from_config(model_cfg)
+    target, drop_given = resolve_targets(cfg, src, f"stages.{ctx.name}")
+    c = cfg.calibration
+    packed = pack(iter_documents(ctx.datasets["calibration.data"], ctx.base), tok, c.seq_len,
+                  train_blocks=c.samples, heldout_blocks=c.heldout_samples, seed=ctx.seed,
+                  source=f"stages.{ctx.name}.calibration.data")
+    heldout = packed.heldout.to(device)
+
+    def loss_of(m) -> float:
+        return heldout_loss(m, heldout, c.batch_size)["loss"]
+
+    imp, reused = _importance(ctx, model, packed.train, cfg)
+    loss_before = loss_of(model)
+    how = cfg.importance_aggregation
+    candidates = [target] if target is not None else enumerate_candidates(
+        src, cfg.target_params, cfg.candidate_multiple, max_candidates=cfg.max_candidates)
+    if not candidates:
+        raise ConfigError(f"stages.{ctx.name}.target_params", f"no architecture found within "
+                                                             f"{cfg.target_params:,} parameters")
+    ranking, best = [], None
+    for cand in candidates:
+        n_drop = src.num_layers - cand.num_layers
+        if drop_given is not None:
+            drop, depth_rank = drop_given, []
+        else:
+            drop, depth_rank = _choose_drop(cfg, model, imp, n_drop, loss_of)
+        pruned = _prune(model, imp, src, cand, drop, how).to(device)
+        loss = loss_of(pruned)
+        row = {"candidate": cand.label(), **cand.shape(src).as_dict(), "drop_layers": drop, "heldout_loss": loss}
+        ranking.append(row)
+        if best is None or loss < best[0]["heldout_loss"]:
+            best = (row, pruned, cand, drop, depth_rank)
+        else:
+            del pruned
+    row, pruned, cand, drop, depth_rank = best
+    save_checkpoint(pruned.to("cpu"), tok, ctx.out_dir)
+    imp.save(ctx.out_dir / "importance.safetensors", {"aggregation": how})
+    plot_importance(imp, how, drop, cand.hidden_size, cand.ffn_hidden_size, ctx.out_dir / "importance.png")
+    new_shape = cand.shape(src)
+    metrics = {"heldout_loss_before": loss_before, "heldout_loss_after": row["heldout_loss"],
+               "params_before": src.params(), "params_after": new_shape.params(),
+               "param_ratio": new_shape.params() / src.params()}
+    extra = {"source_shape": src.as_dict(), "target_shape": new_shape.as_dict(), "dropped_layers": drop,
+             "importance_reused": reused, "calibration_tokens": imp.tokens,
+             "candidates": sorted(ranking, key=lambda r: r["heldout_loss"]),
+             "depth_ranking": depth_rank,
+             "data": {"licence": ctx.datasets["calibration.data"].licence_of()}}
+    return StageResult(metrics=metrics, tokens=imp.tokens, extra=extra)

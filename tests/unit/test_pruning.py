@@ -1,0 +1,197 @@
+"""Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from factory.pruning import depth
+from factory.pruning.arch import Shape
+from factory.pruning.budget import enumerate_candidates
+from factory.pruning.importance import Importance, collect
+from factory.pruning.width import apply, make_plan, select_heads
+from factory.sources.tiny import TinyLlamaSpec, build_tiny
+
+_MODELS: dict = {}
+
+
+def tiny(**kw):
+    key = tuple(sorted(kw.items()))
+    if key not in _MODELS:
+        d = Path(tempfile.mkdtemp())
+        build_tiny(TinyLlamaSpec(**kw), d)
+        _MODELS[key] = d
+    return AutoModelForCausalLM.from_pretrained(_MODELS[key])
+
+
+def ids(n=4, s=24, seed=0):
+    return torch.randint(3, 259, (n, s), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(m, x):
+    with torch.no_grad():
+        return m(x).logits
+
+
+def shape(m):
+    return Shape.from_config(m.config.to_dict())
+
+
+GQA = dict(num_hidden_layers=3, hidden_size=72, num_attention_heads=9, num_key_value_heads=3,
+           intermediate_size=96, head_dim=8)
+
+
+def test_targets_equal_to_source_leave_logits_unchanged():
+    m = tiny(**GQA)
+    x = ids()
+    imp = collect(m, x, progress=False)
+    s = shape(m)
+    plan = make_plan(imp, s, [0, 1, 2], 72, 96, 9, 3)
+    assert torch.allclose(logits(m, x), logits(apply(m, plan), x), atol=1e-5)
+
+
+def test_inert_neurons_and_groups_prune_exactly():
+    m = tiny(**GQA)
+    inert_ffn = [5, 17, 40]
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.mlp.gate_proj.weight[inert_ffn] = 0
+            layer.mlp.up_proj.weight[inert_ffn] = 0
+            layer.mlp.down_proj.weight[:, inert_ffn] = 0
+            # query group 1 (heads 3, 4, 5) outputs nothing: zero V and the heads' o_proj columns
+            layer.self_attn.v_proj.weight[8:16] = 0
+            layer.self_attn.o_proj.weight[:, 24:48] = 0
+    x = ids()
+    imp = collect(m, x, progress=False)
+    ffn = imp.ffn()
+    assert all(float(ffn[i][inert_ffn].max()) == 0.0 for i in range(3))
+    s = shape(m)
+    ref = logits(m, x)
+    plan = make_plan(imp, s, [0, 1, 2], 72, 93, 6, 2)  # drops the 3 inert neurons and group 1
+    assert plan.groups[0].tolist() == [0, 2] and plan.heads[0].tolist() == [0, 1, 2, 6, 7, 8]
+    assert torch.allclose(ref, logits(apply(m, plan), x), atol=1e-5)
+    plan = make_plan(imp, s, [0, 1, 2], 72, 92, 6, 2)  # one live neuron more
+    assert not torch.allclose(ref, logits(apply(m, plan), x), atol=1e-3)
+
+
+def test_inert_hidden_channels_are_ranked_last():
+    m = tiny(**GQA)
+    inert = [3, 30, 61]
+    with torch.no_grad():
+        m.model.embed_tokens.weight[:, inert] = 0
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight[inert] = 0
+            layer.mlp.down_proj.weight[inert] = 0
+    x = ids()
+    imp = collect(m, x, progress=False)
+    hidden = imp.hidden()
+    assert float(hidden[inert].max()) == 0.0 and float(hidden.min()) == 0.0
+    keep = [i for i in range(72) if i not in inert]
+    plan = make_plan(imp, shape(m), [0, 1, 2], 69, 96, 9, 3)
+    assert plan.hidden.tolist() == keep
+    ref = logits(m, x)
+    inert_change = (logits(apply(m, plan), x) - ref).abs().mean()
+    plan.hidden = torch.tensor([i for i in range(72) if i not in (0, 1, 2)])
+    live_change = (logits(apply(m, plan), x) - ref).abs().mean()
+    # removing dead channels only rescales the RMS norm; removing live ones loses signal
+    assert inert_change < live_change / 3
+
+
+@pytest.mark.parametrize("heads,groups", [(6, 3), (6, 2), (3, 1), (9, 3)])
+def test_gqa_shape_arithmetic(heads, groups):
+    m = tiny(**GQA)
+    x = ids()
+    imp = collect(m, x, progress=False)
+    s = shape(m)
+    plan = make_plan(imp, s, [0, 2], 36, 48, heads, groups)
+    p = apply(m, plan)
+    c = p.config
+    assert (c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+            c.head_dim) == (heads, groups, 2, 36, 48, 8)
+    attn = p.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (heads * 8, 36) and attn.k_proj.weight.shape == (groups * 8, 36)
+    assert attn.o_proj.weight.shape == (36, heads * 8)
+    assert sum(t.numel() for t in p.parameters()) == plan.shape(s).params()
+    assert p.lm_head.weight.data_ptr() == p.model.embed_tokens.weight.data_ptr()  # still tied
+    assert logits(p, x).shape == (4, 24, 259)
+
+
+def test_untied_embeddings_are_pruned_too():
+    m = tiny(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=64, tie_word_embeddings=False)
+    imp = collect(m, ids(), progress=False)
+    s = shape(m)
+    p = apply(m, make_plan(imp, s, [0, 1], 32, 32, 4, 2))
+    assert p.lm_head.weight.shape == (259, 32) and not p.config.tie_word_embeddings
+    assert sum(t.numel() for t in p.parameters()) == make_plan(imp, s, [0, 1], 32, 32, 4, 2).shape(s).params()
+
+
+def test_select_heads_keeps_whole_groups():
+    scores = torch.tensor([1., 9., 2., 0., 0., 1., 5., 5., 5.])
+    heads, groups = select_heads(scores, groups=3, target_heads=4, target_groups=2)
+    assert groups.tolist() == [0, 2] and heads.tolist() == [1, 2, 6, 7]
+
+
+def test_block_influence_picks_identity_blocks():
+    m = tiny(num_hidden_layers=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=64)
+    with torch.no_grad():
+        for i in (2, 3):  # residual stream passes these blocks unchanged
+            m.model.layers[i].self_attn.o_proj.weight.zero_()
+            m.model.layers[i].mlp.down_proj.weight.zero_()
+    x = ids()
+    imp = collect(m, x, progress=False)
+    bi = imp.block_influence()
+    assert float(bi[2]) < 1e-6 and float(bi[3]) < 1e-6 and float(bi[[0, 1, 4, 5]].min()) > 1e-3
+    drop, ranking = depth.by_block_influence(bi, 2)
+    assert drop == [2, 3] and len(ranking) == 5
+    from evals.lm_loss import heldout_loss
+
+    full = heldout_loss(m, x)["loss"]
+    drop, ranking = depth.by_lm_loss(m, 2, lambda mm: heldout_loss(mm, x)["loss"])
+    # on a random model another block may even lower the loss; the identity block leaves it as it was
+    by_block = {tuple(r["drop"]): r["lm_loss"] for r in ranking}
+    assert by_block[(2, 3)] == pytest.approx(full, abs=1e-6)
+    assert by_block[tuple(drop)] == min(by_block.values())
+    assert m.config.num_hidden_layers == 6 and len(m.model.layers) == 6  # restored
+    keep = [0, 1, 4, 5]
+    plan = make_plan(imp, shape(m), keep, 64, 64, 4, 2)
+    assert torch.allclose(logits(m, x), logits(apply(m, plan), x), atol=1e-5)
+
+
+def test_importance_aggregations_match_a_direct_computation():
+    m = tiny(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=48)
+    x = ids(n=5)
+    seen = []
+    h = m.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0].detach()))
+    imp = collect(m, x, batch_size=2, progress=False)  # 3 batches: the stats must add up across them
+    h.remove()
+    per_sample = torch.cat(seen).abs().mean(1).double()  # [5, 48]
+    assert torch.allclose(imp.ffn("l2")[0], per_sample.norm(dim=0))
+    assert torch.allclose(imp.ffn("mean")[0], per_sample.mean(0))
+    assert torch.allclose(imp.ffn("variance")[0], per_sample.var(0, unbiased=False), atol=1e-12)
+    assert imp.samples == 5 and imp.tokens == 5 * 24
+
+
+def test_importance_roundtrip(tmp_path):
+    m = tiny(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=48)
+    imp = collect(m, ids(), progress=False)
+    imp.save(tmp_path / "i.safetensors", {"key": "k"})
+    back, meta = Importance.load(tmp_path / "i.safetensors")
+    assert meta == {"key": "k"} and back.samples == imp.samples
+    assert torch.equal(back.hidden(), imp.hidden())
+
+
+def test_budget_candidates_fit():
+    src = Shape(num_layers=30, hidden_size=576, ffn_hidden_size=1536, num_attention_heads=9, num_query_groups=3,
+                head_dim=64, vocab_size=49152, tied=True)
+    assert src.params() == 134_515_008
+    cands = enumerate_candidates(src, 67_000_000, max_candidates=6)
+    assert 2 <= len(cands) <= 6
+    for c in cands:
+        p = c.shape(src).params()
+        assert p <= 67_000_000, c
+        assert c.hidden_size % c.num_attention_heads == 0
+    assert any(c.num_layers < 30 and c.hidden_size == 576 for c in cands)  # the depth-only candidate
