@@ -159,10 +159,11 @@ def test_source_change_reruns(tmp_path, runs):
     recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(corpus)))
     p = Pipeline(load_recipe(recipe), runs, progress=False)
     p.run()
-    assert [d.action for d in Pipeline(load_recipe(recipe), runs).plan()] == ["cached"]
+    assert [d.action for d in Pipeline(load_recipe(recipe), runs).plan()] == ["cached", "cached"]
     corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about planes and chisels.")
-    d = Pipeline(load_recipe(recipe), runs).plan()[0]
-    assert d.action == "run" and d.reason == "input corpus changed"
+    first, second = Pipeline(load_recipe(recipe), runs).plan()
+    assert first.action == "run" and first.reason == "input corpus changed"
+    assert second.action == "run" and second.reason == "upstream stage 'correct' will run"
 
 
 def test_lock_blocks_concurrent_runs(runs):
