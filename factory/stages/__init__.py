@@ -1,3 +1,3 @@
-"""Built-in stage kinds. Importing this package registers them."""
+"""Stage kinds. ``factory.stages.base.stage_kinds()`` imports the built-in ones."""
 
-from factory.stages import correct, prune  # noqa: F401
+BUILTIN = ("correct", "prune")

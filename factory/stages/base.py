@@ -73,6 +73,10 @@ def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape)
 
 
 def stage_kinds() -> dict[str, StageKind]:
-    import factory.stages  # noqa: F401  (registers the built-in kinds)
+    import importlib
 
+    from factory.stages import BUILTIN
+
+    for name in BUILTIN:  # importing a kind's module registers it
+        importlib.import_module(f"factory.stages.{name}")
     return dict(_REGISTRY)

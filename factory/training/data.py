@@ -35,9 +35,17 @@ class PackedData:
         return int(perm[offset])
 
 
-def pack(documents: Iterable[str], tokenizer, seq_len: int, train_blocks: int, heldout_blocks: int,
+def render(doc, tokenizer) -> str:
+    """Plain text as is; a conversation through the tokenizer's chat template, so
+    calibration or distillation sees the model's own chat format."""
+    if isinstance(doc, str):
+        return doc
+    return tokenizer.apply_chat_template(doc, tokenize=False)
+
+
+def pack(documents: Iterable, tokenizer, seq_len: int, train_blocks: int, heldout_blocks: int,
          seed: int, source: str, tokenize_batch: int = 64) -> PackedData:
-    """Shuffle documents, tokenize them with an EOS after each, and cut the stream
+    """Shuffle documents (text or conversations), tokenize them with an EOS after each, and cut the stream
     into ``seq_len`` blocks: the first ``heldout_blocks`` are held out, up to
     ``train_blocks`` more are for training (fewer if the corpus is smaller: the
     trainer then makes several passes)."""
@@ -52,7 +60,7 @@ def pack(documents: Iterable[str], tokenizer, seq_len: int, train_blocks: int, h
     stream: list[int] = []
     used = 0
     for start in range(0, len(docs), tokenize_batch):
-        chunk = docs[start:start + tokenize_batch]
+        chunk = [render(d, tokenizer) for d in docs[start:start + tokenize_batch]]
         for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             stream.extend(ids)
             stream.append(eos)
