@@ -119,7 +119,8 @@ def run_trl(steps: int, warmup: int) -> list[float]:
     args = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=BATCH, max_steps=steps + warmup,
                      learning_rate=LR, weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0,
                      lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no", report_to=[],
-                     use_cpu=True, max_length=SEQ, packing=False, disable_tqdm=True, dataset_num_proc=1)
+                     use_cpu=True, max_length=SEQ, packing=False, disable_tqdm=True, dataset_num_proc=1,
+                     bf16=False)  # TRL defaults to bf16 autocast; the comparison is fp32 to fp32
     timer = _StepTimer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer.callback()])
     trainer.train()
@@ -136,7 +137,7 @@ def child(name: str, steps: int, warmup: int, precision: str) -> None:
         times = CONTENDERS[name](steps, warmup)
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     tokens = BATCH * SEQ
-    print(json.dumps({"name": name, "precision": precision, "tokens_per_s": tokens * len(times) / sum(times),
+    print(json.dumps({"name": name, "precision": precision, "tokens_per_s": tokens / sorted(times)[len(times) // 2],
                       "step_s": sorted(times)[len(times) // 2], "peak_rss_gib": rss_gib}))
 
 
@@ -146,6 +147,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--child")
     ap.add_argument("--only", action="append")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="contenders run in turn this many times; the best round of each is kept "
+                         "(other tenants of a shared machine slow runs down, never up)")
     ap.add_argument("--precision", action="append", choices=["highest", "medium"],
                     help="fp32 matmul precision(s) to measure, applied to every contender alike "
                          "(default: both)")
@@ -154,18 +158,23 @@ def main() -> None:
         child(args.child, args.steps, args.warmup, args.precision[0])
         return
     teacher_dir()  # fetch/convert once, outside the timed children
-    rows = []
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    for precision in args.precision or ["highest", "medium"]:
-        for name in args.only or CONTENDERS:
-            out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                                  "--warmup", str(args.warmup), "--precision", precision],
-                                 capture_output=True, text=True, env=env)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-            if out.returncode != 0 or not lines:
-                print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(lines[-1]))
+    best: dict[tuple, dict] = {}
+    for _ in range(args.rounds):
+        for precision in args.precision or ["highest", "medium"]:
+            for name in args.only or CONTENDERS:
+                out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                                      "--warmup", str(args.warmup), "--precision", precision],
+                                     capture_output=True, text=True, env=env)
+                lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+                if out.returncode != 0 or not lines:
+                    print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                row = json.loads(lines[-1])
+                key = (name, precision)
+                if key not in best or row["tokens_per_s"] > best[key]["tokens_per_s"]:
+                    best[key] = row
+    rows = list(best.values())
     print(f"\nSmolLM2-135M fp32 weights, batch {BATCH} x {SEQ}, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'contender':<22}{'matmul':>8}{'tokens/s':>10}{'peak RSS GiB':>14}{'ours / this':>13}")
     for r in rows:

@@ -117,8 +117,9 @@ def _files_of(root: Path) -> list[Path]:
 
 def fingerprint(spec: DatasetSpec, base: Path) -> str:
     """Content hash of the dataset the spec names (PyPI releases are immutable)."""
-    opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field,
-            "messages_field": spec.messages_field}
+    opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field}
+    if spec.format == "chat":
+        opts["messages_field"] = spec.messages_field
     if spec.packaged is not None:
         entry = CATALOG[spec.packaged]
         pin = {"package": entry.package, "version": entry.version, "pattern": entry.pattern}
@@ -260,7 +261,9 @@ def _packaged_documents(spec: DatasetSpec) -> Iterator[str]:
 def _hub_documents(spec: DatasetSpec) -> Iterator[str]:
     try:
         import datasets
-
+    except ImportError as e:
+        raise FactoryError(f"hub dataset {spec.hub!r} needs the `datasets` package: pip install datasets") from e
+    try:
         ds = datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision)
     except Exception as e:
         raise FactoryError(f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}") from e

@@ -88,9 +88,11 @@ class LoopResult:
     train_s: float  # time in optimizer steps
     wall_s: float  # including evals and checkpoints
     final_train_loss: float
+    peak_memory_gib: float  # CUDA: peak allocated; CPU: the process's peak resident set
 
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, int]]
+# (model, batch) -> (loss, tokens) or (loss, tokens, {name: float} of parts to log)
+LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple]
 BatchFn = Callable[[int, int], torch.Tensor]  # (step, micro) -> batch
 EvalFn = Callable[[], dict]
 
@@ -154,10 +156,14 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = 0.0
+        parts: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            loss, _ = loss_fn(model, batch_fn(step, micro))
+            out = loss_fn(model, batch_fn(step, micro))
+            loss = out[0]
             (loss / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
+            for k, v in (out[2] if len(out) > 2 else {}).items():
+                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -166,7 +172,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         step_time += time.perf_counter() - ts
         tps = (done - start) * cfg.tokens_per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
-            log.write({"step": done, "tokens": done * cfg.tokens_per_step, "loss": step_loss, "lr": lr,
+            log.write({"step": done, "tokens": done * cfg.tokens_per_step, "loss": step_loss, **parts, "lr": lr,
                        "grad_norm": float(grad_norm), "tokens_per_s": tps})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             log.write({"step": done, "tokens": done * cfg.tokens_per_step,
@@ -180,7 +186,16 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     log.write({"step": total, "tokens": total * cfg.tokens_per_step,
                **{f"eval_{k}": v for k, v in eval_fn().items()}})
     return LoopResult(steps=total, tokens=total * cfg.tokens_per_step, resumed_from=start,
-                      train_s=step_time, wall_s=wall_s, final_train_loss=last_loss)
+                      train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
+                      peak_memory_gib=peak_memory_gib(next(model.parameters()).device))
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):

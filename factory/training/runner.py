@@ -66,6 +66,7 @@ def lm_finetune(ctx: StageContext, model_dir: Path, data: DatasetSpec, desc: str
         "final_train_loss": result.final_train_loss,
         "steps": result.steps,
         "train_tokens_per_s": (result.steps - result.resumed_from) * cfg.tokens_per_step / max(result.train_s, 1e-9),
+        "peak_memory_gib": result.peak_memory_gib,
     }
     extra = {"data": {"documents_used": packed.documents_used, "train_blocks": int(packed.train.shape[0]),
                       "heldout_blocks": int(packed.heldout.shape[0]),

@@ -159,9 +159,9 @@ def test_source_change_reruns(tmp_path, runs):
     recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(corpus)))
     p = Pipeline(load_recipe(recipe), runs, progress=False)
     p.run()
-    assert [d.action for d in Pipeline(load_recipe(recipe), runs).plan()] == ["cached", "cached"]
+    assert {d.action for d in Pipeline(load_recipe(recipe), runs).plan()} == {"cached"}
     corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about planes and chisels.")
-    first, second = Pipeline(load_recipe(recipe), runs).plan()
+    first, second, *_ = Pipeline(load_recipe(recipe), runs).plan()
     assert first.action == "run" and first.reason == "input corpus changed"
     assert second.action == "run" and second.reason == "upstream stage 'correct' will run"
 

@@ -45,7 +45,8 @@ def test_changing_only_the_target_reuses_importance(runs):
     recipe = load_recipe(SMOKE, ["stages.prune.target_ffn_hidden_size=32", "stages.prune.target_num_query_groups=1",
                                  "stages.prune.target_num_attention_heads=2"])
     Pipeline(recipe, runs, progress=False).run()
-    assert [e["stage"] for e in _events(runs)[n:] if e["event"] == "start"] == ["prune"]
+    # prune and what depends on it; correct stays cached
+    assert [e["stage"] for e in _events(runs)[n:] if e["event"] == "start"] == ["prune", "distill"]
     m = read_manifest(runs / "smoke" / "prune")
     assert m["importance_reused"] is True
     assert m["target_shape"]["num_query_groups"] == 1 and m["target_shape"]["ffn_hidden_size"] == 32

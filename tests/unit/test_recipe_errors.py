@@ -89,4 +89,7 @@ def test_cli_prints_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'r.yaml'}: stages.a.kind: unknown stage kind 'nope' (known: correct, prune)"]
+    from factory.stages.base import stage_kinds
+
+    known = ", ".join(sorted(stage_kinds()))
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'r.yaml'}: stages.a.kind: unknown stage kind 'nope' (known: {known})"]
