@@ -44,7 +44,9 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from factory.pipeline import Pipeline
+    from factory.training.dist import init_from_env
 
+    init_from_env()  # under torchrun: join the process group (gloo on CPUs, NCCL on GPUs)
     recipe = _recipe(args)
     progress = not args.no_progress
     Pipeline(recipe, args.runs_dir, progress=progress).run(force=tuple(args.force), only=args.only)

@@ -11,6 +11,7 @@ import fcntl
 import json
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from factory.recipe import Recipe
 from factory.sources import datasets as ds_sources
 from factory.sources import models as model_sources
 from factory.stages.base import StageContext, stage_kinds
+from factory.training import dist
 
 
 @dataclass
@@ -125,9 +127,12 @@ class Pipeline:
     # -- running -----------------------------------------------------------
     def run(self, force: tuple[str, ...] = (), only: str | None = None) -> list[Decision]:
         self._check_names(force, only)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
         with self._lock():
-            (self.run_dir / "recipe.resolved.json").write_text(json.dumps(self.recipe.raw, indent=2) + "\n")
+            if dist.is_main():
+                (self.run_dir / "recipe.resolved.json").write_text(json.dumps(self.recipe.raw, indent=2) + "\n")
             done = []
             for stage in self.recipe.stages:
                 if only is not None and stage != only:
@@ -144,38 +149,34 @@ class Pipeline:
                                         f"rerun with --force {stage} to rebuild it")
                 if d.action == "cached":
                     self._event(stage, "cached", d.reason)
-                    print(f"[factory] {stage}: cached ({d.reason})", file=sys.stderr)
+                    self._say(f"[factory] {stage}: cached ({d.reason})")
                 else:
-                    print(f"[factory] {stage}: running ({d.reason})", file=sys.stderr)
+                    self._say(f"[factory] {stage}: running ({d.reason})")
                     self._execute(stage, d.inputs)
                 done.append(d)
             return done
 
-    def _execute(self, stage: str, inputs: dict[str, str]) -> dict:
+    def _execute(self, stage: str, inputs: dict[str, str]) -> dict | None:
         recipe = self.recipe
         cfg = recipe.stages[stage]
         kind = stage_kinds()[cfg.kind]
         work = self.work_dir(stage, inputs)
-        for stale in (self.run_dir / ".work").glob(f"{stage}-*"):
-            if stale != work:
-                shutil.rmtree(stale, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-        out = work / "out"
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir()
-        models, datasets, sources = {}, {}, {}
-        for fname, (rkind, name) in recipe.stage_inputs(stage).items():
-            if rkind == "model":
-                if name in recipe.stages:
-                    models[fname] = self.artifact_dir(name)
-                    sources[name] = f"stage {name}"
-                else:
-                    models[fname] = model_sources.materialize(recipe.models[name], recipe.base)
-                    sources[name] = recipe.models[name].describe()
-            else:
-                datasets[fname] = recipe.datasets[name]
-                sources[name] = f"dataset ({datasets[fname].licence_of()})"
+        main = dist.is_main()
+        if main:
+            for stale in (self.run_dir / ".work").glob(f"{stage}-*"):
+                if stale != work:
+                    shutil.rmtree(stale, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            out = work / "out"
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir()
+            resolved = self._resolve_inputs(stage)  # one process fetches and converts sources
+        dist.barrier()
+        if not main:  # other ranks compute alongside rank 0 but publish nothing
+            out = Path(tempfile.mkdtemp(prefix=f"factory-{stage}-rank{dist.world()[0]}-"))
+            resolved = self._resolve_inputs(stage)  # from the cache rank 0 filled
+        models, datasets, sources = resolved
         fields = recipe.stage_inputs(stage)
         ctx = StageContext(name=stage, config=cfg, seed=recipe.seed, base=recipe.base, models=models,
                            datasets=datasets, out_dir=out, work_dir=work, progress=self.progress,
@@ -185,6 +186,10 @@ class Pipeline:
         t0 = time.perf_counter()
         result = kind.run(ctx)
         wall = time.perf_counter() - t0
+        if not main:
+            dist.barrier()  # wait until rank 0 has published the artifact
+            shutil.rmtree(out, ignore_errors=True)
+            return None
         manifest = artifacts.write_manifest(out, {
             "kind": cfg.kind, "stage": stage, "recipe": recipe.name, "recipe_file": str(recipe.file),
             "engine": recipe.engine, "seed": recipe.seed, "config": to_dict(cfg),
@@ -196,16 +201,43 @@ class Pipeline:
         artifacts.replace_dir(out, self.artifact_dir(stage))
         shutil.rmtree(work, ignore_errors=True)
         self._event(stage, "done", str(self.artifact_dir(stage)), wall_s=wall, metrics=result.metrics)
-        print(f"[factory] {stage}: done in {wall:.1f}s -> {self.artifact_dir(stage)}", file=sys.stderr)
+        self._say(f"[factory] {stage}: done in {wall:.1f}s -> {self.artifact_dir(stage)}")
+        dist.barrier()
         return manifest
 
+    @staticmethod
+    def _say(message: str) -> None:
+        if dist.is_main():
+            print(message, file=sys.stderr)
+
+    def _resolve_inputs(self, stage: str) -> tuple[dict, dict, dict]:
+        """Field -> local model dir, field -> dataset spec, and a description of each source."""
+        recipe = self.recipe
+        models, datasets, sources = {}, {}, {}
+        for fname, (rkind, name) in recipe.stage_inputs(stage).items():
+            if rkind == "model" and name in recipe.stages:
+                models[fname] = self.artifact_dir(name)
+                sources[name] = f"stage {name}"
+            elif rkind == "model":
+                models[fname] = model_sources.materialize(recipe.models[name], recipe.base)
+                sources[name] = recipe.models[name].describe()
+            else:
+                datasets[fname] = recipe.datasets[name]
+                sources[name] = f"dataset ({datasets[fname].licence_of()})"
+        return models, datasets, sources
+
     def _event(self, stage: str, event: str, detail: str, **extra) -> None:
+        if not dist.is_main():
+            return
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "event": event, "detail": detail, **extra}
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
 
     @contextmanager
     def _lock(self):
+        if not dist.is_main():  # rank 0 holds the lock for the whole group
+            yield
+            return
         path = self.run_dir / ".lock"
         with open(path, "w") as f:
             try:

@@ -30,6 +30,7 @@ from factory.pruning.report import plot_importance
 from factory.pruning.width import apply, make_plan
 from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
+from factory.training import dist
 from factory.training.data import pack
 from factory.training.loop import matmul_precision
 from factory.training.runner import load_model, save_checkpoint
@@ -168,7 +169,7 @@ def _importance(ctx: StageContext, model, calib: torch.Tensor, cfg: PruneConfig)
         print(f"[factory] {ctx.name}: reusing importance scores from {cached}", file=sys.stderr)
         return imp, True
     imp = collect(model, calib, cfg.calibration.batch_size, ctx.progress)
-    if cached is not None:
+    if cached is not None and dist.is_main():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
         imp.save(tmp, {"key": key})

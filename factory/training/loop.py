@@ -15,6 +15,8 @@ from typing import Callable, Literal
 import torch
 
 from factory.configs import field, require
+from factory.errors import FactoryError
+from factory.training import dist
 from factory.training.metrics import MetricsLog
 from factory.training.optim import adamw, lr_at
 
@@ -132,6 +134,10 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
     ckpt = work_dir / "checkpoint.pt"
     start = 0
+    rank, size = dist.world()
+    if cfg.batch_size % size:
+        raise FactoryError(f"batch_size {cfg.batch_size} does not split over {size} processes: "
+                           "make it a multiple of the process count")
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -146,7 +152,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = _progress(total, start, desc, progress)
+    bar = _progress(total, start, desc, progress and rank == 0)
     t0 = time.perf_counter()
     step_time = 0.0  # optimizer steps only: evals and checkpoints are not training throughput
     last_loss = float("nan")
@@ -158,12 +164,15 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         step_loss = 0.0
         parts: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            out = loss_fn(model, batch_fn(step, micro))
+            out = loss_fn(model, dist.shard_rows(batch_fn(step, micro)))
             loss = out[0]
             (loss / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
             for k, v in (out[2] if len(out) > 2 else {}).items():
                 parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+        dist.average_gradients(params)
+        step_loss = dist.mean_across(step_loss)
+        parts = {k: dist.mean_across(v) for k, v in parts.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -178,13 +187,16 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
             log.write({"step": done, "tokens": done * cfg.tokens_per_step,
                        **{f"eval_{k}": v for k, v in eval_fn().items()}})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            _save_checkpoint(ckpt, model, optimizer, done, {})
+            if rank == 0:
+                _save_checkpoint(ckpt, model, optimizer, done, {})
+            dist.barrier()
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
     bar.close()
     wall_s = time.perf_counter() - t0
     log.write({"step": total, "tokens": total * cfg.tokens_per_step,
                **{f"eval_{k}": v for k, v in eval_fn().items()}})
+    dist.barrier()  # every rank may read the finished metrics log from here on
     return LoopResult(steps=total, tokens=total * cfg.tokens_per_step, resumed_from=start,
                       train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
                       peak_memory_gib=peak_memory_gib(next(model.parameters()).device))
