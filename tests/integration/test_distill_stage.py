@@ -105,8 +105,8 @@ def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
     other = _mismatched_teacher(tmp_path, vocab_size=300 if kind == "vocab_size" else None, swap=kind == "token_ids")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(RECIPES / "data" / "smoke.txt"))
-                      + f"\n  other_distill:\n    kind: distill\n    student: prune\n    teacher: alien\n    data: corpus\n"
-                        f"    seq_len: 64\n    max_tokens: 256\n    eval_tokens: 128\n")
+                      + "\n  other_distill:\n    kind: distill\n    student: prune\n    teacher: alien\n    data: corpus\n"
+                        "    seq_len: 64\n    max_tokens: 256\n    eval_tokens: 128\n")
     text = recipe.read_text().replace("models:\n", f"models:\n  alien: {{path: {other}}}\n", 1)
     recipe.write_text(text)
     rc = main(["run", str(recipe), "--runs-dir", str(runs), "--no-progress"])
