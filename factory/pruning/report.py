@@ -23,10 +23,13 @@ def plot_importance(imp: Importance, how: Aggregation, dropped: list[int], hidde
     axes[0].set(title="Block influence (1 - cos in/out); red = dropped", xlabel="layer", ylabel="importance")
 
     ffn = imp.ffn(how)
-    ffn_sorted = torch.sort(ffn / ffn.amax(1, keepdim=True).clamp(min=1e-12), dim=1, descending=True).values
-    im = axes[1].imshow(ffn_sorted.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+    # relative to each layer's mean, on a log scale: a few outlier neurons would flatten a linear scale
+    rel = ffn / ffn.mean(1, keepdim=True).clamp(min=1e-12)
+    ffn_sorted = torch.sort(rel, dim=1, descending=True).values.clamp(min=1e-3)
+    im = axes[1].imshow(ffn_sorted.numpy(), aspect="auto", cmap="viridis", interpolation="nearest",
+                        norm=matplotlib.colors.LogNorm())
     axes[1].axvline(ffn_kept - 0.5, color="w", lw=1.5, ls="--")
-    axes[1].set(title=f"MLP neuron importance per layer (sorted; kept left of line: {ffn_kept})",
+    axes[1].set(title=f"MLP neuron importance / layer mean (sorted; kept left of line: {ffn_kept})",
                 xlabel="neuron rank", ylabel="layer")
     fig.colorbar(im, ax=axes[1], fraction=0.03)
 
