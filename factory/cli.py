@@ -53,9 +53,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+_HEADLINE = {  # stage metrics worth a column in `factory ls`: (before, after, label)
+    "eval_loss": ("eval_loss_before", "eval_loss_after", "loss"),
+    "heldout_loss": ("heldout_loss_before", "heldout_loss_after", "loss"),
+    "heldout_kl": ("heldout_kl_before", "heldout_kl_after", "kl"),
+}
+
+
 def _fmt_metric(metrics: dict) -> str:
-    keys = [k for k in ("eval_loss_before", "eval_loss_after") if k in metrics]
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+    parts = [f"{label} {metrics[a]:.3f}->{metrics[b]:.3f}" for a, b, label in _HEADLINE.values()
+             if a in metrics and b in metrics]
+    if "params_after" in metrics:
+        parts.append(f"params {metrics['params_before'] / 1e6:.1f}M->{metrics['params_after'] / 1e6:.1f}M")
+    return ", ".join(parts)
 
 
 def cmd_ls(args) -> int:
@@ -66,16 +76,18 @@ def cmd_ls(args) -> int:
         raise FactoryError(f"{root}: no such runs directory")
     rows = []
     for run in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for stage in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for stage in (p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 m = read_manifest(stage)
             except FactoryError as e:
-                rows.append((f"{run.name}/{stage.name}", "?", "unreadable", "", "", str(e)))
+                found.append(("", (f"{run.name}/{stage.name}", "?", "unreadable", "", "", str(e))))
                 continue
-            if m is None:
-                continue
-            rows.append((f"{run.name}/{stage.name}", m["kind"], m["hash"][:12], str(m.get("tokens") or "-"),
-                         f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m.get("metrics", {}))))
+            if m is not None:
+                found.append((m.get("created", ""), (
+                    f"{run.name}/{stage.name}", m["kind"], m["hash"][:12], str(m.get("tokens") or "-"),
+                    f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m.get("metrics", {})))))
+        rows += [row for _, row in sorted(found)]  # in the order they were made: the pipeline's order
     if not rows:
         print(f"no artifacts under {root}")
         return 0
