@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.errors import ArtifactError
-from factory.hashing import hash_tree, sha256_file, sha256_json
+from factory.hashing import hash_tree, list_files, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -88,18 +88,12 @@ def verify(artifact_dir: Path, manifest: dict) -> Verification:
             result = Verification(False, f"{rel} does not match its sha256 in the manifest")
             break
     if result.ok:
-        present = set(hash_tree_names(artifact_dir)) - {MANIFEST}
+        present = set(list_files(artifact_dir)) - {MANIFEST}
         extra = sorted(present - set(manifest["files"]))
         if extra:
             result = Verification(False, f"{extra[0]} is not listed in the manifest")
     _verified[key] = result
     return result
-
-
-def hash_tree_names(root: Path) -> list[str]:
-    from factory.hashing import list_files
-
-    return list_files(root)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from factory.configs import field
+from factory.configs import field, require
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.loop import TrainConfig
 from factory.training.runner import lm_finetune
@@ -19,8 +19,6 @@ class CorrectConfig(TrainConfig):
     data: str = field(None, ref="dataset", help="the distillation corpus: a datasets: entry")
 
     def check(self, where: str) -> None:
-        from factory.configs import require
-
         require(self.model is not None, where, "model", "missing required key")
         require(self.data is not None, where, "data", "missing required key")
         super().check(where)
