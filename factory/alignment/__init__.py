@@ -1,0 +1,1 @@
+"""Alignment data: chat rendering with assistant-only loss masks (SFT, DPO)."""
