@@ -220,6 +220,9 @@ def _read_chat(path: Path, field_name: str) -> Iterator[list[dict]]:
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise FactoryError(f"{where}: message {i} needs string 'role' and 'content'")
+        from factory.alignment.chat import check_conversation
+
+        check_conversation(msgs, where)
         yield msgs
 
 

@@ -40,9 +40,14 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def shard_rows(batch: torch.Tensor) -> torch.Tensor:
+def shard_rows(batch):
+    """This rank's rows of a batch (a tensor, or a dict of tensors with the same rows)."""
     rank, size = world()
-    return batch[rank::size] if size > 1 else batch
+    if size == 1:
+        return batch
+    if isinstance(batch, dict):
+        return {k: v[rank::size] for k, v in batch.items()}
+    return batch[rank::size]
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
