@@ -26,6 +26,7 @@ from factory.sources import datasets as ds_sources
 from factory.sources import models as model_sources
 from factory.stages.base import StageContext, stage_kinds
 from factory.training import dist
+from factory.training.loop import matmul_precision
 
 
 @dataclass
@@ -184,7 +185,9 @@ class Pipeline:
                            input_hashes={f: inputs[n] for f, (_, n) in fields.items()})
         self._event(stage, "start", "")
         t0 = time.perf_counter()
-        result = kind.run(ctx)
+        # every stage kind that has the knob gets it applied here, around the whole stage
+        with matmul_precision(getattr(cfg, "matmul_precision", "highest")):
+            result = kind.run(ctx)
         wall = time.perf_counter() - t0
         if not main:
             dist.barrier()  # wait until rank 0 has published the artifact

@@ -21,7 +21,7 @@ from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.data import blocks_for, pack
 from factory.training.kd import fused_kd_loss
-from factory.training.loop import TrainConfig, matmul_precision, train
+from factory.training.loop import TrainConfig, train
 from factory.training.metrics import MetricsLog
 from factory.training.runner import load_model, save_checkpoint
 
@@ -136,11 +136,6 @@ def heldout_kd(student, teacher, blocks: torch.Tensor, cfg: DistillConfig, batch
           shape=distill_shape)
 def run(ctx: StageContext) -> StageResult:
     cfg: DistillConfig = ctx.config
-    with matmul_precision(cfg.matmul_precision):
-        return _run(ctx, cfg)
-
-
-def _run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()
     where = f"stages.{ctx.name}"

@@ -29,7 +29,7 @@ from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 from factory.training.data import pack
-from factory.training.loop import matmul_precision
+from factory.training.loop import DTYPES, check_device, resolve_device
 from factory.training.runner import load_model, save_checkpoint
 
 
@@ -87,11 +87,7 @@ class PruneConfig:
         if not explicit and self.target_params is None:
             raise ConfigError(where, "no pruning target: set target_params or a target_* key or drop_layers")
         require(self.max_candidates >= 1, where, "max_candidates", "must be >= 1")
-
-    def device_(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        check_device(self.device, where)
 
 
 def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate | None, list[int] | None]:
@@ -195,14 +191,8 @@ def _prune(model, imp, src: Shape, cand: Candidate, drop: list[int], how):
 @register("prune", PruneConfig, "Minitron width/depth pruning by activation importance", shape=output_shape)
 def run(ctx: StageContext) -> StageResult:
     cfg: PruneConfig = ctx.config
-    with matmul_precision(cfg.matmul_precision):
-        return _run(ctx, cfg)
-
-
-def _run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
-    device = cfg.device_()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    model, tok = load_model(ctx.models["model"], dtype)
+    device = resolve_device(cfg.device)
+    model, tok = load_model(ctx.models["model"], DTYPES[cfg.dtype])
     model.to(device)
     model_cfg = model.config.to_dict()
     check_supported(model_cfg, f"stages.{ctx.name}.model")

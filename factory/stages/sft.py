@@ -20,7 +20,7 @@ from factory.configs import field, require
 from factory.errors import FactoryError
 from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
-from factory.training.loop import TrainConfig, matmul_precision, train
+from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
 from factory.training.metrics import MetricsLog
 from factory.training.runner import load_model, save_checkpoint
@@ -68,11 +68,6 @@ def assistant_loss(model, batches: list[dict]) -> dict:
 @register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only")
 def run(ctx: StageContext) -> StageResult:
     cfg: SFTConfig = ctx.config
-    with matmul_precision(cfg.matmul_precision):
-        return _run(ctx, cfg)
-
-
-def _run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())

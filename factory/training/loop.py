@@ -62,8 +62,7 @@ class TrainConfig:
         for key in ("grad_clip", "eval_every", "checkpoint_every"):
             require(getattr(self, key) >= 0, where, key, "must be >= 0")
         require(self.log_every >= 1, where, "log_every", "must be >= 1")
-        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
-                f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device, where)
 
     @property
     def tokens_per_step(self) -> int:
@@ -74,12 +73,25 @@ class TrainConfig:
         return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+        return DTYPES[self.dtype]
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def check_device(device: str, where: str) -> None:
+    require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), where, "device",
+            f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 @dataclass

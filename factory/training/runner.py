@@ -12,7 +12,7 @@ from evals.lm_loss import heldout_loss
 from factory.sources.datasets import DatasetSpec, iter_documents
 from factory.stages.base import StageContext, StageResult
 from factory.training.data import blocks_for, pack
-from factory.training.loop import TrainConfig, matmul_precision, train
+from factory.training.loop import TrainConfig, train
 from factory.training.losses import causal_lm_loss
 from factory.training.metrics import MetricsLog
 
@@ -52,8 +52,7 @@ def lm_finetune(ctx: StageContext, model_dir: Path, data: DatasetSpec, desc: str
     def eval_fn() -> dict:
         return heldout_loss(model, packed.heldout.to(device), cfg.eval_batch_size)
 
-    with matmul_precision(cfg.matmul_precision):
-        result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, desc)
+    result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, desc)
     save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     rows = [json.loads(line) for line in log.path.read_text().splitlines()]
