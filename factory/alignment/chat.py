@@ -10,11 +10,13 @@ when it starts inside an assistant span."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
 
 from factory.errors import FactoryError
+from factory.sources.datasets import RecordError
 from factory.training.losses import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -27,24 +29,64 @@ class Rendered:
     text: str
 
 
+def tool_call(call, where: str, label: str) -> dict:
+    """A tool call as chat templates take it: ``{"type": "function", "function":
+    {"name", "arguments": dict}}``, from that form or the bare ``{name,
+    arguments}``, with arguments as an object or a JSON string."""
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise RecordError(where, "missing field", f"{label} needs a function 'name'")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise RecordError(where, "invalid tool call JSON",
+                              f"{label}: arguments are not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(args, dict):
+        raise RecordError(where, "invalid tool call JSON", f"{label}: arguments must be a JSON object")
+    return {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+
+
+def _check_message(m, i: int, where: str) -> None:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise RecordError(where, "missing field", f"message {i} needs string 'role' and 'content'")
+    role, content, calls = m["role"], m.get("content"), m.get("tool_calls")
+    if role not in ROLES:
+        raise RecordError(where, "unknown role",
+                          f"message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    if not isinstance(content, str) and not (role == "assistant" and calls and content is None):
+        raise RecordError(where, "missing field" if content is None else "wrong type",
+                          f"message {i} needs string 'role' and 'content'")
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            raise RecordError(where, "wrong type", f"message {i}: tool_calls must be a list on an assistant turn")
+        for j, call in enumerate(calls):
+            tool_call(call, where, f"message {i}: tool call {j}")
+    if role == "assistant" and not (content or "").strip() and not calls:
+        raise RecordError(where, "empty assistant turn", f"message {i}: empty assistant turn")
+
+
 def check_conversation(messages: list[dict], where: str) -> None:
-    """Structure errors in a conversation, with ``where`` (file:line) in the message."""
+    """Structure errors in a conversation, with ``where`` (file:line) in the
+    message; each a RecordError whose ``reason`` names the kind of fault."""
     if not messages:
-        raise FactoryError(f"{where}: empty conversation")
+        raise RecordError(where, "empty conversation")
     last = None
     for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise FactoryError(f"{where}: message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        if role == "assistant" and not (content or "").strip() and not m.get("tool_calls"):
-            raise FactoryError(f"{where}: message {i}: empty assistant turn")
+        _check_message(m, i, where)
+        role = m["role"]
         if role == "system" and i != 0:
-            raise FactoryError(f"{where}: message {i}: a system message may only come first")
+            raise RecordError(where, "misplaced system message", f"message {i}: a system message may only come first")
         if role in ("user", "assistant") and role == last:
-            raise FactoryError(f"{where}: message {i}: two {role} turns in a row (roles must alternate)")
-        last = role if role != "tool" else "user"
+            raise RecordError(where, "roles do not alternate",
+                              f"message {i}: two {role} turns in a row (roles must alternate)")
+        if role == "tool" and not (last == "tool" or (last == "assistant" and messages[i - 1].get("tool_calls"))):
+            raise RecordError(where, "roles do not alternate",
+                              f"message {i}: a tool turn must answer an assistant tool call")
+        last = role
     if not any(m["role"] == "assistant" for m in messages):
-        raise FactoryError(f"{where}: no assistant turn to learn from")
+        raise RecordError(where, "no assistant turn", "no assistant turn to learn from")
 
 
 def _render(tokenizer, messages, generation_prompt: bool, tools=None) -> str:
@@ -72,9 +114,15 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
     return full, spans
 
 
-def render(tokenizer, messages: list[dict], tools=None, max_length: int | None = None) -> Rendered:
-    """Token ids and labels (-100 outside assistant turns) of a conversation."""
+def render(tokenizer, messages: list[dict], tools=None, max_length: int | None = None,
+           first_turn: int = 0) -> Rendered:
+    """Token ids and labels (-100 outside assistant turns) of a conversation.
+
+    Only assistant turns at index ``first_turn`` or later are labelled: a
+    preference pair learns its final answer, not the answers in its prompt."""
     text, spans = assistant_spans(tokenizer, messages, tools)
+    earlier = sum(1 for m in messages[:first_turn] if m["role"] == "assistant")
+    spans = spans[earlier:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []

