@@ -1,14 +1,17 @@
 """``sft``: supervised fine-tuning on conversations with the loss on assistant tokens only.
 
-Conversations come from a ``format: chat`` dataset and are rendered with the
+Conversations come from a ``chat``, ``instruction`` or ``sharegpt`` dataset
+(``factory.alignment.records``), tools included, and are rendered with the
 model's own chat template; labels cover exactly the assistant turns, each with
-one end-of-turn token (``factory.alignment.chat``). Batches are padded to their
-longest member and drawn in a seeded order, epoch after epoch, until the token
-budget is spent."""
+one end-of-turn token (``factory.alignment.chat``). Batches are built by
+length bucketing: a seeded shuffle, then groups of ``bucket_batches`` batches
+sorted by length and cut into batches (so padding is small), the batches
+shuffled again; epoch after epoch until ``epochs`` or the token budget is spent."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -18,7 +21,6 @@ import torch
 from factory.alignment.chat import Rendered, collate, render
 from factory.configs import field, require
 from factory.errors import FactoryError
-from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
@@ -30,26 +32,52 @@ from factory.training.runner import load_model, save_checkpoint
 class SFTConfig(TrainConfig):
     kind: str = field("sft", help="stage kind")
     model: str = field(None, ref="model", help="model to fine-tune: a models: entry or an earlier stage")
-    data: str = field(None, ref="dataset", help="conversations: a datasets: entry with format: chat")
+    data: str = field(None, ref="dataset",
+                      help="conversations: a datasets: entry with format chat, instruction or sharegpt")
     eval_conversations: int = field(16, help="conversations held out for the assistant-token loss")
+    epochs: float | None = field(None, help="passes over the training conversations (overrides max_tokens)")
+    bucket_batches: int = field(16, help="length bucketing: batches sorted together by length (1: no bucketing)")
 
     def check(self, where: str) -> None:
         require(self.model is not None, where, "model", "missing required key")
         require(self.data is not None, where, "data", "missing required key")
         require(self.eval_conversations > 0, where, "eval_conversations", "must be positive")
+        require(self.epochs is None or self.epochs > 0, where, "epochs", "must be positive")
+        require(self.bucket_batches >= 1, where, "bucket_batches", "must be >= 1")
         super().check(where)
 
 
-def _conversations(ctx: StageContext, tok, cfg: SFTConfig) -> list[Rendered]:
+def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad) -> list[Rendered]:
+    from factory.alignment.records import for_template, iter_conversations
+
     spec = ctx.datasets["data"]
-    if spec.format != "chat":
-        raise FactoryError(f"stages.{ctx.name}.data: sft needs a dataset with format: chat")
-    out = [render(tok, msgs, max_length=cfg.seq_len) for msgs in iter_documents(spec, ctx.base)]
+    if spec.format not in ("chat", "instruction", "sharegpt"):
+        raise FactoryError(f"stages.{ctx.name}.data: sft needs a dataset with format chat, instruction or "
+                           f"sharegpt (got {spec.format})")
+    out = [render(tok, *for_template(tok, c.messages, c.tools), max_length=cfg.seq_len)
+           for c in iter_conversations(spec, ctx.base, bad)]
     out = [r for r in out if any(label != IGNORE_INDEX for label in r.labels[1:])]
     if len(out) <= cfg.eval_conversations:
         raise FactoryError(f"stages.{ctx.name}.data: {len(out)} usable conversations; need more than "
                            f"eval_conversations ({cfg.eval_conversations})")
     return out
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, bucket_batches: int, seed: int) -> list[list[int]]:
+    """One epoch's batches of indices: shuffled, sorted by length within
+    groups of ``bucket_batches`` batches, cut, and the batches shuffled. A
+    trailing partial batch is dropped (every batch has ``batch_size`` rows, so
+    it splits evenly across processes)."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    group = batch_size * bucket_batches
+    batches = []
+    for g in range(0, len(order), group):
+        members = sorted(order[g:g + group], key=lambda i: lengths[i])
+        batches += [members[i:i + batch_size] for i in range(0, len(members) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 @torch.no_grad()
@@ -67,35 +95,53 @@ def assistant_loss(model, batches: list[dict]) -> dict:
 
 @register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only")
 def run(ctx: StageContext) -> StageResult:
+    from factory.alignment.records import BadRecords
+
     cfg: SFTConfig = ctx.config
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
     model.to(device)
-    convs = _conversations(ctx, tok, cfg)
+    bad = BadRecords()
+    convs = _conversations(ctx, tok, cfg, bad)
     random.Random(ctx.seed).shuffle(convs)
     heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations:]
+    if len(train_set) < cfg.batch_size:
+        raise FactoryError(f"stages.{ctx.name}: {len(train_set)} training conversations, fewer than "
+                           f"batch_size ({cfg.batch_size})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eval_batches = [{k: v.to(device) for k, v in collate(heldout[i:i + cfg.eval_batch_size], pad).items()}
                     for i in range(0, len(heldout), cfg.eval_batch_size)]
+    lengths = [len(r.input_ids) for r in train_set]
+    per_epoch = len(train_set) // cfg.batch_size
+    epochs_cache: dict[int, list[list[int]]] = {}
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        if epoch not in epochs_cache:
+            epochs_cache.clear()
+            epochs_cache[epoch] = bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches,
+                                                   ctx.seed * 1_000_003 + epoch)
+        return epochs_cache[epoch]
 
     def batch_fn(step: int, micro: int) -> dict:
-        n = len(train_set)
-        first = (step * cfg.grad_accum + micro) * cfg.batch_size
-        picks = []
-        for pos in range(first, first + cfg.batch_size):
-            epoch, offset = divmod(pos, n)
-            order = list(range(n))
-            random.Random(ctx.seed * 1_000_003 + epoch).shuffle(order)
-            picks.append(train_set[order[offset]])
+        epoch, k = divmod(step * cfg.grad_accum + micro, per_epoch)
+        picks = [train_set[i] for i in epoch_batches(epoch)[k]]
         return {k: v.to(device) for k, v in collate(picks, pad).items()}
 
     def loss_fn(m, b):
         return causal_lm_loss(m, b["input_ids"], b["labels"], b["attention_mask"], chunk_size=cfg.loss_chunk)
 
+    # The budget counts real tokens (mean conversation length), not padded slots.
+    mean_len = sum(lengths) / len(lengths)
+    per_step = round(mean_len * cfg.batch_size * cfg.grad_accum)
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    else:
+        steps = max(1, math.ceil(cfg.max_tokens / per_step))
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
     result = train(model, cfg, batch_fn, loss_fn, lambda: assistant_loss(model, eval_batches), ctx.work_dir, log,
-                   ctx.progress, f"{ctx.name} (sft)")
+                   ctx.progress, f"{ctx.name} (sft)", total_steps=steps,
+                   tokens_per_step=per_step)
     save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_assistant_loss" in x]
@@ -104,5 +150,6 @@ def run(ctx: StageContext) -> StageResult:
                "final_train_loss": result.final_train_loss, "steps": result.steps,
                "peak_memory_gib": result.peak_memory_gib}
     extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "conversations": len(train_set),
-                      "heldout_conversations": len(heldout)}, "resumed_from_step": result.resumed_from}
+                      "heldout_conversations": len(heldout), "epochs": result.steps * cfg.grad_accum / per_epoch,
+                      "records": bad.as_dict()}, "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

@@ -136,12 +136,16 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, extra: dict) -> No
 
 
 def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
-          work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train") -> LoopResult:
+          work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train",
+          total_steps: int | None = None, tokens_per_step: int | None = None) -> LoopResult:
     """Run ``cfg.total_steps`` optimizer steps, resuming from ``work_dir`` if a checkpoint is there.
 
     ``eval_fn`` returns a dict of held-out metrics; it runs before training
-    (step 0), every ``eval_every`` steps and at the end."""
-    total = cfg.total_steps
+    (step 0), every ``eval_every`` steps and at the end. Stages whose budget is
+    not a token count (DPO: epochs over pairs) pass ``total_steps`` and the
+    (average) ``tokens_per_step`` themselves."""
+    total = total_steps if total_steps is not None else cfg.total_steps
+    per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
     ckpt = work_dir / "checkpoint.pt"
@@ -191,12 +195,12 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         last_loss = step_loss
         done = step + 1
         step_time += time.perf_counter() - ts
-        tps = (done - start) * cfg.tokens_per_step / max(step_time, 1e-9)
+        tps = (done - start) * per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
-            log.write({"step": done, "tokens": done * cfg.tokens_per_step, "loss": step_loss, **parts, "lr": lr,
+            log.write({"step": done, "tokens": done * per_step, "loss": step_loss, **parts, "lr": lr,
                        "grad_norm": float(grad_norm), "tokens_per_s": tps})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-            log.write({"step": done, "tokens": done * cfg.tokens_per_step,
+            log.write({"step": done, "tokens": done * per_step,
                        **{f"eval_{k}": v for k, v in eval_fn().items()}})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             if rank == 0:
@@ -206,10 +210,10 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
     bar.close()
     wall_s = time.perf_counter() - t0
-    log.write({"step": total, "tokens": total * cfg.tokens_per_step,
+    log.write({"step": total, "tokens": total * per_step,
                **{f"eval_{k}": v for k, v in eval_fn().items()}})
     dist.barrier()  # every rank may read the finished metrics log from here on
-    return LoopResult(steps=total, tokens=total * cfg.tokens_per_step, resumed_from=start,
+    return LoopResult(steps=total, tokens=total * per_step, resumed_from=start,
                       train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
                       peak_memory_gib=peak_memory_gib(next(model.parameters()).device))
 

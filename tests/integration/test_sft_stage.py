@@ -58,4 +58,4 @@ def test_sft_needs_chat_data(tmp_path, runs, capsys):
     (tmp_path / "chats.jsonl").write_text('{"text": "plain"}\n')
     (tmp_path / "r.yaml").write_text(RECIPE.replace("format: chat, ", ""))
     assert main(["run", str(tmp_path / "r.yaml"), "--runs-dir", str(runs), "--no-progress"]) == 2
-    assert "sft needs a dataset with format: chat" in capsys.readouterr().err
+    assert "sft needs a dataset with format chat, instruction or sharegpt" in capsys.readouterr().err

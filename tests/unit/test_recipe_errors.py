@@ -29,7 +29,7 @@ CASES = {
     "wrong_type": (GOOD, ["stages.correct.max_tokens=abc"], "stages.correct.max_tokens: expected int, got 'abc'"),
     "unknown_stage_key": (GOOD, ["stages.correct.lrr=0.1"], "stages.correct.lrr: unknown key"),
     "dangling_model": (GOOD.replace("model: teacher", "model: student"), [], "stages.correct.model: 'student' is neither"),
-    "dangling_dataset": (GOOD.replace("data: corpus", "data: wiki"), [], "stages.correct.data: 'wiki' is not a datasets: entry"),
+    "dangling_dataset": (GOOD.replace("data: corpus", "data: wiki"), [], "stages.correct.data: 'wiki' is neither a datasets: entry nor a stage"),
     "cycle": (GOOD.replace("model: teacher", "model: again") +
               "  again: {kind: correct, model: correct, data: corpus}\n", [], "dependency cycle"),
     "self_reference": (GOOD.replace("model: teacher", "model: correct"), [], "cannot take its own output"),

@@ -1,0 +1,223 @@
+"""``dpo``: preference optimisation (DPO, IPO, RPO) against a frozen reference.
+
+The reference is the model the stage starts from. Its log-probabilities of
+every chosen and rejected completion are computed once, before training, and
+cached in the work dir (a resumed run reads them back), so no second model is
+held in memory or run during training. Knob names follow NeMo-Aligner:
+``ref_policy_kl_penalty`` is DPO's beta; ``preference_loss`` selects the loss."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from factory.alignment.chat import Rendered, render
+from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
+from factory.configs import field, require
+from factory.errors import FactoryError
+from factory.stages.base import StageContext, StageResult, register
+from factory.training.loop import TrainConfig, train
+from factory.training.losses import IGNORE_INDEX
+from factory.training.metrics import MetricsLog
+from factory.training.runner import load_model, save_checkpoint
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    kind: str = field("dpo", help="stage kind")
+    model: str = field(None, ref="model", help="policy to align (also the frozen reference)")
+    data: str = field(None, ref="dataset", help="preference pairs: a datasets: entry with format: preference")
+    preference_loss: Literal["dpo", "ipo", "rpo"] = field(
+        "dpo", help="dpo: sigmoid loss; ipo: squared loss towards 1/(2 beta); rpo: dpo plus NLL on chosen")
+    ref_policy_kl_penalty: float = field(0.1, help="beta: strength of the KL penalty to the reference")
+    label_smoothing: float = field(0.0, help="dpo/rpo: assumed probability that a preference label is flipped")
+    sft_loss_weight: float = field(1.0, help="rpo: weight of the chosen answer's mean token NLL")
+    preference_average_log_probs: bool = field(False, help="use per-token mean instead of summed log-probs")
+    epochs: float = field(1.0, help="passes over the training pairs")
+    max_pairs: int | None = field(None, help="use at most this many pairs (after the held-out split)")
+    eval_pairs: int = field(16, help="pairs held out for reward accuracy and margin")
+    batch_size: int = field(2, help="pairs per micro-batch")
+    seq_len: int = field(512, help="longest prompt + answer, in tokens (longer pairs are cut at the end)")
+    lr: float = field(1e-6, help="peak learning rate")
+    max_tokens: int = field(1, help="unused by dpo: its budget is epochs over pairs")
+
+    def check(self, where: str) -> None:
+        require(self.model is not None, where, "model", "missing required key")
+        require(self.data is not None, where, "data", "missing required key")
+        require(self.ref_policy_kl_penalty > 0, where, "ref_policy_kl_penalty", "must be positive")
+        require(0 <= self.label_smoothing < 0.5, where, "label_smoothing", "must be in [0, 0.5)")
+        require(self.sft_loss_weight >= 0, where, "sft_loss_weight", "must be >= 0")
+        require(self.epochs > 0, where, "epochs", "must be positive")
+        require(self.eval_pairs > 0, where, "eval_pairs", "must be positive")
+        require(self.max_pairs is None or self.max_pairs > 0, where, "max_pairs", "must be positive")
+        super().check(where)
+
+    def loss_spec(self) -> PreferenceLoss:
+        return PreferenceLoss(self.preference_loss, self.ref_policy_kl_penalty, self.label_smoothing,
+                              self.sft_loss_weight if self.preference_loss == "rpo" else 0.0,
+                              self.preference_average_log_probs)
+
+
+@dataclass
+class Pair:
+    chosen: Rendered
+    rejected: Rendered
+
+
+def _pairs(ctx: StageContext, tok, cfg: DPOConfig, bad) -> tuple[list[Pair], int]:
+    from factory.alignment.records import for_template, iter_preferences
+
+    pairs, cut = [], 0
+    for p in iter_preferences(ctx.datasets["data"], ctx.base, bad):
+        chosen, tools = for_template(tok, p.prompt + p.chosen, p.tools)
+        rejected, _ = for_template(tok, p.prompt + p.rejected, p.tools)
+        first = len(p.prompt) + len(chosen) - len(p.prompt + p.chosen)  # a system message may have been added
+        c = render(tok, chosen, tools, cfg.seq_len, first_turn=first)
+        r = render(tok, rejected, tools, cfg.seq_len, first_turn=first)
+        if not any(x != IGNORE_INDEX for x in c.labels[1:]) or not any(x != IGNORE_INDEX for x in r.labels[1:]):
+            cut += 1  # the prompt alone fills seq_len: nothing left to compare
+            continue
+        pairs.append(Pair(c, r))
+    return pairs, cut
+
+
+def _collate(pairs: list[Pair], pad: int) -> dict[str, torch.Tensor]:
+    """[pairs, 2, T] tensors (chosen, rejected): sharding rows across processes keeps pairs whole."""
+    n = max(max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in pairs)
+    ids = torch.full((len(pairs), 2, n), pad, dtype=torch.long)
+    labels = torch.full((len(pairs), 2, n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(pairs), 2, n), dtype=torch.long)
+    for i, p in enumerate(pairs):
+        for j, r in enumerate((p.chosen, p.rejected)):
+            ids[i, j, : len(r.input_ids)] = torch.tensor(r.input_ids)
+            labels[i, j, : len(r.labels)] = torch.tensor(r.labels)
+            mask[i, j, : len(r.input_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _flat(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """[P, 2, T] -> [2P, T]: the P chosen sequences, then the P rejected ones."""
+    return {k: v.transpose(0, 1).reshape(-1, *v.shape[2:]) for k, v in b.items()}
+
+
+def _hidden(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).last_hidden_state
+
+
+@torch.no_grad()
+def pair_logps(model, pairs: list[Pair], pad: int, batch_size: int, device) -> torch.Tensor:
+    """[len(pairs), 2] summed completion log-probs of (chosen, rejected) under ``model``."""
+    was = model.training
+    model.eval()
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        b = _flat({k: v.to(device) for k, v in _collate(pairs[s:s + batch_size], pad).items()})
+        logps, _ = sequence_logps(_hidden(model, b), model.lm_head.weight, b["labels"])
+        out.append(logps.view(2, -1).t().cpu())
+    model.train(was)
+    return torch.cat(out)
+
+
+def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, spec: PreferenceLoss) -> dict:
+    """Loss, reward accuracy and margin from [P, 2] policy/reference log-probs and token counts."""
+    pc, pr = logps[:, 0], logps[:, 1]
+    rc, rr = ref[:, 0], ref[:, 1]
+    if spec.average_log_probs:
+        pc, pr = pc / counts[:, 0], pr / counts[:, 1]
+        rc, rr = rc / counts[:, 0], rr / counts[:, 1]
+    losses, rewards = preference_loss(pc, pr, rc, rr, spec, chosen_tokens=counts[:, 0].float())
+    margin = rewards["chosen"] - rewards["rejected"]
+    return {"loss": float(losses.mean()), "reward_accuracy": float((margin > 0).float().mean()),
+            "reward_margin": float(margin.mean()), "chosen_reward": float(rewards["chosen"].mean()),
+            "rejected_reward": float(rewards["rejected"].mean())}
+
+
+def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg: DPOConfig, device) -> torch.Tensor:
+    path = ctx.work_dir / "reference_logps.pt"
+    if path.exists():
+        ref = torch.load(path, map_location="cpu")
+        if ref.shape == (len(pairs), 2):
+            return ref
+    ref = pair_logps(model, pairs, pad, cfg.eval_batch_size, device)
+    tmp = path.with_suffix(".tmp")
+    torch.save(ref, tmp)
+    tmp.replace(path)
+    return ref
+
+
+@register("dpo", DPOConfig, "preference optimisation (dpo / ipo / rpo) against the frozen starting model")
+def run(ctx: StageContext) -> StageResult:
+    from factory.alignment.records import BadRecords
+
+    cfg: DPOConfig = ctx.config
+    spec = cfg.loss_spec()
+    torch.manual_seed(ctx.seed)
+    device = cfg.torch_device()
+    model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
+    model.to(device)
+    bad = BadRecords()
+    pairs, cut = _pairs(ctx, tok, cfg, bad)
+    random.Random(ctx.seed).shuffle(pairs)
+    heldout, train_set = pairs[: cfg.eval_pairs], pairs[cfg.eval_pairs:]
+    if cfg.max_pairs is not None:
+        train_set = train_set[: cfg.max_pairs]
+    if not train_set:
+        raise FactoryError(f"stages.{ctx.name}.data: {len(pairs)} usable pairs; need more than "
+                           f"eval_pairs ({cfg.eval_pairs})")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ref = _cached_reference(ctx, model, heldout + train_set, pad, cfg, device)
+    ref_eval, ref_train = ref[: len(heldout)], ref[len(heldout):]
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = max(1, math.ceil(len(train_set) * cfg.epochs / per_step))
+    avg_tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in train_set) / len(train_set)
+
+    def order(epoch: int) -> list[int]:
+        idx = list(range(len(train_set)))
+        random.Random(ctx.seed * 1_000_003 + epoch).shuffle(idx)
+        return idx
+
+    def batch_fn(step: int, micro: int) -> dict:
+        first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        picks = [divmod(pos, len(train_set)) for pos in range(first, first + cfg.batch_size)]
+        chosen = [order(e)[o] for e, o in picks]
+        b = _collate([train_set[i] for i in chosen], pad)
+        b["ref"] = ref_train[chosen]
+        return {k: v.to(device) for k, v in b.items()}
+
+    def loss_fn(m, b):
+        ref_b = b.pop("ref").t().reshape(-1)  # [2P]: chosen then rejected
+        flat = _flat(b)
+        loss, logps = fused_preference_loss(_hidden(m, flat), m.lm_head.weight, flat["labels"], ref_b, spec)
+        counts = (flat["labels"][:, 1:] != IGNORE_INDEX).sum(-1).view(2, -1).t()
+        stats = _reward_stats(logps.detach().view(2, -1).t(), ref_b.view(2, -1).t(), counts, spec)
+        return loss, int(counts.sum()), {k: v for k, v in stats.items() if k != "loss"}
+
+    eval_counts = torch.tensor([[sum(x != IGNORE_INDEX for x in r.labels[1:]) for r in (p.chosen, p.rejected)]
+                                for p in heldout])
+
+    def eval_fn() -> dict:
+        return _reward_stats(pair_logps(model, heldout, pad, cfg.eval_batch_size, device), ref_eval,
+                             eval_counts, spec)
+
+    log = MetricsLog(ctx.work_dir / "metrics.jsonl")
+    result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress,
+                   f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
+                   tokens_per_step=round(avg_tokens * per_step))
+    save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
+    shutil.copy(log.path, ctx.metrics_path())
+    evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_reward_accuracy" in x]
+    metrics = {f"heldout_{k}_{when}": row[f"eval_{k}"] for when, row in (("before", evals[0]), ("after", evals[-1]))
+               for k in ("loss", "reward_accuracy", "reward_margin")}
+    metrics.update(final_train_loss=result.final_train_loss, steps=result.steps, pairs_seen=steps * per_step,
+                   train_pairs_per_s=(result.steps - result.resumed_from) * per_step / max(result.train_s, 1e-9),
+                   peak_memory_gib=result.peak_memory_gib)
+    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "pairs": len(train_set),
+                      "heldout_pairs": len(heldout), "cut_to_nothing": cut, "records": bad.as_dict()},
+             "resumed_from_step": result.resumed_from}
+    return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)
