@@ -1,0 +1,369 @@
+"""BFCL: parsing model outputs into calls, matching them against possible
+answers (known verdicts and reasons), schema conversion, and - slow - a
+self-consistency pass over every item of the real data."""
+
+import json
+
+import pytest
+
+from evals.tasks import get_task
+from evals.tasks.bfcl import BFCL, parse_calls, to_json_schema, to_tool
+from evals.tasks.bfcl_match import OMIT, Call, normalise
+from factory.errors import FactoryError
+
+AREA = {"name": "geometry.area", "description": "Area of a triangle.",
+        "parameters": {"type": "dict", "required": ["base", "height"], "properties": {
+            "base": {"type": "integer", "description": "base"},
+            "height": {"type": "float", "description": "height"},
+            "unit": {"type": "string", "description": "unit, default 'cm'"},
+            "shape": {"type": "dict", "description": "extra", "properties": {
+                "kind": {"type": "string"}, "sides": {"type": "integer"}}},
+            "data": {"type": "array", "items": {"type": "float"}, "description": "samples"},
+            "mod": {"type": "float", "description": "default None"}}}}
+PLAY = {"name": "spotify.play", "description": "Play an artist.",
+        "parameters": {"type": "dict", "required": ["artist", "duration"], "properties": {
+            "artist": {"type": "string"}, "duration": {"type": "integer"}}}}
+
+
+def _sample(category, functions, truth=None):
+    item = {"id": "t0", "question": [[{"role": "user", "content": "Do it."}]], "function": functions}
+    if truth is not None:
+        item["ground_truth"] = truth
+    task = BFCL(category)
+    return task, task.sample(item)
+
+
+def _verdict(category, functions, truth, output):
+    task, sample = _sample(category, functions, truth)
+    score = task.score(sample, [output])
+    return score.metrics["accuracy"], score.reason
+
+
+AREA_TRUTH = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm", OMIT],
+                                 "shape": [OMIT, {"kind": ["Right Angled"], "sides": [3, OMIT]}],
+                                 "data": [OMIT, [1.5, 2.0], "data['x']"], "mod": [OMIT, None]}}]
+
+
+@pytest.mark.parametrize("output, verdict", [
+    ("geometry.area(base=10, height=5.0)", (1.0, None)),                      # optional ones omitted
+    ("[geometry.area(base=10, height=5)]", (1.0, None)),                      # int for float
+    ("geometry.area(base=10, height=5.0, unit='CM ')", (1.0, None)),          # string normalised
+    ("geometry_area(base=10, height=5.0)", (1.0, None)),                      # OpenAI-safe name
+    ("geometry.area(base=10, height=5.0, shape={'kind': 'right-angled'})", (1.0, None)),
+    ("geometry.area(base=10, height=5.0, data=[1.5, 2])", (1.0, None)),
+    ("geometry.area(base=10, height=5.0, data=data['x'])", (1.0, None)),     # a variable, as BFCL spells it
+    ("geometry.area(base=10, height=5.0, mod=None)", (1.0, None)),           # null default
+    ("geometry.area(base=3, height=5.0)", (0.0, "param base: value 3 not in [10]")),
+    ("geometry.area(base=10, height=5.0, color='red')", (0.0, "unexpected param color")),
+    ("geometry.area(base=10)", (0.0, "missing required param height")),
+    ("geometry.volume(base=10, height=5.0)", (0.0, "wrong function: got geometry.volume expected geometry.area")),
+    ("geometry.area(base='10', height=5.0)", (0.0, "param base: expected integer, got string")),
+    ("geometry.area(base=10.0, height=5.0)", (0.0, "param base: expected integer, got float")),
+    ("geometry.area(base=True, height=5.0)", (0.0, "param base: expected integer, got boolean")),
+    ("geometry.area(base=10, height=5.0, unit='mm')", (0.0, "param unit: value 'mm' not in ['cm']")),
+    ("geometry.area(base=10, height=5.0, data=[2.0, 1.5])",
+     (0.0, "param data: value [2.0, 1.5] not in [[1.5, 2.0], \"data['x']\"]")),
+    ("geometry.area(base=10, height=5.0, shape={'kind': 'round'})",
+     (0.0, "param shape: key 'kind': value 'round' not in ['Right Angled']")),
+    ("geometry.area(base=10, height=5.0, shape={'sides': 3})", (0.0, "param shape: missing key 'kind'")),
+    ("geometry.area(10, 5.0)", (0.0, "2 positional argument(s): parameters must be named")),
+    ("[geometry.area(base=10, height=5.0), geometry.area(base=10, height=5.0)]",
+     (0.0, "1 call expected, 2 produced")),
+    ("The area is 25.", (0.0, "no call parsed")),
+])
+def test_simple_verdicts(output, verdict):
+    assert _verdict("simple", [AREA], AREA_TRUTH, output) == verdict
+
+
+def test_optional_param_without_blank_must_be_given():
+    truth = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm"]}}]
+    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0)") == \
+        (0.0, "missing param unit (expected one of ['cm'])")
+    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0, unit='cm')") == (1.0, None)
+
+
+def test_param_in_schema_but_not_in_answer_is_unexpected():
+    truth = [{"geometry.area": {"base": [10], "height": [5.0]}}]
+    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0, unit='cm')") == \
+        (0.0, "unexpected param unit")
+
+
+def test_multiple_picks_the_right_function():
+    truth = [{"spotify.play": {"artist": ["Taylor Swift"], "duration": [20]}}]
+    assert _verdict("multiple", [AREA, PLAY], truth, "spotify.play(artist='taylor swift', duration=20)") == (1.0, None)
+    assert _verdict("multiple", [AREA, PLAY], truth, "geometry.area(base=1, height=2.0)") == \
+        (0.0, "wrong function: got geometry.area expected spotify.play")
+
+
+PAR_TRUTH = [{"spotify.play": {"artist": ["Taylor Swift"], "duration": [20]}},
+             {"spotify.play": {"artist": ["Maroon 5"], "duration": [15]}}]
+
+
+@pytest.mark.parametrize("output, verdict", [
+    ("[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=15)]",
+     (1.0, None)),
+    ("[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Taylor Swift', duration=20)]",
+     (1.0, None)),
+    ("[spotify.play(artist='Maroon 5', duration=15)]", (0.0, "2 calls expected, 1 produced")),
+    ("[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Maroon 5', duration=15)]",
+     (0.0, "spotify.play: param artist: value 'Maroon 5' not in ['Taylor Swift']")),
+    ("[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=30)]",
+     (0.0, "spotify.play: param duration: value 30 not in [15]")),
+])
+def test_parallel_verdicts(output, verdict):
+    assert _verdict("parallel", [PLAY], PAR_TRUTH, output) == verdict
+
+
+def test_parallel_matching_is_a_true_assignment():
+    # Greedy matching would give the first expected call the first produced
+    # call and leave the second expected call without one.
+    truth = [{"spotify.play": {"artist": ["Adele", "Bono"], "duration": [1]}},
+             {"spotify.play": {"artist": ["Adele"], "duration": [1]}}]
+    out = "[spotify.play(artist='Adele', duration=1), spotify.play(artist='Bono', duration=1)]"
+    assert _verdict("parallel", [PLAY], truth, out) == (1.0, None)
+
+
+def test_parallel_reasons_name_the_missing_call():
+    truth = [{"spotify.play": {"artist": ["Adele"], "duration": [1]}},
+             {"geometry.area": {"base": [2], "height": [3.0]}}]
+    out = "[spotify.play(artist='Adele', duration=1), spotify.play(artist='Adele', duration=1)]"
+    assert _verdict("parallel_multiple", [AREA, PLAY], truth, out) == (0.0, "no call to geometry.area")
+
+
+def test_parallel_multiple_mixes_functions():
+    truth = [{"geometry.area": {"base": [2], "height": [3.0]}},
+             {"spotify.play": {"artist": ["Adele"], "duration": [5]}}]
+    out = ('<tool_call>{"name": "spotify.play", "arguments": {"artist": "Adele", "duration": 5}}</tool_call>\n'
+           '<tool_call>{"name": "geometry.area", "arguments": {"base": 2, "height": 3}}</tool_call>')
+    assert _verdict("parallel_multiple", [AREA, PLAY], truth, out) == (1.0, None)
+    assert _verdict("parallel_multiple", [AREA, PLAY], truth, out.split("\n")[0]) == \
+        (0.0, "2 calls expected, 1 produced")
+
+
+@pytest.mark.parametrize("output, verdict", [
+    ("I cannot compute a BMI from a triangle.", (1.0, None)),
+    ("[]", (1.0, None)),
+    ("geometry.area(base=10, height=5.0)", (0.0, "expected no call, got geometry.area(base=10, height=5.0)")),
+    ('<tool_call>{"name": "spotify.play", "arguments": {"artist": "x"}}</tool_call>',
+     (0.0, "expected no call, got spotify.play(artist='x')")),
+])
+def test_irrelevance(output, verdict):
+    assert _verdict("irrelevance", [AREA, PLAY], None, output) == verdict
+
+
+def test_accuracy_averages_outputs_and_reason_is_the_first():
+    task, sample = _sample("simple", [AREA], AREA_TRUTH)
+    score = task.score(sample, ["geometry.area(base=1, height=5.0)", "geometry.area(base=10, height=5.0)"])
+    assert score.metrics == {"accuracy": 0.5}
+    assert score.reason == "param base: value 1 not in [10]"
+    assert score.details == {"calls": [{"name": "geometry.area", "arguments": {"base": 1, "height": 5.0}}]}
+    json.dumps(score.details)  # stored in results.json
+
+
+def test_normalise():
+    assert normalise("New York, NY") == normalise("new york ny") == "newyorkny"
+    assert normalise("2021-01-28") == normalise("2021/01/28") == "20210128"
+    assert normalise("O'Brien") == 'o"brien'
+    assert normalise("Paris") != normalise("Pari s!")
+
+
+def _calls(text):
+    got = parse_calls(text)
+    return None if got is None else [(c.name, c.args, c.positional) for c in got]
+
+
+@pytest.mark.parametrize("text, calls", [
+    ('<tool_call>\n{"name": "f", "arguments": {"a": 1, "b": 2.5}}\n</tool_call>', [("f", {"a": 1, "b": 2.5}, [])]),
+    ('Sure.\n<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
+     '<tool_call>{"name": "g.h", "arguments": {}}</tool_call> done', [("f", {"a": 1}, []), ("g.h", {}, [])]),
+    ('<tool_call>[{"name": "f", "arguments": {"a": true}}, {"name": "g", "arguments": {"b": null}}]</tool_call>',
+     [("f", {"a": True}, []), ("g", {"b": None}, [])]),
+    ('<tool_call>{"name": "f", "arguments": {"a": 1}}', [("f", {"a": 1}, [])]),            # unclosed at the end
+    ('{"name": "f", "parameters": {"a": "x"}}', [("f", {"a": "x"}, [])]),                  # Llama style
+    ('[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {"b": 2}}]',
+     [("f", {"a": 1}, []), ("g", {"b": 2}, [])]),
+    ('{"name": "f", "arguments": "{\\"a\\": [1, 2]}"}', [("f", {"a": [1, 2]}, [])]),       # OpenAI: a JSON string
+    ('{"type": "function", "function": {"name": "f", "arguments": "{}"}}', [("f", {}, [])]),
+    ('{"tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}', [("f", {"a": 1}, [])]),
+    ('{"name": "f", "arguments": {"a": 1}}; {"name": "g", "arguments": {}}', [("f", {"a": 1}, []), ("g", {}, [])]),
+    ("[func(a=1, b='x'), other(c=2)]", [("func", {"a": 1, "b": "x"}, []), ("other", {"c": 2}, [])]),
+    ("math.factorial(number=5)", [("math.factorial", {"number": 5}, [])]),
+    ("a.b.c(x=-1.5e3, y=(1, 2), z={'k': [True, None]})",
+     [("a.b.c", {"x": -1500.0, "y": [1, 2], "z": {"k": [True, None]}}, [])]),
+    ("f(x=data['sales'], y=some_var, z=[1, n])", [("f", {"x": "data['sales']", "y": "some_var", "z": [1, "n"]}, [])]),
+    ("f(1, 'two', k=3)", [("f", {"k": 3}, [1, "two"])]),
+    ("f(a=1)\ng(b=2)", [("f", {"a": 1}, []), ("g", {"b": 2}, [])]),
+    ("Here you go:\n```python\n[f(a=1)]\n```", [("f", {"a": 1}, [])]),
+    ('```json\n{"name": "f", "arguments": {"a": 1}}\n```', [("f", {"a": 1}, [])]),
+    ("{'name': 'f', 'arguments': {'a': 1}}", [("f", {"a": 1}, [])]),                       # a Python literal
+    ('<think>maybe f(a=2)?</think>[f(a=1)]', [("f", {"a": 1}, [])]),
+    ('<|python_tag|>{"name": "f", "parameters": {}}', [("f", {}, [])]),
+    ("[]", []),
+    ("", None),
+    ("I don't know.", None),
+    ("Use f(x) to compute it.", None),  # a call inside prose is not an answer
+    ("f(", None),
+    ("f(**kw)", None),
+    ("x = f(a=1)", None),
+    ("42", None),
+    ('{"name": 3, "arguments": {}}', None),
+    ('{"name": "f", "arguments": "{not json"}', None),
+    ('<tool_call>garbage</tool_call>', None),
+    ("[" * 5000 + "]" * 5000, None),
+])
+def test_parse_calls(text, calls):
+    assert _calls(text) == calls
+
+
+def test_parsed_calls_are_data():
+    (call,) = parse_calls("f(a=1j, b=b'x', c={1, 2}, d=...)")
+    assert call.args == {"a": "1j", "b": "b'x'", "c": [1, 2], "d": "Ellipsis"}
+    json.dumps(call.args)
+    assert parse_calls("f(a=1)") == [Call("f", {"a": 1})]
+
+
+def test_schema_conversion():
+    schema = {"type": "dict", "required": ["a"], "properties": {
+        "a": {"type": "float", "description": "x", "default": {"type": "dict"}},
+        "b": {"type": "tuple", "items": {"type": "float"}, "optional": True},
+        "type": {"type": "string", "enum": ["dict", "float"]},
+        "c": {"type": "array", "items": {"type": "dict", "properties": {"d": {"type": "any"}}}},
+        "e": {"type": "dict", "additionalProperties": {"type": "integer"}}}}
+    assert to_json_schema(schema) == {"type": "object", "required": ["a"], "properties": {
+        "a": {"type": "number", "description": "x", "default": {"type": "dict"}},
+        "b": {"type": "array", "items": {"type": "number"}},
+        "type": {"type": "string", "enum": ["dict", "float"]},
+        "c": {"type": "array", "items": {"type": "object", "properties": {"d": {}}}},
+        "e": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+    assert schema["type"] == "dict"  # the input is left as it was
+    tool = to_tool(AREA)
+    assert tool["type"] == "function" and tool["function"]["name"] == "geometry.area"
+    assert tool["function"]["parameters"]["properties"]["height"] == {"type": "number", "description": "height"}
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(tool["function"]["parameters"])
+
+
+def test_requests():
+    task, sample = _sample("simple", [AREA, PLAY], AREA_TRUTH)
+    assert sample.request.messages == [{"role": "user", "content": "Do it."}]
+    assert [t["function"]["name"] for t in sample.request.tools] == ["geometry.area", "spotify.play"]
+    assert sample.request.sampling.max_tokens == 512
+    sys_task = BFCL("live_simple", max_tokens=64, functions_in="system")
+    item = {"id": "x", "function": [PLAY], "ground_truth": PAR_TRUTH[:1],
+            "question": [[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Play."}]]}
+    s = sys_task.sample(item)
+    assert s.request.tools is None and s.request.sampling.max_tokens == 64
+    assert [m["role"] for m in s.request.messages] == ["system", "user"]
+    system = s.request.messages[0]["content"]
+    assert '"name": "spotify.play"' in system and system.endswith("Be terse.")
+    assert item["question"][0][0]["content"] == "Be terse."  # the data is not modified
+
+
+def test_options_are_checked():
+    assert get_task("bfcl", category="parallel").stem == "parallel"
+    assert get_task("bfcl").stem == "simple_python"
+    for bad in ({"category": "multi_turn"}, {"functions_in": "prompt"}, {"max_tokens": 0}):
+        with pytest.raises(FactoryError, match="task bfcl"):
+            BFCL(**bad)
+    with pytest.raises(FactoryError, match="unknown option 'shots'"):
+        get_task("bfcl", shots=3)
+
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _render(tok, sample):
+    return tok.apply_chat_template(sample.request.messages, tools=sample.request.tools, tokenize=False,
+                                   add_generation_prompt=True)
+
+
+def test_renders_through_a_chat_template_with_tools():
+    from factory.sources.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.chat_template = TOOLS_TEMPLATE
+    _, sample = _sample("multiple", [AREA, PLAY], PAR_TRUTH[:1])
+    text = _render(tok, sample)
+    lines = text.split("\n")
+    assert [json.loads(line) for line in lines[2:4]] == sample.request.tools
+    assert text.endswith("<|im_start|>user\nDo it.<|im_end|>\n<|im_start|>assistant\n")
+
+
+# ---------------------------------------------------------------- real data (downloads bfcl-eval once)
+
+COUNTS = {"simple": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200,
+          "irrelevance": 240, "live_simple": 258}
+
+
+def _concrete(value):
+    """A value that satisfies an allowed value: dicts of alternatives resolved
+    to their first alternative (left out when that is the blank)."""
+    if isinstance(value, dict):
+        firsts = {k: (v if isinstance(v, list) else [v]) for k, v in value.items()}
+        return {k: _concrete(v[0]) for k, v in firsts.items() if v and v[0] != OMIT}
+    if isinstance(value, list):
+        return [_concrete(v) for v in value]
+    return value
+
+
+def _answer(sample):
+    """The calls built from the first possible value of each parameter. Params
+    the schema requires skip the blank; params that are not in the schema at
+    all (two data slips in parallel_multiple, both allowing the blank) are left out."""
+    schemas = {f["name"]: f["parameters"] for f in sample.data["function"]}
+    calls = []
+    for expected in sample.data["ground_truth"]:
+        (name, params), = expected.items()
+        required, props = schemas[name].get("required", []), schemas[name]["properties"]
+        args = {}
+        for p, allowed in params.items():
+            options = [a for a in allowed if a != OMIT] if p in required else allowed
+            options = options or [[]]  # see bfcl_match.value_error
+            if p in props and options[0] != OMIT:
+                args[p] = _concrete(options[0])
+        calls.append((name, args))
+    return calls
+
+
+def _as_python(calls):
+    return "[" + ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for n, a in calls) + "]"
+
+
+def _as_tool_calls(calls):
+    return "\n".join(f"<tool_call>{json.dumps({'name': n, 'arguments': a})}</tool_call>" for n, a in calls)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("category", list(COUNTS))
+def test_real_data_is_self_consistent(category):
+    from factory.sources.tiny import byte_tokenizer
+
+    task = BFCL(category)
+    samples = task.samples()
+    assert len(samples) == COUNTS[category]
+    assert len({s.id for s in samples}) == len(samples)
+    tok = byte_tokenizer()
+    tok.chat_template = TOOLS_TEMPLATE
+    failures = []
+    for s in samples:
+        text = _render(tok, s)
+        assert all(f'"name": "{f["name"]}"' in text for f in s.data["function"])
+        if category == "irrelevance":
+            assert task.score(s, ["None of these functions can answer that."]).metrics["accuracy"] == 1.0
+            calls = [(f["name"], {}) for f in s.data["function"][:1]]
+            assert task.score(s, [_as_python(calls)]).metrics["accuracy"] == 0.0
+            continue
+        calls = _answer(s)
+        for out in (_as_python(calls), _as_tool_calls(calls)):
+            score = task.score(s, [out])
+            if score.metrics["accuracy"] != 1.0:
+                failures.append((s.id, score.reason, out[:200]))
+        # and the checker is not blind: drop a call, or break the function name
+        broken = task.score(s, [_as_python(calls[:-1])]) if len(calls) > 1 else \
+            task.score(s, [_as_python([(calls[0][0] + "_x", calls[0][1])])])
+        assert broken.metrics["accuracy"] == 0.0, s.id
+    assert failures == []
