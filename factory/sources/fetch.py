@@ -37,13 +37,41 @@ def download_distribution(package: str, version: str, sdist: bool = False) -> Pa
     # pip prints its own progress bar on stderr.
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if sys.stderr.isatty() else subprocess.PIPE,
                           text=True)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and sdist:
+        # Recent pip refuses to even download an sdist whose metadata names
+        # file:// requirements (bigbench does); the file itself is fine.
+        _download_sdist_from_index(package, version, dest)
+    elif proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
         raise FactoryError(f"could not download {package}=={version} with pip: {tail[0]}")
     found = [p for p in dest.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
     if not found:
         raise FactoryError(f"pip download of {package}=={version} produced no archive in {dest}")
     return found[0]
+
+
+def _download_sdist_from_index(package: str, version: str, dest: Path) -> None:
+    """The sdist of ``package==version`` from the index's simple API (PEP 691 JSON), sha256-checked."""
+    import json
+    import urllib.request
+
+    index = os.environ.get("FACTORY_PYPI_SIMPLE", "https://pypi.org/simple")
+    request = urllib.request.Request(f"{index}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            files = json.load(r)["files"]
+        name = f"{package}-{version}.tar.gz"
+        entry = next(f for f in files if f["filename"].lower() == name.lower())
+        tmp = dest / (entry["filename"] + ".part")
+        with urllib.request.urlopen(entry["url"], timeout=600) as r, open(tmp, "wb") as out:
+            shutil.copyfileobj(r, out, 1 << 20)
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+        raise FactoryError(f"could not download the sdist of {package}=={version} from {index}: "
+                           f"{e or 'not listed'}") from None
+    if sha256_file(tmp) != entry["hashes"]["sha256"]:
+        tmp.unlink(missing_ok=True)
+        raise FactoryError(f"{package}=={version}: downloaded sdist does not match the index's sha256")
+    os.replace(tmp, dest / entry["filename"])
 
 
 def _members(archive: Path) -> list[str]:
