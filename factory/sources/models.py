@@ -53,6 +53,23 @@ PACKAGED_MODELS = {
 }
 
 
+# config.json of well-known hub models, as far as validation needs it (numbers
+# only), so recipes naming them validate offline: shapes flow through the
+# stages and impossible pruning targets fail before anything is downloaded.
+KNOWN_HUB_CONFIGS = {
+    "meta-llama/Llama-3.1-8B": {
+        "model_type": "llama", "hidden_act": "silu", "num_hidden_layers": 32, "hidden_size": 4096,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "vocab_size": 128256, "tie_word_embeddings": False, "attention_bias": False, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072},
+    "mistralai/Mistral-NeMo-Base-2407": {
+        "model_type": "mistral", "hidden_act": "silu", "num_hidden_layers": 40, "hidden_size": 5120,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "vocab_size": 131072, "tie_word_embeddings": False, "attention_bias": False, "rope_theta": 1000000.0,
+        "max_position_embeddings": 128000},
+}
+
+
 @dataclass
 class ModelSpec:
     path: str | None = field(None, help="local HF checkpoint directory (or a directory holding `gguf_file`)")
@@ -122,6 +139,9 @@ def peek_config(spec: ModelSpec, base: Path) -> dict | None:
         return tiny_config(spec.tiny).to_dict()
     if spec.packaged is not None:
         return dict(PACKAGED_MODELS[spec.packaged].config)
+    if spec.hub is not None:
+        known = KNOWN_HUB_CONFIGS.get(spec.hub)
+        return dict(known) if known is not None else None
     if spec.path is not None and not spec.gguf_file:
         path = resolve_path(spec.path, base) / "config.json"
         try:

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Stage correct (correct) of recipe smollm2-minitron: a nemo2 job of the factory's
+# nemo engine. Edit config.yaml and rerun rather than editing this file.
+#   bash run.sh all                      prepare, train, finish
+#   bash run.sh prepare|train|finish     one step (Slurm runs train on every task with DIST=python)
+set -euo pipefail
+JOB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+RUN_DIR=${FACTORY_RUN_DIR:-$(cd "$JOB_DIR/../.." && pwd)}
+NEMO_DIR=${NEMO_DIR:-/opt/NeMo}
+ALIGNER_DIR=${ALIGNER_DIR:-/opt/NeMo-Aligner}
+DIST=${DIST:-torchrun --nproc-per-node=4 --nnodes=1}
+export JOB_DIR RUN_DIR NEMO_DIR ALIGNER_DIR
+export PYTHONPATH="$JOB_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
+prepare() {
+  date +%s > "$JOB_DIR/.started"
+  python "$NEMO_DIR/scripts/nlp_language_modeling/preprocess_data_for_megatron.py" \
+      --input "$RUN_DIR/.nemo/correct/data/train.jsonl" \
+      --json-keys text \
+      --tokenizer-library huggingface \
+      --tokenizer-type "$RUN_DIR/.sources/teacher" \
+      --dataset-impl mmap \
+      --append-eod \
+      --workers 8 \
+      --output-prefix "$RUN_DIR/.nemo/correct/tokens/train"
+  python "$NEMO_DIR/scripts/nlp_language_modeling/preprocess_data_for_megatron.py" \
+      --input "$RUN_DIR/.nemo/correct/data/valid.jsonl" \
+      --json-keys text \
+      --tokenizer-library huggingface \
+      --tokenizer-type "$RUN_DIR/.sources/teacher" \
+      --dataset-impl mmap \
+      --append-eod \
+      --workers 8 \
+      --output-prefix "$RUN_DIR/.nemo/correct/tokens/valid"
+  python "$JOB_DIR/job.py" import "$JOB_DIR/config.yaml"
+}
+
+train() {
+  $DIST "$JOB_DIR/job.py" run "$JOB_DIR/config.yaml"
+}
+
+finish() {
+  python "$JOB_DIR/job.py" export "$JOB_DIR/config.yaml"
+  python -m factory.engines.nemo.finalize "$JOB_DIR/manifest.template.json"
+}
+
+case "${1:-all}" in
+  prepare) prepare ;;
+  train) train ;;
+  finish) finish ;;
+  all) prepare; train; finish ;;
+  *) echo "usage: run.sh [all|prepare|train|finish]" >&2; exit 2 ;;
+esac
