@@ -218,6 +218,9 @@ def refs(obj, prefix: str = "") -> dict[str, tuple[str, str]]:
             if isinstance(value, list):
                 for i, v in enumerate(value):
                     out[f"{prefix}{f.name}[{i}]"] = (kind, v)
+            elif isinstance(value, dict):  # label -> reference
+                for label, v in value.items():
+                    out[f"{prefix}{f.name}.{label}"] = (kind, v)
             else:
                 out[f"{prefix}{f.name}"] = (kind, value)
     return out

@@ -1,0 +1,142 @@
+"""Command lines of the evaluation suite: ``eval``, ``gate`` and ``report``.
+
+``factory eval`` / ``factory gate`` are these same commands (``add_commands``
+registers them on the factory parser); ``python -m evals.cli`` runs them alone.
+Exit codes: 0 ok, 1 the gate found a regression, 2 bad arguments or files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from factory.errors import FactoryError
+
+ENGINES = ("hf", "vllm", "openai")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def cmd_eval(args) -> int:
+    from evals import report
+    from evals.runner import run_suite
+    from evals.suite import load_suite
+
+    suite = load_suite(args.suite)
+    engine = args.engine or ("openai" if args.base_url else None)
+    settings = {"base_url": args.base_url} if args.base_url else {}
+    label = args.label or Path(args.model.rstrip("/")).name or args.model
+    out = Path(args.out) if args.out else Path("evals-out") / f"{label}-{suite.name}"
+    if not Path(args.model).is_dir() and (engine or suite.engine) != "openai":
+        raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
+    results = run_suite(args.model, suite, engine=engine, engine_settings=settings, limit=args.limit,
+                        out=out / "results.json", label=label, progress=not args.no_progress)
+    report.write_report([(label, results)], out)
+    print(report.text_table([(label, results)]))
+    print(f"[evals] {len(results['samples'])} samples in {results['wall_s']:.1f}s -> {out / 'results.json'}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from evals import gate
+    from evals import results as res
+
+    max_drop = gate.parse_max_drop(args.max_drop)
+    if args.default_max_drop < 0:
+        raise FactoryError(f"--default-max-drop {args.default_max_drop}: must be >= 0")
+    if not 0 < args.alpha < 1:
+        raise FactoryError(f"--alpha {args.alpha}: must be between 0 and 1")
+    candidate, baseline = res.load(args.candidate), res.load(args.baseline)
+    rows = gate.compare(candidate, baseline, max_drop, args.default_max_drop, args.alpha)
+    print(gate.table(rows))
+    print(gate.summary(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(gate.as_json(rows, args.alpha), indent=1) + "\n")
+    return 1 if any(r.failed for r in rows) else 0
+
+
+def _is_run_dir(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and not list(p.glob("results*.json")) and any(p.glob("*/manifest.json"))
+
+
+def cmd_report(args) -> int:
+    from evals import report
+    from evals import results as res
+
+    if len(args.results) == 1 and _is_run_dir(args.results[0]):  # a pipeline run: the whole line on one page
+        from factory.report import write_report
+
+        paths = write_report(Path(args.results[0]), Path(args.out) if args.out else None)
+        print(f"[factory] run report -> {paths['html']} (and {paths['md'].name})", file=sys.stderr)
+        return 0
+    if not args.out:
+        raise FactoryError("report: --out is required when comparing results files")
+    runs = [res.load(p) for p in args.results]
+    labels = args.labels.split(",") if args.labels else [r["model"].get("label") or f"model{i}"
+                                                         for i, r in enumerate(runs)]
+    if len(labels) != len(runs):
+        raise FactoryError(f"--labels: {len(labels)} labels for {len(runs)} results files")
+    paths = report.write_report(list(zip(labels, runs)), Path(args.out))
+    print(report.text_table(list(zip(labels, runs))))
+    print(f"[evals] report -> {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``eval``, ``gate`` and ``report`` on an argparse subparsers object."""
+    sp = sub.add_parser("eval", help="run an evaluation suite on a model; writes results.json and a report")
+    sp.add_argument("model", help="HF checkpoint dir, or the model's name on an OpenAI-compatible server")
+    sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
+    sp.add_argument("--engine", choices=ENGINES, help="override the suite's engine")
+    sp.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)")
+    sp.add_argument("--limit", type=_positive, help="cap every task at N samples")
+    sp.add_argument("--out", help="output dir (default evals-out/<model>-<suite>)")
+    sp.add_argument("--label", help="the model's name in reports (default: the dir's name)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("gate", help="compare two results files; exit 1 on a significant regression")
+    sp.add_argument("candidate", help="the candidate's results.json (or its dir)")
+    sp.add_argument("baseline", help="the baseline's results.json (or its dir)")
+    sp.add_argument("--max-drop", action="append", default=[], metavar="TASK/METRIC=DROP",
+                    help="allowed absolute drop for one metric (or TASK=DROP for all of a task's)")
+    sp.add_argument("--default-max-drop", type=float, default=0.0, metavar="DROP",
+                    help="allowed drop for metrics without --max-drop (default 0)")
+    sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired bootstrap")
+    sp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    sp.set_defaults(fn=cmd_gate)
+
+    sp = sub.add_parser("report", help="a run dir (runs/<recipe>): one HTML/Markdown page about the whole line; "
+                                       "or results files: a comparison with a bar chart")
+    sp.add_argument("results", nargs="+", help="a run dir, or results.json files (or their dirs)")
+    sp.add_argument("--out", help="output dir (default for a run dir: RUN_DIR/report)")
+    sp.add_argument("--labels", help="comma-separated model names, one per results file")
+    sp.set_defaults(fn=cmd_report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="python -m evals.cli", description="The evaluation suite on its own.")
+    add_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except FactoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Run a suite on one model: load every task's samples first (bad data fails
+before any generation), build the engine once, generate each task's requests
+in one batched call, score, then run the tasks that need the model itself
+(log-likelihood through lm-eval) after the engine has released its memory.
+Everything lands in one results.json (see evals.results)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evals import results as res
+from evals import stats
+from evals.api import Request, Sample
+from evals.suite import Suite, TaskEntry
+from factory.errors import FactoryError
+
+
+@dataclass
+class Planned:
+    entry: TaskEntry
+    task: Any
+    limit: int | None
+    sampling: dict[str, Any]  # explicit keys applied on top of the task's own
+    samples: list[Sample] | None = None  # None: a model task (evaluate_model)
+
+    @property
+    def needs_model(self) -> bool:
+        return self.samples is None
+
+
+def effective_limit(entry_limit: int | None, cap: int | None) -> int | None:
+    limits = [x for x in (entry_limit, cap) if x is not None]
+    return min(limits) if limits else None
+
+
+def with_sampling(request: Request, explicit: dict) -> Request:
+    if not explicit:
+        return request
+    return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, **explicit))
+
+
+def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None,
+         progress: bool = True) -> list[Planned]:
+    """Build every task and load its samples (fetching data as needed)."""
+    from tqdm.auto import tqdm
+
+    from evals.tasks import get_task
+
+    out = []
+    bar = tqdm(suite.entries, desc="loading tasks", unit="task", disable=not progress, file=sys.stderr)
+    for i, entry in enumerate(bar):
+        bar.set_postfix_str(entry.name)
+        where = f"{suite.file}: tasks[{i}]"
+        try:
+            task = get_task(entry.task, where=where, **entry.options)
+        except FactoryError as e:  # a task's own check of its options: say which entry
+            raise FactoryError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+        p = Planned(entry, task, effective_limit(entry.limit, limit), suite.sampling_for(entry, sampling))
+        if not hasattr(task, "evaluate_model"):
+            p.samples = [dataclasses.replace(s, request=with_sampling(s.request, p.sampling))
+                         for s in task.samples(p.limit)]
+            ids = [str(s.id) for s in p.samples]
+            if len(set(ids)) != len(ids):
+                raise FactoryError(f"{suite.file}: task {entry.name}: sample ids are not unique")
+        out.append(p)
+    return out
+
+
+def model_identity(model: str, described: dict) -> dict:
+    """Where the model is and its content hash (the engine's, when it computed one)."""
+    from evals.engines.common import model_hash
+
+    digest = described.get("model_hash") or model_hash(model)
+    if Path(model).is_dir():
+        return {"path": str(Path(model).resolve()), "hash": digest}
+    return {"name": model, "hash": digest}
+
+
+def _generate(engine, p: Planned, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    completions = engine.generate([s.request for s in p.samples], progress=progress)
+    if len(completions) != len(p.samples):
+        raise FactoryError(f"engine {engine.name} returned {len(completions)} completions "
+                           f"for {len(p.samples)} requests of task {p.entry.name}")
+    records = []
+    pairs = zip(p.samples, completions)
+    for s, c in tqdm(pairs, total=len(p.samples), desc=f"scoring {p.entry.name}", unit="sample",
+                     disable=not progress, file=sys.stderr):
+        score = p.task.score(s, c.texts)
+        records.append(res.sample_record(p.entry.name, s, c.texts, score, c.finish_reasons, c.tokens))
+    return records
+
+
+def _check_model_tasks(planned: list[Planned], model: str) -> None:
+    """Before any generation: log-likelihood tasks read the checkpoint itself."""
+    for p in planned:
+        if p.needs_model and not Path(model).is_dir():
+            raise FactoryError(f"task {p.entry.name} scores log-likelihoods and needs a local HF checkpoint; "
+                               f"{model!r} is not a directory")
+
+
+def _model_task(p: Planned, model: str, progress: bool) -> list[dict]:
+    triples = p.task.evaluate_model(str(model), limit=p.limit, progress=progress)
+    return [res.sample_record(p.entry.name, s, outs, score) for s, outs, score in triples]
+
+
+def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:
+    metrics = tuple(getattr(p.task, "metrics", ()))
+    # a model task scores log-likelihoods: no sampling to record
+    sampling = dataclasses.asdict(p.samples[0].request.sampling) if p.samples else None
+    return {"task": p.entry.task, "options": p.entry.options, "limit": p.limit, "sampling": sampling,
+            "licence": getattr(p.task, "licence", None), "headline": metrics[0] if metrics else None,
+            "n": len(records), "wall_s": round(wall, 3),
+            "metrics": res.summarize(records, metrics, boot["resamples"], boot["seed"], boot["level"])}
+
+
+def _build_engine(name: str, model: str, suite: Suite, overrides: dict | None):
+    from evals.engines import make_engine
+
+    settings = {**suite.settings_for(name), **(overrides or {})}
+    return make_engine(name, model, where=f"{suite.file}: engine_settings.{name}", **settings)
+
+
+def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: Any, settings: dict | None,
+                    progress: bool, records: dict, walls: dict) -> dict:
+    """Generate and score every generation task; returns the engine's description."""
+    owned = engine is None or isinstance(engine, str)  # else the caller built it and closes it
+    if not planned:
+        return {"name": (engine or suite.engine) if owned else getattr(engine, "name", "custom")}
+    eng = _build_engine(engine or suite.engine, model, suite, settings) if owned else engine
+    try:
+        for p in planned:
+            t = time.perf_counter()
+            records[p.entry.name] = _generate(eng, p, progress)
+            walls[p.entry.name] = time.perf_counter() - t
+        return eng.describe()
+    finally:
+        if owned:
+            eng.close()
+
+
+def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,
+              limit: int | None = None, sampling: dict | None = None, out: Path | None = None,
+              label: str | None = None, progress: bool = True, resamples: int = stats.RESAMPLES,
+              seed: int = stats.SEED) -> dict:
+    """Evaluate ``model`` (an HF dir, or a served model's name for openai) on ``suite``.
+
+    ``engine``: None (the suite's), an engine name, or an engine object the
+    caller built and will close itself. Generation tasks run first; tasks that
+    need the model itself run after the engine is closed and its memory freed."""
+    t0 = time.perf_counter()
+    planned = plan(suite, limit, sampling, progress)
+    _check_model_tasks(planned, model)
+    boot = {"resamples": resamples, "seed": seed, "level": stats.LEVEL}
+    records: dict[str, list[dict]] = {}
+    walls: dict[str, float] = {}
+    described = _run_generation([p for p in planned if not p.needs_model], model, suite, engine,
+                                engine_settings, progress, records, walls)
+    for p in planned:
+        if p.needs_model:
+            t = time.perf_counter()
+            records[p.entry.name] = _model_task(p, model, progress)
+            walls[p.entry.name] = time.perf_counter() - t
+    identity = {**model_identity(model, described), "label": label or Path(model).name or model}
+    results = {
+        "format": res.FORMAT, "model": identity, "engine": described,
+        "suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
+        "limit": limit, "sampling_overrides": sampling or {}, "bootstrap": boot, "versions": res.versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tasks": {p.entry.name: _task_entry(p, records[p.entry.name], walls[p.entry.name], boot) for p in planned},
+        "samples": [r for p in planned for r in records[p.entry.name]],
+    }
+    results["wall_s"] = round(time.perf_counter() - t0, 3)
+    if out is not None:
+        res.write(results, Path(out))
+    return results

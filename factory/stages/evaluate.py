@@ -1,0 +1,119 @@
+"""``evaluate``: run an evaluation suite on one or more models.
+
+The artifact is a results directory, not a checkpoint: ``results-<label>.json``
+per model (every sample, metrics with bootstrap intervals; see evals.results)
+and a comparison report (``report.md``, ``report.html``, ``report.png``). The
+manifest's metrics hold each task's headline metric per model as
+``<label>/<task>/<metric>``. A ``gate`` stage reads this directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from factory.configs import field, require
+from factory.errors import ConfigError, FactoryError
+from factory.stages.base import StageContext, StageResult, register
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class EvaluateConfig:
+    kind: str = field("evaluate", help="stage kind")
+    models: str | list[str] | dict[str, str] = field(
+        None, ref="model", help="models to evaluate: a models: entry or earlier stage, a list of them, "
+                                "or a mapping label -> reference (labels name the results files)")
+    suite: str | dict[str, Any] = field("quick", help="a shipped suite (quick, full), a suite YAML file "
+                                                      "relative to the recipe, or a suite written inline")
+    engine: Literal["hf", "vllm"] | None = field(None, help="override the suite's engine")
+    engine_settings: dict[str, Any] = field(factory=dict, help="engine settings over the suite's (e.g. max_batch for hf)")
+    limit: int | None = field(None, help="cap every task at this many samples")
+    sampling: dict[str, Any] = field(factory=dict, help="sampling overrides for every task (max_tokens, temperature...)")
+    # derived in check(), hashed with the config: labels name the outputs, and a
+    # shipped or inline suite's content decides the results
+    labels: dict[str, str] = dataclasses.field(init=False, default_factory=dict,
+                                               metadata={"help": "derived: label -> model reference"})
+    suite_hash: str = dataclasses.field(init=False, default="",
+                                        metadata={"help": "derived: content hash of a shipped or inline suite"})
+
+    def check(self, where: str) -> None:
+        from evals.suite import is_file_ref, parse_sampling
+
+        require(self.models is not None and self.models not in ([], {}), where, "models", "missing required key")
+        self.labels = _labels(self.models, f"{where}.models")
+        require(self.limit is None or self.limit > 0, where, "limit", "must be positive")
+        self.sampling = parse_sampling(self.sampling, f"{where}.sampling")
+        if isinstance(self.suite, dict) or not is_file_ref(self.suite):  # a file is read at run time
+            self.suite_hash = load_suite(self.suite, None, f"{where}.suite").hash
+
+    def model_fields(self) -> dict[str, str]:
+        """Label -> the StageContext.models key of that model."""
+        if isinstance(self.models, str):
+            return {self.models: "models"}
+        if isinstance(self.models, list):
+            return {ref: f"models[{i}]" for i, ref in enumerate(self.models)}
+        return {label: f"models.{label}" for label in self.models}
+
+
+def _labels(models, where: str) -> dict[str, str]:
+    if isinstance(models, str):
+        return {models: models}
+    if isinstance(models, list):
+        dup = next((m for i, m in enumerate(models) if m in models[:i]), None)
+        if dup is not None:
+            raise ConfigError(where, f"{dup!r} is listed twice")
+        return {m: m for m in models}
+    for label in models:
+        if not _LABEL.match(label):
+            raise ConfigError(f"{where}.{label}", "labels may hold letters, digits, '.', '_' and '-' only")
+    return dict(models)
+
+
+def load_suite(suite, base: Path | None, where: str):
+    """The suite as evals.suite.Suite; errors become ConfigErrors at ``where``."""
+    from evals.suite import load_suite as load_file
+    from evals.suite import parse_suite
+
+    try:
+        if isinstance(suite, dict):
+            return parse_suite(suite, "inline")
+        return load_file(suite, base)
+    except ConfigError as e:
+        if isinstance(suite, dict):  # name the recipe path, the recipe names its file
+            raise ConfigError(f"{where}.{e.where}" if e.where else where, e.message) from None
+        raise
+    except FactoryError as e:
+        raise ConfigError(where, str(e)) from None
+
+
+def no_model(cfg: Any, model_config: dict, where: str) -> None:
+    return None  # the output is a results directory, not a model
+
+
+@register("evaluate", EvaluateConfig, "run an evaluation suite on models; results, report, headline metrics",
+          shape=no_model)
+def run(ctx: StageContext) -> StageResult:
+    from evals import report
+    from evals import results as res
+    from evals.runner import run_suite
+
+    cfg: EvaluateConfig = ctx.config
+    suite = load_suite(cfg.suite, ctx.base, f"stages.{ctx.name}.suite")
+    runs, metrics = [], {}
+    for label, key in cfg.model_fields().items():
+        results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
+                            limit=cfg.limit, sampling=cfg.sampling, out=ctx.out_dir / f"results-{label}.json",
+                            label=label, progress=ctx.progress)
+        runs.append((label, results))
+        for task, (metric, entry) in res.headline(results).items():
+            metrics[f"{label}/{task}/{metric}"] = entry["value"]
+    files = report.write_report(runs, ctx.out_dir)
+    extra = {"suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
+             "labels": {label: str(ctx.models[key]) for label, key in cfg.model_fields().items()},
+             "report": sorted(p.name for p in files.values()),
+             "samples": sum(len(r["samples"]) for _, r in runs)}
+    return StageResult(metrics=metrics, extra=extra)

