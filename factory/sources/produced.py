@@ -1,0 +1,23 @@
+"""Datasets made by stages (e.g. verifier-built preference pairs): the artifact
+names its data file, format and licence in its manifest under ``dataset``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from factory.artifacts import read_manifest
+from factory.errors import FactoryError
+from factory.sources.datasets import DatasetSpec
+
+
+def dataset_manifest_entry(file: str, format: str, licence: str, records: int) -> dict:
+    """What a data-producing stage puts in its manifest's ``extra``."""
+    return {"dataset": {"file": file, "format": format, "licence": licence, "records": records}}
+
+
+def dataset_from_artifact(artifact: Path, where: str) -> DatasetSpec:
+    manifest = read_manifest(artifact)
+    entry = (manifest or {}).get("dataset")
+    if not entry:
+        raise FactoryError(f"{where}: stage artifact {artifact} holds no dataset (it is not a data-producing stage)")
+    return DatasetSpec(path=str(artifact / entry["file"]), format=entry["format"], licence=entry["licence"])
