@@ -14,7 +14,17 @@ from factory.errors import FactoryError
 def _recipe(args):
     from factory.recipe import load_recipe
 
-    return load_recipe(args.recipe, args.overrides)
+    return load_recipe(args.recipe, list(args.overrides) + _engine_overrides(args))
+
+
+def _engine_overrides(args) -> list[str]:
+    """--engine and --launcher are shorthands for the overrides engine=... and nemo.launcher=..."""
+    out = []
+    if getattr(args, "engine", None):
+        out.append(f"engine={args.engine}")
+    if getattr(args, "launcher", None):
+        out.append(f"nemo.launcher={args.launcher}")
+    return out
 
 
 def cmd_validate(args) -> int:
@@ -46,10 +56,32 @@ def cmd_run(args) -> int:
     from factory.pipeline import Pipeline
     from factory.training.dist import init_from_env
 
-    init_from_env()  # under torchrun: join the process group (gloo on CPUs, NCCL on GPUs)
     recipe = _recipe(args)
+    from factory.engines.nemo import runner
+
+    if args.dry_run or runner.uses_nemo(recipe):
+        return _run_nemo(args, recipe)
+    init_from_env()  # under torchrun: join the process group (gloo on CPUs, NCCL on GPUs)
     progress = not args.no_progress
-    Pipeline(recipe, args.runs_dir, progress=progress).run(force=tuple(args.force), only=args.only)
+    Pipeline(recipe, args.runs_dir, progress=progress).run(force=tuple(args.force), only=args.only, until=args.until)
+    return 0
+
+
+def _run_nemo(args, recipe) -> int:
+    from factory.engines.nemo import runner
+
+    reproduce = [args.recipe, *args.overrides]
+    for flag in ("engine", "launcher"):
+        if getattr(args, flag, None):
+            reproduce += [f"--{flag}", getattr(args, flag)]
+    if not args.dry_run:
+        return runner.run(recipe, Path(args.runs_dir), reproduce, force=tuple(args.force), only=args.only,
+                          progress=not args.no_progress)
+    if not runner.uses_nemo(recipe):
+        raise FactoryError(f"{args.recipe}: --dry-run writes nemo jobs, and every stage of this recipe runs "
+                           "natively; add --engine nemo")
+    for path in runner.dry_run(recipe, Path(args.runs_dir), reproduce):
+        print(path)
     return 0
 
 
@@ -133,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("recipe", help="recipe YAML file")
         sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.correct.max_tokens=5000")
+        sp.add_argument("--engine", choices=("native", "nemo"), help="run on this engine instead of the recipe's "
+                        "(stages pinned in its engines: keep theirs)")
         return sp
 
     sp = recipe_cmd("validate", "validate a recipe completely, without running anything")
@@ -146,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
         if name == "run":
             sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+            sp.add_argument("--until", metavar="STAGE", help="run STAGE and what it needs, nothing downstream")
+            sp.add_argument("--dry-run", action="store_true", help="nemo engine: write every stage's scripts, "
+                            "configs and launch commands into the run dir, and run nothing")
+            sp.add_argument("--launcher", choices=("docker", "torchrun", "slurm"),
+                            help="nemo engine: how jobs start (default: the recipe's nemo.launcher)")
         sp.set_defaults(fn=fn)
     sp = sub.add_parser("ls", help="list artifacts in a runs directory")
     sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"))
@@ -154,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("artifact", help="artifact directory")
     sp.add_argument("--json", action="store_true", help="print the raw manifest")
     sp.set_defaults(fn=cmd_show)
+    from evals.cli import add_commands  # eval, gate, report: the evaluation suite's own commands
+
+    add_commands(sub)
     return p
 
 

@@ -23,6 +23,7 @@ from factory.errors import ArtifactError, FactoryError
 from factory.hashing import sha256_json
 from factory.recipe import Recipe
 from factory.sources import datasets as ds_sources
+from factory.sources.produced import dataset_from_artifact
 from factory.sources import models as model_sources
 from factory.stages.base import StageContext, stage_kinds
 from factory.training import dist
@@ -66,7 +67,7 @@ class Pipeline:
     def _inputs(self, stage: str, pending: set[str]) -> tuple[dict[str, str] | None, str]:
         hashes: dict[str, str] = {}
         for fname, (kind, name) in self.recipe.stage_inputs(stage).items():
-            if kind == "model" and name in self.recipe.stages:
+            if name in self.recipe.stages:
                 if name in pending:
                     return None, f"upstream stage {name!r} will run"
                 manifest = artifacts.read_manifest(self.artifact_dir(name))
@@ -126,8 +127,22 @@ class Pipeline:
                 raise FactoryError(f"no stage {name!r} in {self.recipe.file} (stages: {', '.join(self.recipe.stages)})")
 
     # -- running -----------------------------------------------------------
-    def run(self, force: tuple[str, ...] = (), only: str | None = None) -> list[Decision]:
+    def needed_for(self, stage: str) -> set[str]:
+        """``stage`` and every stage it depends on, directly or not."""
+        self._check_names((stage,), None)
+        out, todo = set(), [stage]
+        while todo:
+            s = todo.pop()
+            if s not in out:
+                out.add(s)
+                todo += self.recipe.upstream(s)
+        return out
+
+    def run(self, force: tuple[str, ...] = (), only: str | None = None, until: str | None = None) -> list[Decision]:
+        """Run (or reuse) every stage; ``only``: just that one (its inputs must be
+        up to date); ``until``: that stage and what it needs, nothing downstream."""
         self._check_names(force, only)
+        wanted = self.needed_for(until) if until else None
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
@@ -136,7 +151,7 @@ class Pipeline:
                 (self.run_dir / "recipe.resolved.json").write_text(json.dumps(self.recipe.raw, indent=2) + "\n")
             done = []
             for stage in self.recipe.stages:
-                if only is not None and stage != only:
+                if (only is not None and stage != only) or (wanted is not None and stage not in wanted):
                     continue
                 if only is not None:
                     for up in self.recipe.upstream(stage):
@@ -195,7 +210,7 @@ class Pipeline:
             return None
         manifest = artifacts.write_manifest(out, {
             "kind": cfg.kind, "stage": stage, "recipe": recipe.name, "recipe_file": str(recipe.file),
-            "engine": recipe.engine, "seed": recipe.seed, "config": to_dict(cfg),
+            "engine": recipe.engine_of(stage), "seed": recipe.seed, "config": to_dict(cfg),
             "config_hash": recipe.config_hash(stage), "inputs": inputs,
             "input_fields": {f: n for f, (_, n) in recipe.stage_inputs(stage).items()},
             "sources": sources, "tokens": result.tokens, "wall_s": round(wall, 3),
@@ -224,6 +239,9 @@ class Pipeline:
             elif rkind == "model":
                 models[fname] = model_sources.materialize(recipe.models[name], recipe.base)
                 sources[name] = recipe.models[name].describe()
+            elif name in recipe.stages:  # a dataset made by an earlier stage (e.g. verifier-built pairs)
+                datasets[fname] = dataset_from_artifact(self.artifact_dir(name), f"stages.{stage}.{fname}")
+                sources[name] = f"stage {name}"
             else:
                 datasets[fname] = recipe.datasets[name]
                 sources[name] = f"dataset ({datasets[fname].licence_of()})"

@@ -6,19 +6,19 @@ cycles, files) and every error names the file and the YAML path."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from factory.configs import build, coerce, hashed_dict, refs
+from factory.engines import ENGINES
 from factory.errors import ConfigError, FactoryError
 from factory.hashing import sha256_json
 from factory.sources.datasets import DatasetSpec
 from factory.sources.models import ModelSpec
 
-ENGINES = ("native",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TOP_KEYS = ("name", "description", "engine", "seed", "models", "datasets", "stages")
+_TOP_KEYS = ("name", "description", "engine", "engines", "nemo", "seed", "models", "datasets", "stages")
 
 
 @dataclass
@@ -32,6 +32,11 @@ class Recipe:
     stages: dict[str, Any]  # stage name -> typed config, in execution order
     file: Path
     raw: dict  # the resolved recipe as plain data
+    stage_engines: dict[str, str] = field(default_factory=dict)  # stage -> engine (``engines:`` over ``engine:``)
+    engine_settings: dict[str, Any] = field(default_factory=dict)  # engine -> its settings (``nemo:``)
+
+    def engine_of(self, stage: str) -> str:
+        return self.stage_engines.get(stage, self.engine)
 
     @property
     def base(self) -> Path:
@@ -55,7 +60,7 @@ class Recipe:
 
     def config_hash(self, stage: str) -> str:
         cfg = self.stages[stage]
-        return sha256_json({"kind": cfg.kind, "engine": self.engine, "seed": self.seed,
+        return sha256_json({"kind": cfg.kind, "engine": self.engine_of(stage), "seed": self.seed,
                             "config": hashed_dict(cfg)})
 
 
@@ -97,8 +102,9 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
     if overrides:
         try:
             conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(parse_overrides(list(overrides))))
-        except OmegaConfBaseException as e:
-            raise FactoryError(f"{path}: override: {str(e).splitlines()[0]}") from e
+        except (OmegaConfBaseException, TypeError, ValueError) as e:
+            # e.g. a key that indexes into a list: OmegaConf raises a plain TypeError
+            raise FactoryError(f"{path}: override: {str(e).splitlines()[0] or type(e).__name__}") from e
     try:
         return OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as e:
@@ -129,6 +135,7 @@ def _mapping(raw: dict, key: str) -> dict:
 
 
 def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
+    from factory import engines
     from factory.stages.base import stage_kinds
 
     for key in raw:
@@ -173,12 +180,17 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
             m.check_files(f"models.{n}", path.parent)
         for n, d in datasets.items():
             d.check_files(f"datasets.{n}", path.parent)
-    _check_shapes(order, stages, models, path.parent, kinds)
+    shapes = _check_shapes(order, stages, models, path.parent, kinds)
+    stage_engines = engines.parse_stage_engines(raw.get("engines"), order, engine)
+    settings = engines.parse_settings(raw, order)
+    ordered = {n: stages[n] for n in order}
+    engines.check(stage_engines, settings, ordered, models, shapes, path.parent)
     return Recipe(name=name, engine=engine, seed=seed, description=description, models=models,
-                  datasets=datasets, stages={n: stages[n] for n in order}, file=path, raw=raw)
+                  datasets=datasets, stages=ordered, file=path, raw=raw,
+                  stage_engines=stage_engines, engine_settings=settings)
 
 
-def _check_shapes(order: list[str], stages: dict, models: dict, base: Path, kinds: dict) -> None:
+def _check_shapes(order: list[str], stages: dict, models: dict, base: Path, kinds: dict) -> dict:
     """Follow model shapes through the stages so impossible targets fail validation."""
     from factory.sources.models import peek_config
 
@@ -192,6 +204,7 @@ def _check_shapes(order: list[str], stages: dict, models: dict, base: Path, kind
         fname, target = inputs[0]  # the first model input is the one a stage transforms
         src = shapes.get(target) if target in stages else peek_config(models[target], base)
         shapes[sname] = kinds[cfg.kind].shape(cfg, src, f"stages.{sname}") if src is not None else None
+    return shapes
 
 
 def _check_refs(stages: dict, models: dict, datasets: dict) -> None:
@@ -205,13 +218,16 @@ def _check_refs(stages: dict, models: dict, datasets: dict) -> None:
                     known = ", ".join(list(models) + [s for s in stages if s != sname]) or "none"
                     raise ConfigError(where, f"{target!r} is neither a models: entry nor a stage (known: {known})")
             elif kind == "dataset":
-                if target not in datasets:
-                    raise ConfigError(where, f"{target!r} is not a datasets: entry (known: {', '.join(datasets) or 'none'})")
+                if target == sname:
+                    raise ConfigError(where, "a stage cannot take its own output as input")
+                if target not in datasets and target not in stages:
+                    known = ", ".join(list(datasets) + [s for s in stages if s != sname]) or "none"
+                    raise ConfigError(where, f"{target!r} is neither a datasets: entry nor a stage (known: {known})")
 
 
 def _topological(stages: dict) -> list[str]:
     """Stages in dependency order (YAML order among independent ones); cycles are errors."""
-    deps = {s: [t for k, t in refs(c).values() if k == "model" and t in stages] for s, c in stages.items()}
+    deps = {s: [t for _, t in refs(c).values() if t in stages] for s, c in stages.items()}
     order: list[str] = []
     state: dict[str, int] = {}
 

@@ -16,7 +16,7 @@ SMOKE = RECIPES / "smoke.yaml"
 
 
 def test_distillation_lowers_heldout_kl(runs):
-    Pipeline(load_recipe(SMOKE), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="distill")
     m = read_manifest(runs / "smoke" / "distill")
     met = m["metrics"]
     assert met["heldout_kl_after"] < 0.5 * met["heldout_kl_before"]
@@ -31,7 +31,7 @@ def test_distillation_lowers_heldout_kl(runs):
 
 def test_self_distillation_has_zero_loss(runs):
     recipe = load_recipe(SMOKE, ["stages.distill.student=correct", "stages.distill.max_tokens=512"])
-    Pipeline(recipe, runs, progress=False).run(only=None)
+    Pipeline(recipe, runs, progress=False).run(until="distill")
     met = read_manifest(runs / "smoke" / "distill")["metrics"]
     assert met["heldout_kl_before"] == pytest.approx(0.0, abs=1e-6)
     rows = [json.loads(x) for x in (runs / "smoke" / "distill" / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +41,7 @@ def test_self_distillation_has_zero_loss(runs):
 def test_intermediate_states_with_projection_and_lm_loss(runs):
     recipe = load_recipe(SMOKE, ["stages.distill.intermediate_layer_pairs=[[0,0],[1,1]]",
                                  "stages.distill.skip_lm_loss=false", "stages.distill.max_tokens=1024"])
-    Pipeline(recipe, runs, progress=False).run()
+    Pipeline(recipe, runs, progress=False).run(until="distill")
     rows = [json.loads(x) for x in (runs / "smoke" / "distill" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert all({"kd_loss", "lm_loss", "intermediate_loss"} <= set(r) for r in train)
@@ -53,7 +53,7 @@ def test_intermediate_states_with_projection_and_lm_loss(runs):
 
 def test_crash_after_checkpoint_resumes_to_the_same_weights(runs, tmp_path, monkeypatch):
     overrides = ["stages.distill.intermediate_layer_pairs=[[1,1]]"]
-    Pipeline(load_recipe(SMOKE, overrides), tmp_path / "ref", progress=False).run()
+    Pipeline(load_recipe(SMOKE, overrides), tmp_path / "ref", progress=False).run(until="distill")
     import factory.training.loop as loop
 
     real = loop._save_checkpoint
@@ -68,9 +68,9 @@ def test_crash_after_checkpoint_resumes_to_the_same_weights(runs, tmp_path, monk
 
     monkeypatch.setattr(loop, "_save_checkpoint", crash_after_second_save)
     with pytest.raises(KeyboardInterrupt):
-        Pipeline(load_recipe(SMOKE, overrides), runs, progress=False).run()
+        Pipeline(load_recipe(SMOKE, overrides), runs, progress=False).run(until="distill")
     monkeypatch.setattr(loop, "_save_checkpoint", real)
-    Pipeline(load_recipe(SMOKE, overrides), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE, overrides), runs, progress=False).run(until="distill")
     assert read_manifest(runs / "smoke" / "distill")["resumed_from_step"] == 8
     a = load_file(tmp_path / "ref" / "smoke" / "distill" / "model.safetensors")
     b = load_file(runs / "smoke" / "distill" / "model.safetensors")
@@ -104,12 +104,12 @@ def _mismatched_teacher(tmp_path, vocab_size=None, swap=False):
 def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
     other = _mismatched_teacher(tmp_path, vocab_size=300 if kind == "vocab_size" else None, swap=kind == "token_ids")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(RECIPES / "data" / "smoke.txt"))
+    recipe.write_text(SMOKE.read_text().replace("path: data/", f"path: {RECIPES / 'data'}/")
                       + "\n  other_distill:\n    kind: distill\n    student: prune\n    teacher: alien\n    data: corpus\n"
                         "    seq_len: 64\n    max_tokens: 256\n    eval_tokens: 128\n")
     text = recipe.read_text().replace("models:\n", f"models:\n  alien: {{path: {other}}}\n", 1)
     recipe.write_text(text)
-    rc = main(["run", str(recipe), "--runs-dir", str(runs), "--no-progress"])
+    rc = main(["run", str(recipe), "--until", "other_distill", "--runs-dir", str(runs), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("error: stages.other_distill: the student's")
@@ -120,6 +120,6 @@ def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
 def test_teacher_must_be_a_model(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(SMOKE.read_text().replace("teacher: correct", "teacher: corpus")
-                      .replace("data/smoke.txt", str(RECIPES / "data" / "smoke.txt")))
+                      .replace("path: data/", f"path: {RECIPES / 'data'}/"))
     assert main(["validate", str(recipe)]) == 2
     assert "stages.distill.teacher: 'corpus' is neither a models: entry nor a stage" in capsys.readouterr().err

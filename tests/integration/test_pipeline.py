@@ -46,7 +46,7 @@ def _ran(runs, name, since=0):
 
 
 def test_smoke_run_writes_hf_artifacts_and_rerun_is_cached(runs, capsys):
-    assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress"]) == 0
+    assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--no-progress"]) == 0
     art = runs / "smoke" / "correct"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "generation_config.json", "chat_template.jinja", "metrics.jsonl", "manifest.json"):
@@ -71,7 +71,7 @@ def test_smoke_run_writes_hf_artifacts_and_rerun_is_cached(runs, capsys):
     assert out.shape[1] > ids["input_ids"].shape[1]
 
     n_before = len(_events(runs, "smoke"))
-    assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress"]) == 0
+    assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--no-progress"]) == 0
     assert _ran(runs, "smoke", n_before) == []
     capsys.readouterr()
     assert main(["plan", str(SMOKE), "--runs-dir", str(runs)]) == 0
@@ -85,7 +85,7 @@ def test_smoke_run_writes_hf_artifacts_and_rerun_is_cached(runs, capsys):
 def test_golden_smoke_losses(runs):
     """The smoke line's numbers must not drift silently (recorded in tests/golden)."""
     golden = json.loads((ROOT / "tests" / "golden" / "smoke_correct.json").read_text())
-    Pipeline(load_recipe(SMOKE), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="correct")
     m = read_manifest(runs / "smoke" / "correct")["metrics"]
     for key, value in golden.items():
         assert m[key] == pytest.approx(value, rel=1e-3), key
@@ -133,7 +133,7 @@ def test_only_runs_one_stage_and_needs_fresh_inputs(chain, runs, capsys):
 
 
 def test_corrupted_artifact_is_reported_not_reused(runs, capsys):
-    Pipeline(load_recipe(SMOKE), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="distill")
     weights = runs / "smoke" / "correct" / "model.safetensors"
     good = {k: v.clone() for k, v in load_file(weights).items()}  # load_file maps the file
     data = bytearray(weights.read_bytes())
@@ -142,11 +142,11 @@ def test_corrupted_artifact_is_reported_not_reused(runs, capsys):
     capsys.readouterr()
     assert main(["plan", str(SMOKE), "--runs-dir", str(runs)]) == 0
     assert "CORRUPTED" in capsys.readouterr().out
-    assert main(["run", str(SMOKE), "--runs-dir", str(runs)]) == 2
+    assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors does not match its sha256" in err and "--force correct" in err
     assert main(["show", str(runs / "smoke" / "correct")]) == 1
-    assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--force", "correct", "--no-progress"]) == 0
+    assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--force", "correct", "--no-progress"]) == 0
     fixed = load_file(weights)
     assert all(torch.equal(good[k], fixed[k]) for k in good)
 
@@ -155,10 +155,11 @@ def test_source_change_reruns(tmp_path, runs):
     corpus = tmp_path / "c.txt"
     shutil.copy(RECIPES / "data" / "smoke.txt", corpus)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(corpus)))
+    recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(corpus))
+                      .replace("path: data/", f"path: {RECIPES / 'data'}/"))
     p = Pipeline(load_recipe(recipe), runs, progress=False)
-    p.run()
-    assert {d.action for d in Pipeline(load_recipe(recipe), runs).plan()} == {"cached"}
+    p.run(until="distill")
+    assert {d.action for d in Pipeline(load_recipe(recipe), runs).plan()[:3]} == {"cached"}
     corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about planes and chisels.")
     first, second, *_ = Pipeline(load_recipe(recipe), runs).plan()
     assert first.action == "run" and first.reason == "input corpus changed"

@@ -18,7 +18,7 @@ def _events(runs):
 
 
 def test_pruned_artifact_loads_generates_and_reports(runs):
-    Pipeline(load_recipe(SMOKE), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="prune")
     art = runs / "smoke" / "prune"
     m = read_manifest(art)
     assert m["target_shape"]["hidden_size"] == 48 and m["target_shape"]["ffn_hidden_size"] == 64
@@ -40,11 +40,11 @@ def test_pruned_artifact_loads_generates_and_reports(runs):
 
 
 def test_changing_only_the_target_reuses_importance(runs):
-    Pipeline(load_recipe(SMOKE), runs, progress=False).run()
+    Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="prune")
     n = len(_events(runs))
     recipe = load_recipe(SMOKE, ["stages.prune.target_ffn_hidden_size=32", "stages.prune.target_num_query_groups=1",
                                  "stages.prune.target_num_attention_heads=2"])
-    Pipeline(recipe, runs, progress=False).run()
+    Pipeline(recipe, runs, progress=False).run(until="prune")
     # prune and what depends on it; correct stays cached
     assert [e["stage"] for e in _events(runs)[n:] if e["event"] == "start"] == ["prune", "distill"]
     m = read_manifest(runs / "smoke" / "prune")
@@ -57,7 +57,7 @@ def test_budget_search_and_depth_pruning(runs):
                                  "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
                                  "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
                                  "models.teacher.tiny.num_hidden_layers=4"])
-    Pipeline(recipe, runs, progress=False).run()
+    Pipeline(recipe, runs, progress=False).run(until="prune")
     m = read_manifest(runs / "smoke" / "prune")
     cands = m["candidates"]
     assert len(cands) >= 2 and all(c["params"] <= 60_000 for c in cands)

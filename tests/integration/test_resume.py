@@ -18,7 +18,7 @@ OVERRIDES = ["stages.correct.max_tokens=76800", "stages.correct.checkpoint_every
 
 
 def _cmd(runs):
-    return [sys.executable, "-m", "factory.cli", "run", str(RECIPES / "smoke.yaml"), *OVERRIDES,
+    return [sys.executable, "-m", "factory.cli", "run", str(RECIPES / "smoke.yaml"), *OVERRIDES, "--until", "distill",
             "--runs-dir", str(runs), "--no-progress"]
 
 
