@@ -21,10 +21,12 @@ def _losses(runs, stage):
 def test_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "factory.cli", "run", str(SMOKE), "--runs-dir", str(one), "--no-progress"],
+    subprocess.run([sys.executable, "-m", "factory.cli", "run", str(SMOKE), "--until", "distill", "--runs-dir", str(one),
+                    "--no-progress"],
                    check=True, env=env, capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "factory.cli", "run", str(SMOKE), "--runs-dir", str(two), "--no-progress"],
+                           "-m", "factory.cli", "run", str(SMOKE), "--until", "distill", "--runs-dir", str(two),
+                           "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("correct", "distill"):
