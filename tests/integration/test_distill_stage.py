@@ -114,7 +114,7 @@ def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
     assert rc == 2
     assert err[-1].startswith("error: stages.other_distill: the student's")
     assert ("vocabulary (259" in err[-1]) if kind == "vocab_size" else ("maps tokens to ids differently" in err[-1])
-    assert (runs / "smoke" / "distill" / "manifest.json").exists()  # finished artifacts stay intact
+    assert (runs / "smoke" / "prune" / "manifest.json").exists()  # finished artifacts stay intact
 
 
 def test_teacher_must_be_a_model(tmp_path, capsys):

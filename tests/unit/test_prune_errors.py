@@ -38,7 +38,7 @@ CASES = {
     "budget_too_big": (["stages.prune.target_hidden_size=null", "stages.prune.model=smol", "stages.prune.target_params=200M"],
                        "stages.prune.target_params: 200,000,000 is not below the source's 134,515,008"),
     "no_target": (["stages.prune.target_hidden_size=null"], "stages.prune: no pruning target"),
-    "missing_calibration_data": (["stages.prune.calibration.data=wiki"], "stages.prune.calibration.data: 'wiki' is not a datasets: entry"),
+    "missing_calibration_data": (["stages.prune.calibration.data=wiki"], "stages.prune.calibration.data: 'wiki' is neither a datasets: entry nor a stage"),
     "bad_calibration_key": (["stages.prune.calibration.sample=3"], "stages.prune.calibration.sample: unknown key"),
     "keep_no_layer": (["stages.prune.target_hidden_size=null", "stages.prune.drop_layers=[0,1,2,3]"],
                       "stages.prune.target_num_layers: must keep at least one layer"),

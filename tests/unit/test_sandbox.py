@@ -205,6 +205,10 @@ def test_weaker_modes_still_contain(mode, tmp_path, server, monkeypatch):
                "kill_parent", "kill_parent_group", "kill_launcher"]
     names = failing + ["read_env", "huge_file", "sleep", "write_tmp"]
     results = _run_hostile(mode, tmp_path, server.getsockname()[1], names)
+    if str(ROOT).startswith("/tmp/"):
+        # A checkout under /tmp sits where the box mounts its own private /tmp: the
+        # write lands there and vanishes with the box; _escapes below checks the host.
+        failing.remove("write_repo")
     assert {n: results[n].status for n in failing + ["huge_file", "sleep"]} == {
         **{n: "failed" for n in failing}, "huge_file": "limit", "sleep": "timeout"}
     assert results["read_env"].passed and SECRET_NAME not in results["read_env"].stdout
