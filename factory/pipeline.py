@@ -204,6 +204,9 @@ class Pipeline:
         with matmul_precision(getattr(cfg, "matmul_precision", "highest")):
             result = kind.run(ctx)
         wall = time.perf_counter() - t0
+        # Every rank finishes the stage body (which may still read the shared work
+        # dir, e.g. its metrics log) before rank 0 publishes and removes that dir.
+        dist.barrier()
         if not main:
             dist.barrier()  # wait until rank 0 has published the artifact
             shutil.rmtree(out, ignore_errors=True)

@@ -34,7 +34,7 @@ def test_two_processes_match_one(tmp_path):
         b, eb = _losses(two, stage)
         assert len(a) == len(b) == 16
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6), stage
-        assert eb == pytest.approx(ea, rel=1e-4, abs=1e-6), stage
+        assert eb == pytest.approx(ea, rel=1e-4, abs=1e-5), stage  # KL near 0.007: float drift of 2e-6 seen
     m1 = json.loads((one / "smoke" / "prune" / "manifest.json").read_text())
     m2 = json.loads((two / "smoke" / "prune" / "manifest.json").read_text())
     assert m2["target_shape"] == m1["target_shape"]
