@@ -161,7 +161,7 @@ def run(ctx: StageContext) -> StageResult:
         loss_fn=lambda w, batch: _kd_terms(w, teacher, batch, cfg),
         eval_fn=lambda: heldout_kd(student, teacher, heldout, cfg, cfg.eval_batch_size),
         work_dir=ctx.work_dir, log=log, progress=ctx.progress, desc=f"{ctx.name} (distill)")
-    save_checkpoint(student.to("cpu"), s_tok, ctx.out_dir)
+    save_checkpoint(student, s_tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_kl" in x]
     metrics = {"heldout_kl_before": evals[0]["eval_kl"], "heldout_kl_after": evals[-1]["eval_kl"],

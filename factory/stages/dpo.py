@@ -209,7 +209,7 @@ def run(ctx: StageContext) -> StageResult:
     result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress,
                    f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
                    tokens_per_step=round(avg_tokens * per_step))
-    save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
+    save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_reward_accuracy" in x]
     metrics = {f"heldout_{k}_{when}": row[f"eval_{k}"] for when, row in (("before", evals[0]), ("after", evals[-1]))

@@ -231,7 +231,7 @@ def run(ctx: StageContext) -> StageResult:
         else:
             del pruned
     row, pruned, cand, drop, depth_rank = best
-    save_checkpoint(pruned.to("cpu"), tok, ctx.out_dir)
+    save_checkpoint(pruned, tok, ctx.out_dir)
     imp.save(ctx.out_dir / "importance.safetensors", {"aggregation": how})
     plot_importance(imp, how, drop, cand.hidden_size, cand.ffn_hidden_size, ctx.out_dir / "importance.png")
     new_shape = cand.shape(src)

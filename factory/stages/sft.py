@@ -142,7 +142,7 @@ def run(ctx: StageContext) -> StageResult:
     result = train(model, cfg, batch_fn, loss_fn, lambda: assistant_loss(model, eval_batches), ctx.work_dir, log,
                    ctx.progress, f"{ctx.name} (sft)", total_steps=steps,
                    tokens_per_step=per_step)
-    save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
+    save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_assistant_loss" in x]
     metrics = {"heldout_assistant_loss_before": evals[0]["eval_assistant_loss"],

@@ -5,7 +5,14 @@ averaged with one all-reduce per step over a flattened buffer, and only rank 0
 writes anything (checkpoints, metrics, artifacts). The global batch is the
 recipe's ``batch_size x grad_accum``, whatever the number of processes, so a
 run on N processes follows the same loss trajectory as one on a single process
-(up to float summation order). CPUs use gloo, GPUs NCCL."""
+(up to float summation order). CPUs use gloo, GPUs NCCL.
+
+``parallel: fsdp`` shards instead of replicating (torch FSDP2, ``fully_shard``):
+every decoder layer's weights, gradients and optimizer state are split across
+the ranks and gathered one layer at a time for its forward and backward; the
+embeddings, final norm and LM head (which the fused losses read directly) stay
+replicated and are all-reduced like DDP. Checkpoints and the released model are
+gathered to full tensors, so a checkpoint looks the same whatever the layout."""
 
 from __future__ import annotations
 
@@ -50,11 +57,51 @@ def shard_rows(batch):
     return batch[rank::size]
 
 
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def shard_layers(model: torch.nn.Module) -> int:
+    """FSDP2-shard every decoder layer (each module of a ``ModuleList`` named ``layers``)
+    across all ranks; returns how many layers were sharded (0 outside torchrun)."""
+    _, size = world()
+    if size == 1:
+        return 0
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (size,))
+    stacks = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"]
+    for name, layers in stacks:
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        # The module holding the stack (e.g. LlamaModel) becomes the FSDP root, owning
+        # none of its own parameters (embeddings and final norm stay replicated). With a
+        # root, each layer frees its gathered weights right after its forward; a layer
+        # that is its own root would keep them until backward.
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        inside = {id(p) for p in layers.parameters()}
+        fully_shard(parent, mesh=mesh, ignored_params={p for p in parent.parameters() if id(p) not in inside})
+    return sum(len(layers) for _, layers in stacks)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce (mean) the replicated parameters' gradients; FSDP-sharded ones
+    arrive already averaged by their reduce-scatter."""
     _, size = world()
     if size == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch.distributed.all_reduce(flat)
     flat /= size
@@ -72,3 +119,58 @@ def mean_across(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     torch.distributed.all_reduce(t)
     return float(t.item() / size)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that also understands a mix of FSDP-sharded and replicated
+    gradients: the sharded part of the squared norm is summed across ranks, the
+    replicated part (identical everywhere after averaging) counted once."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(_is_dtensor(g) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    sharded = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    replicated = torch.zeros_like(sharded)
+    for g in grads:
+        if _is_dtensor(g):
+            sharded += g.to_local().double().pow(2).sum()
+        else:
+            replicated += g.double().pow(2).sum()
+    torch.distributed.all_reduce(sharded)
+    norm = (sharded + replicated).sqrt()
+    coef = min(1.0, max_norm / (float(norm) + 1e-6))
+    for g in grads:
+        g.mul_(coef)
+    return norm.float()
+
+
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """Model and optimizer state to checkpoint: plain ``state_dict()``s, or under FSDP
+    full tensors gathered to rank 0's CPU (a collective: every rank must call it;
+    the others get empty dicts)."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optim_state: dict) -> None:
+    """Inverse of ``full_state``: every rank passes the full dicts and keeps its shards."""
+    if not is_sharded(model):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def full_model_state(model: torch.nn.Module) -> dict | None:
+    """A sharded model's full weights on rank 0's CPU (collective; {} on other ranks),
+    or None when the model is not sharded."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

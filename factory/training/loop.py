@@ -45,6 +45,10 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16"] = field("float32", help="training dtype of the weights")
     loss_chunk: int = field(1024, help="tokens per chunk of the fused LM-head loss")
     device: str = field("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N", hashed=False)
+    parallel: Literal["ddp", "fsdp"] = field(
+        "ddp", help="under torchrun: ddp replicates the model on every rank; fsdp shards the decoder layers' "
+                    "weights, gradients and optimizer state across ranks (torch FSDP2), for models whose "
+                    "training state does not fit one device", hashed=False)
     matmul_precision: Literal["highest", "medium"] = field(
         "highest", help="fp32 matmul precision: highest = IEEE fp32; medium = bf16 inner products with fp32 "
                         "accumulation (AMX on CPUs, like TF32 on GPUs), about 1.6x faster on CPUs with AMX")
@@ -128,11 +132,15 @@ def matmul_precision(mode: str):
             mkldnn.fp32_precision = old_cpu
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, extra: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": torch.get_rng_state(), "extra": extra}, tmp)
-    os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> None:
+    """Every rank calls this (under FSDP the state is gathered collectively); rank 0 writes."""
+    model_state, optim_state = dist.full_state(model, optimizer)
+    if dist.is_main():
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout,
+                    "rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+    dist.barrier()
 
 
 def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
@@ -147,17 +155,22 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     total = total_steps if total_steps is not None else cfg.total_steps
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
     ckpt = work_dir / "checkpoint.pt"
     start = 0
     rank, size = dist.world()
     if cfg.batch_size % size:
         raise FactoryError(f"batch_size {cfg.batch_size} does not split over {size} processes: "
                            "make it a multiple of the process count")
+    layout = "replicated"
+    if cfg.parallel == "fsdp" and size > 1 and dist.shard_layers(model):
+        layout = "fsdp"
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("layout", "replicated") != layout:
+            raise FactoryError(f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
+                               f"has it {layout}: resume with the same parallel setting, or --force the stage")
+        dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
         log.truncate_after(start)
@@ -189,7 +202,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         dist.average_gradients(params)
         step_loss = dist.mean_across(step_loss)
         parts = {k: dist.mean_across(v) for k, v in parts.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = dist.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last_loss = step_loss
@@ -203,9 +216,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
             log.write({"step": done, "tokens": done * per_step,
                        **{f"eval_{k}": v for k, v in eval_fn().items()}})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            if rank == 0:
-                _save_checkpoint(ckpt, model, optimizer, done, {})
-            dist.barrier()
+            _save_checkpoint(ckpt, model, optimizer, done, layout)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
     bar.close()

@@ -20,14 +20,19 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
     """AdamW without decay on norms and biases (1-D parameters), as is usual for LMs."""
-    decay, no_decay = [], []
+    from torch.distributed.tensor import DTensor
+
+    # FSDP-sharded (DTensor) and replicated parameters go to separate groups: the fused
+    # kernel updates one group's tensors in one call, which cannot mix the two.
+    groups: dict[tuple[bool, bool], list] = {}
     seen = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once
             continue
         seen.add(id(p))
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
+    groups = [{"params": params, "weight_decay": weight_decay if decay else 0.0}
+              for (decay, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     # The fused kernel does the whole update in one pass over each tensor: on a CPU
     # it is several times faster than the foreach path, which is memory-bound.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -26,8 +26,18 @@ def load_model(path: Path, dtype: torch.dtype):
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
-    """An ordinary HF checkpoint: config, safetensors, tokenizer, chat template, generation config."""
-    model.save_pretrained(out_dir)
+    """An ordinary HF checkpoint on the CPU: config, safetensors, tokenizer, chat template,
+    generation config. An FSDP-sharded model is gathered first (every rank must call
+    this); only rank 0 has the weights to write, other ranks' outputs are discarded."""
+    from factory.training import dist
+
+    full = dist.full_model_state(model)
+    if full is None:
+        model.to("cpu").save_pretrained(out_dir)
+    elif dist.is_main():
+        model.save_pretrained(out_dir, state_dict=full)
+    else:
+        model.config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
@@ -53,7 +63,7 @@ def lm_finetune(ctx: StageContext, model_dir: Path, data: DatasetSpec, desc: str
         return heldout_loss(model, packed.heldout.to(device), cfg.eval_batch_size)
 
     result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, desc)
-    save_checkpoint(model.to("cpu"), tok, ctx.out_dir)
+    save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     rows = [json.loads(line) for line in log.path.read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
