@@ -43,7 +43,7 @@ def markdown(runs: list[tuple[str, dict]], chart: str | None = None) -> str:
     for label, r in runs:
         m = r["model"]
         lines.append(f"- **{label}**: {m.get('path') or m.get('name')} (hash {str(m.get('hash'))[:12]}), "
-                     f"suite {r['suite']['name']}, engine {r['engine'].get('name', '?')}, {r.get('wall_s', 0):.0f} s")
+                     f"suite {r['suite']['name']}, engine {r['engine'].get('engine') or r['engine'].get('name', '?')}, {r.get('wall_s', 0):.0f} s")
     lines += ["", "Values with percentile-bootstrap 95% intervals over samples.", ""]
     lines.append("| task | metric | " + " | ".join(label for label, _ in runs) + " |")
     lines.append("|---|---|" + "---|" * len(runs))

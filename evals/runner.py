@@ -1,5 +1,5 @@
 """Run a suite on one model: load every task's samples first (bad data fails
-before any generation), build the engine once, generate each task's requests
+before any generation), build the engine once, generate every task's requests
 in one batched call, score, then run the tasks that need the model itself
 (log-likelihood through lm-eval) after the engine has released its memory.
 Everything lands in one results.json (see evals.results)."""
@@ -81,13 +81,9 @@ def model_identity(model: str, described: dict) -> dict:
     return {"name": model, "hash": digest}
 
 
-def _generate(engine, p: Planned, progress: bool) -> list[dict]:
+def _score(p: Planned, completions: list, progress: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
-    completions = engine.generate([s.request for s in p.samples], progress=progress)
-    if len(completions) != len(p.samples):
-        raise FactoryError(f"engine {engine.name} returned {len(completions)} completions "
-                           f"for {len(p.samples)} requests of task {p.entry.name}")
     records = []
     pairs = zip(p.samples, completions)
     for s, c in tqdm(pairs, total=len(p.samples), desc=f"scoring {p.entry.name}", unit="sample",
@@ -135,11 +131,31 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
         return {"name": (engine or suite.engine) if owned else getattr(engine, "name", "custom")}
     eng = _build_engine(engine or suite.engine, model, suite, settings) if owned else engine
     try:
+        # Every task's requests go to the engine in one call, so a batching engine keeps
+        # its batch full across tasks (a task of 20 prompts alone would leave most of a
+        # 64-row batch idle). Each task is charged the share of generation time its
+        # generated tokens took, plus its own scoring time.
+        requests = [s.request for p in planned for s in p.samples]
+        t = time.perf_counter()
+        completions = eng.generate(requests, progress=progress)
+        spent = time.perf_counter() - t
+        if len(completions) != len(requests):
+            raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
+                               f"for {len(requests)} requests")
+        tokens = sum(sum(c.tokens) for c in completions)
+
+        def share(part) -> float:  # by generated tokens; by requests if the engine counted none
+            return sum(sum(c.tokens) for c in part) / tokens if tokens else len(part) / max(len(completions), 1)
+
+        start = 0
         for p in planned:
+            mine = completions[start:start + len(p.samples)]
+            start += len(p.samples)
             t = time.perf_counter()
-            records[p.entry.name] = _generate(eng, p, progress)
-            walls[p.entry.name] = time.perf_counter() - t
-        return eng.describe()
+            records[p.entry.name] = _score(p, mine, progress)
+            walls[p.entry.name] = time.perf_counter() - t + spent * share(mine)
+        return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
+                                                 "wall_s": round(spent, 3)}}
     finally:
         if owned:
             eng.close()

@@ -9,13 +9,19 @@ manifest's metrics hold each task's headline metric per model as
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from factory.configs import field, require
 from factory.errors import ConfigError, FactoryError
+from factory.hashing import sha256_json
 from factory.stages.base import StageContext, StageResult, register
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -90,6 +96,32 @@ def load_suite(suite, base: Path | None, where: str):
         raise ConfigError(where, str(e)) from None
 
 
+def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> Path | None:
+    """Where results of this model (by content hash) on this suite, engine and
+    settings, scored by this version of the eval code, are kept across runs of the
+    stage: a rerun after, say, only the dpo stage changed evaluates only the new model.
+    None when the model's hash is unknown."""
+    digest = ctx.input_hashes.get(key)
+    if not digest or ctx.cache_dir is None:
+        return None
+    k = sha256_json({"model": digest, "suite": suite.hash, "engine": cfg.engine, "settings": cfg.engine_settings,
+                     "limit": cfg.limit, "sampling": cfg.sampling, "code": _evals_code_hash()})
+    return ctx.cache_dir / f"results-{k[:24]}.json"
+
+
+@functools.cache
+def _evals_code_hash() -> str:
+    """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
+    import evals
+
+    root = Path(evals.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def no_model(cfg: Any, model_config: dict, where: str) -> None:
     return None  # the output is a results directory, not a model
 
@@ -103,11 +135,25 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg: EvaluateConfig = ctx.config
     suite = load_suite(cfg.suite, ctx.base, f"stages.{ctx.name}.suite")
-    runs, metrics = [], {}
+    runs, metrics, reused = [], {}, []
     for label, key in cfg.model_fields().items():
-        results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
-                            limit=cfg.limit, sampling=cfg.sampling, out=ctx.out_dir / f"results-{label}.json",
-                            label=label, progress=ctx.progress)
+        out = ctx.out_dir / f"results-{label}.json"
+        cached = _cached_results(ctx, cfg, suite, key)
+        if cached is not None and cached.exists():
+            results = res.load(cached)
+            results["model"]["label"] = label
+            res.write(results, out)
+            reused.append(label)
+            print(f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings "
+                  f"({cached.name})", file=sys.stderr)
+        else:
+            results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
+                                limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp")
+                shutil.copyfile(out, tmp)
+                os.replace(tmp, cached)
         runs.append((label, results))
         for task, (metric, entry) in res.headline(results).items():
             metrics[f"{label}/{task}/{metric}"] = entry["value"]
@@ -115,5 +161,5 @@ def run(ctx: StageContext) -> StageResult:
     extra = {"suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
              "labels": {label: str(ctx.models[key]) for label, key in cfg.model_fields().items()},
              "report": sorted(p.name for p in files.values()),
-             "samples": sum(len(r["samples"]) for _, r in runs)}
+             "samples": sum(len(r["samples"]) for _, r in runs), "reused": reused}
     return StageResult(metrics=metrics, extra=extra)

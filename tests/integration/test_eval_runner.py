@@ -130,7 +130,24 @@ def test_runner_with_fake_engine_schema_and_cis(tasks, tmp_path):
     assert s["weights"] == {"weighted": 1.0} and s["finish_reasons"] == ["stop"]
     for key in ("model", "engine", "suite", "versions", "wall_s", "bootstrap", "created"):
         assert key in saved, key
-    assert saved["suite"]["hash"] == suite.hash and saved["engine"] == {"name": "fake"}
+    assert saved["suite"]["hash"] == suite.hash
+    assert saved["engine"] == {"name": "fake", "generation": {"requests": 8, "tokens": 8, "wall_s": pytest.approx(0, abs=1)}}
+
+
+def test_generation_tasks_share_one_engine_call(tasks, tmp_path):
+    """Two generation tasks reach the engine as one batch (a batching engine stays full),
+    each keeps its own sampling, and the results are split back per task in order."""
+    answers = tmp_path / "a.json"
+    answers.write_text(json.dumps({str(i): p[::-1][:6] for i, p in enumerate(PROMPTS)}))
+    second = {"task": "match", "name": "short", "answers": str(answers), "limit": 3, "sampling": {"max_tokens": 2}}
+    engine = FakeEngine()
+    out = run_suite(str(tmp_path), _suite(answers, extra=[second]), engine=engine, progress=False)
+    assert len(engine.calls) == 1
+    assert [r.sampling.max_tokens for r in engine.calls[0]] == [6] * 8 + [2] * 3
+    assert out["tasks"]["match"]["metrics"]["exact"]["value"] == 0.5
+    assert out["tasks"]["short"]["n"] == 3 and out["tasks"]["short"]["metrics"]["exact"]["value"] == 0.0  # cut to 2
+    assert [s["outputs"][0] for s in out["samples"] if s["task"] == "short"] == ["ol", "ru", "2+"]
+    assert out["engine"]["generation"]["requests"] == 11
 
 
 def test_limit_caps_every_task_and_sampling_overrides_win(tasks, tmp_path):
@@ -265,6 +282,24 @@ def test_evaluate_and_gate_stages(tasks, tmp_path, runs, capsys):
     assert main(["run", str(recipe), "stages.gate.on_regression=record", "stages.gate.candidate=teacher",
                  "stages.gate.baseline=student", "--runs-dir", str(runs), "--no-progress"]) == 0
     assert read_manifest(runs / "ev" / "gate")["metrics"]["passed"] is True
+
+
+def test_evaluate_reuses_results_of_unchanged_models(tasks, tmp_path, runs, capsys):
+    """A forced rerun evaluates nothing again (same model hashes, suite, settings);
+    a changed setting evaluates again."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE % "")
+    Pipeline(load_recipe(recipe), runs, progress=False).run(only="evaluate")
+    art = runs / "ev" / "evaluate"
+    first = res.load(art / "results-student.json")
+    assert read_manifest(art)["reused"] == []
+    Pipeline(load_recipe(recipe), runs, progress=False).run(force=("evaluate",), only="evaluate")
+    assert read_manifest(art)["reused"] == ["teacher", "student"]
+    assert "student: reusing results" in capsys.readouterr().err
+    assert res.load(art / "results-student.json")["samples"] == first["samples"]
+    Pipeline(load_recipe(recipe, ["stages.evaluate.limit=3"]), runs, progress=False).run(only="evaluate")
+    m = read_manifest(art)
+    assert m["reused"] == [] and m["samples"] == 6
 
 
 @pytest.mark.parametrize("override,expected", [
