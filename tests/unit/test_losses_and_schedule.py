@@ -53,3 +53,19 @@ def test_lr_schedule_warmup_cosine_floor():
     assert mid == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(100, total, peak, warm, 0.1) == pytest.approx(1e-4)
     assert all(lr_at(s, total, peak, warm, 0.1) >= lr_at(s + 1, total, peak, warm, 0.1) for s in range(10, 99))
+
+
+def test_resume_refuses_a_checkpoint_of_another_layout(tmp_path):
+    """A checkpoint written by an FSDP run is not silently loaded into a replicated one."""
+    from factory.errors import FactoryError
+    from factory.training.loop import TrainConfig, train
+    from factory.training.metrics import MetricsLog
+
+    model = torch.nn.Linear(4, 4)
+    torch.save({"model": {}, "optimizer": {}, "step": 2, "layout": "fsdp", "rng": torch.get_rng_state()},
+               tmp_path / "checkpoint.pt")
+    cfg = TrainConfig(seq_len=4, batch_size=2, max_tokens=64, device="cpu")
+    with pytest.raises(FactoryError, match=r"checkpoint.pt was written with the model fsdp, this run has it "
+                                           r"replicated: resume with the same parallel setting"):
+        train(model, cfg, lambda s, m: torch.zeros(2, 4), lambda m, b: (m(b).sum(), 8), dict, tmp_path,
+              MetricsLog(tmp_path / "metrics.jsonl"), progress=False)
