@@ -23,6 +23,7 @@ from factory.configs import field, require
 from factory.errors import ConfigError, FactoryError
 from factory.hashing import sha256_json
 from factory.stages.base import StageContext, StageResult, register
+from factory.training import dist
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -149,7 +150,7 @@ def run(ctx: StageContext) -> StageResult:
         else:
             results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
                                 limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress)
-            if cached is not None:
+            if cached is not None and dist.is_main():  # under torchrun every rank evaluates; one writes
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_suffix(".tmp")
                 shutil.copyfile(out, tmp)
