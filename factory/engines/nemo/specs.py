@@ -124,25 +124,14 @@ def _imports(spec: dict) -> dict:
 
 def correct_spec(recipe: Recipe, stage: str) -> dict:
     cfg = recipe.stages[stage]
-    settings = recipe.engine_settings["nemo"]
-    res = settings.resources(stage)
     spec = _base(recipe, stage, "nemo2")
     spec["data"] = _data(recipe, stage, "data", "text", {"eval_tokens": cfg.eval_tokens})
-    spec["nemo2"] = {
-        "api": "llm.train", "imports": _imports(spec), "model": "model",
-        "trainer": _trainer(cfg, res, settings.precision), "optimizer": _optimizer(cfg, settings.precision),
-        "scheduler": _scheduler(cfg), "data": _pretraining_data(cfg, res, recipe.seed, f"{spec['work']}/tokens"),
-        "checkpoints": f"{spec['work']}/train"}
-    spec["tokens"] = cfg.total_steps * cfg.tokens_per_step
-    spec["steps"] = _nemo2_steps(spec, _tokenize(spec["data"], spec["inputs"]["model"], spec["work"],
-                                                 settings.workers))
-    return spec
+    spec["nemo2"] = {"api": "llm.train", "imports": _imports(spec), "model": "model"}
+    return _nemo2_training(spec, recipe, stage, tokenizer="model")
 
 
 def distill_spec(recipe: Recipe, stage: str) -> dict:
     cfg = recipe.stages[stage]
-    settings = recipe.engine_settings["nemo"]
-    res = settings.resources(stage)
     spec = _base(recipe, stage, "nemo2")
     spec["data"] = _data(recipe, stage, "data", "text", {"eval_tokens": cfg.eval_tokens})
     pairs = [[f"decoder.layers.{s}", f"decoder.layers.{t}"] for s, t in (cfg.intermediate_layer_pairs or [])]
@@ -150,12 +139,23 @@ def distill_spec(recipe: Recipe, stage: str) -> dict:
         "api": "llm.distill", "imports": _imports(spec), "student": "student", "teacher": "teacher",
         # nemo.collections.llm.modelopt.distill.utils.DistillationConfig, read from distillation_config_path
         "distillation": {"logit_layers": ["output_layer", "output_layer"], "intermediate_layer_pairs": pairs,
-                         "skip_lm_loss": cfg.skip_lm_loss, "kd_loss_scale": cfg.kd_loss_scale},
+                         "skip_lm_loss": cfg.skip_lm_loss, "kd_loss_scale": cfg.kd_loss_scale}}
+    return _nemo2_training(spec, recipe, stage, tokenizer="teacher")
+
+
+def _nemo2_training(spec: dict, recipe: Recipe, stage: str, tokenizer: str) -> dict:
+    """What every NeMo 2 training job (llm.train, llm.distill) adds after its own keys:
+    trainer, optimizer, schedule, packed data, checkpoints, the token budget, and the
+    steps that tokenize the corpus with the ``tokenizer`` input's tokenizer."""
+    cfg = recipe.stages[stage]
+    settings = recipe.engine_settings["nemo"]
+    res = settings.resources(stage)
+    spec["nemo2"].update({
         "trainer": _trainer(cfg, res, settings.precision), "optimizer": _optimizer(cfg, settings.precision),
         "scheduler": _scheduler(cfg), "data": _pretraining_data(cfg, res, recipe.seed, f"{spec['work']}/tokens"),
-        "checkpoints": f"{spec['work']}/train"}
+        "checkpoints": f"{spec['work']}/train"})
     spec["tokens"] = cfg.total_steps * cfg.tokens_per_step
-    spec["steps"] = _nemo2_steps(spec, _tokenize(spec["data"], spec["inputs"]["teacher"], spec["work"],
+    spec["steps"] = _nemo2_steps(spec, _tokenize(spec["data"], spec["inputs"][tokenizer], spec["work"],
                                                  settings.workers))
     return spec
 
