@@ -24,15 +24,15 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
 
     # FSDP-sharded (DTensor) and replicated parameters go to separate groups: the fused
     # kernel updates one group's tensors in one call, which cannot mix the two.
-    groups: dict[tuple[bool, bool], list] = {}
+    by_kind: dict[tuple[bool, bool], list] = {}  # (decayed, sharded) -> parameters
     seen = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once
             continue
         seen.add(id(p))
-        groups.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
+        by_kind.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
     groups = [{"params": params, "weight_decay": weight_decay if decay else 0.0}
-              for (decay, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+              for (decay, _), params in sorted(by_kind.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     # The fused kernel does the whole update in one pass over each tensor: on a CPU
     # it is several times faster than the foreach path, which is memory-bound.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
