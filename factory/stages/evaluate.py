@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any, Literal
 
 from factory.configs import field, require
 from factory.errors import ConfigError, FactoryError
-from factory.hashing import sha256_json
+from factory.hashing import hash_tree, sha256_json
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 
@@ -115,12 +112,8 @@ def _evals_code_hash() -> str:
     """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
     import evals
 
-    root = Path(evals.__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts:
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+    files = hash_tree(Path(evals.__file__).parent)
+    return sha256_json({rel: digest for rel, digest in files.items() if "__pycache__" not in rel})
 
 
 def no_model(cfg: Any, model_config: dict, where: str) -> None:
@@ -151,10 +144,7 @@ def run(ctx: StageContext) -> StageResult:
             results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
                                 limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress)
             if cached is not None and dist.is_main():  # under torchrun every rank evaluates; one writes
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".tmp")
-                shutil.copyfile(out, tmp)
-                os.replace(tmp, cached)
+                res.write(results, cached)
         runs.append((label, results))
         for task, (metric, entry) in res.headline(results).items():
             metrics[f"{label}/{task}/{metric}"] = entry["value"]
