@@ -142,18 +142,17 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
         if len(completions) != len(requests):
             raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
                                f"for {len(requests)} requests")
-        tokens = sum(sum(c.tokens) for c in completions)
-
-        def share(part) -> float:  # by generated tokens; by requests if the engine counted none
-            return sum(sum(c.tokens) for c in part) / tokens if tokens else len(part) / max(len(completions), 1)
-
+        counts = [sum(c.tokens) for c in completions]
+        tokens = sum(counts)
         start = 0
         for p in planned:
-            mine = completions[start:start + len(p.samples)]
-            start += len(p.samples)
+            end = start + len(p.samples)
+            # share by generated tokens; by requests if the engine counted none
+            share = sum(counts[start:end]) / tokens if tokens else (end - start) / max(len(completions), 1)
             t = time.perf_counter()
-            records[p.entry.name] = _score(p, mine, progress)
-            walls[p.entry.name] = time.perf_counter() - t + spent * share(mine)
+            records[p.entry.name] = _score(p, completions[start:end], progress)
+            walls[p.entry.name] = time.perf_counter() - t + spent * share
+            start = end
         return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
                                                  "wall_s": round(spent, 3)}}
     finally:
