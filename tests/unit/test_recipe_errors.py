@@ -93,3 +93,15 @@ def test_cli_prints_no_traceback(tmp_path):
 
     known = ", ".join(sorted(stage_kinds()))
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'r.yaml'}: stages.a.kind: unknown stage kind 'nope' (known: {known})"]
+
+
+def test_overrides_may_follow_options_but_stray_arguments_are_refused(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("x")
+    (tmp_path / "r.yaml").write_text(GOOD)
+    rc = main(["plan", str(tmp_path / "r.yaml"), "--runs-dir", str(tmp_path / "runs"), "stages.correct.lr=fast"])
+    assert rc == 2 and "stages.correct.lr: expected float, got 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["plan", str(tmp_path / "r.yaml"), "--runs-dir", str(tmp_path / "runs"), "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ls", "a=b"])  # ls takes no overrides
