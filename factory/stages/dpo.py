@@ -205,10 +205,14 @@ def run(ctx: StageContext) -> StageResult:
         return _reward_stats(pair_logps(model, heldout, pad, cfg.eval_batch_size, device), ref_eval,
                              eval_counts, spec)
 
+    def initial_eval() -> dict:
+        # at step 0 the policy is the reference: its held-out log-probs are the cached ones
+        return _reward_stats(ref_eval, ref_eval, eval_counts, spec)
+
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
     result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress,
                    f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
-                   tokens_per_step=round(avg_tokens * per_step))
+                   tokens_per_step=round(avg_tokens * per_step), initial_eval=initial_eval)
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_reward_accuracy" in x]

@@ -145,13 +145,16 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> No
 
 def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
           work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train",
-          total_steps: int | None = None, tokens_per_step: int | None = None) -> LoopResult:
+          total_steps: int | None = None, tokens_per_step: int | None = None,
+          initial_eval: EvalFn | None = None) -> LoopResult:
     """Run ``cfg.total_steps`` optimizer steps, resuming from ``work_dir`` if a checkpoint is there.
 
     ``eval_fn`` returns a dict of held-out metrics; it runs before training
     (step 0), every ``eval_every`` steps and at the end. Stages whose budget is
     not a token count (DPO: epochs over pairs) pass ``total_steps`` and the
-    (average) ``tokens_per_step`` themselves."""
+    (average) ``tokens_per_step`` themselves. ``initial_eval``, when given,
+    stands in for ``eval_fn`` at step 0 of a fresh run: for stages that know
+    those metrics without a pass (DPO: the policy starts as its reference)."""
     total = total_steps if total_steps is not None else cfg.total_steps
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
@@ -177,7 +180,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         print(f"[factory] {desc}: resumed from step {start}/{total} ({ckpt})", file=sys.stderr)
     else:
         log.truncate_after(-1)
-        log.write({"step": 0, "tokens": 0, **{f"eval_{k}": v for k, v in eval_fn().items()}})
+        log.write({"step": 0, "tokens": 0, **{f"eval_{k}": v for k, v in (initial_eval or eval_fn)().items()}})
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
