@@ -31,10 +31,10 @@ train() {
       "exp_manager.explicit_log_dir=$RUN_DIR/.nemo/dpo/aligner" \
       exp_manager.create_wandb_logger=False \
       exp_manager.checkpoint_callback_params.save_nemo_on_train_end=True \
-      model.optim.lr=2e-06 \
+      model.optim.lr=1e-05 \
       model.optim.weight_decay=0.01 \
       'model.optim.betas=[0.9,0.95]' \
-      model.optim.sched.min_lr=2e-07 \
+      model.optim.sched.min_lr=1.0000000000000002e-06 \
       model.optim.sched.constant_steps=0 \
       model.optim.sched.warmup_steps=null \
       ++model.optim.sched.warmup_ratio=0.1 \

@@ -39,8 +39,8 @@ train() {
       model.optim.sched.warmup_steps=null \
       ++model.optim.sched.warmup_ratio=0.05 \
       trainer.sft.max_epochs=1000 \
-      trainer.sft.max_steps=27 \
-      trainer.sft.val_check_interval=27 \
+      trainer.sft.max_steps=16 \
+      trainer.sft.val_check_interval=16 \
       trainer.sft.limit_val_batches=1.0 \
       "model.restore_from_path=$RUN_DIR/.nemo/sft/model.nemo" \
       model.tensor_model_parallel_size=1 \
