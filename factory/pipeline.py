@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory import artifacts
+from factory import artifacts, host
 from factory.configs import to_dict
 from factory.errors import ArtifactError, FactoryError
 from factory.hashing import sha256_json
@@ -199,6 +199,7 @@ class Pipeline:
                            cache_dir=self.run_dir / ".cache" / stage,
                            input_hashes={f: inputs[n] for f, (_, n) in fields.items()})
         self._event(stage, "start", "")
+        machine = host.describe() if main else None  # probed once per process, outside the stage's wall time
         t0 = time.perf_counter()
         # every stage kind that has the knob gets it applied here, around the whole stage
         with matmul_precision(getattr(cfg, "matmul_precision", "highest")):
@@ -216,7 +217,7 @@ class Pipeline:
             "engine": recipe.engine_of(stage), "seed": recipe.seed, "config": to_dict(cfg),
             "config_hash": recipe.config_hash(stage), "inputs": inputs,
             "input_fields": {f: n for f, (_, n) in recipe.stage_inputs(stage).items()},
-            "sources": sources, "tokens": result.tokens, "wall_s": round(wall, 3),
+            "sources": sources, "tokens": result.tokens, "wall_s": round(wall, 3), "host": machine,
             "metrics": result.metrics, **result.extra,
         })
         artifacts.replace_dir(out, self.artifact_dir(stage))

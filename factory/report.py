@@ -13,6 +13,7 @@ import html
 import json
 from pathlib import Path
 
+from factory import host
 from factory.artifacts import read_manifest
 from factory.errors import FactoryError
 
@@ -142,13 +143,16 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     svg = diagram_svg(stages)
     (out / "pipeline.svg").write_text(svg)
-    md = [f"# Run report: {run_dir.name}", "", "![pipeline](pipeline.svg)", "",
+    hosts = sorted({host.one_line(m["host"]) for m in stages if m.get("host")})
+    ran_on = f"Ran on: {'; '.join(hosts)}" if hosts else ""
+    md = [f"# Run report: {run_dir.name}", "", *([ran_on, ""] if ran_on else []), "![pipeline](pipeline.svg)", "",
           "| stage | kind | tokens | seconds | result |", "|---|---|---|---|---|"]
     md += ["| " + " | ".join(_summary_row(m)) + " |" for m in stages]
     page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>",
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style>",
-            f"<h1>Run report: {html.escape(run_dir.name)}</h1>", "<h2>Pipeline</h2>", svg,
+            f"<h1>Run report: {html.escape(run_dir.name)}</h1>", *([f"<p>{html.escape(ran_on)}</p>"] if ran_on else []),
+            "<h2>Pipeline</h2>", svg,
             "<h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>tokens</th><th>seconds</th><th>result</th></tr>"]
     page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _summary_row(m)) + "</tr>" for m in stages]
     page.append("</table>")

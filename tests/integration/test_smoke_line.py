@@ -51,6 +51,10 @@ def test_smoke_line_end_to_end(runs, capsys):
     page = (run / "report" / "report.html").read_text()
     assert "<svg" in page and page.count("<img") >= 5  # 4 training curves + importance + eval chart
     assert all(f">{s}<" in page for s in STAGES)
+    # what it ran on, so its seconds can be read against another machine's
+    machine = read_manifest(run / "distill")["host"]
+    assert machine["fp32_matmul_gflops"] > 0 and machine["torch_threads"] >= 1
+    assert f"Ran on: {machine['cpu']}" in page
 
     decisions = Pipeline(load_recipe(SMOKE), runs).plan()
     assert [d.action for d in decisions] == ["cached"] * len(STAGES)

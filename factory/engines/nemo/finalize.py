@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from factory import artifacts
+from factory import artifacts, host
 from factory.errors import ArtifactError
 
 
@@ -43,7 +43,7 @@ def finalize(template_path: Path) -> Path:
                                      "config_hash", "input_fields", "sources", "tokens")}
     body.update(inputs=input_hashes(template["input_refs"], run_dir),
                 wall_s=round(wall, 3) if wall is not None else None, metrics=template.get("metrics", {}),
-                job=template["job"])
+                job=template["job"], host=host.describe())
     artifacts.write_manifest(out, body)
     target = run_dir / template["output"]
     artifacts.replace_dir(out, target)
