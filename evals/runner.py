@@ -2,7 +2,9 @@
 before any generation), build the engine once, generate every task's requests
 in one batched call, score, then run the tasks that need the model itself
 (log-likelihood through lm-eval) after the engine has released its memory.
-Everything lands in one results.json (see evals.results)."""
+Everything lands in one results.json (see evals.results). With a completion
+cache (evals.completion_cache), generation goes in chunks that are on disk as
+soon as each is done, and a rerun generates only what is missing."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any
 
 from evals import results as res
 from evals import stats
-from evals.api import Request, Sample
+from evals.api import Completion, Request, Sample
+from evals.completion_cache import CompletionCache, engine_identity
 from evals.suite import Suite, TaskEntry
 from factory.errors import FactoryError
 
@@ -101,9 +104,47 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
                                f"{model!r} is not a directory")
 
 
-def _model_task(p: Planned, model: str, progress: bool) -> list[dict]:
+def _model_task(p: Planned, model: str, progress: bool, cache: CompletionCache | None) -> list[dict]:
+    if cache is not None:
+        from evals.engines.common import model_hash
+
+        key = cache.task_key({"model": model_hash(model), "code": res.code_hash()},
+                             {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options, "limit": p.limit})
+        kept = cache.records(key)
+        if kept is not None:
+            print(f"[evals] {p.entry.name}: {len(kept)} records from {cache.path}", file=sys.stderr)
+            return kept
     triples = p.task.evaluate_model(str(model), limit=p.limit, progress=progress)
-    return [res.sample_record(p.entry.name, s, outs, score) for s, outs, score in triples]
+    records = [res.sample_record(p.entry.name, s, outs, score) for s, outs, score in triples]
+    if cache is not None:
+        cache.add_records(key, records)
+    return records
+
+
+CHUNK = 256  # requests per engine call when caching: 4 hf batches, each chunk on disk once done
+
+
+def _generate(eng: Any, requests: list[Request], cache: CompletionCache | None,
+              progress: bool) -> tuple[list[Completion], int]:
+    """Completions for ``requests`` and how many came from the cache."""
+    if cache is None:
+        return eng.generate(requests, progress=progress), 0
+    ident = engine_identity(eng.describe())
+    keys = [cache.request_key(ident, r) for r in requests]
+    out: list[Completion | None] = [cache.completion(k) for k in keys]
+    todo = [i for i, c in enumerate(out) if c is None]
+    if len(todo) < len(requests):
+        print(f"[evals] {len(requests) - len(todo)} of {len(requests)} completions from {cache.path}",
+              file=sys.stderr)
+    for start in range(0, len(todo), CHUNK):
+        idx = todo[start:start + CHUNK]
+        got = eng.generate([requests[i] for i in idx], progress=progress)
+        if len(got) != len(idx):
+            raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(idx)} requests")
+        cache.add_completions([keys[i] for i in idx], got)
+        for i, c in zip(idx, got):
+            out[i] = c
+    return out, len(requests) - len(todo)
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:
@@ -124,7 +165,7 @@ def _build_engine(name: str, model: str, suite: Suite, overrides: dict | None):
 
 
 def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: Any, settings: dict | None,
-                    progress: bool, records: dict, walls: dict) -> dict:
+                    progress: bool, records: dict, walls: dict, cache: CompletionCache | None) -> dict:
     """Generate and score every generation task; returns the engine's description."""
     owned = engine is None or isinstance(engine, str)  # else the caller built it and closes it
     if not planned:
@@ -137,7 +178,7 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
         # generated tokens took, plus its own scoring time.
         requests = [s.request for p in planned for s in p.samples]
         t = time.perf_counter()
-        completions = eng.generate(requests, progress=progress)
+        completions, reused = _generate(eng, requests, cache, progress)
         spent = time.perf_counter() - t
         if len(completions) != len(requests):
             raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
@@ -154,7 +195,7 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
             walls[p.entry.name] = time.perf_counter() - t + spent * share
             start = end
         return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
-                                                 "wall_s": round(spent, 3)}}
+                                                 "wall_s": round(spent, 3), "reused": reused}}
     finally:
         if owned:
             eng.close()
@@ -163,24 +204,27 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
 def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,
               limit: int | None = None, sampling: dict | None = None, out: Path | None = None,
               label: str | None = None, progress: bool = True, resamples: int = stats.RESAMPLES,
-              seed: int = stats.SEED) -> dict:
+              seed: int = stats.SEED, cache: Path | None = None) -> dict:
     """Evaluate ``model`` (an HF dir, or a served model's name for openai) on ``suite``.
 
     ``engine``: None (the suite's), an engine name, or an engine object the
     caller built and will close itself. Generation tasks run first; tasks that
-    need the model itself run after the engine is closed and its memory freed."""
+    need the model itself run after the engine is closed and its memory freed.
+    ``cache``: a JSONL file of completions (and log-likelihood task records) to
+    reuse and extend, so an interrupted run resumes; None: keep nothing."""
     t0 = time.perf_counter()
     planned = plan(suite, limit, sampling, progress)
     _check_model_tasks(planned, model)
     boot = {"resamples": resamples, "seed": seed, "level": stats.LEVEL}
+    kept = CompletionCache(cache) if cache is not None else None
     records: dict[str, list[dict]] = {}
     walls: dict[str, float] = {}
     described = _run_generation([p for p in planned if not p.needs_model], model, suite, engine,
-                                engine_settings, progress, records, walls)
+                                engine_settings, progress, records, walls, kept)
     for p in planned:
         if p.needs_model:
             t = time.perf_counter()
-            records[p.entry.name] = _model_task(p, model, progress)
+            records[p.entry.name] = _model_task(p, model, progress, kept)
             walls[p.entry.name] = time.perf_counter() - t
     identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     results = {

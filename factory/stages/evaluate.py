@@ -9,7 +9,6 @@ manifest's metrics hold each task's headline metric per model as
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 from factory.configs import field, require
 from factory.errors import ConfigError, FactoryError
-from factory.hashing import hash_tree, sha256_json
+from factory.hashing import sha256_json
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 
@@ -99,21 +98,14 @@ def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> 
     settings, scored by this version of the eval code, are kept across runs of the
     stage: a rerun after, say, only the dpo stage changed evaluates only the new model.
     None when the model's hash is unknown."""
+    from evals.results import code_hash
+
     digest = ctx.input_hashes.get(key)
     if not digest or ctx.cache_dir is None:
         return None
     k = sha256_json({"model": digest, "suite": suite.hash, "engine": cfg.engine, "settings": cfg.engine_settings,
-                     "limit": cfg.limit, "sampling": cfg.sampling, "code": _evals_code_hash()})
+                     "limit": cfg.limit, "sampling": cfg.sampling, "code": code_hash()})
     return ctx.cache_dir / f"results-{k[:24]}.json"
-
-
-@functools.cache
-def _evals_code_hash() -> str:
-    """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
-    import evals
-
-    files = hash_tree(Path(evals.__file__).parent)
-    return sha256_json({rel: digest for rel, digest in files.items() if "__pycache__" not in rel})
 
 
 def no_model(cfg: Any, model_config: dict, where: str) -> None:
@@ -141,8 +133,11 @@ def run(ctx: StageContext) -> StageResult:
             print(f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings "
                   f"({cached.name})", file=sys.stderr)
         else:
+            # completions land in the work dir as they are made: a killed run resumes mid-model
+            completions = ctx.work_dir / f"completions-{label}.jsonl" if dist.is_main() else None
             results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
-                                limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress)
+                                limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress,
+                                cache=completions)
             if cached is not None and dist.is_main():  # under torchrun every rank evaluates; one writes
                 res.write(results, cached)
         runs.append((label, results))

@@ -131,7 +131,7 @@ def test_runner_with_fake_engine_schema_and_cis(tasks, tmp_path):
     for key in ("model", "engine", "suite", "versions", "wall_s", "bootstrap", "created"):
         assert key in saved, key
     assert saved["suite"]["hash"] == suite.hash
-    assert saved["engine"] == {"name": "fake", "generation": {"requests": 8, "tokens": 8, "wall_s": pytest.approx(0, abs=1)}}
+    assert saved["engine"] == {"name": "fake", "generation": {"requests": 8, "tokens": 8, "wall_s": pytest.approx(0, abs=1), "reused": 0}}
 
 
 def test_generation_tasks_share_one_engine_call(tasks, tmp_path):
@@ -214,6 +214,7 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     assert "match" in table and "exact" in table and "m0" in table
     saved = res.load(out / "results.json")
     assert saved["limit"] == 3 and {t: v["n"] for t, v in saved["tasks"].items()} == {"match": 3, "size": 3}
+    assert len((out / "completions.jsonl").read_text().splitlines()) == 4  # kept for a resume: 3 + the size task
     assert (out / "report.md").read_text().count("| match |") == 2  # exact and weighted
     page = (out / "report.html").read_text()
     png = base64.b64decode(page.split("base64,")[1].split('"')[0])
@@ -319,3 +320,49 @@ def test_bad_stage_configs_fail_validation(tasks, tmp_path, capsys, override, ex
     assert main(["validate", str(recipe), override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err and "r.yaml" in err, err
+
+
+def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_path, monkeypatch):
+    """Generation is kept in chunks as it is made: a run killed after the first chunk
+    resumes with the rest only, and ends with the uninterrupted run's samples."""
+    import evals.runner as runner
+    from evals.engines.hf import HFEngine
+
+    monkeypatch.setattr(runner, "CHUNK", 3)
+    suite = _suite(extra=[{"task": "size", "name": "size"}])
+    want = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=tmp_path / "ref.jsonl")
+    assert want["engine"]["generation"]["reused"] == 0
+
+    real = HFEngine.generate
+    asked, kill = [], [True]
+
+    def dies_after_one_chunk(self, requests, progress=True):
+        asked.append(len(requests))
+        if len(asked) == 2 and kill[0]:
+            kill[0] = False
+            raise KeyboardInterrupt  # stands in for a kill between chunks
+        return real(self, requests, progress)
+
+    monkeypatch.setattr(HFEngine, "generate", dies_after_one_chunk)
+    cache = tmp_path / "out" / "completions.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
+    assert len(cache.read_text().splitlines()) == 3
+    with open(cache, "a") as f:
+        f.write('{"key": "torn')  # killed mid-write
+    asked.clear()
+    got = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
+    assert asked == [3, 2]  # only the 5 missing requests, in chunks
+    assert got["engine"]["generation"]["reused"] == 3
+    strip = [{k: v for k, v in s.items() if k != "details"} for s in got["samples"]]
+    assert strip == [{k: v for k, v in s.items() if k != "details"} for s in want["samples"]]
+    rows = [json.loads(x) for x in cache.read_text().splitlines()]  # the torn tail was cut, not built upon
+    assert len(rows) == 9 and sum("records" in r for r in rows) == 1  # 8 completions + the size task
+
+    # a finished run reruns from the cache alone; another model shares nothing with it
+    asked.clear()
+    again = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
+    assert asked == [] and again["engine"]["generation"]["reused"] == 8
+    assert {k: v["metrics"] for k, v in again["tasks"].items()} == {k: v["metrics"] for k, v in got["tasks"].items()}
+    run_suite(str(tiny / "m1"), suite, engine="hf", progress=False, cache=cache)
+    assert asked == [3, 3, 2]

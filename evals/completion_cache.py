@@ -1,0 +1,89 @@
+"""Completions kept on disk as they are made, so an interrupted eval resumes.
+
+The `full` suite is thousands of generations (hours on a CPU); losing them all to a
+Ctrl-C, a pre-empted node or a crashed scorer is not acceptable. Generation runs in
+chunks; after each chunk its completions are appended to a JSONL file, one line per
+request, keyed by what determines the output: the engine, the model's content hash
+(for a served model, its name and URL), the dtype, and the whole request (messages,
+tools, prompt, sampling including n and seed). A rerun reads the file and sends only
+the requests it lacks. Log-likelihood tasks are kept whole, one line per task.
+
+A torn last line (killed mid-write) is cut off; a line that does not parse is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from evals.api import Completion, Request
+from factory.hashing import sha256_json
+
+
+def engine_identity(described: dict) -> dict:
+    """What in an engine's description decides its outputs (batching settings only
+    move float rounding, so they are left out)."""
+    ident = {"engine": described.get("engine"), "dtype": described.get("dtype")}
+    if described.get("model_hash"):
+        ident["model"] = described["model_hash"]
+    else:  # a served model: all we know is its name and where it is served
+        ident.update(model=described.get("model"), base_url=described.get("base_url"))
+    return ident
+
+
+class CompletionCache:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._rows: dict[str, dict] = {}
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn tail before appending
+                with open(self.path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self._rows[row["key"]] = row
+                    except (ValueError, KeyError, TypeError):
+                        continue  # torn or foreign line: that entry is simply recomputed
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @staticmethod
+    def request_key(identity: dict, request: Request) -> str:
+        return sha256_json({"engine": identity, "request": dataclasses.asdict(request)})
+
+    @staticmethod
+    def task_key(identity: dict, task: dict) -> str:
+        return sha256_json({"model": identity, "task": task})
+
+    def completion(self, key: str) -> Completion | None:
+        row = self._rows.get(key)
+        if row is None or "texts" not in row:
+            return None
+        return Completion(texts=row["texts"], tokens=row.get("tokens", []), finish_reasons=row.get("finish", []))
+
+    def records(self, key: str) -> list[dict] | None:
+        row = self._rows.get(key)
+        return row.get("records") if row is not None else None
+
+    def add_completions(self, keys: list[str], completions: list[Completion]) -> None:
+        self._append([{"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons}
+                      for k, c in zip(keys, completions)])
+
+    def add_records(self, key: str, records: list[dict]) -> None:
+        self._append([{"key": key, "records": records}])
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+                self._rows[row["key"]] = row
+            f.flush()
+            os.fsync(f.fileno())
