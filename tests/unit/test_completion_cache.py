@@ -36,3 +36,4 @@ def test_round_trip_and_damaged_lines(tmp_path):
     assert path.read_text().endswith('"finish": ["stop"]}\n')  # the torn tail is gone
     again.add_completions(["d"], [Completion(["v"], [1], ["stop"])])
     assert CompletionCache(path).completion("d").texts == ["v"]
+
