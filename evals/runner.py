@@ -104,11 +104,11 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
                                f"{model!r} is not a directory")
 
 
-def _model_task(p: Planned, model: str, progress: bool, cache: CompletionCache | None) -> list[dict]:
+def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
+                cache: CompletionCache | None) -> list[dict]:
+    """Records of a log-likelihood task; ``digest`` is the model's content hash (keys the cache)."""
     if cache is not None:
-        from evals.engines.common import model_hash
-
-        key = cache.task_key({"model": model_hash(model), "code": res.code_hash()},
+        key = cache.task_key({"model": digest, "code": res.code_hash()},
                              {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options, "limit": p.limit})
         kept = cache.records(key)
         if kept is not None:
@@ -124,12 +124,13 @@ def _model_task(p: Planned, model: str, progress: bool, cache: CompletionCache |
 CHUNK = 256  # requests per engine call when caching: 4 hf batches, each chunk on disk once done
 
 
-def _generate(eng: Any, requests: list[Request], cache: CompletionCache | None,
+def _generate(eng: Any, described: dict, requests: list[Request], cache: CompletionCache | None,
               progress: bool) -> tuple[list[Completion], int]:
-    """Completions for ``requests`` and how many came from the cache."""
+    """Completions for ``requests`` and how many came from the cache (``described``: the engine's
+    own description, which says what decides its outputs)."""
     if cache is None:
         return eng.generate(requests, progress=progress), 0
-    ident = engine_identity(eng.describe())
+    ident = engine_identity(described)
     keys = [cache.request_key(ident, r) for r in requests]
     out: list[Completion | None] = [cache.completion(k) for k in keys]
     todo = [i for i, c in enumerate(out) if c is None]
@@ -177,8 +178,9 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
         # 64-row batch idle). Each task is charged the share of generation time its
         # generated tokens took, plus its own scoring time.
         requests = [s.request for p in planned for s in p.samples]
+        described = eng.describe()
         t = time.perf_counter()
-        completions, reused = _generate(eng, requests, cache, progress)
+        completions, reused = _generate(eng, described, requests, cache, progress)
         spent = time.perf_counter() - t
         if len(completions) != len(requests):
             raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
@@ -194,7 +196,7 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
             records[p.entry.name] = _score(p, completions[start:end], progress)
             walls[p.entry.name] = time.perf_counter() - t + spent * share
             start = end
-        return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
+        return {**described, "generation": {"requests": len(requests), "tokens": tokens,
                                                  "wall_s": round(spent, 3), "reused": reused}}
     finally:
         if owned:
@@ -221,12 +223,12 @@ def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dic
     walls: dict[str, float] = {}
     described = _run_generation([p for p in planned if not p.needs_model], model, suite, engine,
                                 engine_settings, progress, records, walls, kept)
+    identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     for p in planned:
         if p.needs_model:
             t = time.perf_counter()
-            records[p.entry.name] = _model_task(p, model, progress, kept)
+            records[p.entry.name] = _model_task(p, model, identity["hash"], progress, kept)
             walls[p.entry.name] = time.perf_counter() - t
-    identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     results = {
         "format": res.FORMAT, "model": identity, "engine": described,
         "suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
