@@ -111,7 +111,7 @@ MBPP_DOC = {"task_id": 900, "text": "Write a function to make a stack of two ite
 
 
 def _humaneval(monkeypatch, **options):
-    task = HumanEval(timeout=3, **options)
+    task = HumanEval(**{"timeout": 3, **options})
     monkeypatch.setattr(task, "_records", lambda: [(HE_RECORD["task_id"], HE_RECORD)])
     return task
 
@@ -136,10 +136,18 @@ HUMANEVAL_CHAT = {
 
 
 def test_humaneval_chat_verdicts(monkeypatch):
-    task = _humaneval(monkeypatch)
-    (sample,) = task.samples()
+    # Only the hanging program is meant to meet the 3 s wall limit. The others
+    # finish in milliseconds, but two interpreter start-ups per box on a loaded
+    # 2-core CI host once turned one of them into a spurious timeout, so they
+    # run under a limit they can never honestly reach.
     names = list(HUMANEVAL_CHAT)
-    scores = task.score_many([(sample, [HUMANEVAL_CHAT[n][0]]) for n in names])
+    quick = [n for n in names if HUMANEVAL_CHAT[n][1] != "timeout"]
+    scored = {}
+    for timeout, group in ((60, quick), (3, [n for n in names if n not in quick])):
+        task = _humaneval(monkeypatch, timeout=timeout)
+        (sample,) = task.samples()
+        scored.update(zip(group, task.score_many([(sample, [HUMANEVAL_CHAT[n][0]]) for n in group])))
+    scores = [scored[n] for n in names]
     got = {n: (s.details["statuses"][0], s.reason) for n, s in zip(names, scores)}
     assert got == {n: (status, reason) for n, (_, status, reason) in HUMANEVAL_CHAT.items()}
     assert [s.metrics for s in scores] == [{"pass@1": 1.0 if n in ("passing", "body_only", "method_in_class")
