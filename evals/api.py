@@ -106,5 +106,5 @@ class ModelTask(Protocol):
     metrics: tuple[str, ...]
     licence: str
 
-    def evaluate_model(self, model_path: str, limit: int | None = None,
-                       progress: bool = True) -> list[tuple[Sample, list[str], Score]]: ...
+    def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True,
+                       store: Any = None) -> list[tuple[Sample, list[str], Score]]: ...

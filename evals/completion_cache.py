@@ -6,7 +6,9 @@ chunks; after each chunk its completions are appended to a JSONL file, one line 
 request, keyed by what determines the output: the engine, the model's content hash
 (for a served model, its name and URL), the dtype, and the whole request (messages,
 tools, prompt, sampling including n and seed). A rerun reads the file and sends only
-the requests it lacks. Log-likelihood tasks are kept whole, one line per task.
+the requests it lacks. Log-likelihood tasks are kept whole, one line per task, and
+while one runs each answer (log p(continuation | context), is-greedy) is kept as it
+is computed (``LoglikStore``), so an interrupted MMLU resumes where it stopped.
 
 A torn last line (killed mid-write) is cut off; a line that does not parse is skipped.
 """
@@ -14,8 +16,11 @@ A torn last line (killed mid-write) is cut off; a line that does not parse is sk
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +77,16 @@ class CompletionCache:
         row = self._rows.get(key)
         return row.get("records") if row is not None else None
 
+    def loglik(self, key: str) -> tuple[float, bool] | None:
+        row = self._rows.get(key)
+        if row is None or "ll" not in row:
+            return None
+        logp, greedy = row["ll"]
+        return float(logp), bool(greedy)
+
+    def add_logliks(self, keys: list[str], answers: list[tuple[float, bool]]) -> None:
+        self._append([{"key": k, "ll": [float(a[0]), bool(a[1])]} for k, a in zip(keys, answers)])
+
     def add_completions(self, keys: list[str], completions: list[Completion]) -> None:
         self._append([{"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons}
                       for k, c in zip(keys, completions)])
@@ -87,3 +102,45 @@ class CompletionCache:
                 self._rows[row["key"]] = row
             f.flush()
             os.fsync(f.fileno())
+
+
+class LoglikStore:
+    """One model's log-likelihood answers in a ``CompletionCache``, for
+    ``FastLM(store=...)``. ``identity`` says what decides the numbers besides
+    the tokens (the model's content hash, the code that computes them); the
+    scorer adds its dtype and context length. Answers are appended at most every
+    ``flush_s`` seconds and when the scorer stops, so a kill loses only the
+    last few seconds of work."""
+
+    def __init__(self, cache: CompletionCache, identity: dict, flush_s: float = 20.0):
+        self.cache, self.identity, self.flush_s = cache, identity, flush_s
+        self._keys: list[str] = []
+        self._answers: list[tuple[float, bool]] = []
+        self._flushed = time.monotonic()
+
+    def keys(self, pairs: list[tuple[list[int], list[int]]], settings: dict) -> list[str]:
+        """A key per (context tokens, continuation tokens) under ``settings``."""
+        salt = sha256_json({"loglik": self.identity, "settings": settings}).encode()
+        out = []
+        for context, continuation in pairs:
+            h = hashlib.sha256(salt)
+            for part in (context, continuation):
+                h.update(len(part).to_bytes(4, "little"))
+                h.update(array("q", part).tobytes())
+            out.append(h.hexdigest())
+        return out
+
+    def get(self, key: str) -> tuple[float, bool] | None:
+        return self.cache.loglik(key)
+
+    def add(self, keys: list[str], answers: list[tuple[float, bool]]) -> None:
+        self._keys += keys
+        self._answers += answers
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._keys:
+            self.cache.add_logliks(self._keys, self._answers)
+            self._keys, self._answers = [], []
+        self._flushed = time.monotonic()

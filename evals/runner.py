@@ -18,7 +18,7 @@ from typing import Any
 from evals import results as res
 from evals import stats
 from evals.api import Completion, Request, Sample
-from evals.completion_cache import CompletionCache, engine_identity
+from evals.completion_cache import CompletionCache, LoglikStore, engine_identity
 from evals.suite import Suite, TaskEntry
 from factory.errors import FactoryError
 
@@ -114,7 +114,12 @@ def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
         if kept is not None:
             print(f"[evals] {p.entry.name}: {len(kept)} records from {cache.path}", file=sys.stderr)
             return kept
-    triples = p.task.evaluate_model(str(model), limit=p.limit, progress=progress)
+    store = None
+    if cache is not None:  # answers kept as computed: an interrupted task resumes inside itself
+        from evals.harness.fast_lm import numerics_hash
+
+        store = LoglikStore(cache, {"model": digest, "code": numerics_hash()})
+    triples = p.task.evaluate_model(str(model), limit=p.limit, progress=progress, store=store)
     records = [res.sample_record(p.entry.name, s, outs, score) for s, outs, score in triples]
     if cache is not None:
         cache.add_records(key, records)

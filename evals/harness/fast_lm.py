@@ -17,6 +17,8 @@ Use it from Python (``FastLM(pretrained=dir)``) or from the command line:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from evals.harness import packing
 from factory.errors import FactoryError
+from factory.hashing import sha256_file, sha256_json
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,7 +36,10 @@ class FastLM(TemplateLM):
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto",
                  batch_size: int | str = 64, max_batch_tokens: int = 1024, row_tokens: int = 1024,
                  head_chunk: int = 512, max_length: int | None = None, add_bos_token: bool | None = None,
-                 prefix_token_id: int | None = None, trust_remote_code: bool = False, **_ignored):
+                 prefix_token_id: int | None = None, trust_remote_code: bool = False, store=None,
+                 **_ignored):
+        """``store``: where answers are kept as they are computed, so an interrupted
+        run resumes (``evals.completion_cache.LoglikStore``); None keeps nothing."""
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,6 +61,7 @@ class FastLM(TemplateLM):
         self.row_tokens = int(row_tokens)
         self.head_chunk = int(head_chunk)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.store = store
         self._split_head = self._head_is_separable()
 
     # -- what TemplateLM needs, with HFLM's semantics ----------------------------------------
@@ -99,16 +106,34 @@ class FastLM(TemplateLM):
 
     # -- the fast part ----------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_ignored):
-        rows = packing.plan_rows([(ctx, cont) for _, ctx, cont in requests], self.max_length, self.row_tokens)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="factory-hf loglikelihood")
-        with torch.inference_mode():
-            for batch in packing.batches(rows, self.max_rows, self.max_batch_tokens):
-                for i, answer in self._score_batch(batch):
-                    results[i] = answer
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                    bar.update(1)
-        bar.close()
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        keys = None
+        if self.store is not None:
+            keys = self.store.keys(pairs, {"dtype": str(self.model.dtype), "max_length": self.max_length})
+        if keys is not None:
+            for i, key in enumerate(keys):
+                results[i] = self.store.get(key)
+        todo = [i for i, r in enumerate(results) if r is None]
+        rows = packing.plan_rows([pairs[i] for i in todo], self.max_length, self.row_tokens)
+        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=disable_tqdm,
+                   desc="factory-hf loglikelihood")
+        try:
+            with torch.inference_mode():
+                for batch in packing.batches(rows, self.max_rows, self.max_batch_tokens):
+                    done = []
+                    for j, answer in self._score_batch(batch):
+                        i = todo[j]
+                        results[i] = answer
+                        done.append(i)
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                    if keys is not None:
+                        self.store.add([keys[i] for i in done], [results[i] for i in done])
+                    bar.update(len(done))
+        finally:
+            if self.store is not None:
+                self.store.flush()  # what was computed is kept even when interrupted
+            bar.close()
         return results
 
     def _score_batch(self, batch: list[packing.Row]):
@@ -185,3 +210,10 @@ def _rows(batch_size) -> int:
         return max(1, int(text))
     except ValueError:
         raise FactoryError(f"factory-hf: batch_size must be a number or 'auto', got {batch_size!r}") from None
+
+
+def numerics_hash() -> str:
+    """The source that turns tokens into log-likelihoods (this file and the
+    packing): a cached answer is reused only while it is unchanged."""
+    here = Path(__file__).parent
+    return sha256_json({name: sha256_file(here / name) for name in ("fast_lm.py", "packing.py")})

@@ -55,8 +55,9 @@ class HarnessTask:
         self.licence = ", ".join(sorted({taskdir.LICENCES["mmlu" if t.startswith("mmlu_") else t] for t in leaves}))
         self.last_results: dict | None = None  # lm-eval's aggregated results of the last run
 
-    def make_lm(self, model_path: str):
-        """The lm-eval model for ``backend``."""
+    def make_lm(self, model_path: str, store=None):
+        """The lm-eval model for ``backend``; ``store`` keeps the fast backend's
+        answers as they are computed (lm-eval's own ``hf`` model keeps nothing)."""
         from factory.training.loop import resolve_device
 
         if self.backend == "hf":
@@ -67,9 +68,9 @@ class HarnessTask:
         from evals.harness import FastLM
 
         return FastLM(pretrained=model_path, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
-                      max_batch_tokens=self.max_batch_tokens)
+                      max_batch_tokens=self.max_batch_tokens, store=store)
 
-    def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True):
+    def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True, store=None):
         import lm_eval
         from lm_eval.tasks import TaskManager
 
@@ -82,7 +83,7 @@ class HarnessTask:
             taskdir.write_task_dir(self.tasks, Path(tmp), self.data)
             manager = TaskManager(include_path=tmp, include_defaults=False)
             out = lm_eval.simple_evaluate(
-                model=self.make_lm(model_path), tasks=self.tasks, num_fewshot=self.num_fewshot, limit=limit,
+                model=self.make_lm(model_path, store), tasks=self.tasks, num_fewshot=self.num_fewshot, limit=limit,
                 task_manager=manager, log_samples=True, bootstrap_iters=0)
         self.last_results = out["results"]
         return to_records(out["samples"])

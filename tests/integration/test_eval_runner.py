@@ -58,7 +58,10 @@ class SizeTask:
     metrics = ("acc",)
     licence = "CC0-1.0"
 
-    def evaluate_model(self, model_path, limit=None, progress=True):
+    stores: list = []  # what each call was given to keep log-likelihood answers in
+
+    def evaluate_model(self, model_path, limit=None, progress=True, store=None):
+        SizeTask.stores.append(store)
         keys = sorted(json.loads((Path(model_path) / "config.json").read_text()))[: limit or None]
         return [(Sample(k, Request(prompt=k)), [k[:1]], Score({"acc": float(k.startswith("n"))})) for k in keys]
 
@@ -358,6 +361,9 @@ def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_pat
     assert strip == [{k: v for k, v in s.items() if k != "details"} for s in want["samples"]]
     rows = [json.loads(x) for x in cache.read_text().splitlines()]  # the torn tail was cut, not built upon
     assert len(rows) == 9 and sum("records" in r for r in rows) == 1  # 8 completions + the size task
+    # while a model task runs, its answers go to the same file, keyed by the model's content
+    store = SizeTask.stores[-1]
+    assert store.cache.path == cache and store.identity["model"] == got["model"]["hash"]
 
     # a finished run reruns from the cache alone; another model shares nothing with it
     asked.clear()

@@ -101,6 +101,46 @@ def test_fast_lm_loglikelihoods_equal_hflm_on_tiny_model(tiny):
     assert ours[0][0] != ours[1][0]  # distinct answers, not one value copied around
 
 
+def test_fast_lm_store_resumes_an_interrupted_run(tiny, tmp_path):
+    """Killed after its first batch, a rerun computes only what is missing and
+    returns the same answers as an uninterrupted run; another model shares nothing."""
+    from evals.completion_cache import CompletionCache, LoglikStore
+    from evals.harness import FastLM
+
+    pairs = [(f"Question {i}: what comes after {i}?\nAnswer:", f" {i + d}") for i in range(6) for d in (1, 2)]
+    kw = dict(pretrained=tiny, dtype="float32", device="cpu", batch_size=2, max_batch_tokens=64)
+    want = FastLM(**kw).loglikelihood(_instances(pairs), disable_tqdm=True)
+    path = tmp_path / "c.jsonl"
+
+    lm = FastLM(store=LoglikStore(CompletionCache(path), {"model": "m1"}, flush_s=3600), **kw)
+    real, calls = lm._score_batch, []
+
+    def dies_on_second_batch(batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        yield from real(batch)
+
+    lm._score_batch = dies_on_second_batch
+    with pytest.raises(KeyboardInterrupt):
+        lm.loglikelihood(_instances(pairs), disable_tqdm=True)
+    kept = len(CompletionCache(path))
+    assert 0 < kept < len(pairs)  # the first batch was flushed on the way out
+
+    lm = FastLM(store=LoglikStore(CompletionCache(path), {"model": "m1"}), **kw)
+    scored = []
+    real = lm._score_batch
+    lm._score_batch = lambda batch: (scored.extend(r for r in batch) or real(batch))
+    got = lm.loglikelihood(_instances(pairs), disable_tqdm=True)
+    assert sum(len(r.reads) for r in scored) == len(pairs) - kept
+    assert all(_close(a, b) and ga == gb for (a, ga), (b, gb) in zip(want, got))
+    assert len(CompletionCache(path)) == len(pairs)
+
+    other = FastLM(store=LoglikStore(CompletionCache(path), {"model": "m2"}), **kw)
+    other.loglikelihood(_instances(pairs), disable_tqdm=True)
+    assert len(CompletionCache(path)) == 2 * len(pairs)
+
+
 def _write_jsonl(path: Path, docs: list[dict]) -> str:
     path.write_text("".join(json.dumps(d) + "\n" for d in docs))
     return str(path)

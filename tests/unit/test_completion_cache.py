@@ -37,3 +37,34 @@ def test_round_trip_and_damaged_lines(tmp_path):
     again.add_completions(["d"], [Completion(["v"], [1], ["stop"])])
     assert CompletionCache(path).completion("d").texts == ["v"]
 
+
+
+def test_loglik_keys_follow_model_settings_and_token_split(tmp_path):
+    from evals.completion_cache import LoglikStore
+
+    cache = CompletionCache(tmp_path / "c.jsonl")
+    store = LoglikStore(cache, {"model": "abc", "code": "1"})
+    settings = {"dtype": "torch.float32", "max_length": 2048}
+    (key,) = store.keys([([1, 2], [3])], settings)
+    assert store.keys([([1, 2], [3])], settings) == [key]
+    assert store.keys([([1], [2, 3])], settings) != [key]  # same tokens, another split
+    assert store.keys([([1, 2], [3])], {**settings, "max_length": 1024}) != [key]
+    assert LoglikStore(cache, {"model": "abd", "code": "1"}).keys([([1, 2], [3])], settings) != [key]
+    assert LoglikStore(cache, {"model": "abc", "code": "2"}).keys([([1, 2], [3])], settings) != [key]
+
+
+def test_loglik_answers_are_buffered_then_kept(tmp_path):
+    from evals.completion_cache import LoglikStore
+
+    path = tmp_path / "c.jsonl"
+    store = LoglikStore(CompletionCache(path), {"model": "abc"}, flush_s=3600)
+    keys = store.keys([([1], [2]), ([1], [3])], {})
+    store.add(keys, [(-1.5, True), (-7.25, False)])
+    assert not path.exists()  # buffered: one append per flush, not per answer
+    store.flush()
+    again = LoglikStore(CompletionCache(path), {"model": "abc"})
+    assert [again.get(k) for k in keys] == [(-1.5, True), (-7.25, False)]
+    assert again.get("missing") is None and CompletionCache(path).completion(keys[0]) is None
+    eager = LoglikStore(CompletionCache(path), {"model": "abc"}, flush_s=0)
+    eager.add(["k"], [(-0.5, True)])  # due at once
+    assert CompletionCache(path).loglik("k") == (-0.5, True)
