@@ -4,11 +4,17 @@ Targets use NeMo / ModelOpt names (``target_hidden_size``,
 ``target_ffn_hidden_size``, ``target_num_attention_heads``,
 ``target_num_query_groups``, ``target_num_layers``, ``drop_layers``); unset
 targets keep the source's value. ``target_params`` instead searches the
-architectures that fit a parameter budget and keeps the one with the lowest
-held-out loss right after pruning."""
+architectures that fit a parameter budget and keeps the best: by default the one
+with the lowest held-out loss right after pruning; with ``rank_by: distill``
+the one with the lowest held-out loss after a short distillation from the
+source model (the Minitron papers' observation: the ranking right after
+pruning is not the ranking after retraining)."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -48,6 +54,19 @@ class CalibrationConfig:
 
 
 @dataclass
+class RankDistillConfig:
+    max_tokens: int = field(8192, help="distillation tokens per candidate, on the calibration corpus")
+    lr: float = field(2e-4, help="peak learning rate of the short distillation (cosine, 10% warmup)")
+    batch_size: int = field(4, help="sequences per step of the short distillation")
+    top: int | None = field(None, help="distil only the best `top` candidates by post-prune loss (null: all)")
+
+    def check(self, where: str) -> None:
+        for key in ("max_tokens", "lr", "batch_size"):
+            require(getattr(self, key) > 0, where, key, "must be positive")
+        require(self.top is None or self.top >= 1, where, "top", "must be >= 1 or null")
+
+
+@dataclass
 class PruneConfig:
     kind: str = field("prune", help="stage kind")
     model: str = field(None, ref="model", help="model to prune: a models: entry or an earlier stage")
@@ -65,6 +84,10 @@ class PruneConfig:
     target_params: int | None = field(None, help="parameter budget (e.g. 70M): search width/depth candidates")
     max_candidates: int = field(8, help="candidates ranked under target_params")
     candidate_multiple: int = field(32, help="hidden and MLP widths of candidates are multiples of this")
+    rank_by: Literal["loss", "distill"] = field(
+        "loss", help="rank target_params candidates by held-out loss right after pruning (loss) or after a "
+                     "short distillation from the source model (distill: slower, closer to the final ranking)")
+    rank_distill: RankDistillConfig = field(factory=RankDistillConfig, help="the short distillation of rank_by: distill")
     dtype: Literal["float32", "bfloat16"] = field("float32", help="dtype for calibration and the result")
     device: str = field("auto", help="auto, cpu, cuda or cuda:N", hashed=False)
     matmul_precision: Literal["highest", "medium"] = field("highest", help="fp32 matmul precision")
@@ -87,6 +110,10 @@ class PruneConfig:
         if not explicit and self.target_params is None:
             raise ConfigError(where, "no pruning target: set target_params or a target_* key or drop_layers")
         require(self.max_candidates >= 1, where, "max_candidates", "must be >= 1")
+        if self.rank_by == "distill":
+            require(self.target_params is not None, where, "rank_by",
+                    "distill ranks the candidates of target_params; with explicit targets there is one")
+        self.rank_distill.check(f"{where}.rank_distill")
         check_device(self.device, where)
 
 
@@ -215,13 +242,14 @@ def run(ctx: StageContext) -> StageResult:
     if not candidates:
         raise ConfigError(f"stages.{ctx.name}.target_params", f"no architecture found within "
                                                              f"{cfg.target_params:,} parameters")
-    ranking, best = [], None
+    ranking, best, chosen = [], None, {}
     for cand in candidates:
         n_drop = src.num_layers - cand.num_layers
         if drop_given is not None:
             drop, depth_rank = drop_given, []
         else:
             drop, depth_rank = _choose_drop(cfg, model, imp, n_drop, loss_of)
+        chosen[cand.label()] = (cand, drop, depth_rank)
         pruned = _prune(model, imp, src, cand, drop, how).to(device)
         loss = loss_of(pruned)
         row = {"candidate": cand.label(), **cand.shape(src).as_dict(), "drop_layers": drop, "heldout_loss": loss}
@@ -230,6 +258,19 @@ def run(ctx: StageContext) -> StageResult:
             best = (row, pruned, cand, drop, depth_rank)
         else:
             del pruned
+    rank_key = "heldout_loss"
+    if cfg.rank_by == "distill":
+        rank_key = "heldout_loss_distilled"
+        del best
+        finalists = sorted(ranking, key=lambda r: r["heldout_loss"])[: cfg.rank_distill.top or len(ranking)]
+        for r in finalists:
+            cand, drop, _ = chosen[r["candidate"]]
+            r.update(_short_distill(ctx, cfg, model, lambda: _prune(model, imp, src, cand, drop, how).to(device),
+                                    packed, heldout, device, r))
+        row = min(finalists, key=lambda r: r[rank_key])
+        cand, drop, depth_rank = chosen[row["candidate"]]
+        pruned = _prune(model, imp, src, cand, drop, how).to(device)  # the winner's pruned (not distilled) weights
+        best = (row, pruned, cand, drop, depth_rank)
     row, pruned, cand, drop, depth_rank = best
     save_checkpoint(pruned, tok, ctx.out_dir)
     imp.save(ctx.out_dir / "importance.safetensors", {"aggregation": how})
@@ -238,9 +279,53 @@ def run(ctx: StageContext) -> StageResult:
     metrics = {"heldout_loss_before": loss_before, "heldout_loss_after": row["heldout_loss"],
                "params_before": src.params(), "params_after": new_shape.params(),
                "param_ratio": new_shape.params() / src.params()}
+    if cfg.rank_by == "distill":
+        metrics["heldout_loss_distilled"] = row["heldout_loss_distilled"]
     extra = {"source_shape": src.as_dict(), "target_shape": new_shape.as_dict(), "dropped_layers": drop,
              "importance_reused": reused, "calibration_tokens": imp.tokens,
-             "candidates": sorted(ranking, key=lambda r: r["heldout_loss"]),
+             "rank_by": cfg.rank_by,
+             "candidates": sorted(ranking, key=lambda r: (r.get(rank_key, float("inf")), r["heldout_loss"])),
              "depth_ranking": depth_rank,
              "data": {"licence": ctx.datasets["calibration.data"].licence_of()}}
     return StageResult(metrics=metrics, tokens=imp.tokens, extra=extra)
+
+
+def _short_distill(ctx: StageContext, cfg: PruneConfig, teacher, make_student, packed, heldout, device,
+                   row: dict) -> dict:
+    """Distil one candidate briefly from the source model on the calibration corpus
+    and measure it: every candidate sees the same batches in the same order. The
+    result is kept in the work dir, so a rerun after a kill skips the candidates
+    already measured."""
+    from factory.stages.distill import DistillConfig, _kd_terms, _Student, heldout_kd
+    from factory.training.loop import train
+    from factory.training.metrics import MetricsLog
+
+    r = cfg.rank_distill
+    # the work dir is this config's and these inputs' alone; a label ("L30 h576 ... heads6/2") is not a file name
+    out = ctx.work_dir / "rank" / re.sub(r"[^A-Za-z0-9]+", "-", row["candidate"]).strip("-")
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    dcfg = DistillConfig(student="-", teacher="-", data="-", seq_len=cfg.calibration.seq_len,
+                         batch_size=r.batch_size, max_tokens=r.max_tokens, lr=r.lr, warmup_ratio=0.1,
+                         eval_every=0, checkpoint_every=0, dtype=cfg.dtype, device=cfg.device)
+    torch.manual_seed(ctx.seed)
+    student = make_student().requires_grad_(True)
+    teacher.eval().requires_grad_(False)
+    wrapper = _Student(student, None, student.config.hidden_size, teacher.config.hidden_size)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    train(wrapper, dcfg,
+          batch_fn=lambda step, micro: packed.batch(step, micro, r.batch_size, 1, ctx.seed).to(device),
+          loss_fn=lambda w, batch: _kd_terms(w, teacher, batch, dcfg),
+          eval_fn=lambda: heldout_kd(student, teacher, heldout, dcfg, cfg.calibration.batch_size),
+          work_dir=out, log=MetricsLog(out / "metrics.jsonl"), progress=ctx.progress,
+          desc=f"{ctx.name} rank {row['candidate']}", initial_eval=lambda: {"lm_loss": row["heldout_loss"]})
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    result = {"heldout_loss_distilled": last["eval_lm_loss"], "heldout_kl_distilled": last["eval_kl"],
+              "rank_distill_tokens": dcfg.total_steps * dcfg.tokens_per_step}
+    if dist.is_main():
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(done)
+    return result

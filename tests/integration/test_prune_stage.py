@@ -1,7 +1,9 @@
 """The prune stage end to end on the smoke recipe."""
 
 import json
+import re
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,3 +71,71 @@ def test_budget_search_and_depth_pruning(runs):
     assert sum(p.numel() for p in model.parameters()) == m["metrics"]["params_after"]
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+
+
+def test_rank_by_short_distillation(runs):
+    """rank_by: distill distils the best `top` candidates briefly from the source and
+    keeps the one with the lowest loss after it; a rerun reuses what was measured."""
+    budget = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
+              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
+              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
+              "models.teacher.tiny.num_hidden_layers=4"]
+    ranked = budget + ["stages.prune.rank_by=distill", "stages.prune.rank_distill.top=3",
+                       "stages.prune.rank_distill.max_tokens=512", "stages.prune.rank_distill.lr=5e-3"]
+    Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune")
+    m = read_manifest(runs / "smoke" / "prune")
+    cands = m["candidates"]
+    assert m["rank_by"] == "distill" and len(cands) > 3
+    finalists = [c for c in cands if "heldout_loss_distilled" in c]
+    assert len(finalists) == 3 and cands[:3] == finalists  # distilled ones first, best first
+    by_loss = sorted(cands, key=lambda c: c["heldout_loss"])
+    assert {c["candidate"] for c in finalists} == {c["candidate"] for c in by_loss[:3]}
+    losses = [c["heldout_loss_distilled"] for c in finalists]
+    assert losses == sorted(losses) and m["metrics"]["heldout_loss_distilled"] == losses[0]
+    for c in finalists:  # the short distillation moved every finalist towards its teacher
+        assert c["heldout_loss_distilled"] < c["heldout_loss"] and c["heldout_kl_distilled"] > 0
+        assert c["rank_distill_tokens"] >= 512
+    winner = finalists[0]
+    assert m["target_shape"]["hidden_size"] == winner["hidden_size"]
+    # released weights are the winner's pruned ones, not its short distillation
+    assert m["metrics"]["heldout_loss_after"] == winner["heldout_loss"]
+    model = AutoModelForCausalLM.from_pretrained(runs / "smoke" / "prune")
+    assert sum(p.numel() for p in model.parameters()) == m["metrics"]["params_after"] == winner["params"]
+
+
+
+def test_rank_by_distill_resumes_after_a_kill(runs, monkeypatch):
+    """Killed during the second candidate's short distillation, a rerun measures only
+    the candidates still missing and ends with the uninterrupted ranking."""
+    import factory.training.loop as loop
+
+    ranked = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
+              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
+              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
+              "stages.prune.rank_by=distill", "stages.prune.rank_distill.top=3",
+              "stages.prune.rank_distill.max_tokens=256"]
+    Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune")
+    want = read_manifest(runs / "smoke" / "prune")["candidates"]
+
+    real, calls, kill = loop.train, [], [True]
+
+    class Killed(Exception):
+        pass
+
+    def killed_on_second(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        if len(calls) == 2 and kill[0]:
+            kill[0] = False
+            raise Killed  # stands in for a kill mid-distillation
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", killed_on_second)
+    with pytest.raises(Killed):
+        Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune", force=["prune"])
+    rank = next((runs / "smoke" / ".work").glob("prune-*")) / "rank"
+    assert [d.name for d in rank.iterdir() if (d / "result.json").is_file()] == [
+        re.sub(r"[^A-Za-z0-9]+", "-", min(want, key=lambda c: c["heldout_loss"])["candidate"])]  # measured first
+    calls.clear()
+    Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune", force=["prune"])
+    assert len(calls) == 2  # the first candidate's measurement was kept
+    assert read_manifest(runs / "smoke" / "prune")["candidates"] == want
