@@ -8,7 +8,7 @@ know nothing about engines; ``evals.runner`` joins them and aggregates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass
@@ -49,11 +49,17 @@ class Completion:
 
 
 class Engine(Protocol):
-    """Chat requests in, completions out, batched by the engine as it likes."""
+    """Chat requests in, completions out, batched by the engine as it likes.
+
+    An engine whose ``streams`` is true calls ``on_done(i, completion)`` as each
+    request ``i`` finishes (in any order), so a caller can keep completions as
+    they are made; it still returns them all, in order."""
 
     name: str
+    streams: bool
 
-    def generate(self, requests: list[Request], progress: bool = True) -> list[Completion]: ...
+    def generate(self, requests: list[Request], progress: bool = True,
+                 on_done: Callable[[int, Completion], None] | None = None) -> list[Completion]: ...
 
     def describe(self) -> dict[str, Any]:
         """Engine name, model path and hash, settings: recorded in results.json."""

@@ -1,9 +1,10 @@
 """Completions kept on disk as they are made, so an interrupted eval resumes.
 
 The `full` suite is thousands of generations (hours on a CPU); losing them all to a
-Ctrl-C, a pre-empted node or a crashed scorer is not acceptable. Generation runs in
-chunks; after each chunk its completions are appended to a JSONL file, one line per
-request, keyed by what determines the output: the engine, the model's content hash
+Ctrl-C, a pre-empted node or a crashed scorer is not acceptable. An engine that hands
+over each request as it finishes (``Engine.streams``: hf, openai, vLLM with
+``LLM.enqueue``) has its completions appended every few seconds (``CompletionWriter``);
+other engines run in chunks, each appended when done. One line per request, keyed by what determines the output: the engine, the model's content hash
 (for a served model, its name and URL), the dtype, and the whole request (messages,
 tools, prompt, sampling including n and seed). A rerun reads the file and sends only
 the requests it lacks. Log-likelihood tasks are kept whole, one line per task, and
@@ -102,6 +103,30 @@ class CompletionCache:
                 self._rows[row["key"]] = row
             f.flush()
             os.fsync(f.fileno())
+
+
+class CompletionWriter:
+    """Completions appended as an engine hands them over (``Engine.streams``):
+    buffered, written at most every ``flush_s`` seconds and on ``flush()``, so a
+    kill loses only the last few seconds of generation."""
+
+    def __init__(self, cache: CompletionCache, flush_s: float = 20.0):
+        self.cache, self.flush_s = cache, flush_s
+        self._keys: list[str] = []
+        self._items: list[Completion] = []
+        self._flushed = time.monotonic()
+
+    def add(self, key: str, completion: Completion) -> None:
+        self._keys.append(key)
+        self._items.append(completion)
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._keys:
+            self.cache.add_completions(self._keys, self._items)
+            self._keys, self._items = [], []
+        self._flushed = time.monotonic()
 
 
 class LoglikStore:

@@ -18,7 +18,7 @@ from typing import Any
 from evals import results as res
 from evals import stats
 from evals.api import Completion, Request, Sample
-from evals.completion_cache import CompletionCache, LoglikStore, engine_identity
+from evals.completion_cache import CompletionCache, CompletionWriter, LoglikStore, engine_identity
 from evals.suite import Suite, TaskEntry
 from factory.errors import FactoryError
 
@@ -126,7 +126,7 @@ def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
     return records
 
 
-CHUNK = 256  # requests per engine call when caching: 4 hf batches, each chunk on disk once done
+CHUNK = 256  # requests per call to an engine that does not stream, each chunk on disk once done
 
 
 def _generate(eng: Any, described: dict, requests: list[Request], cache: CompletionCache | None,
@@ -139,9 +139,30 @@ def _generate(eng: Any, described: dict, requests: list[Request], cache: Complet
     keys = [cache.request_key(ident, r) for r in requests]
     out: list[Completion | None] = [cache.completion(k) for k in keys]
     todo = [i for i, c in enumerate(out) if c is None]
+    reused = len(requests) - len(todo)
     if len(todo) < len(requests):
         print(f"[evals] {len(requests) - len(todo)} of {len(requests)} completions from {cache.path}",
               file=sys.stderr)
+    if getattr(eng, "streams", False) and todo:
+        # one call keeps the engine's batch full to the end; each completion is kept as it lands
+        writer, kept = CompletionWriter(cache), set()
+
+        def on_done(j: int, completion: Completion) -> None:
+            kept.add(j)
+            writer.add(keys[todo[j]], completion)
+
+        try:
+            got = eng.generate([requests[i] for i in todo], progress=progress, on_done=on_done)
+        finally:
+            writer.flush()
+        if len(got) != len(todo):
+            raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(todo)} requests")
+        rest = [j for j in range(len(todo)) if j not in kept]  # e.g. prompts too long to generate at all
+        if rest:
+            cache.add_completions([keys[todo[j]] for j in rest], [got[j] for j in rest])
+        for i, c in zip(todo, got):
+            out[i] = c
+        todo = []
     for start in range(0, len(todo), CHUNK):
         idx = todo[start:start + CHUNK]
         got = eng.generate([requests[i] for i in idx], progress=progress)
@@ -150,7 +171,7 @@ def _generate(eng: Any, described: dict, requests: list[Request], cache: Complet
         cache.add_completions([keys[i] for i in idx], got)
         for i, c in zip(idx, got):
             out[i] = c
-    return out, len(requests) - len(todo)
+    return out, reused
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:

@@ -216,13 +216,23 @@ class HFEngine:
 
     # ---- the Engine protocol -------------------------------------------------------------------
 
-    def generate(self, requests: list[Request], progress: bool = True) -> list[Completion]:
+    streams = True  # on_done as each request finishes
+
+    def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
         from tqdm.auto import tqdm
 
         streams = self._streams(requests)
         total = sum(len(group) for group in streams)
+        left = [len(group) for group in streams]
+
+        def finished(s: _Stream) -> None:
+            bar.update(1)
+            left[s.request] -= 1
+            if on_done is not None and left[s.request] == 0:
+                on_done(s.request, self._completion(requests[s.request], streams[s.request]))
+
         with torch.inference_mode(), tqdm(total=total, desc="hf generate", unit="seq", disable=not progress) as bar:
-            self._run([g for g in streams if g and g[0].finish is None], bar.update)
+            self._run([g for g in streams if g and g[0].finish is None], finished)
         return [self._completion(req, group) for req, group in zip(requests, streams)]
 
     def describe(self) -> dict[str, Any]:
@@ -393,7 +403,7 @@ class HFEngine:
             elif len(s.out) >= s.max_tokens:
                 s.finish = "length"
             if s.finish is not None:
-                done(1)
+                done(s)
         rows.last = tokens.cpu()
 
     def _tail(self, out: list[int], stops: list[str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from evals.api import Completion, Request
@@ -42,16 +42,21 @@ class OpenAIEngine:
         self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"},
                                    limits=httpx.Limits(max_connections=concurrency))
 
-    def generate(self, requests: list[Request], progress: bool = True) -> list[Completion]:
+    streams = True  # on_done as each request finishes
+
+    def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
         from tqdm.auto import tqdm
 
         results: list[Completion | None] = [None] * len(requests)
         with ThreadPoolExecutor(self.concurrency) as pool, \
                 tqdm(total=len(requests), desc="openai generate", unit="req", disable=not progress) as bar:
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
-            for fut, i in futures.items():
-                results[i] = fut.result()  # re-raises a request's error here, in order
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()  # re-raises a request's error (the pool finishes the rest first)
                 bar.update(1)
+                if on_done is not None:
+                    on_done(i, results[i])
         return results
 
     # ---- one request --------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class VLLMEngine:
     """Generation with ``vllm.LLM``; parallelism and memory settings are passed through."""
 
     name = "vllm"
+    streams = False  # set per instance: whether this vLLM hands over each request as it finishes
 
     def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
                  data_parallel_size: int = 1, max_num_seqs: int = 64, max_model_len: int | None = None,
@@ -77,11 +78,13 @@ class VLLMEngine:
             _single_process_defaults(args)
         self.settings.update(args)
         self.llm = LLM(model=model, **args)
+        # vLLM versions with LLM.enqueue let us drive the engine and see each request finish
+        self.streams = callable(getattr(self.llm, "enqueue", None))
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
         self._hash = None
 
-    def generate(self, requests: list[Request], progress: bool = True) -> list[Completion]:
+    def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
         prompts, params, index = [], [], []
         for i, req in enumerate(requests):
             ids = self._encode(req)
@@ -91,11 +94,27 @@ class VLLMEngine:
                 params.append(self._params(req.sampling, room))
                 index.append(i)
         results: list[Completion] = [empty_completion(r.sampling.n) for r in requests]
-        if prompts:
+        if not prompts:
+            return results
+        if not self.streams or on_done is None:
             for i, out in zip(index, self.llm.generate(prompts, params, use_tqdm=progress)):
-                results[i] = Completion(texts=[o.text for o in out.outputs],
-                                        tokens=[len(o.token_ids) for o in out.outputs],
-                                        finish_reasons=[o.finish_reason or "length" for o in out.outputs])
+                results[i] = _completion(out)
+            return results
+        # LLM.generate's own loop, with each finished request handed over as it finishes
+        from tqdm.auto import tqdm
+
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        # enqueue returns the engine's internal ids ("10-1f3a..."); outputs carry the LLM's own counter ("10")
+        which = {key: i for rid, i in zip(ids, index) for key in (str(rid), str(rid).split("-")[0])}
+        engine = self.llm.llm_engine
+        with tqdm(total=len(prompts), desc="vllm generate", unit="req", disable=not progress) as bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        i = which[str(out.request_id)]
+                        results[i] = _completion(out)
+                        bar.update(1)
+                        on_done(i, results[i])
         return results
 
     def _encode(self, req: Request) -> list[int]:
@@ -131,3 +150,8 @@ class VLLMEngine:
                 shutdown()
         del llm
         gc.collect()
+
+
+def _completion(out) -> Completion:
+    return Completion(texts=[o.text for o in out.outputs], tokens=[len(o.token_ids) for o in out.outputs],
+                      finish_reasons=[o.finish_reason or "length" for o in out.outputs])

@@ -300,9 +300,14 @@ VLLM_SCRIPT = textwrap.dedent("""
         reqs = [Request(**r, sampling=Sampling(**s)) for r, s in json.loads(sys.argv[2])]
         engine = make_engine("vllm", sys.argv[1], dtype="float32", max_model_len=256, enforce_eager=True)
         out = engine.generate(reqs, progress=False)
+        landed = []
+        again = engine.generate(reqs, progress=False, on_done=lambda i, c: landed.append((i, c)))
         info = engine.describe()
+        streamed = {"streams": engine.streams, "same": again == out, "order": sorted(i for i, _ in landed),
+                    "handed": all(c == again[i] for i, c in landed)}
         engine.close()
-        print("RESULT " + json.dumps({"out": [[c.texts, c.tokens, c.finish_reasons] for c in out], "info": info}))
+        print("RESULT " + json.dumps({"out": [[c.texts, c.tokens, c.finish_reasons] for c in out], "info": info,
+                                      "streamed": streamed}))
 
     if __name__ == "__main__":
         main()
@@ -333,6 +338,8 @@ def test_vllm_greedy_matches_hf(chatty, hf, tmp_path):
     want = hf.generate(reqs, progress=False)
     assert result["out"] == [[c.texts, c.tokens, c.finish_reasons] for c in want]
     assert result["info"]["engine"] == "vllm" and result["info"]["max_model_len"] == 256
+    # each request handed over as it finished, and the same completions as LLM.generate
+    assert result["streamed"] == {"streams": True, "same": True, "order": list(range(len(reqs))), "handed": True}
     # on a CPU the KV cache is capped instead of taking 90% of host RAM
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert result["info"]["kv_cache_memory_bytes"] == min(4 << 30, ram // 4)

@@ -326,12 +326,10 @@ def test_bad_stage_configs_fail_validation(tasks, tmp_path, capsys, override, ex
 
 
 def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_path, monkeypatch):
-    """Generation is kept in chunks as it is made: a run killed after the first chunk
-    resumes with the rest only, and ends with the uninterrupted run's samples."""
-    import evals.runner as runner
+    """A streaming engine's completions are kept as they land: a run killed after three
+    of its eight resumes with the other five only, and ends with the uninterrupted run's samples."""
     from evals.engines.hf import HFEngine
 
-    monkeypatch.setattr(runner, "CHUNK", 3)
     suite = _suite(extra=[{"task": "size", "name": "size"}])
     want = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=tmp_path / "ref.jsonl")
     assert want["engine"]["generation"]["reused"] == 0
@@ -339,23 +337,29 @@ def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_pat
     real = HFEngine.generate
     asked, kill = [], [True]
 
-    def dies_after_one_chunk(self, requests, progress=True):
+    def dies_after_three(self, requests, progress=True, on_done=None):
         asked.append(len(requests))
-        if len(asked) == 2 and kill[0]:
-            kill[0] = False
-            raise KeyboardInterrupt  # stands in for a kill between chunks
-        return real(self, requests, progress)
+        landed = []
 
-    monkeypatch.setattr(HFEngine, "generate", dies_after_one_chunk)
+        def relay(i, completion):
+            on_done(i, completion)
+            landed.append(i)
+            if len(landed) == 3 and kill[0]:
+                kill[0] = False
+                raise KeyboardInterrupt  # stands in for a kill mid-generation
+
+        return real(self, requests, progress, on_done=relay)
+
+    monkeypatch.setattr(HFEngine, "generate", dies_after_three)
     cache = tmp_path / "out" / "completions.jsonl"
     with pytest.raises(KeyboardInterrupt):
         run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
-    assert len(cache.read_text().splitlines()) == 3
+    assert asked == [8] and len(cache.read_text().splitlines()) == 3
     with open(cache, "a") as f:
         f.write('{"key": "torn')  # killed mid-write
     asked.clear()
     got = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
-    assert asked == [3, 2]  # only the 5 missing requests, in chunks
+    assert asked == [5]  # only the missing requests, in one call
     assert got["engine"]["generation"]["reused"] == 3
     strip = [{k: v for k, v in s.items() if k != "details"} for s in got["samples"]]
     assert strip == [{k: v for k, v in s.items() if k != "details"} for s in want["samples"]]
@@ -371,4 +375,36 @@ def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_pat
     assert asked == [] and again["engine"]["generation"]["reused"] == 8
     assert {k: v["metrics"] for k, v in again["tasks"].items()} == {k: v["metrics"] for k, v in got["tasks"].items()}
     run_suite(str(tiny / "m1"), suite, engine="hf", progress=False, cache=cache)
-    assert asked == [3, 3, 2]
+    assert asked == [8]
+
+
+def test_engine_that_does_not_stream_is_cached_in_chunks(tasks, tiny, tmp_path, monkeypatch):
+    """Without on_done, generation goes in chunks, each on disk once done: a run killed
+    after the first chunk resumes with the rest only."""
+    import evals.runner as runner
+    from evals.engines.hf import HFEngine
+
+    monkeypatch.setattr(runner, "CHUNK", 3)
+    monkeypatch.setattr(HFEngine, "streams", False)
+    suite = _suite()
+    want = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False)
+    real = HFEngine.generate
+    asked, kill = [], [True]
+
+    def dies_after_one_chunk(self, requests, progress=True, on_done=None):
+        assert on_done is None
+        asked.append(len(requests))
+        if len(asked) == 2 and kill[0]:
+            kill[0] = False
+            raise KeyboardInterrupt  # stands in for a kill between chunks
+        return real(self, requests, progress)
+
+    monkeypatch.setattr(HFEngine, "generate", dies_after_one_chunk)
+    cache = tmp_path / "completions.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
+    assert len(cache.read_text().splitlines()) == 3
+    asked.clear()
+    got = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
+    assert asked == [3, 2] and got["engine"]["generation"]["reused"] == 3
+    assert [s["outputs"] for s in got["samples"]] == [s["outputs"] for s in want["samples"]]
