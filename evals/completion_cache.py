@@ -105,43 +105,54 @@ class CompletionCache:
             os.fsync(f.fileno())
 
 
-class CompletionWriter:
-    """Completions appended as an engine hands them over (``Engine.streams``):
-    buffered, written at most every ``flush_s`` seconds and on ``flush()``, so a
-    kill loses only the last few seconds of generation."""
+class _Buffered:
+    """Appends to a ``CompletionCache`` at most every ``flush_s`` seconds and on
+    ``flush()``, so a kill loses only the last few seconds of work."""
 
-    def __init__(self, cache: CompletionCache, flush_s: float = 20.0):
+    def __init__(self, cache: CompletionCache, flush_s: float):
         self.cache, self.flush_s = cache, flush_s
         self._keys: list[str] = []
-        self._items: list[Completion] = []
+        self._items: list[Any] = []
         self._flushed = time.monotonic()
 
-    def add(self, key: str, completion: Completion) -> None:
-        self._keys.append(key)
-        self._items.append(completion)
+    def _put(self, keys: list[str], items: list[Any]) -> None:
+        self._keys += keys
+        self._items += items
         if time.monotonic() - self._flushed >= self.flush_s:
             self.flush()
 
+    def _write(self, keys: list[str], items: list[Any]) -> None:
+        raise NotImplementedError
+
     def flush(self) -> None:
         if self._keys:
-            self.cache.add_completions(self._keys, self._items)
+            self._write(self._keys, self._items)
             self._keys, self._items = [], []
         self._flushed = time.monotonic()
 
 
-class LoglikStore:
+class CompletionWriter(_Buffered):
+    """Completions appended as an engine hands them over (``Engine.streams``)."""
+
+    def __init__(self, cache: CompletionCache, flush_s: float = 20.0):
+        super().__init__(cache, flush_s)
+
+    def add(self, key: str, completion: Completion) -> None:
+        self._put([key], [completion])
+
+    def _write(self, keys: list[str], items: list[Any]) -> None:
+        self.cache.add_completions(keys, items)
+
+
+class LoglikStore(_Buffered):
     """One model's log-likelihood answers in a ``CompletionCache``, for
     ``FastLM(store=...)``. ``identity`` says what decides the numbers besides
     the tokens (the model's content hash, the code that computes them); the
-    scorer adds its dtype and context length. Answers are appended at most every
-    ``flush_s`` seconds and when the scorer stops, so a kill loses only the
-    last few seconds of work."""
+    scorer adds its dtype and context length."""
 
     def __init__(self, cache: CompletionCache, identity: dict, flush_s: float = 20.0):
-        self.cache, self.identity, self.flush_s = cache, identity, flush_s
-        self._keys: list[str] = []
-        self._answers: list[tuple[float, bool]] = []
-        self._flushed = time.monotonic()
+        super().__init__(cache, flush_s)
+        self.identity = identity
 
     def keys(self, pairs: list[tuple[list[int], list[int]]], settings: dict) -> list[str]:
         """A key per (context tokens, continuation tokens) under ``settings``."""
@@ -159,13 +170,7 @@ class LoglikStore:
         return self.cache.loglik(key)
 
     def add(self, keys: list[str], answers: list[tuple[float, bool]]) -> None:
-        self._keys += keys
-        self._answers += answers
-        if time.monotonic() - self._flushed >= self.flush_s:
-            self.flush()
+        self._put(keys, answers)
 
-    def flush(self) -> None:
-        if self._keys:
-            self.cache.add_logliks(self._keys, self._answers)
-            self._keys, self._answers = [], []
-        self._flushed = time.monotonic()
+    def _write(self, keys: list[str], items: list[Any]) -> None:
+        self.cache.add_logliks(keys, items)
