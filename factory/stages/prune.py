@@ -313,8 +313,10 @@ def _short_distill(ctx: StageContext, cfg: PruneConfig, teacher, make_student, p
     student = make_student().requires_grad_(True)
     teacher.eval().requires_grad_(False)
     wrapper = _Student(student, None, student.config.hidden_size, teacher.config.hidden_size)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if dist.is_main():  # under torchrun every rank distils (data parallel); rank 0 keeps the files
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    dist.barrier()
     train(wrapper, dcfg,
           batch_fn=lambda step, micro: packed.batch(step, micro, r.batch_size, 1, ctx.seed).to(device),
           loss_fn=lambda w, batch: _kd_terms(w, teacher, batch, dcfg),
