@@ -262,8 +262,12 @@ def test_openai_against_a_real_server(chatty, hf, served):
     reqs.append(Request(prompt="Once upon a time", sampling=Sampling(max_tokens=16)))
     reqs.append(Request(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS,
                         sampling=Sampling(max_tokens=12, n=2)))
-    got = engine.generate(reqs, progress=False)
-    want = hf.generate(reqs, progress=False)
+    landed, hf_landed = [], []
+    got = engine.generate(reqs, progress=False, on_done=lambda i, c: landed.append((i, c)))
+    want = hf.generate(reqs, progress=False, on_done=lambda i, c: hf_landed.append((i, c)))
+    # both engines hand over every request once, as it finishes, with what they return
+    for seen, out in ((landed, got), (hf_landed, want)):
+        assert sorted(i for i, _ in seen) == list(range(len(reqs))) and all(c == out[i] for i, c in seen)
     assert [c.texts for c in got] == [c.texts for c in want]  # same model, same prompts, greedy
     assert [c.finish_reasons for c in got] == [c.finish_reasons for c in want]
     assert [c.tokens for c in got[:6]] == [c.tokens for c in want[:6]]
