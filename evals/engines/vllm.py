@@ -107,14 +107,23 @@ class VLLMEngine:
         # enqueue returns the engine's internal ids ("10-1f3a..."); outputs carry the LLM's own counter ("10")
         which = {key: i for rid, i in zip(ids, index) for key in (str(rid), str(rid).split("-")[0])}
         engine = self.llm.llm_engine
-        with tqdm(total=len(prompts), desc="vllm generate", unit="req", disable=not progress) as bar:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.finished:
-                        i = which[str(out.request_id)]
-                        results[i] = _completion(out)
-                        bar.update(1)
-                        on_done(i, results[i])
+        rid = {i: str(r) for r, i in zip(ids, index)}
+        pending = set(rid.values())
+        try:
+            with tqdm(total=len(prompts), desc="vllm generate", unit="req", disable=not progress) as bar:
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.finished:
+                            i = which[str(out.request_id)]
+                            pending.discard(rid[i])
+                            results[i] = _completion(out)
+                            bar.update(1)
+                            on_done(i, results[i])
+        except BaseException:
+            # leave no request of this call in the engine for the next call to trip over
+            if pending:
+                engine.abort_request(sorted(pending), internal=True)
+            raise
         return results
 
     def _encode(self, req: Request) -> list[int]:

@@ -306,9 +306,17 @@ VLLM_SCRIPT = textwrap.dedent("""
         out = engine.generate(reqs, progress=False)
         landed = []
         again = engine.generate(reqs, progress=False, on_done=lambda i, c: landed.append((i, c)))
+        def dies(i, c):
+            raise KeyboardInterrupt
+
+        try:  # a caller killed mid-call: what it left in flight must not reach the next call
+            engine.generate(reqs, progress=False, on_done=dies)
+        except KeyboardInterrupt:
+            pass
+        after = engine.generate(reqs, progress=False, on_done=lambda i, c: None)
         info = engine.describe()
-        streamed = {"streams": engine.streams, "same": again == out, "order": sorted(i for i, _ in landed),
-                    "handed": all(c == again[i] for i, c in landed)}
+        streamed = {"streams": engine.streams, "same": again == out == after,
+                    "order": sorted(i for i, _ in landed), "handed": all(c == again[i] for i, c in landed)}
         engine.close()
         print("RESULT " + json.dumps({"out": [[c.texts, c.tokens, c.finish_reasons] for c in out], "info": info,
                                       "streamed": streamed}))
