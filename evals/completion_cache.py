@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
+import threading
 from array import array
 from pathlib import Path
 from typing import Any
@@ -106,29 +106,49 @@ class CompletionCache:
 
 
 class _Buffered:
-    """Appends to a ``CompletionCache`` at most every ``flush_s`` seconds and on
-    ``flush()``, so a kill loses only the last few seconds of work."""
+    """Appends to a ``CompletionCache`` every ``flush_s`` seconds (a daemon thread does
+    it, so answers that land in a burst before a long quiet spell are not left in
+    memory) and on ``close()``: a kill loses only the last few seconds of work."""
 
     def __init__(self, cache: CompletionCache, flush_s: float):
         self.cache, self.flush_s = cache, flush_s
         self._keys: list[str] = []
         self._items: list[Any] = []
-        self._flushed = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _put(self, keys: list[str], items: list[Any]) -> None:
-        self._keys += keys
-        self._items += items
-        if time.monotonic() - self._flushed >= self.flush_s:
+        with self._lock:
+            self._keys += keys
+            self._items += items
+        if self.flush_s <= 0:
+            self.flush()
+        elif self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._every, name="evals-cache-flush", daemon=True)
+            self._thread.start()
+
+    def _every(self) -> None:
+        while not self._stop.wait(self.flush_s):
             self.flush()
 
     def _write(self, keys: list[str], items: list[Any]) -> None:
         raise NotImplementedError
 
     def flush(self) -> None:
-        if self._keys:
-            self._write(self._keys, self._items)
-            self._keys, self._items = [], []
-        self._flushed = time.monotonic()
+        with self._lock:
+            if self._keys:
+                self._write(self._keys, self._items)
+                self._keys, self._items = [], []
+
+    def close(self) -> None:
+        """Write what is left and stop the flushing thread (it may be used again after)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.flush()
+        self._stop.clear()
 
 
 class CompletionWriter(_Buffered):

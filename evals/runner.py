@@ -154,7 +154,7 @@ def _generate(eng: Any, described: dict, requests: list[Request], cache: Complet
         try:
             got = eng.generate([requests[i] for i in todo], progress=progress, on_done=on_done)
         finally:
-            writer.flush()
+            writer.close()
         if len(got) != len(todo):
             raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(todo)} requests")
         rest = [j for j in range(len(todo)) if j not in kept]  # e.g. prompts too long to generate at all

@@ -132,7 +132,7 @@ class FastLM(TemplateLM):
                     bar.update(len(done))
         finally:
             if self.store is not None:
-                self.store.flush()  # what was computed is kept even when interrupted
+                self.store.close()  # what was computed is kept even when interrupted
             bar.close()
         return results
 

@@ -61,10 +61,30 @@ def test_loglik_answers_are_buffered_then_kept(tmp_path):
     keys = store.keys([([1], [2]), ([1], [3])], {})
     store.add(keys, [(-1.5, True), (-7.25, False)])
     assert not path.exists()  # buffered: one append per flush, not per answer
-    store.flush()
+    store.close()
     again = LoglikStore(CompletionCache(path), {"model": "abc"})
     assert [again.get(k) for k in keys] == [(-1.5, True), (-7.25, False)]
     assert again.get("missing") is None and CompletionCache(path).completion(keys[0]) is None
     eager = LoglikStore(CompletionCache(path), {"model": "abc"}, flush_s=0)
     eager.add(["k"], [(-0.5, True)])  # due at once
     assert CompletionCache(path).loglik("k") == (-0.5, True)
+
+
+def test_a_burst_is_written_without_waiting_for_the_next_completion(tmp_path):
+    """Answers that land together and are followed by a long quiet spell (a wave of
+    long generations) reach the disk on the timer, not at the next arrival."""
+    import time
+
+    from evals.completion_cache import CompletionWriter
+
+    path = tmp_path / "c.jsonl"
+    writer = CompletionWriter(CompletionCache(path), flush_s=0.05)
+    for k in "abc":
+        writer.add(k, Completion([k], [1], ["stop"]))
+    deadline = time.monotonic() + 10
+    while len(CompletionCache(path)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(CompletionCache(path)) == 3
+    writer.add("d", Completion(["d"], [1], ["stop"]))
+    writer.close()  # the rest, and the timer stops
+    assert len(CompletionCache(path)) == 4 and writer._thread is None
