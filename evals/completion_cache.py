@@ -4,9 +4,10 @@ The `full` suite is thousands of generations (hours on a CPU); losing them all t
 Ctrl-C, a pre-empted node or a crashed scorer is not acceptable. An engine that hands
 over each request as it finishes (``Engine.streams``: hf, openai, vLLM with
 ``LLM.enqueue``) has its completions appended every few seconds (``CompletionWriter``);
-other engines run in chunks, each appended when done. One line per request, keyed by what determines the output: the engine, the model's content hash
-(for a served model, its name and URL), the dtype, and the whole request (messages,
-tools, prompt, sampling including n and seed). A rerun reads the file and sends only
+other engines run in chunks, each appended when done. One line per request, keyed by
+what determines the output: the engine, the model's content hash (for a served model,
+its name and URL), the dtype, and the whole request (messages, tools, prompt,
+sampling including n and seed). A rerun reads the file and sends only
 the requests it lacks. Log-likelihood tasks are kept whole, one line per task, and
 while one runs each answer (log p(continuation | context), is-greedy) is kept as it
 is computed (``LoglikStore``), so an interrupted MMLU resumes where it stopped.

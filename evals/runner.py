@@ -140,38 +140,42 @@ def _generate(eng: Any, described: dict, requests: list[Request], cache: Complet
     out: list[Completion | None] = [cache.completion(k) for k in keys]
     todo = [i for i, c in enumerate(out) if c is None]
     reused = len(requests) - len(todo)
-    if len(todo) < len(requests):
-        print(f"[evals] {len(requests) - len(todo)} of {len(requests)} completions from {cache.path}",
-              file=sys.stderr)
-    if getattr(eng, "streams", False) and todo:
+    if reused:
+        print(f"[evals] {reused} of {len(requests)} completions from {cache.path}", file=sys.stderr)
+    streams = getattr(eng, "streams", False)
+    if streams:
         # one call keeps the engine's batch full to the end; each completion is kept as it lands
-        writer, kept = CompletionWriter(cache), set()
-
-        def on_done(j: int, completion: Completion) -> None:
-            kept.add(j)
-            writer.add(keys[todo[j]], completion)
-
-        try:
-            got = eng.generate([requests[i] for i in todo], progress=progress, on_done=on_done)
-        finally:
-            writer.close()
-        if len(got) != len(todo):
-            raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(todo)} requests")
-        rest = [j for j in range(len(todo)) if j not in kept]  # e.g. prompts too long to generate at all
-        if rest:
-            cache.add_completions([keys[todo[j]] for j in rest], [got[j] for j in rest])
-        for i, c in zip(todo, got):
-            out[i] = c
-        todo = []
-    for start in range(0, len(todo), CHUNK):
-        idx = todo[start:start + CHUNK]
-        got = eng.generate([requests[i] for i in idx], progress=progress)
-        if len(got) != len(idx):
-            raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(idx)} requests")
-        cache.add_completions([keys[i] for i in idx], got)
+        batches = [todo] if todo else []
+    else:
+        batches = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
+    for idx in batches:
+        got = _generate_kept(eng, streams, [requests[i] for i in idx], [keys[i] for i in idx], cache, progress)
         for i, c in zip(idx, got):
             out[i] = c
     return out, reused
+
+
+def _generate_kept(eng: Any, streams: bool, requests: list[Request], keys: list[str], cache: CompletionCache,
+                   progress: bool) -> list[Completion]:
+    """One engine call whose completions end up in ``cache``: as they land when the
+    engine ``streams``, else all at the end."""
+    writer, kept = CompletionWriter(cache), set()
+
+    def on_done(j: int, completion: Completion) -> None:
+        kept.add(j)
+        writer.add(keys[j], completion)
+
+    try:
+        extra = {"on_done": on_done} if streams else {}
+        got = eng.generate(requests, progress=progress, **extra)
+    finally:
+        writer.close()
+    if len(got) != len(requests):
+        raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(requests)} requests")
+    rest = [j for j in range(len(requests)) if j not in kept]  # all of a chunk; a streamed call's unstarted ones
+    if rest:
+        cache.add_completions([keys[j] for j in rest], [got[j] for j in rest])
+    return got
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:

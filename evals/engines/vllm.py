@@ -126,26 +126,25 @@ class VLLMEngine:
         # LLM.generate's own loop, with each finished request handed over as it finishes
         from tqdm.auto import tqdm
 
-        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        ids = [str(r) for r in self.llm.enqueue(prompts, params, use_tqdm=False)]
         # enqueue returns the engine's internal ids ("10-1f3a..."); outputs carry the LLM's own counter ("10")
-        which = {key: i for rid, i in zip(ids, index) for key in (str(rid), str(rid).split("-")[0])}
+        slot = {key: k for k, r in enumerate(ids) for key in (r, r.split("-")[0])}
+        pending = set(range(len(ids)))
         engine = self.llm.llm_engine
-        rid = {i: str(r) for r, i in zip(ids, index)}
-        pending = set(rid.values())
         try:
             with tqdm(total=len(prompts), desc="vllm generate", unit="req", disable=not progress) as bar:
                 while engine.has_unfinished_requests():
                     for out in engine.step():
                         if out.finished:
-                            i = which[str(out.request_id)]
-                            pending.discard(rid[i])
-                            results[i] = _completion(out)
+                            k = slot[str(out.request_id)]
+                            pending.discard(k)
+                            results[index[k]] = _completion(out)
                             bar.update(1)
-                            on_done(i, results[i])
+                            on_done(index[k], results[index[k]])
         except BaseException:
             # leave no request of this call in the engine for the next call to trip over
             if pending:
-                engine.abort_request(sorted(pending), internal=True)
+                engine.abort_request([ids[k] for k in sorted(pending)], internal=True)
             raise
         return results
 

@@ -111,9 +111,7 @@ class FastLM(TemplateLM):
         keys = None
         if self.store is not None:
             keys = self.store.keys(pairs, {"dtype": str(self.model.dtype), "max_length": self.max_length})
-        if keys is not None:
-            for i, key in enumerate(keys):
-                results[i] = self.store.get(key)
+            results = [self.store.get(key) for key in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         rows = packing.plan_rows([pairs[i] for i in todo], self.max_length, self.row_tokens)
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=disable_tqdm,

@@ -265,7 +265,7 @@ def run(ctx: StageContext) -> StageResult:
         finalists = sorted(ranking, key=lambda r: r["heldout_loss"])[: cfg.rank_distill.top or len(ranking)]
         for r in finalists:
             cand, drop, _ = chosen[r["candidate"]]
-            r.update(_short_distill(ctx, cfg, model, lambda: _prune(model, imp, src, cand, drop, how).to(device),
+            r.update(_short_distill(ctx, cfg, model, lambda c=cand, d=drop: _prune(model, imp, src, c, d, how).to(device),
                                     packed, heldout, device, r))
         row = min(finalists, key=lambda r: r[rank_key])
         cand, drop, depth_rank = chosen[row["candidate"]]
