@@ -99,14 +99,14 @@ def _no_connection(server):
 
 def test_isolation_is_recorded(isolation):
     print(f"sandbox isolation: {isolation}")
-    assert "limits: wall 2 s, cpu 2 s, memory 256 MiB, file 4 MiB, processes 8, open files 64" in isolation
+    assert "limits: wall 2 s, cpu 3 s, memory 256 MiB, file 4 MiB, processes 8, open files 64" in isolation
 
 
 @pytest.mark.parametrize("name", ["loop", "sleep", "fork_bomb", "escape_group"])
 def test_hanging_programs_time_out(hostile, name):
     result = hostile[1][name]
     assert (result.passed, result.status) == (False, "timeout")
-    assert result.reason in ("timed out after 2 s", "CPU time limit of 2 s exceeded")
+    assert result.reason == "timed out after 2 s"
     assert result.duration < 2.0 + 3.0 + 1.0  # wall limit + the parent's backstop + slack
 
 
