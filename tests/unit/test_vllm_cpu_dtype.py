@@ -1,7 +1,7 @@
 """On a CPU without bf16 units the vllm engine computes in float32 (vLLM's auto
 would pick bf16 and emulate it, 4.6x slower on a 2-core AVX2 host)."""
 
-from evals.engines.vllm import cpu_has_native_bf16
+from evals.engines.vllm import CPU_KV_CACHE_BYTES, CPU_MAX_NUM_SEQS, cpu_has_native_bf16, platform_args
 
 EPYC_AVX2 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
              "flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 sha_ni\n")
@@ -20,3 +20,27 @@ def test_bf16_units_are_read_from_cpuinfo():
 def test_unknown_cpu_leaves_vllm_to_choose():
     assert cpu_has_native_bf16("") is True
     assert cpu_has_native_bf16("processor\t: 0\nmodel name\t: something\n") is True
+
+
+SETTINGS = {"dtype": "auto", "tensor_parallel_size": 1, "data_parallel_size": 1, "max_num_seqs": None,
+            "max_model_len": None, "gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None, "seed": 0}
+
+
+def test_gpu_leaves_unset_settings_to_vllm(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = platform_args(SETTINGS, on_cpu=False, native_bf16=False)
+    # no 64-sequence cap, no KV-cache size, dtype as asked: a GPU runs at vLLM's own defaults
+    assert args == {"dtype": "auto", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "seed": 0}
+
+
+def test_small_cpu_defaults_and_what_the_user_sets_wins(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = platform_args(SETTINGS, on_cpu=True, native_bf16=False)
+    assert (args["dtype"], args["max_num_seqs"]) == ("float32", CPU_MAX_NUM_SEQS)
+    assert 0 < args["kv_cache_memory_bytes"] <= CPU_KV_CACHE_BYTES
+    assert platform_args(SETTINGS, on_cpu=True, native_bf16=True)["dtype"] == "auto"
+    mine = {**SETTINGS, "dtype": "bfloat16", "max_num_seqs": 256, "kv_cache_memory_bytes": 8 << 30}
+    args = platform_args(mine, on_cpu=True, native_bf16=False)
+    assert (args["dtype"], args["max_num_seqs"], args["kv_cache_memory_bytes"]) == ("bfloat16", 256, 8 << 30)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM's own knob: then we set no size
+    assert "kv_cache_memory_bytes" not in platform_args(SETTINGS, on_cpu=True, native_bf16=False)
