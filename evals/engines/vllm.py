@@ -79,7 +79,8 @@ def platform_args(settings: dict, on_cpu: bool, native_bf16: bool | None = None)
         args["dtype"] = "float32"
     # A GPU keeps vLLM's own max_num_seqs (256 or more). On CPUs, 64 sequences of IFEval
     # length fit the KV cache below; 256 in flight gave 1.22x the tokens/s on 2 cores
-    # (128-token answers) given 8 GiB of KV cache: set both to trade memory for speed.
+    # (128-token answers) given 8 GiB of KV cache: set both to trade memory for speed, and keep
+    # max_num_seqs x (prompt + max_tokens) within the cache, or vLLM preempts and recomputes.
     args.setdefault("max_num_seqs", CPU_MAX_NUM_SEQS)
     if "kv_cache_memory_bytes" not in args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         args["kv_cache_memory_bytes"] = _cpu_kv_cache_bytes()
