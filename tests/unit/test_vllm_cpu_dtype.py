@@ -1,5 +1,6 @@
-"""On a CPU without bf16 units the vllm engine computes in float32 (vLLM's auto
-would pick bf16 and emulate it, 4.6x slower on a 2-core AVX2 host)."""
+"""The vllm engine's platform defaults: on a CPU without bf16 units it computes in
+float32 (vLLM's auto would pick bf16 and emulate it, 4.6x slower on a 2-core AVX2
+host) and caps sequences and KV cache; on a GPU unset settings stay vLLM's."""
 
 from evals.engines.vllm import CPU_KV_CACHE_BYTES, CPU_MAX_NUM_SEQS, cpu_has_native_bf16, platform_args
 
