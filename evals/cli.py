@@ -33,17 +33,24 @@ def cmd_eval(args) -> int:
     from evals.suite import load_suite
 
     suite = load_suite(args.suite)
+    if args.tasks:
+        suite = suite.select([n.strip() for n in args.tasks.split(",") if n.strip()])
+    if args.cached_only and args.no_cache:
+        raise FactoryError("--cached-only scores OUT/completions.jsonl; it cannot go with --no-cache")
     engine = args.engine or ("openai" if args.base_url else None)
     settings = {"base_url": args.base_url} if args.base_url else {}
     label = args.label or Path(args.model.rstrip("/")).name or args.model
     out = Path(args.out) if args.out else Path("evals-out") / f"{label}-{suite.name}"
-    if not Path(args.model).is_dir() and (engine or suite.engine) != "openai":
+    if not Path(args.model).is_dir() and (engine or suite.engine) != "openai" and not args.cached_only:
         raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
     results = run_suite(args.model, suite, engine=engine, engine_settings=settings, limit=args.limit,
                         out=out / "results.json", label=label, progress=not args.no_progress,
-                        cache=None if args.no_cache else out / "completions.jsonl")
+                        cache=None if args.no_cache else out / "completions.jsonl", cached_only=args.cached_only)
     report.write_report([(label, results)], out)
     print(report.text_table([(label, results)]))
+    for name, gap in results.get("missing", {}).items():
+        held = f"{gap['have']} of {gap['of']} completions" if gap["of"] else "no finished record"
+        print(f"[evals] {name}: left out, the cache holds {held}", file=sys.stderr)
     print(f"[evals] {len(results['samples'])} samples in {results['wall_s']:.1f}s -> {out / 'results.json'}",
           file=sys.stderr)
     return 0
@@ -109,6 +116,12 @@ def add_commands(sub) -> None:
                     help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
                          "are made, so rerunning an interrupted eval resumes; a changed model or request "
                          "is generated anew)")
+    sp.add_argument("--tasks", metavar="NAME[,NAME]", help="run only these tasks of the suite (their names in "
+                                                            "results.json, e.g. ifeval,gsm8k_8shot)")
+    sp.add_argument("--cached-only", action="store_true",
+                    help="build no engine and compute nothing: score what OUT/completions.jsonl holds (after a "
+                         "scorer change, or while another eval is still writing it); tasks not yet complete "
+                         "there are left out and listed")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
 

@@ -12,12 +12,21 @@ the requests it lacks. Log-likelihood tasks are kept whole, one line per task, a
 while one runs each answer (log p(continuation | context), is-greedy) is kept as it
 is computed (``LoglikStore``), so an interrupted MMLU resumes where it stopped.
 
+Each completion row also carries the engine identity it was made under, so
+``factory eval --cached-only`` can score a file without building an engine. Such a
+reader opens the file ``readonly``: it takes what is there (a torn last line is
+skipped, not cut) and is safe while a running eval appends. Only one eval may
+append to a file at a time (``writer_lock``).
+
 A torn last line (killed mid-write) is cut off; a line that does not parse is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Completion, Request
+from factory.errors import FactoryError
 from factory.hashing import sha256_json
 
 
@@ -41,13 +51,39 @@ def engine_identity(described: dict) -> dict:
     return ident
 
 
+@contextlib.contextmanager
+def writer_lock(path: Path):
+    """Hold the right to append to the completions file ``path`` (an advisory lock on
+    ``path.lock``, released when the process ends however it ends). A second eval on
+    the same output dir fails at once instead of interleaving and truncating lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FactoryError(f"{path}: another eval (pid {holder}) is writing it; wait for it, use another "
+                               "--out, or read what it has so far with --cached-only") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
 class CompletionCache:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         self._rows: dict[str, dict] = {}
         if self.path.is_file():
             data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn tail before appending
+            if data and not data.endswith(b"\n") and not readonly:  # killed mid-write: drop the torn tail
                 with open(self.path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
             with open(self.path, encoding="utf-8") as f:
@@ -60,6 +96,15 @@ class CompletionCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def identities(self) -> list[tuple[dict, int]]:
+        """The engine identities completions were recorded under, with how many each, most first."""
+        seen: dict[str, list] = {}
+        for row in self._rows.values():
+            ident = row.get("engine")
+            if isinstance(ident, dict) and "texts" in row:
+                seen.setdefault(json.dumps(ident, sort_keys=True), [ident, 0])[1] += 1
+        return sorted(((i, n) for i, n in seen.values()), key=lambda x: -x[1])
 
     @staticmethod
     def request_key(identity: dict, request: Request) -> str:
@@ -89,14 +134,18 @@ class CompletionCache:
     def add_logliks(self, keys: list[str], answers: list[tuple[float, bool]]) -> None:
         self._append([{"key": k, "ll": [float(a[0]), bool(a[1])]} for k, a in zip(keys, answers)])
 
-    def add_completions(self, keys: list[str], completions: list[Completion]) -> None:
-        self._append([{"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons}
+    def add_completions(self, keys: list[str], completions: list[Completion], engine: dict | None = None) -> None:
+        """``engine``: the identity the keys were made under, kept on each row."""
+        extra = {"engine": engine} if engine else {}
+        self._append([{"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons, **extra}
                       for k, c in zip(keys, completions)])
 
     def add_records(self, key: str, records: list[dict]) -> None:
         self._append([{"key": key, "records": records}])
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
+        if self.readonly:
+            raise FactoryError(f"{self.path}: opened read-only")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             for row in rows:
@@ -155,14 +204,15 @@ class _Buffered:
 class CompletionWriter(_Buffered):
     """Completions appended as an engine hands them over (``Engine.streams``)."""
 
-    def __init__(self, cache: CompletionCache, flush_s: float = 20.0):
+    def __init__(self, cache: CompletionCache, flush_s: float = 20.0, engine: dict | None = None):
         super().__init__(cache, flush_s)
+        self.engine = engine
 
     def add(self, key: str, completion: Completion) -> None:
         self._put([key], [completion])
 
     def _write(self, keys: list[str], items: list[Any]) -> None:
-        self.cache.add_completions(keys, items)
+        self.cache.add_completions(keys, items, self.engine)
 
 
 class LoglikStore(_Buffered):

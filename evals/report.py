@@ -49,6 +49,11 @@ def markdown(runs: list[tuple[str, dict]], chart: str | None = None) -> str:
     lines.append("|---|---|" + "---|" * len(runs))
     for task, m, cells in _rows(runs):
         lines.append(f"| {task} | {m} | " + " | ".join(fmt_cell(c) for c in cells) + " |")
+    for label, r in runs:
+        if r.get("missing"):
+            gaps = ", ".join(f"{name} ({g['have']}/{g['of']})" if g.get("of") else name
+                             for name, g in r["missing"].items())
+            lines += ["", f"Not scored for {label} (scored from an incomplete completions file): {gaps}."]
     if chart:
         lines += ["", f"![headline metrics]({chart})"]
     return "\n".join(lines) + "\n"

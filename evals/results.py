@@ -9,7 +9,8 @@ Layout (``format: 1``)::
      "tasks": {name: {"task", "options", "limit", "sampling", "licence", "headline", "n",
                       "wall_s", "metrics": {metric: {"value", "ci": [lo, hi], "n"}}}},
      "samples": [{"task", "id", "messages" | "prompt", "tools", "outputs", "finish_reasons",
-                  "tokens", "metrics", "weights", "reason", "details"}]}
+                  "tokens", "metrics", "weights", "reason", "details"}],
+     "missing": {name: {"have", "of"}}}   # only when scored --cached-only from an unfinished file
 """
 
 from __future__ import annotations

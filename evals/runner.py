@@ -4,10 +4,14 @@ in one batched call, score, then run the tasks that need the model itself
 (log-likelihood through lm-eval) after the engine has released its memory.
 Everything lands in one results.json (see evals.results). With a completion
 cache (evals.completion_cache), generation goes in chunks that are on disk as
-soon as each is done, and a rerun generates only what is missing."""
+soon as each is done, and a rerun generates only what is missing. With
+``cached_only``, no engine is built: the tasks whose every completion (or whole
+log-likelihood record) is in the cache are scored, the others are listed under
+``missing``; the cache is only read, so this is safe beside a running eval."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -18,7 +22,7 @@ from typing import Any
 from evals import results as res
 from evals import stats
 from evals.api import Completion, Request, Sample
-from evals.completion_cache import CompletionCache, CompletionWriter, LoglikStore, engine_identity
+from evals.completion_cache import CompletionCache, CompletionWriter, LoglikStore, engine_identity, writer_lock
 from evals.suite import Suite, TaskEntry
 from factory.errors import FactoryError
 
@@ -104,12 +108,17 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
                                f"{model!r} is not a directory")
 
 
+def _model_task_key(p: Planned, digest: str | None) -> str:
+    return CompletionCache.task_key({"model": digest, "code": res.code_hash()},
+                                    {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options,
+                                     "limit": p.limit})
+
+
 def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
                 cache: CompletionCache | None) -> list[dict]:
     """Records of a log-likelihood task; ``digest`` is the model's content hash (keys the cache)."""
     if cache is not None:
-        key = cache.task_key({"model": digest, "code": res.code_hash()},
-                             {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options, "limit": p.limit})
+        key = _model_task_key(p, digest)
         kept = cache.records(key)
         if kept is not None:
             print(f"[evals] {p.entry.name}: {len(kept)} records from {cache.path}", file=sys.stderr)
@@ -149,17 +158,18 @@ def _generate(eng: Any, described: dict, requests: list[Request], cache: Complet
     else:
         batches = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
     for idx in batches:
-        got = _generate_kept(eng, streams, [requests[i] for i in idx], [keys[i] for i in idx], cache, progress)
+        got = _generate_kept(eng, streams, [requests[i] for i in idx], [keys[i] for i in idx], cache, progress,
+                             ident)
         for i, c in zip(idx, got):
             out[i] = c
     return out, reused
 
 
 def _generate_kept(eng: Any, streams: bool, requests: list[Request], keys: list[str], cache: CompletionCache,
-                   progress: bool) -> list[Completion]:
-    """One engine call whose completions end up in ``cache``: as they land when the
-    engine ``streams``, else all at the end."""
-    writer, kept = CompletionWriter(cache), set()
+                   progress: bool, ident: dict | None = None) -> list[Completion]:
+    """One engine call whose completions end up in ``cache`` (each row tagged with the
+    engine ``ident``): as they land when the engine ``streams``, else all at the end."""
+    writer, kept = CompletionWriter(cache, engine=ident), set()
 
     def on_done(j: int, completion: Completion) -> None:
         kept.add(j)
@@ -174,8 +184,38 @@ def _generate_kept(eng: Any, streams: bool, requests: list[Request], keys: list[
         raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(requests)} requests")
     rest = [j for j in range(len(requests)) if j not in kept]  # all of a chunk; a streamed call's unstarted ones
     if rest:
-        cache.add_completions([keys[j] for j in rest], [got[j] for j in rest])
+        cache.add_completions([keys[j] for j in rest], [got[j] for j in rest], ident)
     return got
+
+
+# dtypes an engine may have recorded, tried for rows written before each row named its engine
+_DTYPES = (None, "auto", "float32", "bfloat16", "float16")
+_PROBE = 256  # requests used to choose among candidate identities
+
+
+def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
+                    engine: str | None = None) -> tuple[dict | None, int]:
+    """The engine identity under which ``cache`` holds the most of ``requests`` for
+    ``model`` (restricted to ``engine`` when given), and how many of all it holds."""
+    from evals.engines.common import model_hash
+    from evals.suite import ENGINES
+
+    digest = model_hash(model)
+    want = digest or model
+    candidates = [i for i, _ in cache.identities()
+                  if i.get("model") == want and (engine is None or i.get("engine") == engine)]
+    if digest:
+        candidates += [{"engine": e, "dtype": d, "model": digest}
+                       for e in ([engine] if engine else ENGINES) for d in _DTYPES]
+    probe = requests[:: max(1, len(requests) // _PROBE)]
+    best, hits = None, 0
+    for ident in candidates:
+        n = sum(cache.completion(cache.request_key(ident, r)) is not None for r in probe)
+        if n > hits:
+            best, hits = ident, n
+    if best is None:
+        return None, 0
+    return best, sum(cache.completion(cache.request_key(best, r)) is not None for r in requests)
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:
@@ -215,17 +255,7 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
         if len(completions) != len(requests):
             raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
                                f"for {len(requests)} requests")
-        counts = [sum(c.tokens) for c in completions]
-        tokens = sum(counts)
-        start = 0
-        for p in planned:
-            end = start + len(p.samples)
-            # share by generated tokens; by requests if the engine counted none
-            share = sum(counts[start:end]) / tokens if tokens else (end - start) / max(len(completions), 1)
-            t = time.perf_counter()
-            records[p.entry.name] = _score(p, completions[start:end], progress)
-            walls[p.entry.name] = time.perf_counter() - t + spent * share
-            start = end
+        tokens = _score_all(planned, completions, spent, progress, records, walls)
         return {**described, "generation": {"requests": len(requests), "tokens": tokens,
                                                  "wall_s": round(spent, 3), "reused": reused}}
     finally:
@@ -233,32 +263,111 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
             eng.close()
 
 
+def _score_all(planned: list[Planned], completions: list[Completion], spent: float, progress: bool,
+               records: dict, walls: dict) -> int:
+    """Score each task's slice of ``completions``; ``spent`` seconds of generation are
+    charged to the tasks by their share of the generated tokens. Returns the tokens."""
+    counts = [sum(c.tokens) for c in completions]
+    tokens = sum(counts)
+    start = 0
+    for p in planned:
+        end = start + len(p.samples)
+        # share by generated tokens; by requests if the engine counted none
+        share = sum(counts[start:end]) / tokens if tokens else (end - start) / max(len(completions), 1)
+        t = time.perf_counter()
+        records[p.entry.name] = _score(p, completions[start:end], progress)
+        walls[p.entry.name] = time.perf_counter() - t + spent * share
+        start = end
+    return tokens
+
+
+def _cached_generation(planned: list[Planned], model: str, engine: str | None, progress: bool, records: dict,
+                       walls: dict, cache: CompletionCache, missing: dict) -> dict:
+    """Score the generation tasks whose completions are all in ``cache``; no engine."""
+    if not planned:
+        return {"name": engine or "none", "cached_only": True}
+    requests = [s.request for p in planned for s in p.samples]
+    ident, held = cached_identity(cache, requests, model, engine)
+    got = [cache.completion(cache.request_key(ident, r)) for r in requests] if ident else [None] * len(requests)
+    complete, start = [], 0
+    for p in planned:
+        part = got[start:start + len(p.samples)]
+        start += len(p.samples)
+        have = sum(c is not None for c in part)
+        if have < len(part):
+            missing[p.entry.name] = {"have": have, "of": len(part)}
+        else:
+            complete.append((p, part))
+    tokens = _score_all([p for p, _ in complete], [c for _, part in complete for c in part], 0.0, progress,
+                        records, walls)
+    ident = ident or {"engine": engine}
+    described = {"engine": ident.get("engine"), "dtype": ident.get("dtype"), "cached_only": True,
+                 "cache": str(cache.path)}
+    if Path(model).is_dir() and ident.get("model"):
+        described["model_hash"] = ident["model"]
+    return {**described, "generation": {"requests": len(requests), "tokens": tokens, "wall_s": 0.0,
+                                        "reused": held}}
+
+
 def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,
               limit: int | None = None, sampling: dict | None = None, out: Path | None = None,
               label: str | None = None, progress: bool = True, resamples: int = stats.RESAMPLES,
-              seed: int = stats.SEED, cache: Path | None = None) -> dict:
+              seed: int = stats.SEED, cache: Path | None = None, cached_only: bool = False) -> dict:
     """Evaluate ``model`` (an HF dir, or a served model's name for openai) on ``suite``.
 
     ``engine``: None (the suite's), an engine name, or an engine object the
     caller built and will close itself. Generation tasks run first; tasks that
     need the model itself run after the engine is closed and its memory freed.
     ``cache``: a JSONL file of completions (and log-likelihood task records) to
-    reuse and extend, so an interrupted run resumes; None: keep nothing."""
+    reuse and extend, so an interrupted run resumes; None: keep nothing. Only one
+    run may write a cache at a time. ``cached_only``: build no engine and compute
+    nothing; score what ``cache`` holds and list the incomplete tasks under
+    ``missing`` (``engine``, if a name, picks among the engines the cache holds)."""
     t0 = time.perf_counter()
+    if cached_only and cache is None:
+        raise FactoryError("scoring only cached completions needs a completions file")
+    if cached_only and not Path(cache).is_file():
+        raise FactoryError(f"{cache}: no such completions file to score")
+    with contextlib.ExitStack() as stack:
+        if cache is not None and not cached_only:
+            stack.enter_context(writer_lock(Path(cache)))
+        return _run_suite(t0, model, suite, engine, engine_settings, limit, sampling, out, label, progress,
+                          {"resamples": resamples, "seed": seed, "level": stats.LEVEL}, cache, cached_only)
+
+
+def _run_suite(t0: float, model: str, suite: Suite, engine: Any, engine_settings: dict | None, limit: int | None,
+               sampling: dict | None, out: Path | None, label: str | None, progress: bool, boot: dict,
+               cache: Path | None, cached_only: bool) -> dict:
     planned = plan(suite, limit, sampling, progress)
-    _check_model_tasks(planned, model)
-    boot = {"resamples": resamples, "seed": seed, "level": stats.LEVEL}
-    kept = CompletionCache(cache) if cache is not None else None
+    if not cached_only:
+        _check_model_tasks(planned, model)
+    kept = CompletionCache(cache, readonly=cached_only) if cache is not None else None
     records: dict[str, list[dict]] = {}
     walls: dict[str, float] = {}
-    described = _run_generation([p for p in planned if not p.needs_model], model, suite, engine,
-                                engine_settings, progress, records, walls, kept)
+    missing: dict[str, dict] = {}
+    generated = [p for p in planned if not p.needs_model]
+    if cached_only:
+        described = _cached_generation(generated, model, engine if isinstance(engine, str) else None, progress,
+                                       records, walls, kept, missing)
+    else:
+        described = _run_generation(generated, model, suite, engine, engine_settings, progress, records, walls,
+                                    kept)
     identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     for p in planned:
-        if p.needs_model:
+        if p.needs_model and cached_only:
+            found = kept.records(_model_task_key(p, identity["hash"]))
+            if found is None:
+                missing[p.entry.name] = {"have": 0, "of": p.limit}
+            else:
+                records[p.entry.name], walls[p.entry.name] = found, 0.0
+        elif p.needs_model:
             t = time.perf_counter()
             records[p.entry.name] = _model_task(p, model, identity["hash"], progress, kept)
             walls[p.entry.name] = time.perf_counter() - t
+    planned = [p for p in planned if p.entry.name in records]
+    if cached_only and not planned:
+        raise FactoryError(f"{cache}: no task of suite {suite.name} has all it needs in this file "
+                           f"(the model or engine differ, or it is too early)")
     results = {
         "format": res.FORMAT, "model": identity, "engine": described,
         "suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
@@ -267,6 +376,8 @@ def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dic
         "tasks": {p.entry.name: _task_entry(p, records[p.entry.name], walls[p.entry.name], boot) for p in planned},
         "samples": [r for p in planned for r in records[p.entry.name]],
     }
+    if missing:
+        results["missing"] = missing
     results["wall_s"] = round(time.perf_counter() - t0, 3)
     if out is not None:
         res.write(results, Path(out))

@@ -69,6 +69,15 @@ class Suite:
     def settings_for(self, engine: str) -> dict:
         return dict(self.engine_settings.get(engine, {}))
 
+    def select(self, names: list[str]) -> Suite:
+        """The suite with only the entries named (in the suite's order); an unknown name is an error."""
+        known = [e.name for e in self.entries]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FactoryError(f"{self.file}: no task named {unknown[0]!r} in suite {self.name} "
+                               f"(its tasks: {', '.join(known)})")
+        return dataclasses.replace(self, entries=[e for e in self.entries if e.name in names])
+
     def sampling_for(self, entry: TaskEntry, overrides: dict | None = None) -> dict:
         """Explicit sampling keys: suite defaults < entry < caller's overrides."""
         return {**self.sampling, **entry.sampling, **(overrides or {})}

@@ -227,6 +227,10 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
 @pytest.mark.parametrize("args,expected", [
     (["/nonexistent/model"], "/nonexistent/model: no such model directory"),
     (["MODEL", "--suite", "quik"], "unknown suite 'quik'"),
+    (["MODEL", "--tasks", "ifeval,nope"], "quick.yaml: no task named 'nope' in suite quick (its tasks: ifeval,"),
+    (["MODEL", "--cached-only", "--out", "/nonexistent/out"], "/nonexistent/out/completions.jsonl: no such "
+                                                               "completions file to score"),
+    (["MODEL", "--cached-only", "--no-cache"], "--cached-only scores OUT/completions.jsonl; it cannot go with"),
 ])
 def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
     args = [str(tiny / "m0") if a == "MODEL" else a for a in args]
@@ -408,3 +412,104 @@ def test_engine_that_does_not_stream_is_cached_in_chunks(tasks, tiny, tmp_path, 
     got = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
     assert asked == [3, 2] and got["engine"]["generation"]["reused"] == 3
     assert [s["outputs"] for s in got["samples"]] == [s["outputs"] for s in want["samples"]]
+
+
+def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, tmp_path, monkeypatch, capsys):
+    """--cached-only builds no engine: from a finished cache it reproduces the run's numbers;
+    from an unfinished one it scores the complete tasks and lists the rest as missing."""
+    import evals.engines as engines
+
+    answers = tmp_path / "a.json"
+    answers.write_text(json.dumps({str(i): "" for i in range(8)}))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: t\nsampling: {{max_tokens: 4}}\ntasks:\n  - {{task: match, name: match, answers: '{answers}'}}\n"
+                     f"  - {{task: match, name: m2, odd_wrong: true, sampling: {{max_tokens: 3}}}}\n  - {{task: size}}\n")
+    out = tmp_path / "out"
+    model = str(tiny / "m0")
+    assert main(["eval", model, "--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    full = res.load(out / "results.json")
+    cache = out / "completions.jsonl"
+    rows = [json.loads(x) for x in cache.read_text().splitlines()]
+    ident = {"engine": "hf", "dtype": "float32", "model": full["model"]["hash"]}
+    assert len(rows) == 17 and all(r["engine"] == ident for r in rows if "texts" in r)  # each names its engine
+
+    def no_engine(*a, **k):
+        raise AssertionError("--cached-only must not build an engine")
+
+    monkeypatch.setattr(engines, "make_engine", no_engine)
+    rescored = tmp_path / "rescored"
+    rescored.mkdir()
+    (rescored / "completions.jsonl").write_text(cache.read_text())
+    assert main(["eval", model, "--suite", str(suite), "--out", str(rescored), "--cached-only", "--no-progress"]) == 0
+    again = res.load(rescored / "results.json")
+    assert {k: v["metrics"] for k, v in again["tasks"].items()} == {k: v["metrics"] for k, v in full["tasks"].items()}
+    assert again["engine"]["cached_only"] and again["engine"]["generation"]["reused"] == 16
+    assert again["model"]["hash"] == full["model"]["hash"] and "missing" not in again
+    assert (rescored / "completions.jsonl").read_text() == cache.read_text()  # read, never written
+
+    # an unfinished file: the first task's 8 completions and 3 of m2's, the size task not done,
+    # a torn last line (a writer mid-append) that a reader must leave alone
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    from evals.completion_cache import CompletionCache
+
+    def keys(max_tokens, ids):
+        return {CompletionCache.request_key(ident, Request(messages=[{"role": "user", "content": PROMPTS[i]}],
+                                                           sampling=Sampling(max_tokens=max_tokens))) for i in ids}
+
+    keep = keys(4, range(8)) | keys(3, range(3))
+    text = "".join(json.dumps(r) + "\n" for r in rows if r["key"] in keep) + '{"key": "tor'
+    (partial / "completions.jsonl").write_text(text)
+    capsys.readouterr()
+    assert main(["eval", model, "--suite", str(suite), "--out", str(partial), "--cached-only", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    got = res.load(partial / "results.json")
+    assert list(got["tasks"]) == ["match"] and got["missing"] == {"m2": {"have": 3, "of": 8},
+                                                                   "size": {"have": 0, "of": None}}
+    assert got["tasks"]["match"]["metrics"] == full["tasks"]["match"]["metrics"]
+    assert "m2: left out, the cache holds 3 of 8 completions" in err and "size: left out" in err
+    assert "Not scored for m0 (scored from an incomplete completions file): m2 (3/8), size." in \
+        (partial / "report.md").read_text()
+    assert (partial / "completions.jsonl").read_text() == text  # the torn tail is not cut by a reader
+
+    # rows written before completions named their engine are found by trying its dtypes
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "completions.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "engine"}) + "\n"
+                                                      for r in rows))
+    assert main(["eval", model, "--suite", str(suite), "--out", str(legacy), "--cached-only", "--tasks", "m2",
+                 "--no-progress"]) == 0
+    sel = res.load(legacy / "results.json")
+    assert list(sel["tasks"]) == ["m2"] and sel["tasks"]["m2"]["metrics"] == full["tasks"]["m2"]["metrics"]
+    assert sel["engine"]["dtype"] == "float32" and "missing" not in sel
+
+    # another model shares nothing with the file: a one-line error, exit 2
+    assert main(["eval", str(tiny / "m1"), "--suite", str(suite), "--out", str(rescored), "--cached-only",
+                 "--no-progress"]) == 2
+    assert "no task of suite t has all it needs in this file" in capsys.readouterr().err
+
+
+def test_tasks_option_runs_only_the_named_tasks(tasks, tiny, tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match}\n  - {task: size}\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--tasks", "size",
+                 "--no-progress"]) == 0
+    saved = res.load(out / "results.json")
+    assert list(saved["tasks"]) == ["size"] and saved["engine"]["name"] == "hf"  # no generation task: no engine
+    assert saved["tasks"]["size"]["n"] == len(json.loads((tiny / "m0" / "config.json").read_text()))
+
+
+def test_two_evals_cannot_write_one_completions_file(tasks, tiny, tmp_path):
+    from evals.completion_cache import writer_lock
+
+    cache = tmp_path / "out" / "completions.jsonl"
+    with writer_lock(cache):
+        with pytest.raises(FactoryError, match=r"completions.jsonl: another eval \(pid \d+\) is writing it"):
+            run_suite(str(tiny / "m0"), _suite(), engine="hf", progress=False, cache=cache)
+        assert not cache.exists()
+        # a reader is welcome while the writer holds the file
+        with pytest.raises(FactoryError, match="no such completions file"):
+            run_suite(str(tiny / "m0"), _suite(), progress=False, cache=cache, cached_only=True)
+    got = run_suite(str(tiny / "m0"), _suite(), engine="hf", progress=False, cache=cache)  # released
+    assert got["tasks"]["match"]["n"] == 8

@@ -88,3 +88,44 @@ def test_a_burst_is_written_without_waiting_for_the_next_completion(tmp_path):
     writer.add("d", Completion(["d"], [1], ["stop"]))
     writer.close()  # the rest, and the timer stops
     assert len(CompletionCache(path)) == 4 and writer._thread is None
+
+
+def test_readonly_reader_leaves_a_live_file_alone(tmp_path):
+    import pytest
+
+    from factory.errors import FactoryError
+
+    path = tmp_path / "c.jsonl"
+    ident = {"engine": "vllm", "dtype": "float32", "model": "abc"}
+    CompletionCache(path).add_completions(["a", "b"], [Completion(["x"], [1], ["stop"])] * 2, ident)
+    CompletionCache(path).add_completions(["c"], [Completion(["y"], [1], ["stop"])])  # an untagged (older) row
+    with open(path, "a") as f:
+        f.write('{"key": "d", "texts": ["half')  # a writer mid-append
+    before = path.read_bytes()
+    reader = CompletionCache(path, readonly=True)
+    assert len(reader) == 3 and reader.completion("c").texts == ["y"] and reader.completion("d") is None
+    assert reader.identities() == [(ident, 2)]
+    with pytest.raises(FactoryError, match="opened read-only"):
+        reader.add_completions(["e"], [Completion(["z"], [1], ["stop"])])
+    assert path.read_bytes() == before
+
+
+def test_writer_lock_is_exclusive_and_released(tmp_path):
+    import os
+    import re
+
+    import pytest
+
+    from evals.completion_cache import writer_lock
+    from factory.errors import FactoryError
+
+    path = tmp_path / "out" / "c.jsonl"
+    with writer_lock(path):
+        assert (tmp_path / "out" / "c.jsonl.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(FactoryError) as e:
+            with writer_lock(path):
+                pass
+        assert re.fullmatch(rf".*c\.jsonl: another eval \(pid {os.getpid()}\) is writing it; wait for it, "
+                            r"use another --out, or read what it has so far with --cached-only", str(e.value))
+    with writer_lock(path):  # released on exit, also after the failed attempt
+        pass
