@@ -8,7 +8,9 @@ architectures that fit a parameter budget and keeps the best: by default the one
 with the lowest held-out loss right after pruning; with ``rank_by: distill``
 the one with the lowest held-out loss after a short distillation from the
 source model (the Minitron papers' observation: the ranking right after
-pruning is not the ranking after retraining)."""
+pruning is not the ranking after retraining). ``rank_distill.keep`` then
+releases the winner's short-distilled weights rather than its pruned ones, so
+the compute spent ranking is not thrown away."""
 
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ class RankDistillConfig:
     lr: float = field(2e-4, help="peak learning rate of the short distillation (cosine, 10% warmup)")
     batch_size: int = field(4, help="sequences per step of the short distillation")
     top: int | None = field(None, help="distil only the best `top` candidates by post-prune loss (null: all)")
+    keep: bool = field(False, help="release the winner's short-distilled weights instead of its pruned ones "
+                                   "(the distill stage then continues from them)")
 
     def check(self, where: str) -> None:
         for key in ("max_tokens", "lr", "batch_size"):
@@ -113,6 +117,9 @@ class PruneConfig:
         if self.rank_by == "distill":
             require(self.target_params is not None, where, "rank_by",
                     "distill ranks the candidates of target_params; with explicit targets there is one")
+        if self.rank_distill.keep:
+            require(self.rank_by == "distill", f"{where}.rank_distill", "keep",
+                    "keeps the short distillation of rank_by: distill, which is not set")
         self.rank_distill.check(f"{where}.rank_distill")
         check_device(self.device, where)
 
@@ -266,10 +273,14 @@ def run(ctx: StageContext) -> StageResult:
         for r in finalists:
             cand, drop, _ = chosen[r["candidate"]]
             r.update(_short_distill(ctx, cfg, model, lambda c=cand, d=drop: _prune(model, imp, src, c, d, how).to(device),
-                                    packed, heldout, device, r))
+                                    packed, heldout, device, r, tok))
         row = min(finalists, key=lambda r: r[rank_key])
         cand, drop, depth_rank = chosen[row["candidate"]]
-        pruned = _prune(model, imp, src, cand, drop, how).to(device)  # the winner's pruned (not distilled) weights
+        if cfg.rank_distill.keep:  # the winner as its short distillation left it
+            pruned, _ = load_model(_rank_dir(ctx, row) / "model", DTYPES[cfg.dtype])
+            row["heldout_loss_released"] = loss_of(pruned.to(device))
+        else:  # the winner's pruned (not distilled) weights
+            pruned = _prune(model, imp, src, cand, drop, how).to(device)
         best = (row, pruned, cand, drop, depth_rank)
     row, pruned, cand, drop, depth_rank = best
     save_checkpoint(pruned, tok, ctx.out_dir)
@@ -281,28 +292,35 @@ def run(ctx: StageContext) -> StageResult:
                "param_ratio": new_shape.params() / src.params()}
     if cfg.rank_by == "distill":
         metrics["heldout_loss_distilled"] = row["heldout_loss_distilled"]
+    kept = cfg.rank_by == "distill" and cfg.rank_distill.keep
+    if kept:
+        metrics["heldout_loss_released"] = row.pop("heldout_loss_released")
     extra = {"source_shape": src.as_dict(), "target_shape": new_shape.as_dict(), "dropped_layers": drop,
              "importance_reused": reused, "calibration_tokens": imp.tokens,
-             "rank_by": cfg.rank_by,
+             "rank_by": cfg.rank_by, "weights": "short-distilled" if kept else "pruned",
              "candidates": sorted(ranking, key=lambda r: (r.get(rank_key, float("inf")), r["heldout_loss"])),
              "depth_ranking": depth_rank,
              "data": {"licence": ctx.datasets["calibration.data"].licence_of()}}
     return StageResult(metrics=metrics, tokens=imp.tokens, extra=extra)
 
 
+def _rank_dir(ctx: StageContext, row: dict):
+    # the work dir is this config's and these inputs' alone; a label ("L30 h576 ... heads6/2") is not a file name
+    return ctx.work_dir / "rank" / re.sub(r"[^A-Za-z0-9]+", "-", row["candidate"]).strip("-")
+
+
 def _short_distill(ctx: StageContext, cfg: PruneConfig, teacher, make_student, packed, heldout, device,
-                   row: dict) -> dict:
+                   row: dict, tok) -> dict:
     """Distil one candidate briefly from the source model on the calibration corpus
     and measure it: every candidate sees the same batches in the same order. The
-    result is kept in the work dir, so a rerun after a kill skips the candidates
-    already measured."""
+    result (and with ``keep`` the weights) is kept in the work dir, so a rerun after
+    a kill skips the candidates already measured."""
     from factory.stages.distill import DistillConfig, _kd_terms, _Student, heldout_kd
     from factory.training.loop import train
     from factory.training.metrics import MetricsLog
 
     r = cfg.rank_distill
-    # the work dir is this config's and these inputs' alone; a label ("L30 h576 ... heads6/2") is not a file name
-    out = ctx.work_dir / "rank" / re.sub(r"[^A-Za-z0-9]+", "-", row["candidate"]).strip("-")
+    out = _rank_dir(ctx, row)
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -327,6 +345,8 @@ def _short_distill(ctx: StageContext, cfg: PruneConfig, teacher, make_student, p
     result = {"heldout_loss_distilled": last["eval_lm_loss"], "heldout_kl_distilled": last["eval_kl"],
               "rank_distill_tokens": dcfg.total_steps * dcfg.tokens_per_step}
     if dist.is_main():
+        if r.keep:  # before result.json: a measured candidate always has its weights (replicated, not sharded)
+            save_checkpoint(student, tok, out / "model")
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(done)

@@ -101,7 +101,34 @@ def test_rank_by_short_distillation(runs):
     assert m["metrics"]["heldout_loss_after"] == winner["heldout_loss"]
     model = AutoModelForCausalLM.from_pretrained(runs / "smoke" / "prune")
     assert sum(p.numel() for p in model.parameters()) == m["metrics"]["params_after"] == winner["params"]
+    assert m["weights"] == "pruned"
 
+
+def test_rank_distill_keep_releases_the_short_distilled_winner(runs):
+    """With rank_distill.keep the ranking is the same and the released weights are the
+    winner's short distillation: their held-out loss is the one measured after it."""
+    ranked = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
+              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
+              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
+              "stages.prune.rank_by=distill", "stages.prune.rank_distill.top=2",
+              "stages.prune.rank_distill.max_tokens=512", "stages.prune.rank_distill.lr=5e-3",
+              "models.teacher.tiny.num_hidden_layers=4"]
+    got = {}
+    for keep in ("false", "true"):
+        Pipeline(load_recipe(SMOKE, ranked + [f"stages.prune.rank_distill.keep={keep}"]), runs,
+                 progress=False).run(until="prune")
+        weights = AutoModelForCausalLM.from_pretrained(runs / "smoke" / "prune").state_dict()
+        got[keep] = (read_manifest(runs / "smoke" / "prune"), weights)
+    (pruned, w0), (kept, w1) = got["false"], got["true"]
+    assert pruned["weights"] == "pruned" and kept["weights"] == "short-distilled"
+    assert kept["candidates"] == pruned["candidates"] and kept["target_shape"] == pruned["target_shape"]
+    winner = kept["candidates"][0]
+    assert "heldout_loss_released" not in pruned["metrics"]
+    assert kept["metrics"]["heldout_loss_released"] == pytest.approx(winner["heldout_loss_distilled"], rel=1e-4)
+    assert kept["metrics"]["heldout_loss_released"] < kept["metrics"]["heldout_loss_after"] == winner["heldout_loss"]
+    assert w0.keys() == w1.keys() and all(w0[k].shape == w1[k].shape for k in w0)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    assert not list((runs / "smoke" / ".work").glob("prune-*"))  # the candidates' weights went with the work dir
 
 
 def test_rank_by_distill_resumes_after_a_kill(runs, monkeypatch):
