@@ -207,15 +207,20 @@ def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
     if digest:
         candidates += [{"engine": e, "dtype": d, "model": digest}
                        for e in ([engine] if engine else ENGINES) for d in _DTYPES]
+
+    def held(ident: dict, among: list[Request]) -> int:
+        return sum(cache.completion(cache.request_key(ident, r)) is not None for r in among)
+
     probe = requests[:: max(1, len(requests) // _PROBE)]
-    best, hits = None, 0
-    for ident in candidates:
-        n = sum(cache.completion(cache.request_key(ident, r)) is not None for r in probe)
-        if n > hits:
-            best, hits = ident, n
-    if best is None:
-        return None, 0
-    return best, sum(cache.completion(cache.request_key(best, r)) is not None for r in requests)
+    for among in (probe, requests):  # a sample first; everything if the sample holds none
+        best, hits = None, 0
+        for ident in candidates:
+            n = held(ident, among)
+            if n > hits:
+                best, hits = ident, n
+        if best is not None:
+            return best, held(best, requests)
+    return None, 0
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:

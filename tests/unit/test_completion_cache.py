@@ -129,3 +129,29 @@ def test_writer_lock_is_exclusive_and_released(tmp_path):
                             r"use another --out, or read what it has so far with --cached-only", str(e.value))
     with writer_lock(path):  # released on exit, also after the failed attempt
         pass
+
+
+def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
+    """The engine a file was written under is found from a sample of the requests, and
+    from all of them when the file holds too few for the sample to hit."""
+    from evals.runner import cached_identity
+    from factory.artifacts import content_hash
+    from factory.hashing import hash_tree
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    digest = content_hash(hash_tree(model))
+    requests = [Request(messages=[{"role": "user", "content": str(i)}], sampling=Sampling(max_tokens=4))
+                for i in range(1000)]
+    untagged = {"engine": "vllm", "dtype": "float32", "model": digest}  # rows from before rows named it
+    path = tmp_path / "c.jsonl"
+    cache = CompletionCache(path)
+    cache.add_completions([cache.request_key(untagged, requests[i]) for i in (1, 2, 3)],
+                          [Completion(["x"], [1], ["stop"])] * 3)
+    assert cached_identity(CompletionCache(path, readonly=True), requests, str(model)) == (untagged, 3)
+    assert cached_identity(CompletionCache(path, readonly=True), requests, str(model), engine="hf") == (None, 0)
+    tagged = {"engine": "openai", "dtype": None, "model": "served", "base_url": "http://h/v1"}
+    cache.add_completions([cache.request_key(tagged, r) for r in requests[::2]], [Completion(["y"], [1], ["stop"])] * 500,
+                          tagged)
+    assert cached_identity(CompletionCache(path, readonly=True), requests, "served") == (tagged, 500)
