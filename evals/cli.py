@@ -30,13 +30,14 @@ def _positive(text: str) -> int:
 def cmd_eval(args) -> int:
     from evals import report
     from evals.runner import run_suite
-    from evals.suite import load_suite
+    from evals.suite import load_suite, parse_overrides
 
     suite = load_suite(args.suite)
     if args.tasks:
         suite = suite.select([n.strip() for n in args.tasks.split(",") if n.strip()])
     if args.cached_only and args.no_cache:
         raise FactoryError("--cached-only scores OUT/completions.jsonl; it cannot go with --no-cache")
+    sampling = parse_overrides(args.sampling) if args.sampling else None
     engine = args.engine or ("openai" if args.base_url else None)
     settings = {"base_url": args.base_url} if args.base_url else {}
     label = args.label or Path(args.model.rstrip("/")).name or args.model
@@ -44,7 +45,7 @@ def cmd_eval(args) -> int:
     if not Path(args.model).is_dir() and (engine or suite.engine) != "openai" and not args.cached_only:
         raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
     results = run_suite(args.model, suite, engine=engine, engine_settings=settings, limit=args.limit,
-                        out=out / "results.json", label=label, progress=not args.no_progress,
+                        sampling=sampling, out=out / "results.json", label=label, progress=not args.no_progress,
                         cache=None if args.no_cache else out / "completions.jsonl", cached_only=args.cached_only)
     report.write_report([(label, results)], out)
     print(report.text_table([(label, results)]))
@@ -116,6 +117,9 @@ def add_commands(sub) -> None:
                     help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
                          "are made, so rerunning an interrupted eval resumes; a changed model or request "
                          "is generated anew)")
+    sp.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                    help="override every task's sampling (max_tokens, temperature, top_p, n, seed, stop), e.g. "
+                         "--sampling temperature=0.8 --sampling n=10; recorded in results.json")
     sp.add_argument("--tasks", metavar="NAME[,NAME]", help="run only these tasks of the suite (their names in "
                                                             "results.json, e.g. ifeval,gsm8k_8shot)")
     sp.add_argument("--cached-only", action="store_true",

@@ -171,7 +171,36 @@ def parse_sampling(data: Any, where: str) -> dict[str, Any]:
         if key not in hints:
             raise ConfigError(f"{where}.{key}", f"unknown sampling key (known: {', '.join(hints)})")
         out[key] = coerce(hints[key], value, f"{where}.{key}")
+        bad = _SAMPLING_RANGES.get(key)
+        if bad is not None and out[key] is not None and not bad[0](out[key]):
+            raise ConfigError(f"{where}.{key}", f"{bad[1]}, got {out[key]!r}")
     return out
+
+
+_SAMPLING_RANGES = {
+    "max_tokens": (lambda v: v >= 1, "must be at least 1"),
+    "n": (lambda v: v >= 1, "must be at least 1"),
+    "temperature": (lambda v: v >= 0, "must be >= 0 (0 is greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "seed": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def parse_overrides(items: list[str], where: str = "--sampling") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (values read as YAML scalars: ``stop=[\"\\n\"]`` is a list)
+    as checked Sampling keys."""
+    import yaml
+
+    data = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(where, f"expected KEY=VALUE, got {item!r}")
+        try:
+            data[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}.{key.strip()}", f"cannot read {text!r}") from None
+    return parse_sampling(data, where)
 
 
 def parse_entry(raw: Any, where: str) -> TaskEntry:

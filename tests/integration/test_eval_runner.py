@@ -231,6 +231,11 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     (["MODEL", "--cached-only", "--out", "/nonexistent/out"], "/nonexistent/out/completions.jsonl: no such "
                                                                "completions file to score"),
     (["MODEL", "--cached-only", "--no-cache"], "--cached-only scores OUT/completions.jsonl; it cannot go with"),
+    (["MODEL", "--sampling", "temperature"], "--sampling: expected KEY=VALUE, got 'temperature'"),
+    (["MODEL", "--sampling", "temp=0.5"], "--sampling.temp: unknown sampling key (known: max_tokens,"),
+    (["MODEL", "--sampling", "n=0"], "--sampling.n: must be at least 1, got 0"),
+    (["MODEL", "--sampling", "max_tokens=many"], "--sampling.max_tokens:"),
+    (["MODEL", "--sampling", "top_p=1.5"], "--sampling.top_p: must be in (0, 1], got 1.5"),
 ])
 def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
     args = [str(tiny / "m0") if a == "MODEL" else a for a in args]
@@ -487,6 +492,18 @@ def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, 
     assert main(["eval", str(tiny / "m1"), "--suite", str(suite), "--out", str(rescored), "--cached-only",
                  "--no-progress"]) == 2
     assert "no task of suite t has all it needs in this file" in capsys.readouterr().err
+
+
+def test_sampling_option_overrides_every_task(tasks, tiny, tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match, sampling: {max_tokens: 5}}\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--limit", "2",
+                 "--sampling", "max_tokens=3", "--sampling", "stop=['x', 'y']", "--no-progress"]) == 0
+    saved = res.load(out / "results.json")
+    assert saved["sampling_overrides"] == {"max_tokens": 3, "stop": ["x", "y"]}
+    assert saved["tasks"]["match"]["sampling"]["max_tokens"] == 3 and saved["tasks"]["match"]["sampling"]["stop"] == ["x", "y"]
+    assert all(t <= 3 for s in saved["samples"] for t in s["tokens"])
 
 
 def test_tasks_option_runs_only_the_named_tasks(tasks, tiny, tmp_path):
