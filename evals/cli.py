@@ -27,6 +27,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _engine_args(items: list[str], engine: str) -> dict:
+    """``--engine-arg KEY=VALUE`` as settings of ``engine``, on top of the suite's."""
+    from evals.engines import engine_settings
+    from evals.suite import parse_key_values
+
+    given = parse_key_values(items, "--engine-arg")
+    known = engine_settings(engine)
+    for key in given:
+        if key not in known:
+            raise FactoryError(f"--engine-arg {key}: engine {engine} has no such setting (known: {', '.join(known)})")
+    return given
+
+
 def cmd_eval(args) -> int:
     from evals import report
     from evals.runner import run_suite
@@ -40,6 +53,8 @@ def cmd_eval(args) -> int:
     sampling = parse_overrides(args.sampling) if args.sampling else None
     engine = args.engine or ("openai" if args.base_url else None)
     settings = {"base_url": args.base_url} if args.base_url else {}
+    if args.engine_arg:
+        settings.update(_engine_args(args.engine_arg, engine or suite.engine))
     label = args.label or Path(args.model.rstrip("/")).name or args.model
     out = Path(args.out) if args.out else Path("evals-out") / f"{label}-{suite.name}"
     if not Path(args.model).is_dir() and (engine or suite.engine) != "openai" and not args.cached_only:
@@ -117,6 +132,9 @@ def add_commands(sub) -> None:
                     help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
                          "are made, so rerunning an interrupted eval resumes; a changed model or request "
                          "is generated anew)")
+    sp.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an engine setting on top of the suite's engine_settings, e.g. --engine-arg "
+                         "tensor_parallel_size=2 --engine-arg max_num_seqs=256 (vllm), max_batch=32 (hf)")
     sp.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
                     help="override every task's sampling (max_tokens, temperature, top_p, n, seed, stop), e.g. "
                          "--sampling temperature=0.8 --sampling n=10; recorded in results.json")

@@ -186,21 +186,27 @@ _SAMPLING_RANGES = {
 }
 
 
-def parse_overrides(items: list[str], where: str = "--sampling") -> dict[str, Any]:
-    """``KEY=VALUE`` strings (values read as YAML scalars: ``stop=[\"\\n\"]`` is a list)
-    as checked Sampling keys."""
+def parse_key_values(items: list[str], where: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings from a command line, values read as YAML scalars
+    (``stop=["\\n"]`` is a list, ``n=4`` an int, ``dtype=bfloat16`` a string)."""
     import yaml
 
     data = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(where, f"expected KEY=VALUE, got {item!r}")
         try:
-            data[key.strip()] = yaml.safe_load(text)
+            data[key] = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise ConfigError(f"{where}.{key.strip()}", f"cannot read {text!r}") from None
-    return parse_sampling(data, where)
+            raise ConfigError(f"{where}.{key}", f"cannot read {text!r}") from None
+    return data
+
+
+def parse_overrides(items: list[str], where: str = "--sampling") -> dict[str, Any]:
+    """``--sampling KEY=VALUE`` strings as checked Sampling keys."""
+    return parse_sampling(parse_key_values(items, where), where)
 
 
 def parse_entry(raw: Any, where: str) -> TaskEntry:

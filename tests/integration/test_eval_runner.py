@@ -236,6 +236,9 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     (["MODEL", "--sampling", "n=0"], "--sampling.n: must be at least 1, got 0"),
     (["MODEL", "--sampling", "max_tokens=many"], "--sampling.max_tokens:"),
     (["MODEL", "--sampling", "top_p=1.5"], "--sampling.top_p: must be in (0, 1], got 1.5"),
+    (["MODEL", "--engine-arg", "max_num_seqs=4"], "--engine-arg max_num_seqs: engine hf has no such setting "
+                                                  "(known: dtype, device, max_batch,"),
+    (["MODEL", "--engine-arg", "max_batch"], "--engine-arg: expected KEY=VALUE, got 'max_batch'"),
 ])
 def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
     args = [str(tiny / "m0") if a == "MODEL" else a for a in args]
@@ -494,13 +497,15 @@ def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, 
     assert "no task of suite t has all it needs in this file" in capsys.readouterr().err
 
 
-def test_sampling_option_overrides_every_task(tasks, tiny, tmp_path):
+def test_sampling_and_engine_options_override_the_suite(tasks, tiny, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match, sampling: {max_tokens: 5}}\n")
     out = tmp_path / "out"
     assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--limit", "2",
-                 "--sampling", "max_tokens=3", "--sampling", "stop=['x', 'y']", "--no-progress"]) == 0
+                 "--sampling", "max_tokens=3", "--sampling", "stop=['x', 'y']", "--engine-arg", "max_batch=2",
+                 "--no-progress"]) == 0
     saved = res.load(out / "results.json")
+    assert saved["engine"]["engine"] == "hf" and saved["engine"]["max_batch"] == 2  # on top of the suite's
     assert saved["sampling_overrides"] == {"max_tokens": 3, "stop": ["x", "y"]}
     assert saved["tasks"]["match"]["sampling"]["max_tokens"] == 3 and saved["tasks"]["match"]["sampling"]["stop"] == ["x", "y"]
     assert all(t <= 3 for s in saved["samples"] for t in s["tokens"])
