@@ -265,7 +265,7 @@ def run(ctx: StageContext) -> StageResult:
             best = (row, pruned, cand, drop, depth_rank)
         else:
             del pruned
-    rank_key = "heldout_loss"
+    rank_key, released_loss = "heldout_loss", None
     if cfg.rank_by == "distill":
         rank_key = "heldout_loss_distilled"
         del best
@@ -278,7 +278,7 @@ def run(ctx: StageContext) -> StageResult:
         cand, drop, depth_rank = chosen[row["candidate"]]
         if cfg.rank_distill.keep:  # the winner as its short distillation left it
             pruned, _ = load_model(_rank_dir(ctx, row) / "model", DTYPES[cfg.dtype])
-            row["heldout_loss_released"] = loss_of(pruned.to(device))
+            released_loss = loss_of(pruned.to(device))  # measured here: saving moves the model to the CPU
         else:  # the winner's pruned (not distilled) weights
             pruned = _prune(model, imp, src, cand, drop, how).to(device)
         best = (row, pruned, cand, drop, depth_rank)
@@ -292,9 +292,9 @@ def run(ctx: StageContext) -> StageResult:
                "param_ratio": new_shape.params() / src.params()}
     if cfg.rank_by == "distill":
         metrics["heldout_loss_distilled"] = row["heldout_loss_distilled"]
-    kept = cfg.rank_by == "distill" and cfg.rank_distill.keep
+    kept = released_loss is not None
     if kept:
-        metrics["heldout_loss_released"] = row.pop("heldout_loss_released")
+        metrics["heldout_loss_released"] = released_loss
     extra = {"source_shape": src.as_dict(), "target_shape": new_shape.as_dict(), "dropped_layers": drop,
              "importance_reused": reused, "calibration_tokens": imp.tokens,
              "rank_by": cfg.rank_by, "weights": "short-distilled" if kept else "pruned",
