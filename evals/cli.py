@@ -29,14 +29,11 @@ def _positive(text: str) -> int:
 
 def _engine_args(items: list[str], engine: str) -> dict:
     """``--engine-arg KEY=VALUE`` as settings of ``engine``, on top of the suite's."""
-    from evals.engines import engine_settings
+    from evals.engines import check_settings
     from evals.suite import parse_key_values
 
     given = parse_key_values(items, "--engine-arg")
-    known = engine_settings(engine)
-    for key in given:
-        if key not in known:
-            raise FactoryError(f"--engine-arg {key}: engine {engine} has no such setting (known: {', '.join(known)})")
+    check_settings(engine, given, "--engine-arg")
     return given
 
 

@@ -194,9 +194,10 @@ _PROBE = 256  # requests used to choose among candidate identities
 
 
 def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
-                    engine: str | None = None) -> tuple[dict | None, int]:
+                    engine: str | None = None) -> tuple[dict | None, list[Completion | None]]:
     """The engine identity under which ``cache`` holds the most of ``requests`` for
-    ``model`` (restricted to ``engine`` when given), and how many of all it holds."""
+    ``model`` (restricted to ``engine`` when given), and the completion it holds for
+    each request under that identity (None where it holds none)."""
     from evals.engines.common import model_hash
     from evals.suite import ENGINES
 
@@ -219,8 +220,8 @@ def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
             if n > hits:
                 best, hits = ident, n
         if best is not None:
-            return best, held(best, requests)
-    return None, 0
+            return best, [cache.completion(cache.request_key(best, r)) for r in requests]
+    return None, [None] * len(requests)
 
 
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:
@@ -292,8 +293,7 @@ def _cached_generation(planned: list[Planned], model: str, engine: str | None, p
     if not planned:
         return {"name": engine or "none", "cached_only": True}
     requests = [s.request for p in planned for s in p.samples]
-    ident, held = cached_identity(cache, requests, model, engine)
-    got = [cache.completion(cache.request_key(ident, r)) for r in requests] if ident else [None] * len(requests)
+    ident, got = cached_identity(cache, requests, model, engine)
     complete, start = [], 0
     for p in planned:
         part = got[start:start + len(p.samples)]
@@ -311,7 +311,7 @@ def _cached_generation(planned: list[Planned], model: str, engine: str | None, p
     if Path(model).is_dir() and ident.get("model"):
         described["model_hash"] = ident["model"]
     return {**described, "generation": {"requests": len(requests), "tokens": tokens, "wall_s": 0.0,
-                                        "reused": held}}
+                                        "reused": sum(c is not None for c in got)}}
 
 
 def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,

@@ -35,12 +35,18 @@ def engine_settings(name: str) -> dict[str, object]:
     return {k: p.default for k, p in params.items() if k != "model" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
-def make_engine(name: str, model: str, where: str = "", **settings):
-    """An engine ``name`` serving ``model`` (a checkpoint dir, or the served model's name for openai)."""
+def check_settings(name: str, keys, where: str = "") -> None:
+    """A one-line error, prefixed with ``where``, naming the first of ``keys`` that
+    engine ``name`` has no setting for."""
     known = engine_settings(name)
-    unknown = [k for k in settings if k not in known]
+    unknown = [k for k in keys if k not in known]
     if unknown:
         prefix = f"{where}: " if where else ""
         raise FactoryError(f"{prefix}engine {name}: unknown setting {unknown[0]!r} "
                            f"(known: {', '.join(known) or 'none'})")
+
+
+def make_engine(name: str, model: str, where: str = "", **settings):
+    """An engine ``name`` serving ``model`` (a checkpoint dir, or the served model's name for openai)."""
+    check_settings(name, settings, where)
     return engine_class(name)(str(model), **settings)

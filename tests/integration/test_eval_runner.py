@@ -236,7 +236,7 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     (["MODEL", "--sampling", "n=0"], "--sampling.n: must be at least 1, got 0"),
     (["MODEL", "--sampling", "max_tokens=many"], "--sampling.max_tokens:"),
     (["MODEL", "--sampling", "top_p=1.5"], "--sampling.top_p: must be in (0, 1], got 1.5"),
-    (["MODEL", "--engine-arg", "max_num_seqs=4"], "--engine-arg max_num_seqs: engine hf has no such setting "
+    (["MODEL", "--engine-arg", "max_num_seqs=4"], "--engine-arg: engine hf: unknown setting 'max_num_seqs' "
                                                   "(known: dtype, device, max_batch,"),
     (["MODEL", "--engine-arg", "max_batch"], "--engine-arg: expected KEY=VALUE, got 'max_batch'"),
 ])

@@ -367,3 +367,15 @@ def test_real_data_is_self_consistent(category):
             task.score(s, [_as_python([(calls[0][0] + "_x", calls[0][1])])])
         assert broken.metrics["accuracy"] == 0.0, s.id
     assert failures == []
+
+
+def test_parsing_prose_emits_no_syntax_warning():
+    """Prose like "the 3rd call" makes ``ast.parse`` warn before it fails; scoring
+    thousands of answers must not fill stderr with that."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert parse_calls("Call it on the 3rd day, then the 2nd.") is None
+        assert parse_calls("f(a='\\d+')") == [Call("f", {"a": "\\d+"})]
+    assert [str(w.message) for w in seen] == []

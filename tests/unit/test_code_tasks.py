@@ -245,3 +245,13 @@ def test_real_data_loads_and_canonical_solutions_pass():
     assert [sc.reason for sc in scores] == [None] * 3
     wrong = humaneval.score(he[0], ["    return True\n"])
     assert wrong.reason.startswith("failed: AssertionError at line")
+
+
+def test_extracting_code_from_prose_emits_no_syntax_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = extract_code("It runs in 2nd place.\n```python\ndef f(x):\n    return '\\d' + x\n```", "f")
+    assert "def f(x)" in code
+    assert [str(w.message) for w in seen] == []

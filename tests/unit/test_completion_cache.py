@@ -149,9 +149,14 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     cache = CompletionCache(path)
     cache.add_completions([cache.request_key(untagged, requests[i]) for i in (1, 2, 3)],
                           [Completion(["x"], [1], ["stop"])] * 3)
-    assert cached_identity(CompletionCache(path, readonly=True), requests, str(model)) == (untagged, 3)
-    assert cached_identity(CompletionCache(path, readonly=True), requests, str(model), engine="hf") == (None, 0)
+    def found(model, engine=None):
+        ident, got = cached_identity(CompletionCache(path, readonly=True), requests, model, engine)
+        assert len(got) == len(requests)
+        return ident, [i for i, c in enumerate(got) if c is not None], {c.texts[0] for c in got if c}
+
+    assert found(str(model)) == (untagged, [1, 2, 3], {"x"})
+    assert found(str(model), engine="hf") == (None, [], set())
     tagged = {"engine": "openai", "dtype": None, "model": "served", "base_url": "http://h/v1"}
     cache.add_completions([cache.request_key(tagged, r) for r in requests[::2]], [Completion(["y"], [1], ["stop"])] * 500,
                           tagged)
-    assert cached_identity(CompletionCache(path, readonly=True), requests, "served") == (tagged, 500)
+    assert found("served") == (tagged, list(range(0, 1000, 2)), {"y"})
