@@ -247,6 +247,11 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
     owned = engine is None or isinstance(engine, str)  # else the caller built it and closes it
     if not planned:
         return {"name": (engine or suite.engine) if owned else getattr(engine, "name", "custom")}
+    if owned and cache is not None:
+        described = _all_cached(planned, model, suite, engine or suite.engine, settings, progress, records, walls,
+                                cache)
+        if described is not None:
+            return described
     eng = _build_engine(engine or suite.engine, model, suite, settings) if owned else engine
     try:
         # Every task's requests go to the engine in one call, so a batching engine keeps
@@ -267,6 +272,31 @@ def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: An
     finally:
         if owned:
             eng.close()
+
+
+def _all_cached(planned: list[Planned], model: str, suite: Suite, name: str, overrides: dict | None,
+                progress: bool, records: dict, walls: dict, cache: CompletionCache) -> dict | None:
+    """Score the generation tasks without building engine ``name`` when ``cache``
+    holds every completion under the identity the engine would have; None when it
+    does not (or the identity is only known once the engine is built)."""
+    from evals.engines import planned_identity
+
+    settings = {**suite.settings_for(name), **(overrides or {})}
+    ident = planned_identity(name, model, settings)
+    if ident is None:
+        return None
+    requests = [s.request for p in planned for s in p.samples]
+    got = []
+    for r in requests:
+        got.append(cache.completion(cache.request_key(ident, r)))
+        if got[-1] is None:
+            return None
+    print(f"[evals] all {len(requests)} completions from {cache.path}; engine {name} not started", file=sys.stderr)
+    tokens = _score_all(planned, got, 0.0, progress, records, walls)
+    described = {"engine": name, "model": str(model), **{k: v for k, v in settings.items() if v is not None},
+                 "model_hash": ident["model"], "dtype": ident["dtype"], "started": False}
+    return {**described, "generation": {"requests": len(requests), "tokens": tokens, "wall_s": 0.0,
+                                        "reused": len(requests)}}
 
 
 def _score_all(planned: list[Planned], completions: list[Completion], spent: float, progress: bool,

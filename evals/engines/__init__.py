@@ -46,6 +46,23 @@ def check_settings(name: str, keys, where: str = "") -> None:
                            f"(known: {', '.join(known) or 'none'})")
 
 
+def planned_identity(name: str, model: str, settings: dict) -> dict | None:
+    """The cache identity (``evals.completion_cache.engine_identity``) that engine
+    ``name`` would have for ``model`` with ``settings``, worked out without building
+    it; None when only the built engine can tell (or the engine has no
+    ``identity``). A rerun whose completions are all cached under it needs no engine."""
+    cls = engine_class(name)
+    identity = getattr(cls, "identity", None)
+    if identity is None or any(k not in engine_settings(name) for k in settings):
+        return None  # building it will say what is wrong
+    try:
+        bound = inspect.signature(cls).bind(str(model), **settings)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return identity(**bound.arguments)
+
+
 def make_engine(name: str, model: str, where: str = "", **settings):
     """An engine ``name`` serving ``model`` (a checkpoint dir, or the served model's name for openai)."""
     check_settings(name, settings, where)

@@ -214,6 +214,12 @@ class HFEngine:
             self.eos.add(self.tokenizer.eos_token_id)
         self._hash = None
 
+    @staticmethod
+    def identity(model: str, dtype: str, **_) -> dict | None:
+        """What ``describe`` will say decides the outputs (see engines.planned_identity)."""
+        digest = model_hash(model)
+        return {"engine": HFEngine.name, "dtype": dtype, "model": digest} if digest else None
+
     # ---- the Engine protocol -------------------------------------------------------------------
 
     streams = True  # on_done as each request finishes

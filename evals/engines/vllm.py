@@ -181,6 +181,21 @@ class VLLMEngine:
                               max_tokens=max_tokens, seed=None if greedy else s.seed, stop=list(s.stop or []) or None,
                               skip_special_tokens=True)
 
+    @staticmethod
+    def identity(model: str, dtype: str, engine_args: dict | None = None, **_) -> dict | None:
+        """What ``describe`` will say decides the outputs (see engines.planned_identity):
+        the dtype as ``platform_args`` resolves it on this platform."""
+        digest = model_hash(model)
+        if digest is None:
+            return None
+        try:
+            on_cpu = _on_cpu()
+        except ImportError:
+            return None
+        dtype = (engine_args or {}).get("dtype", dtype)
+        return {"engine": VLLMEngine.name, "dtype": platform_args({"dtype": dtype}, on_cpu)["dtype"],
+                "model": digest}
+
     def describe(self) -> dict[str, Any]:
         import vllm
 

@@ -298,11 +298,13 @@ def test_openai_errors_are_one_line_and_retried(served):
 VLLM_SCRIPT = textwrap.dedent("""
     import json, sys
     from evals.api import Request, Sampling
-    from evals.engines import make_engine
+    from evals.completion_cache import engine_identity
+    from evals.engines import make_engine, planned_identity
 
     def main():
         reqs = [Request(**r, sampling=Sampling(**s)) for r, s in json.loads(sys.argv[2])]
-        engine = make_engine("vllm", sys.argv[1], dtype="float32", max_model_len=256, enforce_eager=True)
+        settings = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
+        engine = make_engine("vllm", sys.argv[1], **settings)
         out = engine.generate(reqs, progress=False)
         landed = []
         again = engine.generate(reqs, progress=False, on_done=lambda i, c: landed.append((i, c)))
@@ -316,7 +318,8 @@ VLLM_SCRIPT = textwrap.dedent("""
         after = engine.generate(reqs, progress=False, on_done=lambda i, c: None)
         info = engine.describe()
         streamed = {"streams": engine.streams, "same": again == out == after,
-                    "order": sorted(i for i, _ in landed), "handed": all(c == again[i] for i, c in landed)}
+                    "order": sorted(i for i, _ in landed), "handed": all(c == again[i] for i, c in landed),
+                    "identity_known": engine_identity(info) == planned_identity("vllm", sys.argv[1], settings)}
         engine.close()
         print("RESULT " + json.dumps({"out": [[c.texts, c.tokens, c.finish_reasons] for c in out], "info": info,
                                       "streamed": streamed}))
@@ -351,7 +354,8 @@ def test_vllm_greedy_matches_hf(chatty, hf, tmp_path):
     assert result["out"] == [[c.texts, c.tokens, c.finish_reasons] for c in want]
     assert result["info"]["engine"] == "vllm" and result["info"]["max_model_len"] == 256
     # each request handed over as it finished, and the same completions as LLM.generate
-    assert result["streamed"] == {"streams": True, "same": True, "order": list(range(len(reqs))), "handed": True}
+    assert result["streamed"] == {"streams": True, "same": True, "order": list(range(len(reqs))), "handed": True,
+                                  "identity_known": True}  # a cached rerun can skip building it
     # on a CPU the KV cache is capped instead of taking 90% of host RAM
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert result["info"]["kv_cache_memory_bytes"] == min(4 << 30, ram // 4)

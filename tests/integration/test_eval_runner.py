@@ -381,13 +381,28 @@ def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_pat
     store = SizeTask.stores[-1]
     assert store.cache.path == cache and store.identity["model"] == got["model"]["hash"]
 
-    # a finished run reruns from the cache alone; another model shares nothing with it
+    # a finished run reruns from the cache alone, without even building the engine;
+    # another dtype or another model shares nothing with it
+    import evals.engines as engines
+
+    real_make, built = engines.make_engine, []
+
+    def counted(name, *a, **k):
+        built.append(name)
+        return real_make(name, *a, **k)
+
+    monkeypatch.setattr(engines, "make_engine", counted)
     asked.clear()
     again = run_suite(str(tiny / "m0"), suite, engine="hf", progress=False, cache=cache)
-    assert asked == [] and again["engine"]["generation"]["reused"] == 8
+    assert built == [] and asked == [] and again["engine"]["generation"]["reused"] == 8
+    assert again["engine"]["started"] is False and again["engine"]["dtype"] == got["engine"]["dtype"] == "float32"
+    assert again["model"] == got["model"]
     assert {k: v["metrics"] for k, v in again["tasks"].items()} == {k: v["metrics"] for k, v in got["tasks"].items()}
+    run_suite(str(tiny / "m0"), suite, engine="hf", engine_settings={"dtype": "bfloat16"}, progress=False,
+              cache=cache)
+    assert built == ["hf"] and asked == [8]
     run_suite(str(tiny / "m1"), suite, engine="hf", progress=False, cache=cache)
-    assert asked == [8]
+    assert built == ["hf", "hf"] and asked == [8, 8]
 
 
 def test_engine_that_does_not_stream_is_cached_in_chunks(tasks, tiny, tmp_path, monkeypatch):

@@ -45,3 +45,28 @@ def test_small_cpu_defaults_and_what_the_user_sets_wins(monkeypatch):
     assert (args["dtype"], args["max_num_seqs"], args["kv_cache_memory_bytes"]) == ("bfloat16", 256, 8 << 30)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM's own knob: then we set no size
     assert "kv_cache_memory_bytes" not in platform_args(SETTINGS, on_cpu=True, native_bf16=False)
+
+
+def test_planned_identity_resolves_the_dtype_as_the_engine_will(tmp_path, monkeypatch):
+    """A rerun whose completions are all cached skips building vLLM (minutes on a CPU)
+    only if it can tell, without vLLM, the dtype the engine would run in."""
+    import evals.engines.vllm as vllm_engine
+    from evals.engines import planned_identity
+    from evals.engines.common import model_hash
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    digest = model_hash(str(model))
+    monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: True)
+    monkeypatch.setattr(vllm_engine, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert planned_identity("vllm", str(model), {}) == {"engine": "vllm", "dtype": "float32", "model": digest}
+    assert planned_identity("vllm", str(model), {"dtype": "bfloat16"})["dtype"] == "bfloat16"
+    assert planned_identity("vllm", str(model), {"engine_args": {"dtype": "float16"}})["dtype"] == "float16"
+    monkeypatch.setattr(vllm_engine, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert planned_identity("vllm", str(model), {})["dtype"] == "auto"
+    monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: False)  # a GPU: vLLM's auto
+    assert planned_identity("vllm", str(model), {"max_num_seqs": 8})["dtype"] == "auto"
+    assert planned_identity("vllm", "org/hub-name", {}) is None  # content not on this machine
+    assert planned_identity("openai", "served", {"base_url": "http://h/v1"}) is None  # only the server knows
+    assert planned_identity("vllm", str(model), {"batch": 4}) is None  # make_engine reports the bad key
