@@ -109,7 +109,10 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
 
 
 def _model_task_key(p: Planned, digest: str | None) -> str:
-    return CompletionCache.task_key({"model": digest, "code": res.code_hash()},
+    """A model task's records are keyed by the model's content and the code they depend
+    on (the task's own ``code_hash`` when it has one, else all of evals)."""
+    code = getattr(p.task, "code_hash", res.code_hash)()
+    return CompletionCache.task_key({"model": digest, "code": code},
                                     {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options,
                                      "limit": p.limit})
 

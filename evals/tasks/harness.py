@@ -55,6 +55,23 @@ class HarnessTask:
         self.licence = ", ".join(sorted({taskdir.LICENCES["mmlu" if t.startswith("mmlu_") else t] for t in leaves}))
         self.last_results: dict | None = None  # lm-eval's aggregated results of the last run
 
+    @staticmethod
+    def code_hash() -> str:
+        """The source its records depend on: this file, evals/harness (task YAMLs, the
+        model, record building), the record format, and lm-eval's version. The run's
+        cache keys a finished task's records by it, so editing other parts of evals
+        (the CLI, a generation task) keeps them."""
+        from importlib import metadata
+
+        from factory.hashing import hash_tree, sha256_file, sha256_json
+
+        evals_dir = Path(__file__).parents[1]
+        files = {f"harness/{rel}": digest for rel, digest in hash_tree(evals_dir / "harness").items()
+                 if "__pycache__" not in rel}
+        for rel in ("tasks/harness.py", "results.py"):
+            files[rel] = sha256_file(evals_dir / rel)
+        return sha256_json({"files": files, "lm_eval": metadata.version("lm_eval")})
+
     def make_lm(self, model_path: str, store=None):
         """The lm-eval model for ``backend``; ``store`` keeps the fast backend's
         answers as they are computed (lm-eval's own ``hf`` model keeps nothing)."""

@@ -238,6 +238,26 @@ def test_missing_data_and_model_are_one_line_errors(tmp_path, tiny):
         get_task("harness", tasks="arc_easy").evaluate_model(str(tmp_path), progress=False)
 
 
+def test_records_are_keyed_by_the_code_they_depend_on(monkeypatch):
+    """A finished multiple-choice task's records outlive edits to unrelated parts of evals
+    (the CLI, a generation scorer) and are recomputed when lm-eval changes."""
+    from importlib import metadata
+
+    import evals.results as res
+    from evals.runner import Planned, _model_task_key
+    from evals.suite import TaskEntry
+
+    task = get_task("harness", tasks="arc_easy")
+    planned = Planned(TaskEntry("arc_easy", "harness", {"tasks": ["arc_easy"]}), task, None, {})
+    key = _model_task_key(planned, "m" * 16)
+    monkeypatch.setattr(res, "code_hash", lambda: "another evals package")
+    assert _model_task_key(planned, "m" * 16) == key
+    assert _model_task_key(planned, "n" * 16) != key
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0" if name == "lm_eval" else real(name))
+    assert _model_task_key(planned, "m" * 16) != key
+
+
 # -- real data -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_packaged_data_all_tasks_tiny_model_parity(tiny):
