@@ -16,6 +16,7 @@ document out. MMLU is scored on test with dev shots, as lm-eval does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -56,11 +57,14 @@ class HarnessTask:
         self.last_results: dict | None = None  # lm-eval's aggregated results of the last run
 
     @staticmethod
+    @functools.cache
     def code_hash() -> str:
         """The source its records depend on: this file, evals/harness (task YAMLs, the
         model, record building), the record format, and lm-eval's version. The run's
         cache keys a finished task's records by it, so editing other parts of evals
-        (the CLI, a generation task) keeps them."""
+        (the CLI, a generation task) keeps them. Read once per process, as
+        ``evals.results.code_hash`` is: records are keyed by the code that was loaded,
+        not by files edited while a long run goes on."""
         from importlib import metadata
 
         from factory.hashing import hash_tree, sha256_file, sha256_json
