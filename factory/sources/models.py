@@ -173,12 +173,26 @@ def materialize(spec: ModelSpec, base: Path) -> Path:
             root = resolve_path(spec.path, base)
             convert_gguf(root / spec.gguf_file, tmp, eos_token=None)
         (tmp / ".complete").write_text(json.dumps({"source": spec.describe()}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished build into place. Another process (a second rank, a parallel run)
+    may have published the same key meanwhile: its copy is as good, and a reader may
+    already be loading it, so it is kept rather than replaced. Only a partial leftover
+    (no ``.complete``) is cleared."""
+    if (target / ".complete").exists():
+        return
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # ENOTEMPTY: someone published between the check and the move
+        if not (target / ".complete").exists():
+            raise
 
 
 def _snapshot(repo_id: str, revision: str | None, out: Path) -> None:
