@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -19,6 +20,15 @@ def _tiny_cache(tmp_path_factory):
     if "FACTORY_CACHE" not in os.environ:
         os.environ["FACTORY_CACHE"] = str(Path.home() / ".cache" / "factory")
     yield
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Keep a test, and the processes it starts, on the CPU. For bitwise claims (a resumed
+    run ends with the uninterrupted run's weights; two ranks follow one) and for gloo:
+    CUDA's attention backward accumulates with atomics, so two GPU runs differ in the last bits."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 @pytest.fixture

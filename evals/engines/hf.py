@@ -394,7 +394,7 @@ class HFEngine:
 
     def _advance(self, rows: _Rows, logits: torch.Tensor, done) -> None:
         """Choose each live row's next token and decide whether its stream is finished."""
-        tokens = logits.argmax(-1)
+        tokens = logits.argmax(-1).cpu()  # one device-to-host copy a step, not one per row
         for i, s in enumerate(rows.streams):
             if s.finish is not None:
                 continue
@@ -410,7 +410,7 @@ class HFEngine:
                 s.finish = "length"
             if s.finish is not None:
                 done(s)
-        rows.last = tokens.cpu()
+        rows.last = tokens
 
     def _tail(self, out: list[int], stops: list[str]) -> str:
         # A stop string just completed lies within the last len(stop) tokens (a token is at
@@ -419,7 +419,9 @@ class HFEngine:
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    probs = torch.softmax(logits / temperature, -1)
+    # Drawn on the CPU with a CPU generator wherever the model runs, so that a seed gives the
+    # same draws on a GPU as on the CPU (up to the logits' own numerics).
+    probs = torch.softmax(logits.float().cpu() / temperature, -1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)

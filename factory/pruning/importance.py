@@ -77,13 +77,13 @@ class Importance:
 
 
 class _Collector:
-    def __init__(self, model):
+    def __init__(self, model, device: torch.device):
         self.blocks = layers(model)
         n = len(self.blocks)
         cfg = model.config
         heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        f64 = dict(dtype=torch.float64)
+        f64 = dict(dtype=torch.float64, device=device)  # accumulate where the activations are
         self.ffn = [torch.zeros(2, cfg.intermediate_size, **f64) for _ in range(n)]
         self.heads = [torch.zeros(2, heads, **f64) for _ in range(n)]
         self.hidden = [torch.zeros(2, cfg.hidden_size, **f64) for _ in range(2 * n + 1)]
@@ -142,8 +142,8 @@ def collect(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = T
 
     was_training = model.training
     model.eval()
-    col = _Collector(model)
     device = next(model.parameters()).device
+    col = _Collector(model, device)
     try:
         for start in tqdm(range(0, blocks.shape[0], batch_size), desc="calibration", unit="batch",
                           disable=not progress, file=sys.stderr):
@@ -151,8 +151,8 @@ def collect(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = T
     finally:
         col.close()
         model.train(was_training)
-    stack = lambda accs, j: torch.stack([a[j] for a in accs])  # noqa: E731
+    stack = lambda accs, j: torch.stack([a[j] for a in accs]).cpu()  # noqa: E731
     return Importance(ffn_sum=stack(col.ffn, 0), ffn_sumsq=stack(col.ffn, 1),
                       heads_sum=stack(col.heads, 0), heads_sumsq=stack(col.heads, 1),
                       hidden_sum=stack(col.hidden, 0), hidden_sumsq=stack(col.hidden, 1),
-                      bi_sum=col.bi, tokens=int(blocks.numel()), samples=int(blocks.shape[0]))
+                      bi_sum=col.bi.cpu(), tokens=int(blocks.numel()), samples=int(blocks.shape[0]))

@@ -38,7 +38,14 @@ def init_from_env() -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            from factory.errors import FactoryError
+
+            raise FactoryError(f"torchrun: local rank {local_rank} has no GPU of its own ({gpus} visible on this "
+                               f"node); start at most {gpus} processes per node (--nproc_per_node), or hide the "
+                               "GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU over gloo")
+        torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group(backend=backend)
 
 
@@ -116,7 +123,9 @@ def mean_across(value: float) -> float:
     _, size = world()
     if size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    # NCCL reduces only GPU tensors (on this rank's device, set by init_from_env)
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t.item() / size)
 

@@ -43,8 +43,8 @@ class _FusedKD(torch.autograd.Function):
                 need_grad):
         acc = torch.promote_types(h_s.dtype, torch.float32)
         n = mask.sum().clamp(min=1).to(acc)
-        kd_total = torch.zeros((), dtype=acc)
-        lm_total = torch.zeros((), dtype=acc)
+        kd_total = torch.zeros((), dtype=acc, device=h_s.device)
+        lm_total = torch.zeros((), dtype=acc, device=h_s.device)
         grad_h = torch.empty_like(h_s) if need_grad else None
         grad_w = torch.zeros_like(w_s, dtype=acc) if need_grad and w_s.requires_grad else None
         T = float(temperature)

@@ -137,8 +137,10 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> No
     model_state, optim_state = dist.full_state(model, optimizer)
     if dist.is_main():
         tmp = path.with_suffix(".tmp")
-        torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout,
-                    "rng": torch.get_rng_state()}, tmp)
+        rng = {"rng": torch.get_rng_state()}
+        if torch.cuda.is_initialized():  # dropout and sampling on a GPU draw from its own generator
+            rng["cuda_rng"] = torch.cuda.get_rng_state()
+        torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout, **rng}, tmp)
         os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
     dist.barrier()
 
@@ -175,6 +177,8 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
                                f"has it {layout}: resume with the same parallel setting, or --force the stage")
         dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
         start = state["step"]
         log.truncate_after(start)
         print(f"[factory] {desc}: resumed from step {start}/{total} ({ckpt})", file=sys.stderr)

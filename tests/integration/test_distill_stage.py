@@ -51,6 +51,7 @@ def test_intermediate_states_with_projection_and_lm_loss(runs):
     assert not any(k.startswith("proj") or k.startswith("student.") for k in weights)
 
 
+@pytest.mark.usefixtures("cpu_only")
 def test_crash_after_checkpoint_resumes_to_the_same_weights(runs, tmp_path, monkeypatch):
     overrides = ["stages.distill.intermediate_layer_pairs=[[1,1]]"]
     Pipeline(load_recipe(SMOKE, overrides), tmp_path / "ref", progress=False).run(until="distill")

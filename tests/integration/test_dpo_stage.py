@@ -57,6 +57,7 @@ def test_dpo_raises_reward_accuracy_and_margin(tmp_path, runs, loss):
     assert len(train) == 24  # 48 pairs x 2 epochs / 4 per step
 
 
+@pytest.mark.usefixtures("cpu_only")
 def test_dpo_resume_reuses_reference_and_matches(tmp_path, runs, monkeypatch):
     """Crash after a mid-stage checkpoint; the rerun resumes, reads the cached
     reference log-probs, and ends with the uninterrupted run's weights."""

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from tests.conftest import RECIPES
 
 SMOKE = RECIPES / "smoke.yaml"
+pytestmark = pytest.mark.usefixtures("cpu_only")  # gloo on the CPU, wherever the tests run
 
 
 def _losses(runs, stage):

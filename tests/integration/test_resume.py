@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,6 +23,7 @@ def _cmd(runs):
             "--runs-dir", str(runs), "--no-progress"]
 
 
+@pytest.mark.usefixtures("cpu_only")
 def test_sigkill_mid_stage_then_resume_is_bitwise_equal(tmp_path):
     env = {**os.environ}
     reference = tmp_path / "reference"
