@@ -177,8 +177,11 @@ def test_humaneval_completion_pass_at_k(monkeypatch):
     score = task.score(sample, outputs)
     assert score.metrics == {"pass@1": 0.5, "pass@2": pytest.approx(5 / 6, abs=1e-15)}
     assert score.details["statuses"] == ["passed", "passed", "failed", "failed"]
-    assert score.reason == ("2/4 failed; sample 2: failed: ValueError: max() arg is an empty sequence "
-                            "at line 9: return max(xs) * 2")
+    try:  # the interpreter's own wording ("max() iterable argument is empty" on Python 3.12)
+        max([])
+    except ValueError as e:
+        empty = str(e)
+    assert score.reason == f"2/4 failed; sample 2: failed: ValueError: {empty} at line 9: return max(xs) * 2"
     assert task.metrics == ("pass@1", "pass@2")
 
 
