@@ -1,8 +1,8 @@
 """Generation throughput of the eval engines against plain transformers ``generate``.
 
 All contenders answer the same IFEval prompts (chat-rendered with the model's
-template) with SmolLM2-135M-Instruct (fp32), greedy, up to ``--max-tokens`` new
-tokens each:
+template) with SmolLM2-135M-Instruct (fp32; ``--model DIR`` for another HF directory),
+greedy, up to ``--max-tokens`` new tokens each, on ``--device`` (cpu by default):
 
   hf-generate   ``model.generate`` on fixed, left-padded batches of 16 (the peer)
   hf            our hf engine (evals/engines/hf.py), default settings
@@ -16,6 +16,7 @@ model loading excluded. Also reported: how many greedy answers of each engine
 equal plain ``generate``'s. The machine may be shared: timings are noisy.
 
     .venv/bin/python bench/eval_speed.py [--prompts 64] [--max-tokens 128] [--only hf,hf-generate]
+                                         [--model DIR] [--device cuda]
 """
 
 from __future__ import annotations
@@ -44,33 +45,38 @@ def requests(n: int, max_tokens: int):
             for r in rows]
 
 
-def run_generate(reqs, batch: int = 16) -> tuple[list[str], list[int], float]:
+def model_dir(arg: str | None) -> str:
+    return arg or str(teacher_dir())
+
+
+def run_generate(reqs, model_path: str, device: str, batch: int = 16) -> tuple[list[str], list[int], float]:
     """The peer: ``generate`` on fixed batches, as one would write it by hand."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = teacher_dir()
-    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
     texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
     rows = []
     start = time.perf_counter()
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
             gen = model.generate(**enc, max_new_tokens=reqs[0].sampling.max_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
         rows += gen[:, enc["input_ids"].shape[1]:].tolist()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     wall = time.perf_counter() - start
     # count up to and including the end-of-turn token; the rest is padding
     rows = [r[:r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r for r in rows]
     return [tok.decode(r, skip_special_tokens=True) for r in rows], [len(r) for r in rows], wall
 
 
-def run_engine(name: str, reqs, **settings) -> tuple[list[str], list[int], float]:
+def run_engine(name: str, reqs, model_path: str, **settings) -> tuple[list[str], list[int], float]:
     from evals.engines import make_engine
 
-    engine = make_engine(name, str(teacher_dir()), **settings)
+    engine = make_engine(name, model_path, **settings)
     start = time.perf_counter()
     comps = engine.generate(reqs, progress=False)
     wall = time.perf_counter() - start
@@ -78,16 +84,16 @@ def run_engine(name: str, reqs, **settings) -> tuple[list[str], list[int], float
     return [c.texts[0] for c in comps], [c.tokens[0] for c in comps], wall
 
 
-def one(name: str, n: int, max_tokens: int) -> dict:
+def one(name: str, n: int, max_tokens: int, model_path: str, device: str) -> dict:
     reqs = requests(n, max_tokens)
     if name == "hf-generate":
-        outs, counts, wall = run_generate(reqs)
-    elif name == "vllm":
-        outs, counts, wall = run_engine("vllm", reqs, dtype="float32", max_num_seqs=64, max_model_len=2048,
-                                        kv_cache_memory_bytes=2 << 30)
+        outs, counts, wall = run_generate(reqs, model_path, device)
+    elif name == "vllm":  # vLLM picks its own device: the GPU when there is one
+        outs, counts, wall = run_engine("vllm", reqs, model_path, dtype="float32", max_num_seqs=64,
+                                        max_model_len=2048, kv_cache_memory_bytes=2 << 30)
     else:
         settings = {"hf": {}, "hf-sdpa": {"attention": "sdpa"}, "hf-b16": {"max_batch": 16}}[name]
-        outs, counts, wall = run_engine("hf", reqs, **settings)
+        outs, counts, wall = run_engine("hf", reqs, model_path, device=device, **settings)
     return {"name": name, "tokens": sum(counts), "seconds": wall, "tokens_per_s": sum(counts) / wall,
             "outputs": outs}
 
@@ -97,16 +103,19 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
+    ap.add_argument("--model", help="an HF model directory (default: the packaged SmolLM2-135M-Instruct)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (hf-generate and the hf engine)")
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run one contender in this process
     args = ap.parse_args()
+    args.model = model_dir(args.model)  # convert the packaged teacher once, before any timing
     if args.one:
-        print(json.dumps(one(args.one, args.prompts, args.max_tokens)))
+        print(json.dumps(one(args.one, args.prompts, args.max_tokens, args.model, args.device)))
         return
-    teacher_dir()  # convert the packaged teacher once, before any timing
     results = []
     for name in args.only.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts),
-               "--max-tokens", str(args.max_tokens)]
+               "--max-tokens", str(args.max_tokens), "--model", args.model, "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
@@ -125,12 +134,13 @@ def report(results: list[dict], args) -> None:
             r["same_as_generate"] = sum(a == b for a, b in zip(r["outputs"], peer["outputs"]))
             print(f"{r['name']:12s} {r['ratio_vs_generate']:.2f}x generate; "
                   f"{r['same_as_generate']}/{len(r['outputs'])} answers identical to generate's")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    body = {"prompts": args.prompts, "max_tokens": args.max_tokens, "model": "smollm2-135m-instruct (fp32)",
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    body = {"prompts": args.prompts, "max_tokens": args.max_tokens, "model": f"{args.model} (fp32)",
+            "device": args.device,
             "load_average": os.getloadavg(),
             "results": [{k: v for k, v in r.items() if k != "outputs"} for r in results]}
-    OUT.write_text(json.dumps(body, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    args.out.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

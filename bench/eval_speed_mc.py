@@ -1,8 +1,9 @@
 """Multiple-choice eval throughput: factory-hf against lm-eval's own `hf` model (HFLM).
 
 Both score ARC-Easy (validation, 570 documents, 0-shot; the task YAML from
-evals/harness with the data fetched from PyPI) with SmolLM2-135M-Instruct in
-fp32 on the CPU, in the same process, through the same `lm_eval.simple_evaluate`
+evals/harness with the data fetched from PyPI) with SmolLM2-135M-Instruct
+(``--model DIR`` for another HF directory) in fp32 on ``--device`` (the CPU by
+default), in the same process, through the same `lm_eval.simple_evaluate`
 call on the same documents. The documents are split into `--rounds` blocks and
 the two models alternate block by block, so that load from other processes on a
 shared machine falls on both alike.
@@ -15,6 +16,7 @@ and acc_norm must be equal, or the script fails. Prints documents/s of both and
 the ratio; writes bench/results/eval_speed_mc.json.
 
     .venv/bin/python bench/eval_speed_mc.py [--limit 570] [--rounds 3] [--hf-batch-size 8] [--threads 1]
+                                            [--model DIR] [--device cuda]
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: torch's default); on a machine shared with other jobs 1 "
                          "avoids the stalls of oversubscribed OpenMP threads")
+    ap.add_argument("--model", help="an HF model directory (default: the packaged SmolLM2-135M-Instruct)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,12 +78,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = str(teacher_dir())
+    model = args.model or str(teacher_dir())
     tmp = tempfile.mkdtemp(prefix="harness-tasks-")
     manager = TaskManager(include_path=str(write_task_dir([TASK], Path(tmp))), include_defaults=False)
     contenders = {
-        "lm-eval hf": HFLM(pretrained=model, dtype="float32", device="cpu", batch_size=args.hf_batch_size),
-        "factory-hf": FastLM(pretrained=model, dtype="float32", device="cpu"),
+        "lm-eval hf": HFLM(pretrained=model, dtype="float32", device=args.device,
+                           batch_size=args.hf_batch_size),
+        "factory-hf": FastLM(pretrained=model, dtype="float32", device=args.device),
     }
     docs = list(range(args.limit))
     blocks = [docs[i::args.rounds] for i in range(args.rounds)]
@@ -112,7 +117,8 @@ def main() -> None:
               f"acc {acc[name]['acc']:.4f} acc_norm {acc[name]['acc_norm']:.4f}")
     print(f"factory-hf / lm-eval hf: {ratio:.2f}x wall, {cpu_ratio:.2f}x cpu time   max |dLL| {worst:.2e}")
     result = {
-        "task": f"{TASK} (validation, 0-shot)", "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+        "task": f"{TASK} (validation, 0-shot)", "model": f"{args.model or 'SmolLM2-135M-Instruct'} (fp32)",
+        "device": args.device,
         "documents": args.limit, "requests": sum(len(s["filtered_resps"]) for s in logged["factory-hf"]),
         "rounds": args.rounds, "hf_batch_size": args.hf_batch_size,
         "factory_hf_batch": {"max_rows": contenders["factory-hf"].max_rows,
