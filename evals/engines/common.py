@@ -60,12 +60,22 @@ def model_hash(model: str) -> str | None:
     if not root.is_dir():
         return None
     from factory.artifacts import content_hash, read_manifest
-    from factory.hashing import hash_tree
+    from factory.hashing import hash_tree, list_files
 
     manifest = read_manifest(root)
     if manifest is not None:
         return manifest["hash"]
-    return content_hash(hash_tree(root))
+    # A plain checkpoint is hashed over its bytes: seconds to minutes for billions of
+    # parameters. A run asks several times (planned identity, the engine's description,
+    # the cache), so the hash is kept for as long as no file's size or mtime changes.
+    stamp = (str(root.resolve()), tuple((rel, st.st_size, st.st_mtime_ns) for rel in list_files(root)
+                                        for st in [(root / rel).stat()]))
+    if stamp not in _TREE_HASHES:
+        _TREE_HASHES[stamp] = content_hash(hash_tree(root))
+    return _TREE_HASHES[stamp]
+
+
+_TREE_HASHES: dict[tuple, str] = {}
 
 
 def stream_seed(seed: int, prompt: str, index: int) -> int:

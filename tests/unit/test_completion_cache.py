@@ -160,3 +160,24 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     cache.add_completions([cache.request_key(tagged, r) for r in requests[::2]], [Completion(["y"], [1], ["stop"])] * 500,
                           tagged)
     assert found("served") == (tagged, list(range(0, 1000, 2)), {"y"})
+
+
+def test_model_hash_is_computed_once_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import factory.hashing
+    from evals.engines.common import model_hash
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 64)
+    calls = []
+    real = factory.hashing.hash_tree
+    monkeypatch.setattr(factory.hashing, "hash_tree", lambda root, *a: calls.append(root) or real(root, *a))
+    first = model_hash(str(tmp_path))
+    assert model_hash(str(tmp_path)) == first and len(calls) == 1
+    (tmp_path / "model.safetensors").write_bytes(b"\1" * 64)  # same size: the mtime tells
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    changed = model_hash(str(tmp_path))
+    assert changed != first and len(calls) == 2
+    (tmp_path / "extra.txt").write_text("x")  # a new file
+    assert model_hash(str(tmp_path)) not in (first, changed) and len(calls) == 3
