@@ -237,11 +237,16 @@ def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dic
             "metrics": res.summarize(records, metrics, boot["resamples"], boot["seed"], boot["level"])}
 
 
+def _engine_settings(suite: Suite, name: str, overrides: dict | None) -> dict:
+    """Engine ``name``'s settings: the suite's, then the caller's (--engine-arg) on top."""
+    return {**suite.settings_for(name), **(overrides or {})}
+
+
 def _build_engine(name: str, model: str, suite: Suite, overrides: dict | None):
     from evals.engines import make_engine
 
-    settings = {**suite.settings_for(name), **(overrides or {})}
-    return make_engine(name, model, where=f"{suite.file}: engine_settings.{name}", **settings)
+    return make_engine(name, model, where=f"{suite.file}: engine_settings.{name}",
+                       **_engine_settings(suite, name, overrides))
 
 
 def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: Any, settings: dict | None,
@@ -284,7 +289,7 @@ def _all_cached(planned: list[Planned], model: str, suite: Suite, name: str, ove
     does not (or the identity is only known once the engine is built)."""
     from evals.engines import planned_identity
 
-    settings = {**suite.settings_for(name), **(overrides or {})}
+    settings = _engine_settings(suite, name, overrides)  # what _build_engine would pass
     ident = planned_identity(name, model, settings)
     if ident is None:
         return None
