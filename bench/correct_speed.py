@@ -93,7 +93,7 @@ CONTENDERS = {"factory": run_ours, "transformers Trainer": run_trainer, "TRL SFT
 
 
 def child(name: str, steps: int, warmup: int, precision: str) -> None:
-    from factory.training.loop import matmul_precision
+    from foundation.device import matmul_precision
 
     with matmul_precision(precision):
         times = CONTENDERS[name](steps, warmup)

@@ -167,7 +167,7 @@ def matmul_peak_gflops() -> float:
 
 
 def child(name, steps, warmup, precision):
-    from factory.training.loop import matmul_precision
+    from foundation.device import matmul_precision
 
     with matmul_precision(precision):
         times = CONTENDERS[name](steps, warmup)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from evals.lm_loss import heldout_loss
+from factory.training.heldout import heldout_loss
 from factory.pruning import depth
 from factory.pruning.arch import Shape
 from factory.pruning.importance import collect

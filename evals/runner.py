@@ -24,7 +24,7 @@ from evals import stats
 from evals.api import Completion, Request, Sample
 from evals.completion_cache import CompletionCache, CompletionWriter, LoglikStore, engine_identity, writer_lock
 from evals.suite import Suite, TaskEntry
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 @dataclass

@@ -572,7 +572,7 @@ class Limits:
         for name in ("wall_s", "memory_mb", "file_mb", "disk_mb", "processes", "open_files", "output_kb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                from factory.errors import FactoryError
+                from foundation.errors import FactoryError
 
                 raise FactoryError(f"sandbox limit {name} must be a positive number, got {value!r}")
 
@@ -607,7 +607,7 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int = 2,
                  tmp_root: str | None = None):
         if isolation not in MODES:
-            from factory.errors import FactoryError
+            from foundation.errors import FactoryError
 
             raise FactoryError(f"sandbox isolation must be one of {', '.join(MODES)}, got {isolation!r}")
         self.limits = limits or Limits()

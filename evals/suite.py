@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Sampling
-from factory.configs import coerce
-from factory.errors import ConfigError, FactoryError
-from factory.hashing import sha256_json
+from foundation.configs import coerce
+from foundation.errors import ConfigError, FactoryError
+from foundation.hashing import sha256_json
 
 ENGINES = ("hf", "vllm", "openai")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"

@@ -1,4 +1,4 @@
 """Minitron model factory: recipe-driven teacher correction, pruning,
 distillation, alignment, evaluation and release of compressed LLMs."""
 
-__version__ = "0.1.0"
+from foundation import __version__  # noqa: F401 (one version for the distribution)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 def _recipe(args):
@@ -31,7 +31,7 @@ def cmd_validate(args) -> int:
     recipe = _recipe(args)
     print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {' -> '.join(recipe.stages)})")
     if args.explain:
-        from factory.configs import explain
+        from foundation.configs import explain
         from factory.stages.base import stage_kinds
 
         for name, cfg in recipe.stages.items():
@@ -101,7 +101,7 @@ def _fmt_metric(metrics: dict) -> str:
 
 
 def cmd_ls(args) -> int:
-    from factory.artifacts import read_manifest
+    from foundation.artifacts import read_manifest
 
     root = Path(args.runs_dir)
     if not root.is_dir():
@@ -131,7 +131,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from factory.artifacts import read_manifest, verify
+    from foundation.artifacts import read_manifest, verify
 
     d = Path(args.artifact)
     m = read_manifest(d)
@@ -193,10 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("artifact", help="artifact directory")
     sp.add_argument("--json", action="store_true", help="print the raw manifest")
     sp.set_defaults(fn=cmd_show)
-    from evals.cli import add_commands  # eval, gate, report: the evaluation suite's own commands
+    from evals.cli import add_commands  # the suite's CLI loads its tasks: kept off `factory validate`'s path
 
-    add_commands(sub)
+    add_commands(sub)  # eval, gate, report: the evaluation suite's own commands
+    # `factory report RUN_DIR` draws a whole pipeline run; results files go to the suite's report.
+    report = sub.choices["report"]
+    report.description = report.help = ("a run dir (runs/<recipe>): one HTML/Markdown page about the whole line; "
+                                        "or results files: a comparison with a bar chart")
+    report.set_defaults(fn=cmd_report)
     return p
+
+
+def _is_run_dir(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and not list(p.glob("results*.json")) and any(p.glob("*/manifest.json"))
+
+
+def cmd_report(args) -> int:
+    from evals.cli import cmd_report as evals_report  # the suite's CLI loads its tasks: only for this command
+    from factory.report import write_report  # matplotlib: only the report draws
+
+    if len(args.results) == 1 and _is_run_dir(args.results[0]):  # a pipeline run: the whole line on one page
+        paths = write_report(Path(args.results[0]), Path(args.out) if args.out else None)
+        print(f"[factory] run report -> {paths['html']} (and {paths['md'].name})", file=sys.stderr)
+        return 0
+    return evals_report(args)
 
 
 def _quiet_libraries() -> None:

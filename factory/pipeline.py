@@ -17,17 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory import artifacts, host
-from factory.configs import to_dict
-from factory.errors import ArtifactError, FactoryError
-from factory.hashing import sha256_json
+from foundation import artifacts, host
+from foundation.configs import to_dict
+from foundation.errors import ArtifactError, FactoryError
+from foundation.hashing import sha256_json
 from factory.recipe import Recipe
 from factory.sources import datasets as ds_sources
 from factory.sources.produced import dataset_from_artifact
 from factory.sources import models as model_sources
 from factory.stages.base import StageContext, stage_kinds
 from factory.training import dist
-from factory.training.loop import matmul_precision
+from foundation.device import matmul_precision
 
 
 @dataclass

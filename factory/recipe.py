@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.configs import build, coerce, hashed_dict, refs
+from foundation.configs import build, coerce, hashed_dict, refs
 from factory.engines import ENGINES
-from factory.errors import ConfigError, FactoryError
-from factory.hashing import sha256_json
+from foundation.errors import ConfigError, FactoryError
+from foundation.hashing import sha256_json
 from factory.sources.datasets import DatasetSpec
 from factory.sources.models import ModelSpec
 

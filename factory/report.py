@@ -13,9 +13,9 @@ import html
 import json
 from pathlib import Path
 
-from factory import host
-from factory.artifacts import read_manifest
-from factory.errors import FactoryError
+from foundation import host
+from foundation.artifacts import read_manifest
+from foundation.errors import FactoryError
 
 
 def _artifacts(run_dir: Path) -> list[dict]:

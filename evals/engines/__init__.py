@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ENGINES: dict[str, str] = {
     "hf": "evals.engines.hf:HFEngine",

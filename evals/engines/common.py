@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Completion, Request
-from factory.errors import FactoryError
+from foundation.chat import for_template
+from foundation.errors import FactoryError
 
 
 def render_prompt(tokenizer, request: Request) -> str:
@@ -20,7 +21,6 @@ def render_prompt(tokenizer, request: Request) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise FactoryError(f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template, "
                            "so chat requests cannot be rendered (give raw prompts or a model with a template)")
-    from factory.alignment.records import for_template
 
     # A template that ignores tools would silently drop them: they are written
     # inline then, exactly as the sft stage trains tool calls for such templates.
@@ -59,8 +59,8 @@ def model_hash(model: str) -> str | None:
     root = Path(model)
     if not root.is_dir():
         return None
-    from factory.artifacts import content_hash, read_manifest
-    from factory.hashing import hash_tree, list_files
+    from foundation.artifacts import content_hash, read_manifest
+    from foundation.hashing import hash_tree, list_files
 
     manifest = read_manifest(root)
     if manifest is not None:

@@ -27,7 +27,7 @@ import torch
 from evals.api import Completion, Request
 from evals.engines.common import (check_choice, check_positive, cut_at_stop, empty_completion, model_hash,
                                   render_prompt, stream_seed)
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ATTENTION_NAME = "evals_grouped_sdpa"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -17,7 +17,7 @@ from typing import Any
 
 from evals.api import Completion, Request
 from evals.engines.common import check_positive, tool_calls_text
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from evals.api import Completion, Request, Sampling
 from evals.engines.common import check_positive, empty_completion, model_hash, render_prompt
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 def _on_cpu() -> bool:

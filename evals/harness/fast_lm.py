@@ -25,8 +25,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from evals.harness import packing
-from factory.errors import FactoryError
-from factory.hashing import sha256_json, source_digests
+from foundation.errors import FactoryError
+from foundation.hashing import sha256_json, source_digests
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +43,7 @@ class FastLM(TemplateLM):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from factory.training.loop import resolve_device
+        from foundation.device import resolve_device
 
         if str(dtype) not in _DTYPES:
             raise FactoryError(f"factory-hf: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")

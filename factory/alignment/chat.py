@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 from factory.sources.datasets import RecordError
 from factory.training.losses import IGNORE_INDEX
 

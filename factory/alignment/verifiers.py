@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from factory.errors import ConfigError
+from foundation.errors import ConfigError
 
 ENGINES = ("native", "nemo")
 
@@ -39,7 +39,7 @@ def parse_stage_engines(raw: Any, stage_names: list[str], default: str) -> dict[
 
 def parse_settings(raw: dict, stage_names: list[str]) -> dict[str, Any]:
     """Per-engine settings blocks of the recipe (today only ``nemo:``), validated."""
-    from factory.configs import build
+    from foundation.configs import build
     from factory.engines.nemo.settings import NeMoSettings
 
     settings = build(NeMoSettings, raw.get("nemo") or {}, "nemo")

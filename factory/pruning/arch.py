@@ -62,7 +62,7 @@ def layers(model):
 
 
 def check_supported(config: dict, where: str) -> None:
-    from factory.errors import ConfigError
+    from foundation.errors import ConfigError
 
     mt = config.get("model_type")
     if mt not in SUPPORTED:

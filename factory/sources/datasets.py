@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from factory.configs import field, require
-from factory.errors import ConfigError, FactoryError
-from factory.hashing import sha256_file, sha256_json
-from factory.sources.fetch import extract_members
+from foundation.configs import field, require
+from foundation.errors import ConfigError, FactoryError
+from foundation.hashing import sha256_file, sha256_json
+from foundation.fetch import extract_members
 from factory.sources.models import resolve_path
 
 

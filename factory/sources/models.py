@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.cache import cache_dir
-from factory.configs import field, require, to_dict
-from factory.errors import ConfigError, FactoryError
-from factory.hashing import hash_tree, sha256_file, sha256_json
-from factory.sources.fetch import extract_members
+from foundation.cache import cache_dir
+from foundation.configs import field, require, to_dict
+from foundation.errors import ConfigError, FactoryError
+from foundation.hashing import hash_tree, sha256_file, sha256_json
+from foundation.fetch import extract_members
 from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
 # Bump when the conversion of packaged checkpoints changes, so caches are rebuilt.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory.artifacts import read_manifest
-from factory.errors import FactoryError
+from foundation.artifacts import read_manifest
+from foundation.errors import FactoryError
 from factory.sources.datasets import DatasetSpec
 
 

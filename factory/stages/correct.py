@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from factory.configs import field, require
+from foundation.configs import field, require
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.loop import TrainConfig
 from factory.training.runner import lm_finetune

@@ -15,8 +15,8 @@ from typing import Literal
 
 import torch
 
-from factory.configs import field, require
-from factory.errors import FactoryError
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.data import blocks_for, pack

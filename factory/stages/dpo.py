@@ -19,8 +19,8 @@ import torch
 
 from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
-from factory.configs import field, require
-from factory.errors import FactoryError
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX
@@ -71,7 +71,8 @@ class Pair:
 
 
 def _pairs(ctx: StageContext, tok, cfg: DPOConfig, bad) -> tuple[list[Pair], int]:
-    from factory.alignment.records import for_template, iter_preferences
+    from factory.alignment.records import iter_preferences
+    from foundation.chat import for_template
 
     pairs, cut = [], 0
     for p in iter_preferences(ctx.datasets["data"], ctx.base, bad):

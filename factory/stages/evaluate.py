@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.configs import field, require
-from factory.errors import ConfigError, FactoryError
-from factory.hashing import sha256_json
+from foundation.configs import field, require
+from foundation.errors import ConfigError, FactoryError
+from foundation.hashing import sha256_json
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 

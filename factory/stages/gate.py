@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from factory.configs import field, require
-from factory.errors import ConfigError, FactoryError
+from foundation.configs import field, require
+from foundation.errors import ConfigError, FactoryError
 from factory.stages.base import StageContext, StageResult, register
 
 

@@ -15,9 +15,9 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from factory.configs import field, require
+from foundation.configs import field, require
 from factory.stages.base import StageContext, StageResult, register
-from factory.training.loop import check_device, resolve_device
+from foundation.device import check_device, resolve_device
 
 SOURCE_LICENCE = {"reasoning-gym": "Apache-2.0 (reasoning-gym generators)",
                   "constraints": "Apache-2.0 (lm-eval instruction checkers); topics written for this project"}

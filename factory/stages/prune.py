@@ -23,10 +23,10 @@ from typing import Literal
 
 import torch
 
-from evals.lm_loss import heldout_loss
-from factory.configs import field, require, to_dict
-from factory.errors import ConfigError
-from factory.hashing import sha256_json
+from factory.training.heldout import heldout_loss
+from foundation.configs import field, require, to_dict
+from foundation.errors import ConfigError
+from foundation.hashing import sha256_json
 from factory.pruning import depth
 from factory.pruning.arch import Shape, check_supported
 from factory.pruning.budget import Candidate, enumerate_candidates
@@ -37,7 +37,7 @@ from factory.sources.datasets import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 from factory.training.data import pack
-from factory.training.loop import DTYPES, check_device, resolve_device
+from foundation.device import DTYPES, check_device, resolve_device
 from factory.training.runner import load_model, save_checkpoint
 
 

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.artifacts import read_manifest
-from factory.configs import field, require
-from factory.errors import FactoryError
-from factory.hashing import sha256_file
+from foundation.artifacts import read_manifest
+from foundation.configs import field, require
+from foundation.errors import FactoryError
+from foundation.hashing import sha256_file
 from factory.stages.base import StageContext, StageResult, register
 
 SKIP = {"manifest.json", "metrics.jsonl", "README.md"}

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from factory.alignment.chat import Rendered, collate, render
-from factory.configs import field, require
-from factory.errors import FactoryError
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
@@ -48,7 +48,8 @@ class SFTConfig(TrainConfig):
 
 
 def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad) -> list[Rendered]:
-    from factory.alignment.records import for_template, iter_conversations
+    from factory.alignment.records import iter_conversations
+    from foundation.chat import for_template
 
     spec = ctx.datasets["data"]
     if spec.format not in ("chat", "instruction", "sharegpt"):

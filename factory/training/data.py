@@ -9,7 +9,7 @@ from typing import Iterable
 
 import torch
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 @dataclass

@@ -40,7 +40,7 @@ def init_from_env() -> None:
     if backend == "nccl":
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
         if local_rank >= gpus:
-            from factory.errors import FactoryError
+            from foundation.errors import FactoryError
 
             raise FactoryError(f"torchrun: local rank {local_rank} has no GPU of its own ({gpus} visible on this "
                                f"node); start at most {gpus} processes per node (--nproc_per_node), or hide the "

@@ -7,15 +7,15 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
-from factory.configs import field, require
-from factory.errors import FactoryError
+from foundation.configs import field, require
+from foundation.device import DTYPES, check_device, peak_memory_gib, resolve_device
+from foundation.errors import FactoryError
 from factory.training import dist
 from factory.training.metrics import MetricsLog
 from factory.training.optim import adamw, lr_at
@@ -83,21 +83,6 @@ class TrainConfig:
         return DTYPES[self.dtype]
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def check_device(device: str, where: str) -> None:
-    require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), where, "device",
-            f"expected auto, cpu, cuda or cuda:N, got {device!r}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: the first GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @dataclass
 class LoopResult:
     steps: int
@@ -113,23 +98,6 @@ class LoopResult:
 LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple]
 BatchFn = Callable[[int, int], torch.Tensor]  # (step, micro) -> batch
 EvalFn = Callable[[], dict]
-
-
-@contextmanager
-def matmul_precision(mode: str):
-    """Set torch's fp32 matmul precision (CPU oneDNN and CUDA) for the duration."""
-    old = torch.get_float32_matmul_precision()
-    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    old_cpu = getattr(mkldnn, "fp32_precision", None) if mkldnn is not None else None
-    torch.set_float32_matmul_precision(mode)
-    if old_cpu is not None:
-        mkldnn.fp32_precision = "bf16" if mode == "medium" else "ieee"
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
-        if old_cpu is not None:
-            mkldnn.fp32_precision = old_cpu
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> None:
@@ -234,14 +202,6 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     return LoopResult(steps=total, tokens=total * per_step, resumed_from=start,
                       train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
                       peak_memory_gib=peak_memory_gib(next(model.parameters()).device))
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from evals.lm_loss import heldout_loss
+from factory.training.heldout import heldout_loss
 from factory.sources.datasets import DatasetSpec, iter_documents
 from factory.stages.base import StageContext, StageResult
 from factory.training.data import blocks_for, pack

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe

@@ -19,7 +19,7 @@ import torch
 from evals.api import Request, Sampling
 from evals.engines import engine_settings, make_engine
 from evals.engines.common import cut_at_stop, render_prompt, tool_calls_text
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -15,9 +15,9 @@ from evals import results as res
 from evals.api import Completion, Request, Sample, Sampling, Score
 from evals.runner import run_suite
 from evals.suite import parse_suite
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.cli import main
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from factory.sources.tiny import TinyLlamaSpec, build_tiny

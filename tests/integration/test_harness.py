@@ -12,7 +12,7 @@ import pytest
 from evals.harness import packing
 from evals.harness.taskdir import write_task_dir
 from evals.tasks import get_task
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
 TOL = 1e-4

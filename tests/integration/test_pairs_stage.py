@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from factory.stages.pairs import PairsConfig, choose_pair

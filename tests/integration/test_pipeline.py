@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
@@ -170,7 +170,7 @@ def test_source_change_reruns(tmp_path, runs):
 def test_lock_blocks_concurrent_runs(runs):
     import fcntl
 
-    from factory.errors import FactoryError
+    from foundation.errors import FactoryError
 
     p = Pipeline(load_recipe(SMOKE), runs, progress=False)
     p.run_dir.mkdir(parents=True)

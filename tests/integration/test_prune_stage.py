@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from tests.conftest import RECIPES, ROOT

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from factory.artifacts import read_manifest
+from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe

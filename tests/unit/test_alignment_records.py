@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from factory.alignment.chat import check_conversation, render
-from factory.alignment.records import (BadRecords, Conversation, Preference, inline_tools, iter_conversations,
-                                       iter_preferences, template_supports_tools)
-from factory.errors import ConfigError, FactoryError
+from factory.alignment.records import BadRecords, Conversation, Preference, iter_conversations, iter_preferences
+from foundation.chat import inline_tools, template_supports_tools
+from foundation.errors import ConfigError, FactoryError
 from factory.sources import datasets as ds
 from factory.sources.datasets import DatasetSpec, RecordError, fingerprint, iter_documents
 from factory.sources.tiny import byte_tokenizer

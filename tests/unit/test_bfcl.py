@@ -9,7 +9,7 @@ import pytest
 from evals.tasks import get_task
 from evals.tasks.bfcl import BFCL, parse_calls, to_json_schema, to_tool
 from evals.tasks.bfcl_match import OMIT, Call, normalise
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 AREA = {"name": "geometry.area", "description": "Area of a triangle.",
         "parameters": {"type": "dict", "required": ["base", "height"], "properties": {

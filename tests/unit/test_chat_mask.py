@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from factory.alignment.chat import check_conversation, collate, render
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 from factory.sources.tiny import byte_tokenizer
 from factory.training.losses import IGNORE_INDEX
 

@@ -93,7 +93,7 @@ def test_a_burst_is_written_without_waiting_for_the_next_completion(tmp_path):
 def test_readonly_reader_leaves_a_live_file_alone(tmp_path):
     import pytest
 
-    from factory.errors import FactoryError
+    from foundation.errors import FactoryError
 
     path = tmp_path / "c.jsonl"
     ident = {"engine": "vllm", "dtype": "float32", "model": "abc"}
@@ -117,7 +117,7 @@ def test_writer_lock_is_exclusive_and_released(tmp_path):
     import pytest
 
     from evals.completion_cache import writer_lock
-    from factory.errors import FactoryError
+    from foundation.errors import FactoryError
 
     path = tmp_path / "out" / "c.jsonl"
     with writer_lock(path):
@@ -135,8 +135,8 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     """The engine a file was written under is found from a sample of the requests, and
     from all of them when the file holds too few for the sample to hit."""
     from evals.runner import cached_identity
-    from factory.artifacts import content_hash
-    from factory.hashing import hash_tree
+    from foundation.artifacts import content_hash
+    from foundation.hashing import hash_tree
 
     model = tmp_path / "m"
     model.mkdir()
@@ -165,14 +165,14 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
 def test_model_hash_is_computed_once_until_a_file_changes(tmp_path, monkeypatch):
     import os
 
-    import factory.hashing
+    import foundation.hashing
     from evals.engines.common import model_hash
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 64)
     calls = []
-    real = factory.hashing.hash_tree
-    monkeypatch.setattr(factory.hashing, "hash_tree", lambda root, *a: calls.append(root) or real(root, *a))
+    real = foundation.hashing.hash_tree
+    monkeypatch.setattr(foundation.hashing, "hash_tree", lambda root, *a: calls.append(root) or real(root, *a))
     first = model_hash(str(tmp_path))
     assert model_hash(str(tmp_path)) == first and len(calls) == 1
     (tmp_path / "model.safetensors").write_bytes(b"\1" * 64)  # same size: the mtime tells

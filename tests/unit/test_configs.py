@@ -3,8 +3,8 @@ from typing import Literal
 
 import pytest
 
-from factory.configs import build, coerce, field, hashed_dict, parse_count, refs
-from factory.errors import ConfigError
+from foundation.configs import build, coerce, field, hashed_dict, parse_count, refs
+from foundation.errors import ConfigError
 
 
 @dataclass

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from factory.errors import ConfigError, FactoryError
+from foundation.errors import ConfigError, FactoryError
 from factory.sources.datasets import DatasetSpec, fingerprint, iter_documents, split_paragraphs
 from factory.sources.tiny import byte_tokenizer
 from factory.training.data import pack
@@ -169,7 +169,7 @@ def test_more_ranks_than_gpus_is_one_line(monkeypatch):
 
 
 def test_source_digests_name_files_by_part_and_skip_compiled_caches(tmp_path):
-    from factory.hashing import sha256_file, source_digests
+    from foundation.hashing import sha256_file, source_digests
 
     (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
     (tmp_path / "pkg" / "a.py").write_text("a = 1\n")

@@ -4,7 +4,7 @@
 def test_host_probe_leaves_the_global_rng_alone():
     import torch
 
-    from factory import host
+    from foundation import host
 
     torch.manual_seed(3)
     want = torch.rand(4)

@@ -18,7 +18,7 @@ import pytest
 
 from evals import punkt
 from evals.tasks import ifeval
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 # instruction id, kwargs, a response that follows it, one that does not
 CASES = [

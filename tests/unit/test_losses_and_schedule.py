@@ -57,7 +57,7 @@ def test_lr_schedule_warmup_cosine_floor():
 
 def test_resume_refuses_a_checkpoint_of_another_layout(tmp_path):
     """A checkpoint written by an FSDP run is not silently loaded into a replicated one."""
-    from factory.errors import FactoryError
+    from foundation.errors import FactoryError
     from factory.training.loop import TrainConfig, train
     from factory.training.metrics import MetricsLog
 

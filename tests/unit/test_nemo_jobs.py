@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from factory.cli import main
-from factory.errors import ConfigError, FactoryError
+from foundation.errors import ConfigError, FactoryError
 from factory.recipe import load_recipe
 from tests.conftest import RECIPES, ROOT, write
 
@@ -147,7 +147,7 @@ def test_head_dim_mismatch_keeps_alignment_native():
 def test_stage_kind_without_a_job(tmp_path):
     from dataclasses import dataclass
 
-    from factory.configs import field
+    from foundation.configs import field
     from factory.stages import base
 
     @dataclass

@@ -147,7 +147,7 @@ def test_block_influence_picks_identity_blocks():
     assert float(bi[2]) < 1e-6 and float(bi[3]) < 1e-6 and float(bi[[0, 1, 4, 5]].min()) > 1e-3
     drop, ranking = depth.by_block_influence(bi, 2)
     assert drop == [2, 3] and len(ranking) == 5
-    from evals.lm_loss import heldout_loss
+    from factory.training.heldout import heldout_loss
 
     full = heldout_loss(m, x)["loss"]
     drop, ranking = depth.by_lm_loss(m, 2, lambda mm: heldout_loss(mm, x)["loss"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evals.sandbox import Limits, Sandbox, _find_told, _strip_token
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_NAME = "SANDBOX_TEST_SECRET_" + uuid.uuid4().hex[:8].upper()

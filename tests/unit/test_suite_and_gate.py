@@ -8,7 +8,7 @@ from evals import gate
 from evals import results as res
 from evals.suite import load_suite, parse_suite, shipped
 from factory.cli import main
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 
 class EchoTask:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from factory.configs import refs
-from factory.errors import ConfigError
+from foundation.configs import refs
+from foundation.errors import ConfigError
 
 JOBS = ("correct", "prune", "distill", "sft", "dpo")
 # Kinds that only read and write artifacts: they run natively under every engine.

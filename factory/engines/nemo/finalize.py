@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from factory import artifacts, host
-from factory.errors import ArtifactError
+from foundation import artifacts, host
+from foundation.errors import ArtifactError
 
 
 def input_hashes(refs: dict, run_dir: Path) -> dict[str, str]:

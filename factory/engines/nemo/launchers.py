@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 
 ENV_PASSED = ("HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
 

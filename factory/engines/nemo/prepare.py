@@ -18,7 +18,7 @@ import random
 import shutil
 from pathlib import Path
 
-from factory.errors import FactoryError
+from foundation.errors import FactoryError
 from factory.recipe import Recipe
 
 CHARS_PER_TOKEN = 4  # held-out text is cut by characters before tokenisation: an estimate

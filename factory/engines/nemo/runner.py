@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from factory import artifacts
-from factory.configs import to_dict
+from foundation import artifacts
+from foundation.configs import to_dict
 from factory.engines.nemo import launchers, prepare, render, specs
 from factory.engines.nemo.capabilities import NATIVE_ANYWHERE, stage_shapes
-from factory.errors import ArtifactError, FactoryError
+from foundation.errors import ArtifactError, FactoryError
 from factory.pipeline import Pipeline
 from factory.recipe import Recipe
 from factory.sources import datasets as ds_sources

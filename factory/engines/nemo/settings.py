@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from factory.configs import field, require
+from foundation.configs import field, require
 
 
 @dataclass

@@ -18,9 +18,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from factory.cache import cache_dir
-from factory.errors import FactoryError
-from factory.hashing import sha256_file
+from foundation.cache import cache_dir
+from foundation.errors import FactoryError
+from foundation.hashing import sha256_file
 
 
 def download_distribution(package: str, version: str, sdist: bool = False) -> Path:

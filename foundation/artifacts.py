@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import ArtifactError
-from factory.hashing import hash_tree, list_files, sha256_file, sha256_json
+from foundation.errors import ArtifactError
+from foundation.hashing import hash_tree, list_files, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -24,13 +24,13 @@ VOLATILE = ("metrics.jsonl",)  # excluded from the content hash
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
+    import torch  # heavy, and only a manifest writer needs it
+    import transformers  # likewise
 
-    import factory
+    import foundation
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "factory": factory.__version__}
+            "transformers": transformers.__version__, "factory": foundation.__version__}
 
 
 def content_hash(files: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from factory.errors import ConfigError
+from foundation.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
 
