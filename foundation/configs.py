@@ -93,23 +93,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(where, f"expected {_type_name(tp)}, got null")
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own error is the precise one
-            return coerce(options[0], value, where)
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(arg, value, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(where, f"expected {_type_name(tp)}, got {_describe(value)}")
+        return _coerce_union(tp, value, where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices and not isinstance(value, bool):
@@ -127,6 +111,29 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         return {str(k): coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
+    return _coerce_scalar(tp, value, where)
+
+
+def _coerce_union(tp: Any, value: Any, where: str) -> Any:
+    """``X | Y | None``: null where allowed, else the first member type that accepts ``value``."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(where, f"expected {_type_name(tp)}, got null")
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:  # Optional[X]: X's own error is the precise one
+        return coerce(options[0], value, where)
+    for arg in options:
+        try:
+            return coerce(arg, value, where)
+        except ConfigError:
+            pass
+    raise ConfigError(where, f"expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
+    """bool, int (with k/M/B size suffixes), float or str; any other type is a programming error."""
     if value is None:
         raise ConfigError(where, f"expected {_type_name(tp)}, got null")
     if tp is bool:
