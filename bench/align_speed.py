@@ -35,7 +35,8 @@ SEQ, SFT_BATCH, DPO_PAIRS, LR, BETA = 256, 4, 2, 1e-6, 0.1
 
 def passages(n: int) -> list[tuple[str, str]]:
     """(context, continuation) pairs of Shakespeare prose: about 100 + 150 tokens."""
-    from factory.sources.datasets import DatasetSpec, iter_documents
+    from factory.sources.datasets import DatasetSpec
+    from factory.sources.documents import iter_documents
 
     docs = [d for d in iter_documents(DatasetSpec(packaged="shakespeare", doc_chars=1400), Path("."))
             if len(d) > 1100][: n * 3]

@@ -16,7 +16,9 @@ def packed_blocks(n: int, seq_len: int):
     """``n`` training blocks of ``seq_len`` tokens of Shakespeare, packed as the stages pack them."""
     from transformers import AutoTokenizer
 
-    from factory.sources.datasets import DatasetSpec, iter_documents
+    from factory.sources.datasets import DatasetSpec
+
+    from factory.sources.documents import iter_documents
     from factory.training.data import pack
 
     tok = AutoTokenizer.from_pretrained(teacher_dir())

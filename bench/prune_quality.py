@@ -25,7 +25,8 @@ from factory.pruning import depth
 from factory.pruning.arch import Shape
 from factory.pruning.importance import collect
 from factory.pruning.width import apply, plan_from_scores
-from factory.sources.datasets import DatasetSpec, iter_documents
+from factory.sources.datasets import DatasetSpec
+from factory.sources.documents import iter_documents
 from factory.sources.models import ModelSpec, materialize
 from factory.training.data import pack
 from factory.training.runner import load_model

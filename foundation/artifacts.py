@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import foundation
 from foundation.errors import ArtifactError
 from foundation.hashing import hash_tree, list_files, sha256_file, sha256_json
 
@@ -26,8 +27,6 @@ VOLATILE = ("metrics.jsonl",)  # excluded from the content hash
 def versions() -> dict[str, str]:
     import torch  # heavy, and only a manifest writer needs it
     import transformers  # likewise
-
-    import foundation
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "factory": foundation.__version__}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -52,9 +54,6 @@ def download_distribution(package: str, version: str, sdist: bool = False) -> Pa
 
 def _download_sdist_from_index(package: str, version: str, dest: Path) -> None:
     """The sdist of ``package==version`` from the index's simple API (PEP 691 JSON), sha256-checked."""
-    import json
-    import urllib.request
-
     index = os.environ.get("FACTORY_PYPI_SIMPLE", "https://pypi.org/simple")
     request = urllib.request.Request(f"{index}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:

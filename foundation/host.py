@@ -28,7 +28,7 @@ def _cpu_model() -> str:
 def matmul_gflops(n: int = 1024, seconds: float = 0.3) -> float:
     """fp32 matmul throughput of this process's torch threads, best of repeated [n, n] products
     within about ``seconds`` (after one warm-up product)."""
-    import torch
+    import torch  # heavy: a manifest writer has it loaded already, `factory validate` never does
 
     g = torch.Generator().manual_seed(0)  # never the global RNG: stages' randomness must not depend on the probe
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
@@ -44,7 +44,7 @@ def matmul_gflops(n: int = 1024, seconds: float = 0.3) -> float:
 
 @functools.cache
 def describe() -> dict:
-    import torch
+    import torch  # heavy: see matmul_gflops
 
     info = {"cpu": _cpu_model(), "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -41,7 +41,7 @@ def final_answer(text: str) -> str:
 
 
 def reasoning_gym_items(tasks: list[str], n: int, seed: int) -> Iterator[Verifiable]:
-    import reasoning_gym
+    import reasoning_gym  # heavy: only verifier-built pairs need its generators
 
     per_task = -(-n // len(tasks))
     for t, name in enumerate(tasks):

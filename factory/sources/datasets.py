@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -158,7 +159,7 @@ def _format_of(path: Path, fmt: str, where: str) -> str:
     raise ConfigError(where, f"cannot tell the format of {path.name} from its extension; set format")
 
 
-def _files_of(root: Path) -> list[Path]:
+def files_of(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -179,7 +180,7 @@ def fingerprint(spec: DatasetSpec, base: Path) -> str:
     if spec.hub is not None:
         return sha256_json({"hub": spec.hub, "split": spec.split, "revision": spec.revision, **opts})
     root = resolve_path(spec.path, base)
-    files = {p.relative_to(root).as_posix() if root.is_dir() else p.name: sha256_file(p) for p in _files_of(root)}
+    files = {p.relative_to(root).as_posix() if root.is_dir() else p.name: sha256_file(p) for p in files_of(root)}
     return sha256_json({"files": files, "format": spec.format, **opts})
 
 
@@ -307,7 +308,7 @@ def _read_jsonl_grouped(path: Path, text_field: str, keys: tuple[str, ...]) -> I
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: only parquet files need it
 
     table = pq.read_table(path)
     if text_field not in table.column_names:
@@ -318,7 +319,7 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
         yield value
 
 
-def _read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
+def read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
     fmt = _format_of(path, fmt, "format")
     if fmt == "text":
         return _read_text(path, spec.doc_chars)
@@ -328,8 +329,6 @@ def _read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[d
 
 
 def _stdlib_files() -> list[Path]:
-    import sysconfig
-
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
@@ -396,11 +395,11 @@ def iter_records(spec: DatasetSpec, base: Path) -> Iterator[tuple[str, dict | Re
     elif spec.hub is not None:
         yield from _hub_records(spec)
     else:
-        for p in _files_of(resolve_path(spec.path, base)):
+        for p in files_of(resolve_path(spec.path, base)):
             yield from ((f"{p}:{line}", rec) for line, rec in json_records(p))
 
 
-def _packaged_documents(spec: DatasetSpec) -> Iterator[str]:
+def packaged_documents(spec: DatasetSpec) -> Iterator[str]:
     entry = CATALOG[spec.packaged]
     if entry.reader == "python":
         for p in _stdlib_files():
@@ -418,7 +417,7 @@ def _packaged_documents(spec: DatasetSpec) -> Iterator[str]:
 
 def _hub_dataset(spec: DatasetSpec):
     try:
-        import datasets
+        import datasets  # optional: only hub datasets need it
     except ImportError as e:
         raise FactoryError(f"hub dataset {spec.hub!r} needs the `datasets` package: pip install datasets") from e
     try:
@@ -427,38 +426,9 @@ def _hub_dataset(spec: DatasetSpec):
         raise FactoryError(f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}") from e
 
 
-def _hub_documents(spec: DatasetSpec) -> Iterator[str]:
+def hub_documents(spec: DatasetSpec) -> Iterator[str]:
     ds = _hub_dataset(spec)
     if spec.text_field not in ds.column_names:
         raise FactoryError(f"hub dataset {spec.hub!r} has no column {spec.text_field!r}")
     for value in ds[spec.text_field]:
         yield value
-
-
-def _record_documents(spec: DatasetSpec, base: Path) -> Iterator[list[dict]]:
-    from factory.alignment.records import iter_conversations, iter_preferences
-
-    if spec.format == "preference":
-        return (p.prompt + p.chosen for p in iter_preferences(spec, base))
-    return (c.messages for c in iter_conversations(spec, base))
-
-
-def iter_documents(spec: DatasetSpec, base: Path) -> Iterator[str | list[dict]]:
-    """The dataset's documents in their stored order (callers shuffle): strings, or
-    conversations (lists of messages) for record formats (a preference pair
-    gives its prompt and chosen answer)."""
-    if spec.format in RECORD_FORMATS:
-        docs = _record_documents(spec, base)
-    elif spec.packaged is not None:
-        docs = _packaged_documents(spec)
-    elif spec.hub is not None:
-        docs = _hub_documents(spec)
-    else:
-        root = resolve_path(spec.path, base)
-        docs = (d for p in _files_of(root) for d in _read_file(p, spec.format, spec))
-    for i, doc in enumerate(docs):
-        if spec.max_documents is not None and i >= spec.max_documents:
-            return
-        yield doc
-
-

@@ -18,7 +18,7 @@ from foundation.configs import field, require, to_dict
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import hash_tree, sha256_file, sha256_json
 from foundation.fetch import extract_members
-from factory.sources.tiny import TinyLlamaSpec, build_tiny
+from factory.sources.tiny import TinyLlamaSpec, build_tiny, tiny_config
 
 # Bump when the conversion of packaged checkpoints changes, so caches are rebuilt.
 _CONVERSION_VERSION = 1
@@ -134,8 +134,6 @@ def fingerprint(spec: ModelSpec, base: Path) -> str:
 def peek_config(spec: ModelSpec, base: Path) -> dict | None:
     """The model's config.json as a dict when it is known without fetching anything."""
     if spec.tiny is not None:
-        from factory.sources.tiny import tiny_config
-
         return tiny_config(spec.tiny).to_dict()
     if spec.packaged is not None:
         return dict(PACKAGED_MODELS[spec.packaged].config)
@@ -197,7 +195,7 @@ def _publish(tmp: Path, target: Path) -> None:
 
 def _snapshot(repo_id: str, revision: str | None, out: Path) -> None:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: only hub models need it
 
         snapshot_download(repo_id, revision=revision, local_dir=out)
     except Exception as e:  # offline, unknown id, auth: all user-facing
@@ -206,8 +204,8 @@ def _snapshot(repo_id: str, revision: str | None, out: Path) -> None:
 
 def convert_gguf(gguf: Path, out: Path, eos_token: str | None) -> None:
     """Dequantize a GGUF checkpoint to an fp32 HF checkpoint with its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    import torch  # heavy: only a GGUF conversion needs it
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # heavy: likewise
 
     print(f"[factory] converting {gguf.name} to an fp32 HF checkpoint", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

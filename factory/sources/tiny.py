@@ -47,8 +47,8 @@ class TinyLlamaSpec:
 
 def byte_tokenizer():
     """A byte-level BPE tokenizer with no merges and ChatML specials (ids 0, 1, 2)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # heavy: only building a tiny model needs it
+    from transformers import PreTrainedTokenizerFast  # heavy: likewise
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -74,7 +74,7 @@ VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 
 def tiny_config(spec: TinyLlamaSpec):
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # heavy: recipe validation reads shapes without transformers loaded
 
     return LlamaConfig(
         vocab_size=VOCAB_SIZE,
@@ -95,8 +95,8 @@ def tiny_config(spec: TinyLlamaSpec):
 
 def build_tiny(spec: TinyLlamaSpec, out_dir: Path) -> None:
     """Write a tiny random Llama checkpoint with its tokenizer to ``out_dir``."""
-    import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
+    import torch  # heavy: only building a tiny model needs it
+    from transformers import GenerationConfig, LlamaForCausalLM  # heavy: likewise
 
     tok = byte_tokenizer()
     assert len(tok) == VOCAB_SIZE and tok.eos_token_id == 2 and tok.bos_token_id == 1

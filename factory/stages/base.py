@@ -15,7 +15,7 @@ class StageContext:
 
     ``models`` maps each model-reference field to a local HF checkpoint dir;
     ``datasets`` maps each dataset-reference field to its spec (read it with
-    ``factory.sources.datasets.iter_documents(spec, base)``). The stage writes
+    ``factory.sources.documents.iter_documents(spec, base)``). The stage writes
     its HF checkpoint into ``out_dir``; ``work_dir`` survives a crash and holds
     mid-stage checkpoints, so a rerun with the same config and inputs resumes."""
 

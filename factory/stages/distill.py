@@ -17,7 +17,7 @@ import torch
 
 from foundation.configs import field, require
 from foundation.errors import FactoryError
-from factory.sources.datasets import iter_documents
+from factory.sources.documents import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training.data import blocks_for, pack
 from factory.training.kd import fused_kd_loss

@@ -33,7 +33,7 @@ from factory.pruning.budget import Candidate, enumerate_candidates
 from factory.pruning.importance import Importance, collect
 from factory.pruning.report import plot_importance
 from factory.pruning.width import apply, make_plan
-from factory.sources.datasets import iter_documents
+from factory.sources.documents import iter_documents
 from factory.stages.base import StageContext, StageResult, register
 from factory.training import dist
 from factory.training.data import pack

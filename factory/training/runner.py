@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from factory.training.heldout import heldout_loss
-from factory.sources.datasets import DatasetSpec, iter_documents
+from factory.sources.datasets import DatasetSpec
+from factory.sources.documents import iter_documents
 from factory.stages.base import StageContext, StageResult
 from factory.training.data import blocks_for, pack
 from factory.training.loop import TrainConfig, train

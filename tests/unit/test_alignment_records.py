@@ -11,7 +11,8 @@ from factory.alignment.records import BadRecords, Conversation, Preference, iter
 from foundation.chat import inline_tools, template_supports_tools
 from foundation.errors import ConfigError, FactoryError
 from factory.sources import datasets as ds
-from factory.sources.datasets import DatasetSpec, RecordError, fingerprint, iter_documents
+from factory.sources.datasets import DatasetSpec, RecordError, fingerprint
+from factory.sources.documents import iter_documents
 from factory.sources.tiny import byte_tokenizer
 from factory.training.losses import IGNORE_INDEX
 

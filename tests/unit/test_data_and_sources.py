@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from foundation.errors import ConfigError, FactoryError
-from factory.sources.datasets import DatasetSpec, fingerprint, iter_documents, split_paragraphs
+from factory.sources.datasets import DatasetSpec, fingerprint, split_paragraphs
+from factory.sources.documents import iter_documents
 from factory.sources.tiny import byte_tokenizer
 from factory.training.data import pack
 

@@ -94,7 +94,7 @@ def export_data(recipe: Recipe, spec: dict, run_dir: Path) -> dict[str, int]:
     where = f"stages.{spec['stage']}.{data['field']}"
     ds = _dataset(recipe, data["dataset"], run_dir, where)
     if data["format"] == "text":
-        from factory.sources.datasets import iter_documents
+        from factory.sources.documents import iter_documents
 
         docs = [d for d in iter_documents(ds, recipe.base) if isinstance(d, str) and d.strip()]
         train, valid = text_split(docs, data.get("eval_tokens", 0), recipe.seed)
