@@ -53,34 +53,31 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from factory.pipeline import Pipeline
+    from factory.pipeline import Pipeline  # torch: only the commands that run stages load it
     from factory.training.dist import init_from_env
 
     recipe = _recipe(args)
-    from factory.engines.nemo import runner
-
-    if args.dry_run or runner.uses_nemo(recipe):
-        return _run_nemo(args, recipe)
+    if args.dry_run:
+        return _dry_run(args, recipe)
     init_from_env()  # under torchrun: join the process group (gloo on CPUs, NCCL on GPUs)
     progress = not args.no_progress
     Pipeline(recipe, args.runs_dir, progress=progress).run(force=tuple(args.force), only=args.only, until=args.until)
     return 0
 
 
-def _run_nemo(args, recipe) -> int:
-    from factory.engines.nemo import runner
+def _dry_run(args, recipe) -> int:
+    """``--dry-run``: write the nemo stages' jobs and the plan, run nothing."""
+    from factory.engines.nemo.executor import dry_run  # torch: the executors load it, only `run` needs them
+    from factory.executors import engines_used  # torch, as above
 
+    if "nemo" not in engines_used(recipe):
+        raise FactoryError(f"{args.recipe}: --dry-run writes nemo jobs, and every stage of this recipe runs "
+                           "natively; add --engine nemo")
     reproduce = [args.recipe, *args.overrides]
     for flag in ("engine", "launcher"):
         if getattr(args, flag, None):
             reproduce += [f"--{flag}", getattr(args, flag)]
-    if not args.dry_run:
-        return runner.run(recipe, Path(args.runs_dir), reproduce, force=tuple(args.force), only=args.only,
-                          progress=not args.no_progress)
-    if not runner.uses_nemo(recipe):
-        raise FactoryError(f"{args.recipe}: --dry-run writes nemo jobs, and every stage of this recipe runs "
-                           "natively; add --engine nemo")
-    for path in runner.dry_run(recipe, Path(args.runs_dir), reproduce):
+    for path in dry_run(recipe, Path(args.runs_dir), reproduce):
         print(path)
     return 0
 

@@ -3,7 +3,11 @@
 A stage is skipped when its artifact's config hash and input hashes match the
 recipe's and every file still matches its recorded sha256. Input hashes are
 the content hashes of upstream artifacts (or fingerprints of sources), so a
-stage reruns exactly when something it depends on changed."""
+stage reruns exactly when something it depends on changed.
+
+``Pipeline`` is the one orchestrator: it owns the stage loop, these decisions,
+the run lock, events and manifests. Where a stage runs is its executor's
+business (``factory.executors``): in this process, or as a job (nemo)."""
 
 from __future__ import annotations
 
@@ -11,23 +15,18 @@ import fcntl
 import json
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation import artifacts, host
-from foundation.configs import to_dict
+from foundation import artifacts
 from foundation.errors import ArtifactError, FactoryError
 from foundation.hashing import sha256_json
+from factory.engines.base import Executor, Outcome, SourceHashes, StageRun, input_fields, manifest_head
+from factory.executors import EXECUTORS, executor_name
 from factory.recipe import Recipe
-from factory.sources import datasets as ds_sources
-from factory.sources.produced import dataset_from_artifact
-from factory.sources import models as model_sources
-from factory.stages.base import StageContext, stage_kinds
 from factory.training import dist
-from foundation.device import matmul_precision
 
 
 @dataclass
@@ -40,11 +39,14 @@ class Decision:
 
 
 class Pipeline:
+    """One recipe's run directory: what would run and why (``plan``), and running it (``run``)."""
+
     def __init__(self, recipe: Recipe, runs_dir: str | Path = "runs", progress: bool = True):
         self.recipe = recipe
         self.run_dir = Path(runs_dir) / recipe.name
         self.progress = progress
-        self._fingerprints: dict[tuple[str, str], str] = {}
+        self._source_hash = SourceHashes(recipe)
+        self._executors: dict[str, Executor] = {}
 
     # -- paths -------------------------------------------------------------
     def artifact_dir(self, stage: str) -> Path:
@@ -54,16 +56,14 @@ class Pipeline:
         key = sha256_json({"config": self.recipe.config_hash(stage), "inputs": inputs})[:16]
         return self.run_dir / ".work" / f"{stage}-{key}"
 
-    # -- hashing -----------------------------------------------------------
-    def _source_hash(self, kind: str, name: str) -> str:
-        key = (kind, name)
-        if key not in self._fingerprints:
-            if kind == "model":
-                self._fingerprints[key] = model_sources.fingerprint(self.recipe.models[name], self.recipe.base)
-            else:
-                self._fingerprints[key] = ds_sources.fingerprint(self.recipe.datasets[name], self.recipe.base)
-        return self._fingerprints[key]
+    def executor(self, stage: str) -> Executor:
+        """The executor that runs ``stage``, one per engine for the whole run."""
+        name = executor_name(self.recipe, stage)
+        if name not in self._executors:
+            self._executors[name] = EXECUTORS[name](self.recipe)
+        return self._executors[name]
 
+    # -- hashing -----------------------------------------------------------
     def _inputs(self, stage: str, pending: set[str]) -> tuple[dict[str, str] | None, str]:
         hashes: dict[str, str] = {}
         for fname, (kind, name) in self.recipe.stage_inputs(stage).items():
@@ -140,7 +140,11 @@ class Pipeline:
 
     def run(self, force: tuple[str, ...] = (), only: str | None = None, until: str | None = None) -> list[Decision]:
         """Run (or reuse) every stage; ``only``: just that one (its inputs must be
-        up to date); ``until``: that stage and what it needs, nothing downstream."""
+        up to date); ``until``: that stage and what it needs, nothing downstream.
+
+        A stage an executor queues as a job (Slurm) is pending: later stages that
+        can be queued behind it are, and the run stops at the first one that cannot
+        (rerunning the same command after the jobs finish carries on from there)."""
         self._check_names(force, only)
         wanted = self.needed_for(until) if until else None
         if dist.is_main():
@@ -149,81 +153,68 @@ class Pipeline:
         with self._lock():
             if dist.is_main():
                 (self.run_dir / "recipe.resolved.json").write_text(json.dumps(self.recipe.raw, indent=2) + "\n")
-            done = []
+            done, queued = [], {}  # queued: stage -> id of its job, still unfinished
             for stage in self.recipe.stages:
                 if (only is not None and stage != only) or (wanted is not None and stage not in wanted):
                     continue
-                if only is not None:
-                    for up in self.recipe.upstream(stage):
-                        d = self.decide(up)
-                        if d.action != "cached":
-                            raise FactoryError(f"--only {stage}: upstream stage {up!r} is not up to date "
-                                               f"({d.reason}); run it first or drop --only")
-                d = self.decide(stage, force=force)
-                if d.action == "corrupted":
-                    raise ArtifactError(f"{d.reason}: the artifact is corrupted and was not reused; "
-                                        f"rerun with --force {stage} to rebuild it")
+                d = self._decide_now(stage, only, force, queued)
                 if d.action == "cached":
                     self._event(stage, "cached", d.reason)
                     self._say(f"[factory] {stage}: cached ({d.reason})")
-                else:
-                    self._say(f"[factory] {stage}: running ({d.reason})")
-                    self._execute(stage, d.inputs)
+                    done.append(d)
+                    continue
+                waiting = [u for u in self.recipe.upstream(stage) if u in queued]
+                if waiting and not self.executor(stage).can_queue(stage):
+                    self._say(f"[factory] {stage}: waits for Slurm jobs {', '.join(queued[u] for u in waiting)} "
+                              f"({', '.join(waiting)}); rerun this command when they have finished")
+                    break
+                job_id = self._execute(stage, d, [queued[u] for u in waiting])
+                if job_id is not None:
+                    queued[stage] = job_id
                 done.append(d)
             return done
 
-    def _execute(self, stage: str, inputs: dict[str, str]) -> dict | None:
-        recipe = self.recipe
-        cfg = recipe.stages[stage]
-        kind = stage_kinds()[cfg.kind]
-        work = self.work_dir(stage, inputs)
-        main = dist.is_main()
-        if main:
-            for stale in (self.run_dir / ".work").glob(f"{stage}-*"):
-                if stale != work:
-                    shutil.rmtree(stale, ignore_errors=True)
-            work.mkdir(parents=True, exist_ok=True)
-            out = work / "out"
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir()
-            resolved = self._resolve_inputs(stage)  # one process fetches and converts sources
-        dist.barrier()
-        if not main:  # other ranks compute alongside rank 0 but publish nothing
-            out = Path(tempfile.mkdtemp(prefix=f"factory-{stage}-rank{dist.world()[0]}-"))
-            resolved = self._resolve_inputs(stage)  # from the cache rank 0 filled
-        models, datasets, sources = resolved
-        fields = recipe.stage_inputs(stage)
-        ctx = StageContext(name=stage, config=cfg, seed=recipe.seed, base=recipe.base, models=models,
-                           datasets=datasets, out_dir=out, work_dir=work, progress=self.progress,
-                           cache_dir=self.run_dir / ".cache" / stage,
-                           input_hashes={f: inputs[n] for f, (_, n) in fields.items()})
-        self._event(stage, "start", "")
-        machine = host.describe() if main else None  # probed once per process, outside the stage's wall time
-        t0 = time.perf_counter()
-        # every stage kind that has the knob gets it applied here, around the whole stage
-        with matmul_precision(getattr(cfg, "matmul_precision", "highest")):
-            result = kind.run(ctx)
-        wall = time.perf_counter() - t0
-        # Every rank finishes the stage body (which may still read the shared work
-        # dir, e.g. its metrics log) before rank 0 publishes and removes that dir.
-        dist.barrier()
-        if not main:
+    def _decide_now(self, stage: str, only: str | None, force: tuple[str, ...], queued: dict) -> Decision:
+        """The decision for a stage about to run; stale inputs of ``--only`` and corrupted artifacts are errors."""
+        if only is not None:
+            for up in self.recipe.upstream(stage):
+                d = self.decide(up)
+                if d.action != "cached":
+                    raise FactoryError(f"--only {stage}: upstream stage {up!r} is not up to date "
+                                       f"({d.reason}); run it first or drop --only")
+        d = self.decide(stage, pending=set(queued), force=force)
+        if d.action == "corrupted":
+            raise ArtifactError(f"{d.reason}: the artifact is corrupted and was not reused; "
+                                f"rerun with --force {stage} to rebuild it")
+        return d
+
+    def _execute(self, stage: str, d: Decision, after: list[str]) -> str | None:
+        """Run ``stage`` on its executor; returns the id of a queued job, if it queued one."""
+        executor = self.executor(stage)
+        self._say(f"[factory] {stage}: {executor.verb} ({d.reason})")
+        job = StageRun(stage=stage, run_dir=self.run_dir, inputs=d.inputs,
+                       work_dir=self.work_dir(stage, d.inputs) if d.inputs is not None else None,
+                       fingerprint=self._source_hash, event=lambda event, detail: self._event(stage, event, detail),
+                       say=self._say, after=after, progress=self.progress)
+        outcome = executor.run(job)
+        if outcome.out_dir is not None:
+            self._publish(stage, d.inputs, outcome)
+        return outcome.job_id
+
+    def _publish(self, stage: str, inputs: dict[str, str], outcome: Outcome) -> dict | None:
+        """Write the manifest of a finished output dir and make it the stage's artifact (rank 0)."""
+        if not dist.is_main():
             dist.barrier()  # wait until rank 0 has published the artifact
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(outcome.out_dir, ignore_errors=True)
             return None
-        manifest = artifacts.write_manifest(out, {
-            "kind": cfg.kind, "stage": stage, "recipe": recipe.name, "recipe_file": str(recipe.file),
-            "engine": recipe.engine_of(stage), "seed": recipe.seed, "config": to_dict(cfg),
-            "config_hash": recipe.config_hash(stage), "inputs": inputs,
-            "input_fields": {f: n for f, (_, n) in recipe.stage_inputs(stage).items()},
-            "sources": sources, "tokens": result.tokens, "wall_s": round(wall, 3), "host": machine,
-            "metrics": result.metrics, **result.extra,
-        })
-        artifacts.replace_dir(out, self.artifact_dir(stage))
-        shutil.rmtree(work, ignore_errors=True)
-        self._event(stage, "done", str(self.artifact_dir(stage)), wall_s=wall, metrics=result.metrics)
-        self._say(f"[factory] {stage}: done in {wall:.1f}s -> {self.artifact_dir(stage)}")
+        manifest = artifacts.write_manifest(outcome.out_dir, {
+            **manifest_head(self.recipe, stage), "inputs": inputs,
+            "input_fields": input_fields(self.recipe, stage), **outcome.body})
+        artifacts.replace_dir(outcome.out_dir, self.artifact_dir(stage))
+        shutil.rmtree(self.work_dir(stage, inputs), ignore_errors=True)
+        self._event(stage, "done", str(self.artifact_dir(stage)), wall_s=outcome.wall_s,
+                    metrics=outcome.body.get("metrics"))
+        self._say(f"[factory] {stage}: done in {outcome.wall_s:.1f}s -> {self.artifact_dir(stage)}")
         dist.barrier()
         return manifest
 
@@ -231,25 +222,6 @@ class Pipeline:
     def _say(message: str) -> None:
         if dist.is_main():
             print(message, file=sys.stderr)
-
-    def _resolve_inputs(self, stage: str) -> tuple[dict, dict, dict]:
-        """Field -> local model dir, field -> dataset spec, and a description of each source."""
-        recipe = self.recipe
-        models, datasets, sources = {}, {}, {}
-        for fname, (rkind, name) in recipe.stage_inputs(stage).items():
-            if rkind == "model" and name in recipe.stages:
-                models[fname] = self.artifact_dir(name)
-                sources[name] = f"stage {name}"
-            elif rkind == "model":
-                models[fname] = model_sources.materialize(recipe.models[name], recipe.base)
-                sources[name] = recipe.models[name].describe()
-            elif name in recipe.stages:  # a dataset made by an earlier stage (e.g. verifier-built pairs)
-                datasets[fname] = dataset_from_artifact(self.artifact_dir(name), f"stages.{stage}.{fname}")
-                sources[name] = f"stage {name}"
-            else:
-                datasets[fname] = recipe.datasets[name]
-                sources[name] = f"dataset ({datasets[fname].licence_of()})"
-        return models, datasets, sources
 
     def _event(self, stage: str, event: str, detail: str, **extra) -> None:
         if not dist.is_main():

@@ -15,7 +15,8 @@ from factory.engines import ENGINES
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import sha256_json
 from factory.sources.datasets import DatasetSpec
-from factory.sources.models import ModelSpec
+from factory.sources.models import ModelSpec, peek_config
+from factory.stages.base import stage_kinds
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = ("name", "description", "engine", "engines", "nemo", "seed", "models", "datasets", "stages")
@@ -136,7 +137,6 @@ def _mapping(raw: dict, key: str) -> dict:
 
 def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
     from factory import engines
-    from factory.stages.base import stage_kinds
 
     for key in raw:
         if key not in _TOP_KEYS:
@@ -180,30 +180,33 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
             m.check_files(f"models.{n}", path.parent)
         for n, d in datasets.items():
             d.check_files(f"datasets.{n}", path.parent)
-    shapes = _check_shapes(order, stages, models, path.parent, kinds)
+    ordered = {n: stages[n] for n in order}
+    shapes = stage_shapes(ordered, models, path.parent)
     stage_engines = engines.parse_stage_engines(raw.get("engines"), order, engine)
     settings = engines.parse_settings(raw, order)
-    ordered = {n: stages[n] for n in order}
     engines.check(stage_engines, settings, ordered, models, shapes, path.parent)
     return Recipe(name=name, engine=engine, seed=seed, description=description, models=models,
                   datasets=datasets, stages=ordered, file=path, raw=raw,
                   stage_engines=stage_engines, engine_settings=settings)
 
 
-def _check_shapes(order: list[str], stages: dict, models: dict, base: Path, kinds: dict) -> dict:
-    """Follow model shapes through the stages so impossible targets fail validation."""
-    from factory.sources.models import peek_config
+def first_model(cfg) -> str | None:
+    """The model a stage transforms: its first model reference (None for stages without one)."""
+    found = [t for k, t in refs(cfg).values() if k == "model"]
+    return found[0] if found else None
 
-    shapes: dict[str, dict | None] = {}
-    for sname in order:
-        cfg = stages[sname]
-        inputs = [(f, t) for f, (k, t) in refs(cfg).items() if k == "model"]
-        if not inputs:
-            shapes[sname] = None
-            continue
-        fname, target = inputs[0]  # the first model input is the one a stage transforms
-        src = shapes.get(target) if target in stages else peek_config(models[target], base)
-        shapes[sname] = kinds[cfg.kind].shape(cfg, src, f"stages.{sname}") if src is not None else None
+
+def stage_shapes(stages: dict, models: dict, base: Path) -> dict[str, dict | None]:
+    """Follow model shapes through the stages (in execution order), so impossible
+    targets fail validation: each stage's output config.json as far as it is known
+    offline (None where it is not). Engines check their own limits against these."""
+    kinds, shapes = stage_kinds(), {}
+    for name, cfg in stages.items():
+        target = first_model(cfg)
+        src = None
+        if target is not None:
+            src = shapes.get(target) if target in stages else peek_config(models[target], base)
+        shapes[name] = kinds[cfg.kind].shape(cfg, src, f"stages.{name}") if src is not None else None
     return shapes
 
 

@@ -10,7 +10,11 @@ results / data directory) with a manifest, whichever engine made it.
 
 A recipe picks its engine with ``engine:``; ``engines:`` pins single stages
 to another one, and ``nemo:`` holds the nemo engine's settings (images,
-GPUs, parallelism, launcher)."""
+GPUs, parallelism, launcher).
+
+``factory.pipeline`` orchestrates every run; each engine contributes an
+executor (the interface is ``factory.engines.base.Executor``: ``native``,
+``nemo.executor``), and ``factory.executors`` picks one per stage."""
 
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+# The prune stage's explicit targets, one per dimension of ``Shape`` that pruning
+# changes (``target_params`` instead sets a budget over all of them: budget.py).
+WIDTH_TARGETS = ("target_hidden_size", "target_ffn_hidden_size", "target_num_attention_heads")
+TARGET_KEYS = (*WIDTH_TARGETS, "target_num_query_groups", "target_num_layers")
 
 
 @dataclass(frozen=True)

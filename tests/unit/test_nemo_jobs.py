@@ -260,7 +260,7 @@ def test_text_export_holds_out_about_eval_tokens():
 def test_finalized_nemo_artifact_is_cached_for_the_native_pipeline(tmp_path):
     """A mixed recipe: the nemo job's exported checkpoint becomes an artifact the
     native pipeline recognises, so a native stage after it runs on it unchanged."""
-    from factory.engines.nemo import finalize, runner
+    from factory.engines.nemo import executor, finalize
     from factory.pipeline import Pipeline
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
@@ -279,7 +279,7 @@ stages:
 """)
     recipe = load_recipe(recipe_file)
     runs = tmp_path / "runs"
-    runner.dry_run(recipe, runs, [str(recipe_file)])
+    executor.dry_run(recipe, runs, [str(recipe_file)])
     run_dir = (runs / "mixed").resolve()
     job = run_dir / ".nemo" / "correct"
     build_tiny(TinyLlamaSpec(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -359,9 +359,9 @@ def _mixed(tmp_path, launcher: str):
 
 
 def test_local_run_prepares_launches_and_hands_over_to_native(tmp_path, monkeypatch):
-    """runner.run with the job itself stubbed: what a job reads is in place, its
+    """`factory run` with the job itself stubbed: what a job reads is in place, its
     artifact is published, and the native stage after it trains on it."""
-    from factory.engines.nemo import finalize, launchers, runner
+    from factory.engines.nemo import finalize, launchers
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
     recipe = _mixed(tmp_path, "docker")
@@ -381,19 +381,19 @@ def test_local_run_prepares_launches_and_hands_over_to_native(tmp_path, monkeypa
 
     monkeypatch.setattr(launchers, "start", fake_start)
     runs = tmp_path / "runs"
-    assert runner.run(recipe, runs, [str(recipe.file)], progress=False) == 0
+    assert main(["run", str(recipe.file), "--runs-dir", str(runs), "--no-progress"]) == 0
     assert launched == ["correct", "distill"]
     made = {stage: json.loads((runs / "mixed" / stage / "manifest.json").read_text())
             for stage in ("correct", "distill", "again")}
     assert [m["job"]["backend"] for m in (made["correct"], made["distill"])] == ["nemo2", "nemo2"]
     assert "job" not in made["again"] and made["again"]["inputs"]["correct"] == made["correct"]["hash"]
     launched.clear()
-    assert runner.run(recipe, runs, [str(recipe.file)], progress=False) == 0  # everything cached
+    assert main(["run", str(recipe.file), "--runs-dir", str(runs), "--no-progress"]) == 0  # everything cached
     assert launched == []
 
 
 def test_slurm_chains_jobs_and_stops_before_native_work(tmp_path, monkeypatch, capsys):
-    from factory.engines.nemo import launchers, runner
+    from factory.engines.nemo import launchers
 
     recipe = _mixed(tmp_path, "slurm")
     calls = []
@@ -403,7 +403,7 @@ def test_slurm_chains_jobs_and_stops_before_native_work(tmp_path, monkeypatch, c
         return f"{1000 + len(calls)};cluster\n"
 
     monkeypatch.setattr(launchers, "_call", fake_call)
-    assert runner.run(recipe, tmp_path / "runs", [str(recipe.file)], progress=False) == 0
+    assert main(["run", str(recipe.file), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
     assert [c[:3] for c in calls] == [["sbatch", "--parsable", calls[0][2]],
                                       ["sbatch", "--parsable", "--dependency=afterok:1001"]]
     assert calls[0][2].endswith(".nemo/correct/job.sbatch") and calls[1][3].endswith(".nemo/distill/job.sbatch")

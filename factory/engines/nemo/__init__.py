@@ -16,5 +16,5 @@ manifest the native engine writes. Modules, one concern each:
     launchers     docker, torchrun and Slurm (sbatch + pyxis) commands
     prepare       host side: input models and data into the run dir
     finalize      job side: exported checkpoint -> artifact with manifest
-    runner        `factory run --engine nemo [--dry-run]`
+    executor      render, prepare and launch a stage's job (`factory run`); the --dry-run plan
     scripts/      the programs that run inside the jobs"""

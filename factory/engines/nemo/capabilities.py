@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from foundation.configs import refs
+from factory.pruning.arch import WIDTH_TARGETS
+from factory.recipe import first_model
+from factory.sources.models import peek_config
 from foundation.errors import ConfigError
 
 JOBS = ("correct", "prune", "distill", "sft", "dpo")
@@ -31,30 +33,8 @@ ALIGNER_CONVERTERS = {"llama": "llama", "mistral": "mistral_7b", "qwen2": "qwen2
 MODELOPT_WIDTH_DIVISOR = 64
 
 
-def stage_shapes(stages: dict, models: dict, base: Path) -> dict[str, dict | None]:
-    """Output config.json (as far as known offline) of every stage, in order."""
-    from factory.sources.models import peek_config
-    from factory.stages.base import stage_kinds
-
-    kinds, shapes = stage_kinds(), {}
-    for name, cfg in stages.items():
-        target = first_model(cfg)
-        src = None
-        if target is not None:
-            src = shapes.get(target) if target in stages else peek_config(models[target], base)
-        shapes[name] = kinds[cfg.kind].shape(cfg, src, f"stages.{name}") if src is not None else None
-    return shapes
-
-
-def first_model(cfg) -> str | None:
-    """The model a stage transforms: its first model reference."""
-    found = [t for k, t in refs(cfg).values() if k == "model"]
-    return found[0] if found else None
-
-
 def input_shape(ref: str, stages: dict, models: dict, shapes: dict, base: Path) -> dict | None:
-    from factory.sources.models import peek_config
-
+    """The config.json a stage reads for ``ref``: an earlier stage's output shape, or a source's."""
     return shapes.get(ref) if ref in stages else peek_config(models[ref], base)
 
 
@@ -121,8 +101,7 @@ def check_prune(cfg, src, res, where, shape_of) -> None:
         raise ConfigError(f"{where}.target_num_query_groups",
                           "ModelOpt mcore_minitron no longer prunes query groups (since 0.41); keep the source's "
                           f"{groups if groups is not None else 'count'} or use engine native for this stage")
-    width = [k for k in ("target_hidden_size", "target_ffn_hidden_size", "target_num_attention_heads")
-             if getattr(cfg, k) is not None]
+    width = [k for k in WIDTH_TARGETS if getattr(cfg, k) is not None]
     if cfg.drop_layers is not None and width:
         raise ConfigError(f"{where}.drop_layers", f"NeMo's PruningConfig takes drop_layers alone, not with {width[0]}; "
                                                   "split width and depth into two prune stages")

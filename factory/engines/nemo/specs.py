@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-from factory.engines.nemo.capabilities import first_model
-from factory.recipe import Recipe
+from factory.engines.nemo.capabilities import input_shape
+from factory.pruning.arch import WIDTH_TARGETS
+from factory.recipe import Recipe, first_model
 
 NEMO_SCRIPTS = "$NEMO_DIR/scripts"
 ALIGNER_SCRIPTS = "$ALIGNER_DIR/examples/nlp/gpt"
@@ -164,7 +165,7 @@ def pruning_config(recipe: Recipe, stage: str, src: dict | None) -> dict:
     """nemo.collections.llm.modelopt.prune.PruningConfig fields (only those set)."""
     cfg = recipe.stages[stage]
     out = {}
-    for key in ("target_ffn_hidden_size", "target_hidden_size", "target_num_attention_heads"):
+    for key in sorted(WIDTH_TARGETS):  # the order of the rendered job (ffn, hidden, heads), kept stable
         if getattr(cfg, key) is not None:
             out[key] = getattr(cfg, key)
     if "target_num_attention_heads" in out and src is not None:
@@ -318,8 +319,7 @@ def dpo_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
 
 
 def job_spec(recipe: Recipe, stage: str, shapes: dict) -> dict:
-    """The spec of one nemo stage; ``shapes`` is capabilities.stage_shapes()."""
-    from factory.engines.nemo.capabilities import input_shape
+    """The spec of one nemo stage; ``shapes`` is factory.recipe.stage_shapes()."""
 
     cfg = recipe.stages[stage]
     src = input_shape(first_model(cfg), recipe.stages, recipe.models, shapes, recipe.base)
