@@ -116,7 +116,7 @@ def dpo_ours(steps: int, warmup: int) -> tuple[list[float], float]:
 
     from factory.alignment.chat import render
     from factory.alignment.preference import PreferenceLoss, fused_preference_loss
-    from factory.stages.dpo import Pair, _collate, _flat, _hidden, pair_logps
+    from factory.stages.dpo import Pair, collate_pairs, final_hidden, flatten_pairs, pair_logps
     from factory.training.optim import adamw
 
     model, tok = _model()
@@ -131,9 +131,9 @@ def dpo_ours(steps: int, warmup: int) -> tuple[list[float], float]:
     times = []
     for s in range(steps + warmup):
         sl = slice(s * DPO_PAIRS, (s + 1) * DPO_PAIRS)
-        b = _flat(_collate(pairs[sl], tok.pad_token_id))
+        b = flatten_pairs(collate_pairs(pairs[sl], tok.pad_token_id))
         t = time.perf_counter()
-        loss, _ = fused_preference_loss(_hidden(model, b), model.lm_head.weight, b["labels"],
+        loss, _ = fused_preference_loss(final_hidden(model, b), model.lm_head.weight, b["labels"],
                                         ref[sl].t().reshape(-1), spec)
         _step(model, opt, params, loss)
         times.append(time.perf_counter() - t)

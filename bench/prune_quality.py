@@ -29,7 +29,7 @@ from factory.sources.datasets import DatasetSpec
 from factory.sources.documents import iter_documents
 from factory.sources.models import ModelSpec, materialize
 from factory.training.data import pack
-from factory.training.runner import load_model
+from factory.training.checkpoints import load_model
 
 WIDTH_TARGETS = [  # (hidden, ffn, heads, groups): about 49% of the parameters each
     (576, 384, 6, 2),

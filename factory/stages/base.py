@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from factory.sources.datasets import DatasetSpec
+from factory.stages import BUILTIN
 
 
 @dataclass
@@ -53,30 +55,67 @@ def same_shape(cfg: Any, model_config: dict, where: str) -> dict:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """A before -> after pair of a stage's metrics that sums up what the stage did:
+    ``{metric}_before`` and ``{metric}_after``. The release card and the run report
+    name it ``label``; ``factory ls`` lists it as ``brief`` (None: not listed there);
+    ``curve`` is the key of its held-out values in the stage's metrics.jsonl, which
+    the report plots (None: no curve)."""
+
+    metric: str
+    label: str
+    brief: str | None = None
+    curve: str | None = None
+    millions: bool = False  # a count (e.g. parameters) shown in millions
+
+    def format(self, value: float) -> str:
+        return f"{value / 1e6:.1f}M" if self.millions else f"{value:.3f}"
+
+    def values(self, metrics: dict) -> tuple[float, float] | None:
+        """(before, after) from a manifest's metrics; None when either is missing."""
+        a, b = f"{self.metric}_before", f"{self.metric}_after"
+        return (metrics[a], metrics[b]) if a in metrics and b in metrics else None
+
+
+@dataclass(frozen=True)
 class StageKind:
     name: str
     config_cls: type
     run: Callable[[StageContext], StageResult]
     doc: str
     shape: ShapeFn = same_shape
+    headline: tuple[Headline, ...] = ()  # the metrics that sum up a stage of this kind, in display order
 
 
 _REGISTRY: dict[str, StageKind] = {}
 
 
-def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape):
-    """Decorator: register ``run`` as the implementation of stage kind ``name``."""
+def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape,
+             headline: tuple[Headline, ...] = ()):
+    """Decorator: register ``run`` as the implementation of stage kind ``name``;
+    ``headline`` declares the metrics that sum up its result (see ``Headline``)."""
     def wrap(fn):
-        _REGISTRY[name] = StageKind(name, config_cls, fn, doc, shape)
+        _REGISTRY[name] = StageKind(name, config_cls, fn, doc, shape, tuple(headline))
         return fn
     return wrap
 
 
 def stage_kinds() -> dict[str, StageKind]:
-    import importlib
-
-    from factory.stages import BUILTIN
-
+    """Every registered stage kind by name, the built-in ones imported (and so registered) first."""
     for name in BUILTIN:  # importing a kind's module registers it
         importlib.import_module(f"factory.stages.{name}")
     return dict(_REGISTRY)
+
+
+def headline(kind: str) -> tuple[Headline, ...]:
+    """The headline metrics stage kind ``kind`` declares (none for a kind not registered)."""
+    found = stage_kinds().get(kind)
+    return found.headline if found is not None else ()
+
+
+def headline_curves() -> tuple[str, ...]:
+    """Every metrics.jsonl key some stage kind declares as a headline curve, once each,
+    built-in kinds first in pipeline order."""
+    kinds = stage_kinds()
+    order = [k for k in BUILTIN if k in kinds] + [k for k in kinds if k not in BUILTIN]
+    return tuple(dict.fromkeys(h.curve for k in order for h in kinds[k].headline if h.curve))

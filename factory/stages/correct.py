@@ -4,12 +4,21 @@ teacher's distribution matches the data the student will be distilled on."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
+import torch
+
 from foundation.configs import field, require
-from factory.stages.base import StageContext, StageResult, register
-from factory.training.loop import TrainConfig
-from factory.training.runner import lm_finetune
+from factory.sources.documents import iter_documents
+from factory.stages.base import Headline, StageContext, StageResult, register
+from factory.training.checkpoints import load_model, save_checkpoint
+from factory.training.data import blocks_for, pack
+from factory.training.heldout import heldout_loss
+from factory.training.loop import TrainConfig, train
+from factory.training.losses import causal_lm_loss
+from factory.training.metrics import MetricsLog
+from factory.training.results import stage_metrics
 
 
 @dataclass
@@ -24,6 +33,39 @@ class CorrectConfig(TrainConfig):
         super().check(where)
 
 
-@register("correct", CorrectConfig, "teacher correction: causal-LM fine-tune of a model on a text corpus")
+@register("correct", CorrectConfig, "teacher correction: causal-LM fine-tune of a model on a text corpus",
+          headline=(Headline("eval_loss", "held-out loss", brief="loss", curve="eval_loss"),))
 def run(ctx: StageContext) -> StageResult:
-    return lm_finetune(ctx, ctx.models["model"], ctx.datasets["data"], desc=f"{ctx.name} (correct)")
+    """Causal-LM fine-tuning of the model on the packed corpus, with held-out loss before and after."""
+    cfg: CorrectConfig = ctx.config
+    data = ctx.datasets["data"]
+    torch.manual_seed(ctx.seed)
+    device = cfg.torch_device()
+    model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
+    model.to(device)
+    packed = pack(iter_documents(data, ctx.base), tok, cfg.seq_len,
+                  train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
+                  heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len), seed=ctx.seed,
+                  source=f"stages.{ctx.name}.data")
+    log = MetricsLog(ctx.work_dir / "metrics.jsonl")
+
+    def batch_fn(step: int, micro: int) -> torch.Tensor:
+        return packed.batch(step, micro, cfg.batch_size, cfg.grad_accum, ctx.seed).to(device)
+
+    def loss_fn(m, batch):
+        return causal_lm_loss(m, batch, chunk_size=cfg.loss_chunk)
+
+    def eval_fn() -> dict:
+        return heldout_loss(model, packed.heldout.to(device), cfg.eval_batch_size)
+
+    result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, f"{ctx.name} (correct)")
+    save_checkpoint(model, tok, ctx.out_dir)
+    shutil.copy(log.path, ctx.metrics_path())
+    metrics = stage_metrics(result, {"eval_loss": "loss", "eval_ppl": "ppl"},
+                            rate=("train_tokens_per_s", cfg.tokens_per_step))
+    extra = {"data": {"documents_used": packed.documents_used, "train_blocks": int(packed.train.shape[0]),
+                      "heldout_blocks": int(packed.heldout.shape[0]),
+                      "epochs": result.tokens / max(1, packed.train.numel()),
+                      "licence": data.licence_of()},
+             "resumed_from_step": result.resumed_from}
+    return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

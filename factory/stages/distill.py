@@ -8,7 +8,6 @@ learned projection when the widths differ."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from typing import Literal
@@ -18,12 +17,14 @@ import torch
 from foundation.configs import field, require
 from foundation.errors import FactoryError
 from factory.sources.documents import iter_documents
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import Headline, StageContext, StageResult, register
+from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.data import blocks_for, pack
-from factory.training.kd import fused_kd_loss
+from factory.training.heldout import heldout_kd
+from factory.training.kd import KDSettings, KDStudent, kd_terms
 from factory.training.loop import TrainConfig, train
 from factory.training.metrics import MetricsLog
-from factory.training.runner import load_model, save_checkpoint
+from factory.training.results import stage_metrics
 
 
 @dataclass
@@ -56,6 +57,11 @@ class DistillConfig(TrainConfig):
             require(len(pair) == 2 and min(pair) >= 0, where, f"intermediate_layer_pairs[{i}]",
                     "expected [student_layer, teacher_layer] with non-negative indices")
 
+    def kd_settings(self) -> KDSettings:
+        return KDSettings(kind=self.kd_loss, temperature=self.temperature, top_k=self.top_k,
+                          kd_scale=self.kd_loss_scale, lm_weight=0.0 if self.skip_lm_loss else self.lm_loss_scale,
+                          intermediate_scale=self.intermediate_loss_scale, chunk=self.kd_chunk)
+
 
 def distill_shape(cfg: DistillConfig, model_config: dict, where: str) -> dict:
     n = model_config.get("num_hidden_layers")
@@ -75,65 +81,8 @@ def check_compatible(student_dir, teacher_dir, s_tok, t_tok, s_cfg, t_cfg, where
                            f"from the teacher's ({teacher_dir}); distillation needs the same tokenizer")
 
 
-class _Student(torch.nn.Module):
-    """The student plus the projections of intermediate-state losses (trained with it, not released)."""
-
-    def __init__(self, student, pairs, s_width: int, t_width: int):
-        super().__init__()
-        self.student = student
-        self.pairs = [tuple(p) for p in (pairs or [])]
-        self.proj = torch.nn.ModuleList(
-            torch.nn.Linear(s_width, t_width, bias=False) if s_width != t_width else torch.nn.Identity()
-            for _ in self.pairs)
-
-
-def _kd_terms(wrapper: _Student, teacher, batch: torch.Tensor, cfg: DistillConfig):
-    pairs = wrapper.pairs
-    with torch.inference_mode():
-        t_out = teacher.model(input_ids=batch, use_cache=False, output_hidden_states=bool(pairs))
-        t_hidden = t_out.last_hidden_state[:, :-1].clone()
-        t_states = [t_out.hidden_states[t + 1].clone() for _, t in pairs] if pairs else []
-    t_hidden = t_hidden.clone()  # leave inference mode: a normal tensor from here on
-    s_out = wrapper.student.model(input_ids=batch, use_cache=False, output_hidden_states=bool(pairs))
-    h_s = s_out.last_hidden_state[:, :-1]
-    lm_weight = 0.0 if cfg.skip_lm_loss else cfg.lm_loss_scale
-    total, kd, lm = fused_kd_loss(h_s, wrapper.student.lm_head.weight, t_hidden, teacher.lm_head.weight,
-                                  labels=batch[:, 1:], temperature=cfg.temperature, kind=cfg.kd_loss,
-                                  top_k=cfg.top_k, kd_scale=cfg.kd_loss_scale, lm_weight=lm_weight,
-                                  chunk=cfg.kd_chunk)
-    extras = {"kd_loss": kd.item()}
-    if lm_weight:
-        extras["lm_loss"] = lm.item()
-    if pairs:
-        inter = sum(1 - torch.nn.functional.cosine_similarity(proj(s_out.hidden_states[s + 1]), t.clone(), dim=-1).mean()
-                    for (s, _), proj, t in zip(pairs, wrapper.proj, t_states)) / len(pairs)
-        total = total + cfg.intermediate_loss_scale * inter
-        extras["intermediate_loss"] = inter.item()
-    return total, int(h_s.shape[0] * h_s.shape[1]), extras
-
-
-@torch.no_grad()
-def heldout_kd(student, teacher, blocks: torch.Tensor, cfg: DistillConfig, batch_size: int) -> dict:
-    """Held-out forward KL(teacher || student) at T = 1 and the student's LM loss, token-weighted."""
-    was = student.training
-    student.eval()
-    kl_sum, lm_sum, n = 0.0, 0.0, 0
-    for i in range(0, blocks.shape[0], batch_size):
-        b = blocks[i:i + batch_size]
-        h_t = teacher.model(input_ids=b, use_cache=False).last_hidden_state[:, :-1]
-        h_s = student.model(input_ids=b, use_cache=False).last_hidden_state[:, :-1]
-        _, kd, lm = fused_kd_loss(h_s, student.lm_head.weight, h_t, teacher.lm_head.weight, labels=b[:, 1:],
-                                  lm_weight=1.0, chunk=cfg.kd_chunk)
-        k = h_s.shape[0] * h_s.shape[1]
-        kl_sum += kd.item() * k
-        lm_sum += lm.item() * k
-        n += k
-    student.train(was)
-    return {"kl": kl_sum / n, "lm_loss": lm_sum / n, "tokens": n}
-
-
 @register("distill", DistillConfig, "logit knowledge distillation from a teacher into a student",
-          shape=distill_shape)
+          shape=distill_shape, headline=(Headline("heldout_kl", "held-out KL", brief="kl", curve="eval_kl"),))
 def run(ctx: StageContext) -> StageResult:
     cfg: DistillConfig = ctx.config
     torch.manual_seed(ctx.seed)
@@ -148,27 +97,24 @@ def run(ctx: StageContext) -> StageResult:
             raise FactoryError(f"{where}.intermediate_layer_pairs[{i}]: [{s}, {t}] is out of range "
                                f"(student {n_s} layers, teacher {n_t})")
     teacher.to(device).eval().requires_grad_(False)
-    wrapper = _Student(student, cfg.intermediate_layer_pairs, student.config.hidden_size,
-                       teacher.config.hidden_size).to(device)
+    wrapper = KDStudent(student, cfg.intermediate_layer_pairs, student.config.hidden_size,
+                        teacher.config.hidden_size).to(device)
     packed = pack(iter_documents(ctx.datasets["data"], ctx.base), t_tok, cfg.seq_len,
                   train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
                   heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len), seed=ctx.seed, source=f"{where}.data")
     heldout = packed.heldout.to(device)
+    kd = cfg.kd_settings()
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
     result = train(
         wrapper, cfg,
         batch_fn=lambda step, micro: packed.batch(step, micro, cfg.batch_size, cfg.grad_accum, ctx.seed).to(device),
-        loss_fn=lambda w, batch: _kd_terms(w, teacher, batch, cfg),
-        eval_fn=lambda: heldout_kd(student, teacher, heldout, cfg, cfg.eval_batch_size),
+        loss_fn=lambda w, batch: kd_terms(w, teacher, batch, kd),
+        eval_fn=lambda: heldout_kd(student, teacher, heldout, cfg.eval_batch_size, cfg.kd_chunk),
         work_dir=ctx.work_dir, log=log, progress=ctx.progress, desc=f"{ctx.name} (distill)")
     save_checkpoint(student, s_tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_kl" in x]
-    metrics = {"heldout_kl_before": evals[0]["eval_kl"], "heldout_kl_after": evals[-1]["eval_kl"],
-               "heldout_lm_loss_before": evals[0]["eval_lm_loss"], "heldout_lm_loss_after": evals[-1]["eval_lm_loss"],
-               "final_train_loss": result.final_train_loss, "steps": result.steps,
-               "train_tokens_per_s": (result.steps - result.resumed_from) * cfg.tokens_per_step / max(result.train_s, 1e-9),
-               "peak_memory_gib": result.peak_memory_gib}
+    metrics = stage_metrics(result, {"heldout_kl": "kl", "heldout_lm_loss": "lm_loss"},
+                            rate=("train_tokens_per_s", cfg.tokens_per_step))
     extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "train_blocks": int(packed.train.shape[0])},
              "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

@@ -8,7 +8,6 @@ held in memory or run during training. Knob names follow NeMo-Aligner:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -21,11 +20,12 @@ from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
 from foundation.configs import field, require
 from foundation.errors import FactoryError
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import Headline, StageContext, StageResult, register
+from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX
 from factory.training.metrics import MetricsLog
-from factory.training.runner import load_model, save_checkpoint
+from factory.training.results import stage_metrics
 
 
 @dataclass
@@ -66,6 +66,8 @@ class DPOConfig(TrainConfig):
 
 @dataclass
 class Pair:
+    """One preference pair, both completions rendered with the prompt."""
+
     chosen: Rendered
     rejected: Rendered
 
@@ -88,7 +90,7 @@ def _pairs(ctx: StageContext, tok, cfg: DPOConfig, bad) -> tuple[list[Pair], int
     return pairs, cut
 
 
-def _collate(pairs: list[Pair], pad: int) -> dict[str, torch.Tensor]:
+def collate_pairs(pairs: list[Pair], pad: int) -> dict[str, torch.Tensor]:
     """[pairs, 2, T] tensors (chosen, rejected): sharding rows across processes keeps pairs whole."""
     n = max(max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in pairs)
     ids = torch.full((len(pairs), 2, n), pad, dtype=torch.long)
@@ -102,12 +104,13 @@ def _collate(pairs: list[Pair], pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _flat(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def flatten_pairs(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """[P, 2, T] -> [2P, T]: the P chosen sequences, then the P rejected ones."""
     return {k: v.transpose(0, 1).reshape(-1, *v.shape[2:]) for k, v in b.items()}
 
 
-def _hidden(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+def final_hidden(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's last hidden states [rows, T, H] of a flat batch (the losses apply the LM head)."""
     return model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).last_hidden_state
 
 
@@ -118,8 +121,8 @@ def pair_logps(model, pairs: list[Pair], pad: int, batch_size: int, device) -> t
     model.eval()
     out = []
     for s in range(0, len(pairs), batch_size):
-        b = _flat({k: v.to(device) for k, v in _collate(pairs[s:s + batch_size], pad).items()})
-        logps, _ = sequence_logps(_hidden(model, b), model.lm_head.weight, b["labels"])
+        b = flatten_pairs({k: v.to(device) for k, v in collate_pairs(pairs[s:s + batch_size], pad).items()})
+        logps, _ = sequence_logps(final_hidden(model, b), model.lm_head.weight, b["labels"])
         out.append(logps.view(2, -1).t().cpu())
     model.train(was)
     return torch.cat(out)
@@ -152,17 +155,19 @@ def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg
     return ref
 
 
-@register("dpo", DPOConfig, "preference optimisation (dpo / ipo / rpo) against the frozen starting model")
-def run(ctx: StageContext) -> StageResult:
-    from factory.alignment.records import BadRecords
+@dataclass
+class _Split:
+    """The stage's pairs: held out and for training, with the reference's log-probs of each."""
 
-    cfg: DPOConfig = ctx.config
-    spec = cfg.loss_spec()
-    torch.manual_seed(ctx.seed)
-    device = cfg.torch_device()
-    model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
-    model.to(device)
-    bad = BadRecords()
+    heldout: list[Pair]
+    train: list[Pair]
+    ref_eval: torch.Tensor  # [heldout, 2]
+    ref_train: torch.Tensor  # [train, 2]
+    pad: int
+    cut: int  # pairs dropped because the prompt alone fills seq_len
+
+
+def _split(ctx: StageContext, model, tok, cfg: DPOConfig, bad, device) -> _Split:
     pairs, cut = _pairs(ctx, tok, cfg, bad)
     random.Random(ctx.seed).shuffle(pairs)
     heldout, train_set = pairs[: cfg.eval_pairs], pairs[cfg.eval_pairs:]
@@ -173,56 +178,86 @@ def run(ctx: StageContext) -> StageResult:
                            f"eval_pairs ({cfg.eval_pairs})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ref = _cached_reference(ctx, model, heldout + train_set, pad, cfg, device)
-    ref_eval, ref_train = ref[: len(heldout)], ref[len(heldout):]
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps = max(1, math.ceil(len(train_set) * cfg.epochs / per_step))
-    avg_tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in train_set) / len(train_set)
+    return _Split(heldout, train_set, ref[: len(heldout)], ref[len(heldout):], pad, cut)
+
+
+def _batch_fn(data: _Split, cfg: DPOConfig, seed: int, device):
+    """(step, micro) -> a [pairs, 2, T] batch with the reference's log-probs, epoch after reshuffled epoch."""
+    train_set = data.train
 
     def order(epoch: int) -> list[int]:
         idx = list(range(len(train_set)))
-        random.Random(ctx.seed * 1_000_003 + epoch).shuffle(idx)
+        random.Random(seed * 1_000_003 + epoch).shuffle(idx)
         return idx
 
     def batch_fn(step: int, micro: int) -> dict:
         first = (step * cfg.grad_accum + micro) * cfg.batch_size
         picks = [divmod(pos, len(train_set)) for pos in range(first, first + cfg.batch_size)]
         chosen = [order(e)[o] for e, o in picks]
-        b = _collate([train_set[i] for i in chosen], pad)
-        b["ref"] = ref_train[chosen]
+        b = collate_pairs([train_set[i] for i in chosen], data.pad)
+        b["ref"] = data.ref_train[chosen]
         return {k: v.to(device) for k, v in b.items()}
 
+    return batch_fn
+
+
+def _loss_fn(spec: PreferenceLoss):
+    """The training loop's loss_fn: the fused preference loss, with reward statistics to log."""
     def loss_fn(m, b):
         ref_b = b.pop("ref").t().reshape(-1)  # [2P]: chosen then rejected
-        flat = _flat(b)
-        loss, logps = fused_preference_loss(_hidden(m, flat), m.lm_head.weight, flat["labels"], ref_b, spec)
+        flat = flatten_pairs(b)
+        loss, logps = fused_preference_loss(final_hidden(m, flat), m.lm_head.weight, flat["labels"], ref_b, spec)
         counts = (flat["labels"][:, 1:] != IGNORE_INDEX).sum(-1).view(2, -1).t()
         stats = _reward_stats(logps.detach().view(2, -1).t(), ref_b.view(2, -1).t(), counts, spec)
         return loss, int(counts.sum()), {k: v for k, v in stats.items() if k != "loss"}
 
+    return loss_fn
+
+
+def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device):
+    """(eval_fn, initial_eval): held-out loss and reward statistics of the policy."""
     eval_counts = torch.tensor([[sum(x != IGNORE_INDEX for x in r.labels[1:]) for r in (p.chosen, p.rejected)]
-                                for p in heldout])
+                                for p in data.heldout])
 
     def eval_fn() -> dict:
-        return _reward_stats(pair_logps(model, heldout, pad, cfg.eval_batch_size, device), ref_eval,
+        return _reward_stats(pair_logps(model, data.heldout, data.pad, cfg.eval_batch_size, device), data.ref_eval,
                              eval_counts, spec)
 
     def initial_eval() -> dict:
         # at step 0 the policy is the reference: its held-out log-probs are the cached ones
-        return _reward_stats(ref_eval, ref_eval, eval_counts, spec)
+        return _reward_stats(data.ref_eval, data.ref_eval, eval_counts, spec)
 
+    return eval_fn, initial_eval
+
+
+@register("dpo", DPOConfig, "preference optimisation (dpo / ipo / rpo) against the frozen starting model",
+          headline=(Headline("heldout_loss", "held-out loss", brief="loss", curve="eval_loss"),
+                    Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy")))
+def run(ctx: StageContext) -> StageResult:
+    from factory.alignment.records import BadRecords
+
+    cfg: DPOConfig = ctx.config
+    spec = cfg.loss_spec()
+    torch.manual_seed(ctx.seed)
+    device = cfg.torch_device()
+    model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
+    model.to(device)
+    bad = BadRecords()
+    data = _split(ctx, model, tok, cfg, bad, device)
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = max(1, math.ceil(len(data.train) * cfg.epochs / per_step))
+    avg_tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in data.train) / len(data.train)
+    eval_fn, initial_eval = _eval_fns(model, data, cfg, spec, device)
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
-    result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress,
-                   f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
+    result = train(model, cfg, _batch_fn(data, cfg, ctx.seed, device), _loss_fn(spec), eval_fn, ctx.work_dir, log,
+                   ctx.progress, f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
                    tokens_per_step=round(avg_tokens * per_step), initial_eval=initial_eval)
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_reward_accuracy" in x]
-    metrics = {f"heldout_{k}_{when}": row[f"eval_{k}"] for when, row in (("before", evals[0]), ("after", evals[-1]))
-               for k in ("loss", "reward_accuracy", "reward_margin")}
-    metrics.update(final_train_loss=result.final_train_loss, steps=result.steps, pairs_seen=steps * per_step,
-                   train_pairs_per_s=(result.steps - result.resumed_from) * per_step / max(result.train_s, 1e-9),
-                   peak_memory_gib=result.peak_memory_gib)
-    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "pairs": len(train_set),
-                      "heldout_pairs": len(heldout), "cut_to_nothing": cut, "records": bad.as_dict()},
+    metrics = stage_metrics(result, {f"heldout_{k}": k for k in ("loss", "reward_accuracy", "reward_margin")},
+                            by_metric=False, counts={"pairs_seen": steps * per_step},
+                            rate=("train_pairs_per_s", per_step))
+    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "pairs": len(data.train),
+                      "heldout_pairs": len(data.heldout), "cut_to_nothing": data.cut, "records": bad.as_dict()},
              "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

@@ -14,31 +14,27 @@ the compute spent ranking is not thrown away."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from factory.training.heldout import heldout_loss
 from foundation.configs import field, require, to_dict
+from foundation.device import DTYPES, check_device, resolve_device
 from foundation.errors import ConfigError
 from foundation.hashing import sha256_json
-from factory.pruning import depth
 from factory.pruning.arch import TARGET_KEYS, Shape, check_supported
 from factory.pruning.budget import Candidate, enumerate_candidates
 from factory.pruning.importance import Importance, collect
 from factory.pruning.report import plot_importance
-from factory.pruning.width import apply, make_plan
+from factory.pruning.search import CandidateSearch, Ranked, ShortDistill, choose_drop, rank_dir
 from factory.sources.documents import iter_documents
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training import dist
-from factory.training.data import pack
-from foundation.device import DTYPES, check_device, resolve_device
-from factory.training.runner import load_model, save_checkpoint
+from factory.training.checkpoints import load_model, save_checkpoint
+from factory.training.data import PackedData, pack
+from factory.training.heldout import heldout_loss
 
 
 @dataclass
@@ -201,25 +197,48 @@ def _importance(ctx: StageContext, model, calib: torch.Tensor, cfg: PruneConfig)
     return imp, False
 
 
-def _choose_drop(cfg: PruneConfig, model, imp: Importance, n_drop: int, loss_of) -> tuple[list[int], list[dict]]:
-    n = model.config.num_hidden_layers
-    if n_drop == 0:
-        return [], []
-    if cfg.depth_criterion == "block_influence":
-        return depth.by_block_influence(imp.block_influence(), n_drop)
-    if cfg.depth_criterion == "last":
-        return list(range(n - n_drop, n)), []
-    return depth.by_lm_loss(model, n_drop, loss_of)
+@dataclass
+class _Outcome:
+    """What the ranking chose: the winner, the weights to release, every candidate measured
+    and (with ``rank_distill.keep``) the released short-distilled weights' held-out loss."""
+
+    winner: Ranked
+    weights: torch.nn.Module
+    ranked: list[Ranked]
+    released_loss: float | None = None
 
 
-def _prune(model, imp, src: Shape, cand: Candidate, drop: list[int], how):
-    keep = [i for i in range(src.num_layers) if i not in set(drop)]
-    plan = make_plan(imp, src, keep, cand.hidden_size, cand.ffn_hidden_size, cand.num_attention_heads,
-                     cand.num_query_groups, how)
-    return apply(model, plan)
+def _rank(ctx: StageContext, cfg: PruneConfig, search: CandidateSearch, candidates: list[Candidate],
+          drop_given: list[int] | None, packed: PackedData, heldout: torch.Tensor, tok) -> _Outcome:
+    """Rank the candidates as ``cfg.rank_by`` says; the winner and the weights to release."""
+
+    def drop_for(cand: Candidate) -> tuple[list[int], list[dict]]:
+        if drop_given is not None:
+            return drop_given, []
+        return choose_drop(cfg.depth_criterion, search.model, search.imp, search.src.num_layers - cand.num_layers,
+                           search.loss_of)
+
+    ranked, best, pruned = search.rank_by_loss(candidates, drop_for)
+    if cfg.rank_by != "distill":
+        return _Outcome(best, pruned, ranked)
+    del best, pruned  # the distillations need the memory
+    r = cfg.rank_distill
+    job = ShortDistill(packed=packed, heldout=heldout, work_dir=ctx.work_dir, seq_len=cfg.calibration.seq_len,
+                       max_tokens=r.max_tokens, lr=r.lr, batch_size=r.batch_size,
+                       eval_batch_size=cfg.calibration.batch_size, device=search.device, dtype=cfg.dtype,
+                       seed=ctx.seed, keep=r.keep, tokenizer=tok, progress=ctx.progress, desc=f"{ctx.name} rank")
+    winner = search.rank_by_distill(ranked, job, r.top)
+    if not r.keep:  # the winner's pruned (not distilled) weights
+        return _Outcome(winner, search.prune(winner.candidate, winner.drop), ranked)
+    # the winner as its short distillation left it
+    pruned, _ = load_model(rank_dir(ctx.work_dir, winner.row["candidate"]) / "model", DTYPES[cfg.dtype])
+    released_loss = search.loss_of(pruned.to(search.device))  # measured here: saving moves the model to the CPU
+    return _Outcome(winner, pruned, ranked, released_loss)
 
 
-@register("prune", PruneConfig, "Minitron width/depth pruning by activation importance", shape=output_shape)
+@register("prune", PruneConfig, "Minitron width/depth pruning by activation importance", shape=output_shape,
+          headline=(Headline("heldout_loss", "held-out loss", brief="loss"),
+                    Headline("params", "params", brief="params", millions=True)))
 def run(ctx: StageContext) -> StageResult:
     cfg: PruneConfig = ctx.config
     device = resolve_device(cfg.device)
@@ -240,47 +259,21 @@ def run(ctx: StageContext) -> StageResult:
 
     imp, reused = _importance(ctx, model, packed.train, cfg)
     loss_before = loss_of(model)
-    how = cfg.importance_aggregation
     candidates = [target] if target is not None else enumerate_candidates(
         src, cfg.target_params, cfg.candidate_multiple, max_candidates=cfg.max_candidates)
     if not candidates:
         raise ConfigError(f"stages.{ctx.name}.target_params", f"no architecture found within "
                                                              f"{cfg.target_params:,} parameters")
-    ranking, best, chosen = [], None, {}
-    for cand in candidates:
-        n_drop = src.num_layers - cand.num_layers
-        if drop_given is not None:
-            drop, depth_rank = drop_given, []
-        else:
-            drop, depth_rank = _choose_drop(cfg, model, imp, n_drop, loss_of)
-        chosen[cand.label()] = (cand, drop, depth_rank)
-        pruned = _prune(model, imp, src, cand, drop, how).to(device)
-        loss = loss_of(pruned)
-        row = {"candidate": cand.label(), **cand.shape(src).as_dict(), "drop_layers": drop, "heldout_loss": loss}
-        ranking.append(row)
-        if best is None or loss < best[0]["heldout_loss"]:
-            best = (row, pruned, cand, drop, depth_rank)
-        else:
-            del pruned
-    rank_key, released_loss = "heldout_loss", None
-    if cfg.rank_by == "distill":
-        rank_key = "heldout_loss_distilled"
-        del best
-        finalists = sorted(ranking, key=lambda r: r["heldout_loss"])[: cfg.rank_distill.top or len(ranking)]
-        for r in finalists:
-            cand, drop, _ = chosen[r["candidate"]]
-            r.update(_short_distill(ctx, cfg, model, lambda c=cand, d=drop: _prune(model, imp, src, c, d, how).to(device),
-                                    packed, heldout, device, r, tok))
-        row = min(finalists, key=lambda r: r[rank_key])
-        cand, drop, depth_rank = chosen[row["candidate"]]
-        if cfg.rank_distill.keep:  # the winner as its short distillation left it
-            pruned, _ = load_model(_rank_dir(ctx, row) / "model", DTYPES[cfg.dtype])
-            released_loss = loss_of(pruned.to(device))  # measured here: saving moves the model to the CPU
-        else:  # the winner's pruned (not distilled) weights
-            pruned = _prune(model, imp, src, cand, drop, how).to(device)
-        best = (row, pruned, cand, drop, depth_rank)
-    row, pruned, cand, drop, depth_rank = best
-    save_checkpoint(pruned, tok, ctx.out_dir)
+    search = CandidateSearch(model, imp, cfg.importance_aggregation, device, loss_of)
+    outcome = _rank(ctx, cfg, search, candidates, drop_given, packed, heldout, tok)
+    save_checkpoint(outcome.weights, tok, ctx.out_dir)
+    return _result(ctx, cfg, src, imp, reused, loss_before, outcome)
+
+
+def _result(ctx: StageContext, cfg: PruneConfig, src: Shape, imp: Importance, reused: bool, loss_before: float,
+            outcome: _Outcome) -> StageResult:
+    """Save the importance scores and their plot; the stage's metrics and manifest entries."""
+    how, row, cand, drop = cfg.importance_aggregation, outcome.winner.row, outcome.winner.candidate, outcome.winner.drop
     imp.save(ctx.out_dir / "importance.safetensors", {"aggregation": how})
     plot_importance(imp, how, drop, cand.hidden_size, cand.ffn_hidden_size, ctx.out_dir / "importance.png")
     new_shape = cand.shape(src)
@@ -289,62 +282,15 @@ def run(ctx: StageContext) -> StageResult:
                "param_ratio": new_shape.params() / src.params()}
     if cfg.rank_by == "distill":
         metrics["heldout_loss_distilled"] = row["heldout_loss_distilled"]
-    kept = released_loss is not None
+    kept = outcome.released_loss is not None
     if kept:
-        metrics["heldout_loss_released"] = released_loss
+        metrics["heldout_loss_released"] = outcome.released_loss
+    rank_key = "heldout_loss_distilled" if cfg.rank_by == "distill" else "heldout_loss"
+    rows = [r.row for r in outcome.ranked]
     extra = {"source_shape": src.as_dict(), "target_shape": new_shape.as_dict(), "dropped_layers": drop,
              "importance_reused": reused, "calibration_tokens": imp.tokens,
              "rank_by": cfg.rank_by, "weights": "short-distilled" if kept else "pruned",
-             "candidates": sorted(ranking, key=lambda r: (r.get(rank_key, float("inf")), r["heldout_loss"])),
-             "depth_ranking": depth_rank,
+             "candidates": sorted(rows, key=lambda r: (r.get(rank_key, float("inf")), r["heldout_loss"])),
+             "depth_ranking": outcome.winner.depth_ranking,
              "data": {"licence": ctx.datasets["calibration.data"].licence_of()}}
     return StageResult(metrics=metrics, tokens=imp.tokens, extra=extra)
-
-
-def _rank_dir(ctx: StageContext, row: dict):
-    # the work dir is this config's and these inputs' alone; a label ("L30 h576 ... heads6/2") is not a file name
-    return ctx.work_dir / "rank" / re.sub(r"[^A-Za-z0-9]+", "-", row["candidate"]).strip("-")
-
-
-def _short_distill(ctx: StageContext, cfg: PruneConfig, teacher, make_student, packed, heldout, device,
-                   row: dict, tok) -> dict:
-    """Distil one candidate briefly from the source model on the calibration corpus
-    and measure it: every candidate sees the same batches in the same order. The
-    result (and with ``keep`` the weights) is kept in the work dir, so a rerun after
-    a kill skips the candidates already measured."""
-    from factory.stages.distill import DistillConfig, _kd_terms, _Student, heldout_kd
-    from factory.training.loop import train
-    from factory.training.metrics import MetricsLog
-
-    r = cfg.rank_distill
-    out = _rank_dir(ctx, row)
-    done = out / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    dcfg = DistillConfig(student="-", teacher="-", data="-", seq_len=cfg.calibration.seq_len,
-                         batch_size=r.batch_size, max_tokens=r.max_tokens, lr=r.lr, warmup_ratio=0.1,
-                         eval_every=0, checkpoint_every=0, dtype=cfg.dtype, device=cfg.device)
-    torch.manual_seed(ctx.seed)
-    student = make_student().requires_grad_(True)
-    teacher.eval().requires_grad_(False)
-    wrapper = _Student(student, None, student.config.hidden_size, teacher.config.hidden_size)
-    if dist.is_main():  # under torchrun every rank distils (data parallel); rank 0 keeps the files
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-    dist.barrier()
-    train(wrapper, dcfg,
-          batch_fn=lambda step, micro: packed.batch(step, micro, r.batch_size, 1, ctx.seed).to(device),
-          loss_fn=lambda w, batch: _kd_terms(w, teacher, batch, dcfg),
-          eval_fn=lambda: heldout_kd(student, teacher, heldout, dcfg, cfg.calibration.batch_size),
-          work_dir=out, log=MetricsLog(out / "metrics.jsonl"), progress=ctx.progress,
-          desc=f"{ctx.name} rank {row['candidate']}", initial_eval=lambda: {"lm_loss": row["heldout_loss"]})
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    result = {"heldout_loss_distilled": last["eval_lm_loss"], "heldout_kl_distilled": last["eval_kl"],
-              "rank_distill_tokens": dcfg.total_steps * dcfg.tokens_per_step}
-    if dist.is_main():
-        if r.keep:  # before result.json: a measured candidate always has its weights (replicated, not sharded)
-            save_checkpoint(student, tok, out / "model")
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(done)
-    return result

@@ -10,7 +10,6 @@ shuffled again; epoch after epoch until ``epochs`` or the token budget is spent.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -21,11 +20,13 @@ import torch
 from factory.alignment.chat import Rendered, collate, render
 from foundation.configs import field, require
 from foundation.errors import FactoryError
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import Headline, StageContext, StageResult, register
+from factory.training.checkpoints import load_model, save_checkpoint
+from factory.training.heldout import assistant_loss
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
 from factory.training.metrics import MetricsLog
-from factory.training.runner import load_model, save_checkpoint
+from factory.training.results import stage_metrics
 
 
 @dataclass
@@ -81,20 +82,8 @@ def bucketed_batches(lengths: list[int], batch_size: int, bucket_batches: int, s
     return batches
 
 
-@torch.no_grad()
-def assistant_loss(model, batches: list[dict]) -> dict:
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for b in batches:
-        loss, n = causal_lm_loss(model, b["input_ids"], b["labels"], b["attention_mask"])
-        total += float(loss) * n
-        count += n
-    model.train(was)
-    return {"assistant_loss": total / max(count, 1), "assistant_tokens": count}
-
-
-@register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only")
+@register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only",
+          headline=(Headline("heldout_assistant_loss", "assistant loss", curve="eval_assistant_loss"),))
 def run(ctx: StageContext) -> StageResult:
     from factory.alignment.records import BadRecords
 
@@ -145,11 +134,7 @@ def run(ctx: StageContext) -> StageResult:
                    tokens_per_step=per_step)
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    evals = [json.loads(x) for x in log.path.read_text().splitlines() if "eval_assistant_loss" in x]
-    metrics = {"heldout_assistant_loss_before": evals[0]["eval_assistant_loss"],
-               "heldout_assistant_loss_after": evals[-1]["eval_assistant_loss"],
-               "final_train_loss": result.final_train_loss, "steps": result.steps,
-               "peak_memory_gib": result.peak_memory_gib}
+    metrics = stage_metrics(result, {"heldout_assistant_loss": "assistant_loss"})
     extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "conversations": len(train_set),
                       "heldout_conversations": len(heldout), "epochs": result.steps * cfg.grad_accum / per_epoch,
                       "records": bad.as_dict()}, "resumed_from_step": result.resumed_from}

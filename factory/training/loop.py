@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -85,6 +86,8 @@ class TrainConfig:
 
 @dataclass
 class LoopResult:
+    """What a finished ``train`` hands back to its stage."""
+
     steps: int
     tokens: int
     resumed_from: int
@@ -92,6 +95,13 @@ class LoopResult:
     wall_s: float  # including evals and checkpoints
     final_train_loss: float
     peak_memory_gib: float  # CUDA: peak allocated; CPU: the process's peak resident set
+    first_eval: dict = dc_field(default_factory=dict)  # held-out metrics at step 0 (as eval_fn returns them)
+    last_eval: dict = dc_field(default_factory=dict)  # held-out metrics after the last step
+
+    def rate(self, per_step: float) -> float:
+        """Throughput of this run's own optimizer steps (not those before a resume) in units of
+        ``per_step`` (tokens, pairs) per second."""
+        return (self.steps - self.resumed_from) * per_step / max(self.train_s, 1e-9)
 
 
 # (model, batch) -> (loss, tokens) or (loss, tokens, {name: float} of parts to log)
@@ -113,6 +123,61 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> No
     dist.barrier()
 
 
+def _layout(model, cfg: TrainConfig) -> str:
+    """How the model's training state lies across processes: "fsdp" when ``cfg.parallel``
+    asks for it under torchrun (the decoder layers are sharded here), else "replicated"."""
+    _, size = dist.world()
+    if cfg.batch_size % size:
+        raise FactoryError(f"batch_size {cfg.batch_size} does not split over {size} processes: "
+                           "make it a multiple of the process count")
+    if cfg.parallel == "fsdp" and size > 1 and dist.shard_layers(model):
+        return "fsdp"
+    return "replicated"
+
+
+def _resume(ckpt: Path, model, optimizer, layout: str, log: MetricsLog, desc: str, total: int) -> int | None:
+    """The step a mid-stage checkpoint left off at, with model, optimizer and RNG state
+    restored and the metrics log cut back to it; None when there is no checkpoint."""
+    if not ckpt.exists():
+        return None
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if state.get("layout", "replicated") != layout:
+        raise FactoryError(f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
+                           f"has it {layout}: resume with the same parallel setting, or --force the stage")
+    dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    start = state["step"]
+    log.truncate_after(start)
+    print(f"[factory] {desc}: resumed from step {start}/{total} ({ckpt})", file=sys.stderr)
+    return start
+
+
+def _optimizer_step(model, optimizer, params: list, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn,
+                    step: int, lr: float) -> tuple[float, dict[str, float], float]:
+    """One optimizer step over ``cfg.grad_accum`` micro-batches: (loss, logged parts, gradient norm),
+    averaged over micro-batches and processes."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    step_loss = 0.0
+    parts: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        out = loss_fn(model, dist.shard_rows(batch_fn(step, micro)))
+        loss = out[0]
+        (loss / cfg.grad_accum).backward()
+        step_loss += loss.item() / cfg.grad_accum
+        for k, v in (out[2] if len(out) > 2 else {}).items():
+            parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+    dist.average_gradients(params)
+    step_loss = dist.mean_across(step_loss)
+    parts = {k: dist.mean_across(v) for k, v in parts.items()}
+    grad_norm = dist.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, parts, float(grad_norm)
+
+
 def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
           work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train",
           total_steps: int | None = None, tokens_per_step: int | None = None,
@@ -129,30 +194,16 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
     ckpt = work_dir / "checkpoint.pt"
-    start = 0
-    rank, size = dist.world()
-    if cfg.batch_size % size:
-        raise FactoryError(f"batch_size {cfg.batch_size} does not split over {size} processes: "
-                           "make it a multiple of the process count")
-    layout = "replicated"
-    if cfg.parallel == "fsdp" and size > 1 and dist.shard_layers(model):
-        layout = "fsdp"
+    rank, _ = dist.world()
+    layout = _layout(model, cfg)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("layout", "replicated") != layout:
-            raise FactoryError(f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
-                               f"has it {layout}: resume with the same parallel setting, or --force the stage")
-        dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        start = state["step"]
-        log.truncate_after(start)
-        print(f"[factory] {desc}: resumed from step {start}/{total} ({ckpt})", file=sys.stderr)
-    else:
+    resumed = _resume(ckpt, model, optimizer, layout, log, desc, total)
+    first_eval = None
+    if resumed is None:
         log.truncate_after(-1)
-        log.write({"step": 0, "tokens": 0, **{f"eval_{k}": v for k, v in (initial_eval or eval_fn)().items()}})
+        first_eval = (initial_eval or eval_fn)()
+        log.write_evals(0, 0, first_eval)
+    start = resumed or 0
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -163,45 +214,28 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     for step in range(start, total):
         ts = time.perf_counter()
         lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = 0.0
-        parts: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            out = loss_fn(model, dist.shard_rows(batch_fn(step, micro)))
-            loss = out[0]
-            (loss / cfg.grad_accum).backward()
-            step_loss += loss.item() / cfg.grad_accum
-            for k, v in (out[2] if len(out) > 2 else {}).items():
-                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
-        dist.average_gradients(params)
-        step_loss = dist.mean_across(step_loss)
-        parts = {k: dist.mean_across(v) for k, v in parts.items()}
-        grad_norm = dist.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = step_loss
+        last_loss, parts, grad_norm = _optimizer_step(model, optimizer, params, cfg, batch_fn, loss_fn, step, lr)
         done = step + 1
         step_time += time.perf_counter() - ts
         tps = (done - start) * per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
-            log.write({"step": done, "tokens": done * per_step, "loss": step_loss, **parts, "lr": lr,
-                       "grad_norm": float(grad_norm), "tokens_per_s": tps})
+            log.write({"step": done, "tokens": done * per_step, "loss": last_loss, **parts, "lr": lr,
+                       "grad_norm": grad_norm, "tokens_per_s": tps})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-            log.write({"step": done, "tokens": done * per_step,
-                       **{f"eval_{k}": v for k, v in eval_fn().items()}})
+            log.write_evals(done, done * per_step, eval_fn())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             _save_checkpoint(ckpt, model, optimizer, done, layout)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
     bar.close()
     wall_s = time.perf_counter() - t0
-    log.write({"step": total, "tokens": total * per_step,
-               **{f"eval_{k}": v for k, v in eval_fn().items()}})
+    last_eval = eval_fn()
+    log.write_evals(total, total * per_step, last_eval)
     dist.barrier()  # every rank may read the finished metrics log from here on
     return LoopResult(steps=total, tokens=total * per_step, resumed_from=start,
                       train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
-                      peak_memory_gib=peak_memory_gib(next(model.parameters()).device))
+                      peak_memory_gib=peak_memory_gib(next(model.parameters()).device),
+                      first_eval=first_eval if first_eval is not None else log.evals_at(0), last_eval=last_eval)
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):

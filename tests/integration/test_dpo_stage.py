@@ -106,7 +106,7 @@ def test_reference_logps_equal_a_full_logits_computation(tmp_path):
     from factory.alignment.chat import render
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
     from factory.stages.dpo import Pair, pair_logps
-    from factory.training.runner import load_model
+    from factory.training.checkpoints import load_model
 
     build_tiny(TinyLlamaSpec(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=128), tmp_path / "m")
