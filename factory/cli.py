@@ -82,18 +82,15 @@ def _dry_run(args, recipe) -> int:
     return 0
 
 
-_HEADLINE = {  # stage metrics worth a column in `factory ls`: (before, after, label)
-    "eval_loss": ("eval_loss_before", "eval_loss_after", "loss"),
-    "heldout_loss": ("heldout_loss_before", "heldout_loss_after", "loss"),
-    "heldout_kl": ("heldout_kl_before", "heldout_kl_after", "kl"),
-}
+def _fmt_metric(kind: str, metrics: dict) -> str:
+    """The headline metrics stage kind ``kind`` declares for `factory ls`, as "label before->after"."""
+    from factory.stages.base import headline  # loads the stage kinds (and torch): only `ls` needs them
 
-
-def _fmt_metric(metrics: dict) -> str:
-    parts = [f"{label} {metrics[a]:.3f}->{metrics[b]:.3f}" for a, b, label in _HEADLINE.values()
-             if a in metrics and b in metrics]
-    if "params_after" in metrics:
-        parts.append(f"params {metrics['params_before'] / 1e6:.1f}M->{metrics['params_after'] / 1e6:.1f}M")
+    parts = []
+    for h in headline(kind):
+        pair = h.values(metrics) if h.brief else None
+        if pair is not None:
+            parts.append(f"{h.brief} {h.format(pair[0])}->{h.format(pair[1])}")
     return ", ".join(parts)
 
 
@@ -115,7 +112,7 @@ def cmd_ls(args) -> int:
             if m is not None:
                 found.append((m.get("created", ""), (
                     f"{run.name}/{stage.name}", m["kind"], m["hash"][:12], str(m.get("tokens") or "-"),
-                    f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m.get("metrics", {})))))
+                    f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m["kind"], m.get("metrics", {})))))
         rows += [row for _, row in sorted(found)]  # in the order they were made: the pipeline's order
     if not rows:
         print(f"no artifacts under {root}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from foundation import host
 from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
+from factory.stages.base import headline_curves
 
 
 def _artifacts(run_dir: Path) -> list[dict]:
@@ -105,7 +106,7 @@ def loss_curves(m: dict, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
-    for key in ("eval_loss", "eval_kl", "eval_assistant_loss", "eval_reward_accuracy"):
+    for key in headline_curves():  # the held-out metrics stage kinds declare as headline curves
         pts = [(r["tokens"], r[key]) for r in evals if key in r]
         if pts:
             ax.plot(*zip(*pts), "o-", lw=1.5, label=key.replace("eval_", "held-out "))

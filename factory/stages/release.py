@@ -19,7 +19,7 @@ from foundation.configs import field, require
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_file
 from factory.pruning.arch import TARGET_KEYS
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import StageContext, StageResult, headline, register
 
 SKIP = {"manifest.json", "metrics.jsonl", "README.md"}
 
@@ -93,25 +93,14 @@ def _fmt_tokens(n) -> str:
     return str(n)
 
 
-_KEY_METRICS = (("eval_loss_before", "eval_loss_after", "held-out loss"),
-                ("heldout_loss_before", "heldout_loss_after", "held-out loss"),
-                ("heldout_kl_before", "heldout_kl_after", "held-out KL"),
-                ("heldout_assistant_loss_before", "heldout_assistant_loss_after", "assistant loss"),
-                ("heldout_reward_accuracy_before", "heldout_reward_accuracy_after", "reward accuracy"),
-                ("params_before", "params_after", "params"))
-
-
 def _stage_row(m: dict) -> str:
     cfg = m.get("config", {})
     metrics = m.get("metrics", {})
     shown = []
-    for a, b, label in _KEY_METRICS:
-        if a in metrics and b in metrics:
-            fa, fb = metrics[a], metrics[b]
-            if label == "params":
-                shown.append(f"params {fa / 1e6:.1f}M -> {fb / 1e6:.1f}M")
-            else:
-                shown.append(f"{label} {fa:.3f} -> {fb:.3f}")
+    for h in headline(m["kind"]):  # what the stage's kind declares sums it up
+        pair = h.values(metrics)
+        if pair is not None:
+            shown.append(f"{h.label} {h.format(pair[0])} -> {h.format(pair[1])}")
     inputs = ", ".join(sorted(set(m.get("input_fields", {}).values())))
     skip = {"max_tokens"} if cfg.get("epochs") is not None else set()
     settings = {k: cfg[k] for k in ("lr", "max_tokens", "epochs", "preference_loss", "ref_policy_kl_penalty",
