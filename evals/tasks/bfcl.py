@@ -24,7 +24,7 @@ from pathlib import Path
 
 from evals.api import Request, Sample, Sampling, Score
 from evals.tasks import pysource
-from evals.tasks.bfcl_match import Call, match_calls
+from evals.tasks.bfcl_match import OFFICIAL, Call, PyTuple, Rules, match_calls
 from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "bfcl-eval", "2026.3.23"
@@ -34,6 +34,7 @@ CATEGORIES = {"simple": "simple_python", "simple_python": "simple_python", "mult
               "irrelevance": "irrelevance", "live_simple": "live_simple"}
 NO_ANSWERS = ("irrelevance",)  # correct when no call is made: no possible-answer file
 FUNCTIONS_IN = ("tools", "system")
+TOOL_NAMES = ("documented", "underscore")
 
 # ---------------------------------------------------------------- data
 
@@ -110,10 +111,12 @@ def to_json_schema(schema: dict) -> dict:
     return out
 
 
-def to_tool(function: dict) -> dict:
-    """One BFCL function as an OpenAI function tool."""
+def to_tool(function: dict, underscore_names: bool = False) -> dict:
+    """One BFCL function as an OpenAI function tool; ``underscore_names``: its
+    name with ``.`` replaced by ``_``, for interfaces that forbid dots."""
+    name = function["name"].replace(".", "_") if underscore_names else function["name"]
     return {"type": "function",
-            "function": {"name": function["name"], "description": function.get("description", ""),
+            "function": {"name": name, "description": function.get("description", ""),
                          "parameters": to_json_schema(function.get("parameters") or {"type": "dict"})}}
 
 
@@ -145,9 +148,12 @@ _BAD_SOURCE = (SyntaxError, ValueError, TypeError, MemoryError, RecursionError)
 
 
 def _plain(value):
-    """A literal as JSON-like data: tuples and sets become lists, anything JSON
-    cannot hold (complex, bytes, ...) its repr."""
-    if isinstance(value, (list, tuple, set, frozenset)):
+    """A literal as JSON-like data: sets become lists, tuples ``PyTuple`` lists
+    (BFCL's checker tells a tuple from an array), anything JSON cannot hold
+    (complex, bytes, ...) its repr."""
+    if isinstance(value, tuple):
+        return PyTuple(_plain(v) for v in value)
+    if isinstance(value, (list, set, frozenset)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k if isinstance(k, (str, int, float, bool)) or k is None else repr(k): _plain(v)
@@ -217,7 +223,9 @@ def _value(node):
     """An argument's value. Literals are read with ``ast.literal_eval``; a
     bare name or any other expression becomes its source text (BFCL's
     possible answers spell variables that way, e.g. ``data['sales']``)."""
-    if isinstance(node, (ast.List, ast.Tuple)):
+    if isinstance(node, ast.Tuple):
+        return PyTuple(_value(e) for e in node.elts)
+    if isinstance(node, ast.List):
         return [_value(e) for e in node.elts]
     try:
         return _plain(ast.literal_eval(node))
@@ -301,12 +309,14 @@ def show(call: Call) -> str:
 # ---------------------------------------------------------------- task
 
 
-def judge(item: dict, output: str, irrelevance: bool) -> tuple[bool, str | None, list[Call]]:
-    """(correct, reason, parsed calls) for one output."""
+def judge(item: dict, output: str, irrelevance: bool,
+          rules: Rules = OFFICIAL) -> tuple[bool, str | None, list[Call]]:
+    """(correct, reason, parsed calls) for one output; the reason of a wrong
+    answer is a ``bfcl_match.Miss`` (its ``kind`` names the failed check)."""
     calls = parse_calls(output) or []
     if irrelevance:
         return (not calls, f"expected no call, got {show(calls[0])}" if calls else None, calls)
-    reason = match_calls(calls, item["ground_truth"], item["function"])
+    reason = match_calls(calls, item["ground_truth"], item["function"], rules)
     return reason is None, reason, calls
 
 
@@ -320,14 +330,20 @@ def _record(call: Call) -> dict:
 class BFCL:
     """The Task. Options: ``category`` (simple, multiple, parallel,
     parallel_multiple, irrelevance, live_simple), ``max_tokens`` and
-    ``functions_in`` (``tools``: the chat template's tools; ``system``: a
-    system message listing them, for templates without tool support)."""
+    ``functions_in`` (``tools``: the chat template's tools, BFCL's function
+    calling mode; ``system``: a system message listing them, BFCL's prompt mode,
+    for templates without tool support), ``tool_names`` (``documented``: the
+    tools carry the names as documented, ``math.factorial``; ``underscore``:
+    ``math_factorial``, for interfaces that forbid dots; the right answer names
+    the function as it was shown) and ``lenient`` (false: BFCL's own checker;
+    true: the looser readings of ``bfcl_match.Rules``)."""
 
     name = "bfcl"
     metrics = ("accuracy",)
     licence = "Apache-2.0"
 
-    def __init__(self, category: str = "simple", max_tokens: int = 512, functions_in: str = "tools"):
+    def __init__(self, category: str = "simple", max_tokens: int = 512, functions_in: str = "tools",
+                 tool_names: str = "documented", lenient: bool = False):
         if category not in CATEGORIES:
             raise FactoryError(f"task bfcl: unknown category {category!r} "
                                f"(known: {', '.join(k for k in CATEGORIES if k != 'simple_python')})")
@@ -336,11 +352,17 @@ class BFCL:
                                f"not {functions_in!r}")
         if not isinstance(max_tokens, int) or max_tokens <= 0:
             raise FactoryError(f"task bfcl: max_tokens must be a positive integer, not {max_tokens!r}")
+        if tool_names not in TOOL_NAMES or (tool_names == "underscore" and functions_in != "tools"):
+            raise FactoryError(f"task bfcl: tool_names must be one of {', '.join(TOOL_NAMES)} "
+                               f"('underscore' only with functions_in: tools), not {tool_names!r}")
+        if not isinstance(lenient, bool):
+            raise FactoryError(f"task bfcl: lenient must be true or false, not {lenient!r}")
         self.category, self.stem = category, CATEGORIES[category]
         self.max_tokens, self.functions_in = max_tokens, functions_in
+        self.rules = Rules(lenient=lenient, underscore_names=tool_names == "underscore")
 
     def sample(self, item: dict) -> Sample:
-        tools = [to_tool(f) for f in item["function"]]
+        tools = [to_tool(f, self.rules.underscore_names) for f in item["function"]]
         request = Request(messages=build_messages(item, tools, self.functions_in),
                           tools=tools if self.functions_in == "tools" else None,
                           sampling=Sampling(max_tokens=self.max_tokens))
@@ -356,7 +378,8 @@ class BFCL:
     def score(self, sample: Sample, outputs: list[str]) -> Score:
         if not outputs:
             return Score({"accuracy": 0.0}, reason="no output")
-        verdicts = [judge(sample.data, out, self.stem in NO_ANSWERS) for out in outputs]
+        verdicts = [judge(sample.data, out, self.stem in NO_ANSWERS, self.rules) for out in outputs]
         ok, reason, calls = verdicts[0]
-        return Score({"accuracy": sum(v[0] for v in verdicts) / len(verdicts)}, reason=reason,
+        return Score({"accuracy": sum(v[0] for v in verdicts) / len(verdicts)},
+                     reason=None if reason is None else str(reason),
                      details={"calls": [_record(c) for c in calls]})

@@ -8,7 +8,7 @@ import pytest
 
 from evals.tasks import get_task
 from evals.tasks.bfcl import BFCL, parse_calls, to_json_schema, to_tool
-from evals.tasks.bfcl_match import OMIT, Call, normalise
+from evals.tasks.bfcl_match import OFFICIAL, OMIT, Call, Miss, PyTuple, Rules, match_calls, normalise
 from foundation.errors import FactoryError
 
 AREA = {"name": "geometry.area", "description": "Area of a triangle.",
@@ -25,18 +25,23 @@ PLAY = {"name": "spotify.play", "description": "Play an artist.",
             "artist": {"type": "string"}, "duration": {"type": "integer"}}}}
 
 
-def _sample(category, functions, truth=None):
+def _sample(category, functions, truth=None, **options):
     item = {"id": "t0", "question": [[{"role": "user", "content": "Do it."}]], "function": functions}
     if truth is not None:
         item["ground_truth"] = truth
-    task = BFCL(category)
+    task = BFCL(category, **options)
     return task, task.sample(item)
 
 
-def _verdict(category, functions, truth, output):
-    task, sample = _sample(category, functions, truth)
+def _verdict(category, functions, truth, output, **options):
+    task, sample = _sample(category, functions, truth, **options)
     score = task.score(sample, [output])
     return score.metrics["accuracy"], score.reason
+
+
+def _kind(truth, output, functions, rules=OFFICIAL):
+    """The kind of check (BFCL's error type) that ``output`` fails."""
+    return match_calls(parse_calls(output), truth, functions, rules).kind
 
 
 AREA_TRUTH = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm", OMIT],
@@ -48,7 +53,8 @@ AREA_TRUTH = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm", O
     ("geometry.area(base=10, height=5.0)", (1.0, None)),                      # optional ones omitted
     ("[geometry.area(base=10, height=5)]", (1.0, None)),                      # int for float
     ("geometry.area(base=10, height=5.0, unit='CM ')", (1.0, None)),          # string normalised
-    ("geometry_area(base=10, height=5.0)", (1.0, None)),                      # OpenAI-safe name
+    ("geometry_area(base=10, height=5.0)",                                    # not the name it was shown
+     (0.0, "wrong function: got geometry_area expected geometry.area")),
     ("geometry.area(base=10, height=5.0, shape={'kind': 'right-angled'})", (1.0, None)),
     ("geometry.area(base=10, height=5.0, data=[1.5, 2])", (1.0, None)),
     ("geometry.area(base=10, height=5.0, data=data['x'])", (1.0, None)),     # a variable, as BFCL spells it
@@ -114,13 +120,17 @@ def test_parallel_verdicts(output, verdict):
     assert _verdict("parallel", [PLAY], PAR_TRUTH, output) == verdict
 
 
-def test_parallel_matching_is_a_true_assignment():
-    # Greedy matching would give the first expected call the first produced
-    # call and leave the second expected call without one.
+def test_parallel_matching_is_greedy_as_in_bfcl():
+    # BFCL gives each expected call, in order, the first free produced call that
+    # fits: the first takes 'Adele' and leaves 'Bono' to the second, which wants
+    # 'Adele'. The best assignment would pass; BFCL fails it, and so do we.
     truth = [{"spotify.play": {"artist": ["Adele", "Bono"], "duration": [1]}},
              {"spotify.play": {"artist": ["Adele"], "duration": [1]}}]
     out = "[spotify.play(artist='Adele', duration=1), spotify.play(artist='Bono', duration=1)]"
-    assert _verdict("parallel", [PLAY], truth, out) == (1.0, None)
+    assert _verdict("parallel", [PLAY], truth, out) == \
+        (0.0, "spotify.play: param artist: value 'Bono' not in ['Adele']")
+    assert _kind(truth, out, [PLAY]) == "cannot_find_match"
+    assert _verdict("parallel", [PLAY], truth, out, lenient=True) == (1.0, None)
 
 
 def test_parallel_reasons_name_the_missing_call():
@@ -158,6 +168,116 @@ def test_accuracy_averages_outputs_and_reason_is_the_first():
     assert score.reason == "param base: value 1 not in [10]"
     assert score.details == {"calls": [{"name": "geometry.area", "arguments": {"base": 1, "height": 5.0}}]}
     json.dumps(score.details)  # stored in results.json
+
+
+# ---------------------------------------------------------------- where BFCL's checker is strict
+
+MEAN = {"name": "stats.mean", "description": "Weighted mean.",
+        "parameters": {"type": "dict", "required": ["values"], "properties": {
+            "values": {"type": "array", "items": {"type": "integer"}},
+            "weights": {"type": "array", "items": {"type": "float"}},
+            "span": {"type": "tuple", "items": {"type": "integer"}},
+            "label": {"type": "string"}}}}
+MEAN_TRUTH = [{"stats.mean": {"values": [[1, 2]], "weights": [[0.5, 2.0], OMIT], "span": [[1, 5], OMIT],
+                              "label": ["New York", OMIT]}}]
+WEIGHTED = [{"stats.mean": {"values": [[1, 2]], "weights": [[0.5, 2.0]]}}]  # weights without the blank
+FACT = {"name": "math.factorial", "description": "n!",
+        "parameters": {"type": "dict", "required": ["number"], "properties": {"number": {"type": "integer"}}}}
+FACT_TRUTH = [{"math.factorial": {"number": [5]}}]
+
+# One output per looser reading: BFCL's verdict and the kind of check that fails.
+STRICT_CASES = [
+    ("tuple for an array", MEAN_TRUTH, "stats.mean(values=(1, 2))", "param values: expected array, got tuple",
+     "type_error:simple"),
+    ("tab for a space", MEAN_TRUTH, "stats.mean(values=[1, 2], label='New\tYork')",
+     "param label: value 'New\\tYork' not in ['New York']", "value_error:string"),
+    ("newline for a space", MEAN_TRUTH, '<tool_call>{"name": "stats.mean", "arguments": {"values": [1, 2], '
+     '"label": "New\\nYork"}}</tool_call>', "param label: value 'New\\nYork' not in ['New York']",
+     "value_error:string"),
+    ("float among integers", MEAN_TRUTH, "stats.mean(values=[1.0, 2.0])",
+     "param values: item 0: expected integer, got float", "type_error:nested"),
+    ("int among floats", WEIGHTED, "stats.mean(values=[1, 2], weights=[0.5, 2])",
+     "param weights: item 1: expected float, got integer", "type_error:nested"),
+]
+
+
+@pytest.mark.parametrize("what, truth, output, reason, kind", STRICT_CASES, ids=[c[0] for c in STRICT_CASES])
+def test_bfcl_verdicts_where_a_loose_reading_would_pass(what, truth, output, reason, kind):
+    assert _verdict("simple", [MEAN], truth, output) == (0.0, reason)
+    assert _kind(truth, output, [MEAN]) == kind
+
+
+def test_what_bfcl_accepts_around_those():
+    for out in ("stats.mean(values=[1, 2], label='new  york')",   # spaces and case still ignored
+                "stats.mean(values=[1, 2], span=(1, 5))",         # a tuple is right for a tuple
+                "stats.mean(values=[1, 2], weights=[0.5, 2.0])"):
+        assert _verdict("simple", [MEAN], MEAN_TRUTH, out) == (1.0, None), out
+    # Items are held against each allowed list; an allowed value that is no list
+    # (the blank, a variable name) asks nothing of them, and an allowed list's own
+    # first item type is accepted too: BFCL's rules, not ours.
+    assert _verdict("simple", [MEAN], MEAN_TRUTH, "stats.mean(values=[1, 2], weights=[0.5, 2])") == (1.0, None)
+    truth = [{"stats.mean": {"values": [[1, 2]], "weights": [[2, 0.5]]}}]
+    assert _verdict("simple", [MEAN], truth, "stats.mean(values=[1, 2], weights=[2, 0.5])") == (1.0, None)
+    assert normalise("New\tYork") != normalise("New York") == normalise("New  York")
+
+
+@pytest.mark.parametrize("functions_in", ["system", "tools"])  # BFCL's prompt mode, its function calling mode
+def test_the_function_is_named_as_shown(functions_in):
+    task, sample = _sample("simple", [FACT], FACT_TRUTH, functions_in=functions_in)
+    if sample.request.tools:
+        assert sample.request.tools[0]["function"]["name"] == "math.factorial"
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", functions_in=functions_in) == \
+        (1.0, None)
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math_factorial(number=5)", functions_in=functions_in) == \
+        (0.0, "wrong function: got math_factorial expected math.factorial")
+    assert _kind(FACT_TRUTH, "math_factorial(number=5)", [FACT]) == "wrong_func_name"
+
+
+def test_function_calling_with_underscore_names_accepts_only_those():
+    options = {"functions_in": "tools", "tool_names": "underscore"}
+    _, sample = _sample("simple", [FACT], FACT_TRUTH, **options)
+    assert sample.request.tools[0]["function"]["name"] == "math_factorial"
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math_factorial(number=5)", **options) == (1.0, None)
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", **options) == \
+        (0.0, "wrong function: got math.factorial expected math_factorial")
+    assert _kind(FACT_TRUTH, "math.factorial(number=5)", [FACT], Rules(underscore_names=True)) == "wrong_func_name"
+
+
+def test_lenient_restores_the_looser_readings():
+    for _, truth, out, _, _ in STRICT_CASES:
+        assert _verdict("simple", [MEAN], truth, out, lenient=True) == (1.0, None), out
+        assert match_calls(parse_calls(out), truth, [MEAN], Rules(lenient=True)) is None
+    for options in ({"functions_in": "system"}, {}, {"tool_names": "underscore"}):
+        for name in ("math_factorial", "math.factorial"):
+            assert _verdict("simple", [FACT], FACT_TRUTH, f"{name}(number=5)", lenient=True, **options) == \
+                (1.0, None), (name, options)
+    assert normalise("New\tYork", lenient=True) == normalise("New York")
+    # the greedy case: see test_parallel_matching_is_greedy_as_in_bfcl
+
+
+def test_lenient_and_tool_names_options():
+    from evals.suite import parse_entry
+
+    assert BFCL().rules == OFFICIAL == Rules(lenient=False, underscore_names=False)
+    assert BFCL(lenient=True).rules.lenient
+    entry = parse_entry({"task": "bfcl", "category": "simple", "lenient": True}, "suite.tasks[0]")
+    assert entry.options == {"category": "simple", "lenient": True}  # recorded with the results
+    assert entry.name == "bfcl_simple_lenient"
+    for bad in ({"lenient": "yes"}, {"tool_names": "dots"}, {"functions_in": "system", "tool_names": "underscore"}):
+        with pytest.raises(FactoryError, match="task bfcl"):
+            BFCL(**bad)
+
+
+def test_reasons_carry_their_kind_and_stay_plain_data():
+    import pickle
+
+    miss = match_calls(parse_calls("stats.mean(values=(1, 2))"), MEAN_TRUTH, [MEAN])
+    assert isinstance(miss, Miss) and pickle.loads(pickle.dumps(miss)).kind == "type_error:simple"
+    task, sample = _sample("simple", [MEAN], MEAN_TRUTH)
+    score = task.score(sample, ["stats.mean(values=(1, 2))"])
+    assert type(score.reason) is str
+    assert isinstance(parse_calls("f(a=(1, 2))")[0].args["a"], PyTuple)
+    assert json.loads(json.dumps(score.details)) == {"calls": [{"name": "stats.mean", "arguments": {"values": [1, 2]}}]}
 
 
 def test_normalise():
