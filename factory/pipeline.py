@@ -31,6 +31,8 @@ from factory.training import dist
 
 @dataclass
 class Decision:
+    """What the pipeline does with a stage, and why (``factory plan`` prints these)."""
+
     stage: str
     action: str  # "cached" | "run" | "corrupted" | "skip"
     reason: str
@@ -80,6 +82,7 @@ class Pipeline:
 
     # -- decisions ---------------------------------------------------------
     def decide(self, stage: str, pending: set[str] = frozenset(), force: tuple[str, ...] = ()) -> Decision:
+        """Reuse or run ``stage``; ``pending``: upstream stages that will run first (their hashes are unknown)."""
         inputs, why = self._inputs(stage, pending)
         if stage in force:
             return Decision(stage, "run", "forced", inputs)
@@ -107,6 +110,7 @@ class Pipeline:
         return " (will resume from its last checkpoint)" if ckpt.exists() else ""
 
     def plan(self, force: tuple[str, ...] = (), only: str | None = None) -> list[Decision]:
+        """The decision for every stage, as ``run`` would take them; runs nothing."""
         self._check_names(force, only)
         pending: set[str] = set()
         out = []
