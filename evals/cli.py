@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from evals.engines import ENGINES, check_settings
+from evals.suite import load_suite, parse_key_values, parse_overrides
 from foundation.errors import FactoryError
-
-ENGINES = ("hf", "vllm", "openai")
 
 
 def _positive(text: str) -> int:
@@ -29,18 +29,14 @@ def _positive(text: str) -> int:
 
 def _engine_args(items: list[str], engine: str) -> dict:
     """``--engine-arg KEY=VALUE`` as settings of ``engine``, on top of the suite's."""
-    from evals.engines import check_settings
-    from evals.suite import parse_key_values
-
     given = parse_key_values(items, "--engine-arg")
     check_settings(engine, given, "--engine-arg")
     return given
 
 
 def cmd_eval(args) -> int:
-    from evals import report
-    from evals.runner import run_suite
-    from evals.suite import load_suite, parse_overrides
+    from evals import report  # loaded when the command runs: every factory command builds this parser
+    from evals.runner import run_suite  # loaded when the command runs: every factory command builds this parser
 
     suite = load_suite(args.suite)
     if args.tasks:
@@ -70,8 +66,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from evals import gate
-    from evals import results as res
+    from evals import gate  # loaded when the command runs: every factory command builds this parser
+    from evals import results as res  # loaded when the command runs: every factory command builds this parser
 
     max_drop = gate.parse_max_drop(args.max_drop)
     if args.default_max_drop < 0:
@@ -88,8 +84,8 @@ def cmd_gate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from evals import report
-    from evals import results as res
+    from evals import report  # loaded when the command runs: every factory command builds this parser
+    from evals import results as res  # loaded when the command runs: every factory command builds this parser
 
     if not args.out:
         raise FactoryError("report: --out is required when comparing results files")
@@ -110,7 +106,8 @@ def add_commands(sub) -> None:
     sp.add_argument("model", help="HF checkpoint dir, or the model's name on an OpenAI-compatible server")
     sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
     sp.add_argument("--engine", choices=ENGINES, help="override the suite's engine")
-    sp.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)")
+    sp.add_argument("--base-url",
+                    help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)")
     sp.add_argument("--limit", type=_positive, help="cap every task at N samples")
     sp.add_argument("--out", help="output dir (default evals-out/<model>-<suite>)")
     sp.add_argument("--label", help="the model's name in reports (default: the dir's name)")

@@ -6,7 +6,7 @@ A suite is YAML::
     description: small subsets, minutes on a CPU
     engine: hf                      # hf | vllm | openai (the CLI may override)
     engine_settings:                # per engine: used when that engine runs
-      hf: {batch_size: 8}
+      hf: {max_batch: 8}
     sampling: {max_tokens: 256}     # defaults for every task (evals.api.Sampling keys)
     tasks:
       - {task: gsm8k, limit: 30}
@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Sampling
+from evals.engines import ENGINES, check_engine_settings
+from evals.tasks import get_task, task_class, task_names
 from foundation.configs import coerce
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import sha256_json
 
-ENGINES = ("hf", "vllm", "openai")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _SUITE_KEYS = ("name", "description", "engine", "engine_settings", "sampling", "tasks")
 _ENTRY_KEYS = ("task", "name", "limit", "sampling")
@@ -44,7 +45,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class TaskEntry:
     name: str  # unique within the suite; the key in results.json
-    task: str  # registry name (evals.tasks.TASKS)
+    task: str  # registry name (evals.tasks)
     options: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # explicit overrides only
@@ -161,6 +162,27 @@ def _parse(data: Any, file: str) -> Suite:
                  sampling=parse_sampling(data.get("sampling") or {}, "sampling"), entries=entries, file=file)
 
 
+def check_suite(suite: Suite) -> None:
+    """What running ``suite`` would reject about its own settings, found without
+    loading data or a model: every engine's settings (names and values, see
+    evals.engines.check_engine_settings) and every task's options (the task's own
+    checks, by building it). A one-line ConfigError naming the file and the key."""
+    try:
+        for engine, settings in suite.engine_settings.items():
+            try:
+                check_engine_settings(engine, settings)
+            except ConfigError as e:
+                key = f"engine_settings.{engine}" + (f".{e.where}" if e.where else "")
+                raise ConfigError(key, e.message) from None
+        for i, entry in enumerate(suite.entries):
+            try:
+                get_task(entry.task, **entry.options)
+            except FactoryError as e:
+                raise ConfigError(f"tasks[{i}]", str(e)) from None
+    except ConfigError as e:
+        raise e.in_file(suite.file) from None
+
+
 def parse_sampling(data: Any, where: str) -> dict[str, Any]:
     """Explicit evals.api.Sampling keys, type-checked."""
     if not isinstance(data, dict):
@@ -210,15 +232,13 @@ def parse_overrides(items: list[str], where: str = "--sampling") -> dict[str, An
 
 
 def parse_entry(raw: Any, where: str) -> TaskEntry:
-    from evals.tasks import TASKS, task_class
-
     if not isinstance(raw, dict):
         raise ConfigError(where, "expected a mapping like {task: gsm8k, limit: 50}")
     if "task" not in raw:
         raise ConfigError(f"{where}.task", "missing required key")
     task = coerce(str, raw["task"], f"{where}.task")
-    if task not in TASKS:
-        raise ConfigError(f"{where}.task", f"unknown task {task!r} (known: {', '.join(sorted(TASKS))})")
+    if task not in task_names():
+        raise ConfigError(f"{where}.task", f"unknown task {task!r} (known: {', '.join(task_names())})")
     limit = coerce(int | None, raw.get("limit"), f"{where}.limit")
     if limit is not None and limit <= 0:
         raise ConfigError(f"{where}.limit", "must be positive")

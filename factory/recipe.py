@@ -180,6 +180,8 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
             m.check_files(f"models.{n}", path.parent)
         for n, d in datasets.items():
             d.check_files(f"datasets.{n}", path.parent)
+        for n, s in stages.items():  # files a stage names itself, e.g. an evaluate stage's suite file
+            getattr(s, "check_files", lambda *_: None)(f"stages.{n}", path.parent)
     ordered = {n: stages[n] for n in order}
     shapes = stage_shapes(ordered, models, path.parent)
     stage_engines = engines.parse_stage_engines(raw.get("engines"), order, engine)

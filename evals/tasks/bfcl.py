@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from evals.api import Request, Sample, Sampling, Score
-from evals.tasks import pysource
+from evals.tasks import pysource, register
 from evals.tasks.bfcl_match import OFFICIAL, Call, PyTuple, Rules, match_calls
 from foundation.errors import FactoryError
 
@@ -327,6 +327,7 @@ def _record(call: Call) -> dict:
     return rec
 
 
+@register("bfcl")
 class BFCL:
     """The Task. Options: ``category`` (simple, multiple, parallel,
     parallel_multiple, irrelevance, live_simple), ``max_tokens`` and

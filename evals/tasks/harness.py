@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from evals.harness import taskdir
+from evals.tasks import register
 from foundation.configs import require
 from foundation.errors import FactoryError
 
@@ -30,6 +31,7 @@ BACKENDS = ("fast", "hf")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+@register("harness")
 class HarnessTask:
     """A ModelTask: ``evaluate_model(path)`` runs lm-eval on the checkpoint and
     returns one record per document (see evals.harness.records)."""

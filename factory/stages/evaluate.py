@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from evals.engines import ENGINES, check_engine_settings
+from evals.suite import check_suite, is_file_ref, parse_sampling, parse_suite
+from evals.suite import load_suite as load_file
+from factory.stages.base import StageContext, StageResult, register
+from factory.training import dist
 from foundation.configs import field, require
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import sha256_json
-from factory.stages.base import StageContext, StageResult, register
-from factory.training import dist
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -32,10 +35,12 @@ class EvaluateConfig:
                                 "or a mapping label -> reference (labels name the results files)")
     suite: str | dict[str, Any] = field("quick", help="a shipped suite (quick, full), a suite YAML file "
                                                       "relative to the recipe, or a suite written inline")
-    engine: Literal["hf", "vllm"] | None = field(None, help="override the suite's engine")
-    engine_settings: dict[str, Any] = field(factory=dict, help="engine settings over the suite's (e.g. max_batch for hf)")
+    engine: Literal[ENGINES] | None = field(None, help="override the suite's engine")
+    engine_settings: dict[str, Any] = field(factory=dict,
+                                            help="engine settings over the suite's (e.g. max_batch for hf)")
     limit: int | None = field(None, help="cap every task at this many samples")
-    sampling: dict[str, Any] = field(factory=dict, help="sampling overrides for every task (max_tokens, temperature...)")
+    sampling: dict[str, Any] = field(factory=dict,
+                                     help="sampling overrides for every task (max_tokens, temperature...)")
     # derived in check(), hashed with the config: labels name the outputs, and a
     # shipped or inline suite's content decides the results
     labels: dict[str, str] = dataclasses.field(init=False, default_factory=dict,
@@ -44,14 +49,30 @@ class EvaluateConfig:
                                         metadata={"help": "derived: content hash of a shipped or inline suite"})
 
     def check(self, where: str) -> None:
-        from evals.suite import is_file_ref, parse_sampling
-
         require(self.models is not None and self.models not in ([], {}), where, "models", "missing required key")
         self.labels = _labels(self.models, f"{where}.models")
         require(self.limit is None or self.limit > 0, where, "limit", "must be positive")
         self.sampling = parse_sampling(self.sampling, f"{where}.sampling")
-        if isinstance(self.suite, dict) or not is_file_ref(self.suite):  # a file is read at run time
-            self.suite_hash = load_suite(self.suite, None, f"{where}.suite").hash
+        if isinstance(self.suite, dict) or not is_file_ref(self.suite):  # a file is read in check_files
+            suite = load_suite(self.suite, None, f"{where}.suite")
+            self.suite_hash = suite.hash
+            self.check_engine(suite, where)
+
+    def check_files(self, where: str, base: Path) -> None:
+        """A suite file (relative to the recipe's directory ``base``) checked as
+        ``check`` checks a shipped or inline suite; its content is hashed at run time."""
+        if isinstance(self.suite, str) and is_file_ref(self.suite):
+            self.check_engine(load_suite(self.suite, base, f"{where}.suite"), where)
+
+    def check_engine(self, suite, where: str) -> None:
+        """The settings of the engine that will run (this stage's or the suite's),
+        this stage's ``engine_settings`` over the suite's, as building it would check them."""
+        engine = self.engine or suite.engine
+        try:
+            check_engine_settings(engine, {**suite.settings_for(engine), **self.engine_settings})
+        except ConfigError as e:
+            key = f"{where}.engine_settings" + (f".{e.where}" if e.where else "")
+            raise ConfigError(key, e.message) from None
 
     def model_fields(self) -> dict[str, str]:
         """Label -> the StageContext.models key of that model."""
@@ -77,14 +98,12 @@ def _labels(models, where: str) -> dict[str, str]:
 
 
 def load_suite(suite, base: Path | None, where: str):
-    """The suite as evals.suite.Suite; errors become ConfigErrors at ``where``."""
-    from evals.suite import load_suite as load_file
-    from evals.suite import parse_suite
-
+    """The suite as evals.suite.Suite, its own settings checked (evals.suite.check_suite);
+    errors become ConfigErrors at ``where``."""
     try:
-        if isinstance(suite, dict):
-            return parse_suite(suite, "inline")
-        return load_file(suite, base)
+        loaded = parse_suite(suite, "inline") if isinstance(suite, dict) else load_file(suite, base)
+        check_suite(loaded)
+        return loaded
     except ConfigError as e:
         if isinstance(suite, dict):  # name the recipe path, the recipe names its file
             raise ConfigError(f"{where}.{e.where}" if e.where else where, e.message) from None

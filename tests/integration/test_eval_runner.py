@@ -89,8 +89,8 @@ class FakeEngine:
 def tasks(monkeypatch):
     from evals import tasks
 
-    monkeypatch.setitem(tasks.TASKS, "match", f"{__name__}:MatchTask")
-    monkeypatch.setitem(tasks.TASKS, "size", f"{__name__}:SizeTask")
+    monkeypatch.setitem(tasks.TASKS, "match", MatchTask)
+    monkeypatch.setitem(tasks.TASKS, "size", SizeTask)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ class EchoTask:
 def echo(monkeypatch):
     from evals import tasks
 
-    monkeypatch.setitem(tasks.TASKS, "echo", f"{__name__}:EchoTask")
+    monkeypatch.setitem(tasks.TASKS, "echo", EchoTask)
 
 
 def _suite(tmp_path, text):
