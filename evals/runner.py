@@ -3,11 +3,12 @@ before any generation), build the engine once, generate every task's requests
 in one batched call, score, then run the tasks that need the model itself
 (log-likelihood through lm-eval) after the engine has released its memory.
 Everything lands in one results.json (see evals.results). With a completion
-cache (evals.completion_cache), generation goes in chunks that are on disk as
-soon as each is done, and a rerun generates only what is missing. With
-``cached_only``, no engine is built: the tasks whose every completion (or whole
-log-likelihood record) is in the cache are scored, the others are listed under
-``missing``; the cache is only read, so this is safe beside a running eval."""
+cache (evals.completion_cache), the engine is wrapped in a CachedEngine
+(evals.engines.cached): completions are on disk as soon as they are made, and a
+rerun generates only what is missing. With ``cached_only``, no engine is built:
+the tasks whose every completion (or whole log-likelihood record) is in the
+cache are scored, the others are listed under ``missing``; the cache is only
+read, so this is safe beside a running eval."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from typing import Any
 from evals import results as res
 from evals import stats
 from evals.api import Completion, Request, Sample
-from evals.completion_cache import CompletionCache, CompletionWriter, LoglikStore, engine_identity, writer_lock
+from evals.completion_cache import CompletionCache, LoglikStore, writer_lock
+from evals.engines import LazyEngine
+from evals.engines.cached import CHUNK, CachedEngine
 from evals.suite import Suite, TaskEntry
 from foundation.errors import FactoryError
 
@@ -138,95 +141,6 @@ def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
     return records
 
 
-CHUNK = 256  # requests per call to an engine that does not stream, each chunk on disk once done
-
-
-def _generate(eng: Any, described: dict, requests: list[Request], cache: CompletionCache | None,
-              progress: bool) -> tuple[list[Completion], int]:
-    """Completions for ``requests`` and how many came from the cache (``described``: the engine's
-    own description, which says what decides its outputs)."""
-    if cache is None:
-        return eng.generate(requests, progress=progress), 0
-    ident = engine_identity(described)
-    keys = [cache.request_key(ident, r) for r in requests]
-    out: list[Completion | None] = [cache.completion(k) for k in keys]
-    todo = [i for i, c in enumerate(out) if c is None]
-    reused = len(requests) - len(todo)
-    if reused:
-        print(f"[evals] {reused} of {len(requests)} completions from {cache.path}", file=sys.stderr)
-    streams = getattr(eng, "streams", False)
-    if streams:
-        # one call keeps the engine's batch full to the end; each completion is kept as it lands
-        batches = [todo] if todo else []
-    else:
-        batches = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
-    for idx in batches:
-        got = _generate_kept(eng, streams, [requests[i] for i in idx], [keys[i] for i in idx], cache, progress,
-                             ident)
-        for i, c in zip(idx, got):
-            out[i] = c
-    return out, reused
-
-
-def _generate_kept(eng: Any, streams: bool, requests: list[Request], keys: list[str], cache: CompletionCache,
-                   progress: bool, ident: dict | None = None) -> list[Completion]:
-    """One engine call whose completions end up in ``cache`` (each row tagged with the
-    engine ``ident``): as they land when the engine ``streams``, else all at the end."""
-    writer, kept = CompletionWriter(cache, engine=ident), set()
-
-    def on_done(j: int, completion: Completion) -> None:
-        kept.add(j)
-        writer.add(keys[j], completion)
-
-    try:
-        extra = {"on_done": on_done} if streams else {}
-        got = eng.generate(requests, progress=progress, **extra)
-    finally:
-        writer.close()
-    if len(got) != len(requests):
-        raise FactoryError(f"engine {eng.name} returned {len(got)} completions for {len(requests)} requests")
-    rest = [j for j in range(len(requests)) if j not in kept]  # all of a chunk; a streamed call's unstarted ones
-    if rest:
-        cache.add_completions([keys[j] for j in rest], [got[j] for j in rest], ident)
-    return got
-
-
-# dtypes an engine may have recorded, tried for rows written before each row named its engine
-_DTYPES = (None, "auto", "float32", "bfloat16", "float16")
-_PROBE = 256  # requests used to choose among candidate identities
-
-
-def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
-                    engine: str | None = None) -> tuple[dict | None, list[Completion | None]]:
-    """The engine identity under which ``cache`` holds the most of ``requests`` for
-    ``model`` (restricted to ``engine`` when given), and the completion it holds for
-    each request under that identity (None where it holds none)."""
-    from evals.engines.common import model_hash
-    from evals.suite import ENGINES
-
-    digest = model_hash(model)
-    want = digest or model
-    candidates = [i for i, _ in cache.identities()
-                  if i.get("model") == want and (engine is None or i.get("engine") == engine)]
-    if digest:
-        candidates += [{"engine": e, "dtype": d, "model": digest}
-                       for e in ([engine] if engine else ENGINES) for d in _DTYPES]
-
-    def held(ident: dict, among: list[Request]) -> int:
-        return sum(cache.completion(cache.request_key(ident, r)) is not None for r in among)
-
-    probe = requests[:: max(1, len(requests) // _PROBE)]
-    for among in (probe, requests):  # a sample first; everything if the sample holds none
-        best, hits = None, 0
-        for ident in candidates:
-            n = held(ident, among)
-            if n > hits:
-                best, hits = ident, n
-        if best is not None:
-            return best, [cache.completion(cache.request_key(best, r)) for r in requests]
-    return None, [None] * len(requests)
-
-
 def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dict:
     metrics = tuple(getattr(p.task, "metrics", ()))
     # a model task scores log-likelihoods: no sampling to record
@@ -237,74 +151,59 @@ def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dic
             "metrics": res.summarize(records, metrics, boot["resamples"], boot["seed"], boot["level"])}
 
 
-def _engine_settings(suite: Suite, name: str, overrides: dict | None) -> dict:
-    """Engine ``name``'s settings: the suite's, then the caller's (--engine-arg) on top."""
-    return {**suite.settings_for(name), **(overrides or {})}
+def _engine(model: str, suite: Suite, engine: Any, settings: dict | None, cache: CompletionCache | None,
+            cached_only: bool) -> tuple[Any, bool]:
+    """The engine generation goes through, and whether the run owns (so closes) it.
+
+    ``engine``: an engine object the caller built, or a name (None: the suite's),
+    built on first use with the suite's settings and the caller's on top. With a
+    cache, a CachedEngine stands in front of it; with ``cached_only``, a
+    CachedEngine with nothing behind it."""
+    if cached_only:
+        return CachedEngine(None, cache, model=model, engine=engine if isinstance(engine, str) else None), True
+    owned = engine is None or isinstance(engine, str)
+    inner = engine
+    if owned:
+        name = engine or suite.engine
+        inner = LazyEngine(name, model, {**suite.settings_for(name), **(settings or {})},
+                           where=f"{suite.file}: engine_settings.{name}")
+    return (CachedEngine(inner, cache, chunk=CHUNK) if cache is not None else inner), owned
 
 
-def _build_engine(name: str, model: str, suite: Suite, overrides: dict | None):
-    from evals.engines import make_engine
-
-    return make_engine(name, model, where=f"{suite.file}: engine_settings.{name}",
-                       **_engine_settings(suite, name, overrides))
-
-
-def _run_generation(planned: list[Planned], model: str, suite: Suite, engine: Any, settings: dict | None,
-                    progress: bool, records: dict, walls: dict, cache: CompletionCache | None) -> dict:
-    """Generate and score every generation task; returns the engine's description."""
-    owned = engine is None or isinstance(engine, str)  # else the caller built it and closes it
-    if not planned:
-        return {"name": (engine or suite.engine) if owned else getattr(engine, "name", "custom")}
-    if owned and cache is not None:
-        described = _all_cached(planned, model, suite, engine or suite.engine, settings, progress, records, walls,
-                                cache)
-        if described is not None:
-            return described
-    eng = _build_engine(engine or suite.engine, model, suite, settings) if owned else engine
-    try:
-        # Every task's requests go to the engine in one call, so a batching engine keeps
-        # its batch full across tasks (a task of 20 prompts alone would leave most of a
-        # 64-row batch idle). Each task is charged the share of generation time its
-        # generated tokens took, plus its own scoring time.
-        requests = [s.request for p in planned for s in p.samples]
-        described = eng.describe()
-        t = time.perf_counter()
-        completions, reused = _generate(eng, described, requests, cache, progress)
-        spent = time.perf_counter() - t
-        if len(completions) != len(requests):
-            raise FactoryError(f"engine {eng.name} returned {len(completions)} completions "
-                               f"for {len(requests)} requests")
-        tokens = _score_all(planned, completions, spent, progress, records, walls)
-        return {**described, "generation": {"requests": len(requests), "tokens": tokens,
-                                                 "wall_s": round(spent, 3), "reused": reused}}
-    finally:
-        if owned:
-            eng.close()
-
-
-def _all_cached(planned: list[Planned], model: str, suite: Suite, name: str, overrides: dict | None,
-                progress: bool, records: dict, walls: dict, cache: CompletionCache) -> dict | None:
-    """Score the generation tasks without building engine ``name`` when ``cache``
-    holds every completion under the identity the engine would have; None when it
-    does not (or the identity is only known once the engine is built)."""
-    from evals.engines import planned_identity
-
-    settings = _engine_settings(suite, name, overrides)  # what _build_engine would pass
-    ident = planned_identity(name, model, settings)
-    if ident is None:
-        return None
+def _run_generation(planned: list[Planned], eng: Any, cached_only: bool, progress: bool, records: dict,
+                    walls: dict, missing: dict) -> dict:
+    """Generate and score every generation task; returns the engine's description
+    with what generation took. A task some of whose completions the engine could
+    not give (a cache read alone) is not scored but listed in ``missing``."""
+    if not planned:  # no generation task: no engine is started
+        return {"name": getattr(eng, "name", "custom"), **({"cached_only": True} if cached_only else {})}
+    # Every task's requests go to the engine in one call, so a batching engine keeps
+    # its batch full across tasks (a task of 20 prompts alone would leave most of a
+    # 64-row batch idle). Each task is charged the share of generation time its
+    # generated tokens took, plus its own scoring time.
     requests = [s.request for p in planned for s in p.samples]
-    got = []
-    for r in requests:
-        got.append(cache.completion(cache.request_key(ident, r)))
-        if got[-1] is None:
-            return None
-    print(f"[evals] all {len(requests)} completions from {cache.path}; engine {name} not started", file=sys.stderr)
-    tokens = _score_all(planned, got, 0.0, progress, records, walls)
-    described = {"engine": name, "model": str(model), **{k: v for k, v in settings.items() if v is not None},
-                 "model_hash": ident["model"], "dtype": ident["dtype"], "started": False}
-    return {**described, "generation": {"requests": len(requests), "tokens": tokens, "wall_s": 0.0,
-                                        "reused": len(requests)}}
+    if isinstance(eng, LazyEngine):
+        eng.start()  # loading the model is not generation time
+    t = time.perf_counter()
+    completions = eng.generate(requests, progress=progress)
+    spent, reused = time.perf_counter() - t, 0
+    if isinstance(eng, CachedEngine):  # it knows what the cache gave and how long its engine took
+        spent, reused = eng.wall_s, eng.reused
+    if len(completions) != len(requests):
+        raise FactoryError(f"engine {eng.name} returned {len(completions)} completions for {len(requests)} requests")
+    complete, start = [], 0
+    for p in planned:
+        part = completions[start:start + len(p.samples)]
+        start += len(p.samples)
+        have = sum(c is not None for c in part)
+        if have < len(part):
+            missing[p.entry.name] = {"have": have, "of": len(part)}
+        else:
+            complete.append((p, part))
+    tokens = _score_all([p for p, _ in complete], [c for _, part in complete for c in part], spent, progress,
+                        records, walls)
+    return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
+                                             "wall_s": round(spent, 3), "reused": reused}}
 
 
 def _score_all(planned: list[Planned], completions: list[Completion], spent: float, progress: bool,
@@ -323,33 +222,6 @@ def _score_all(planned: list[Planned], completions: list[Completion], spent: flo
         walls[p.entry.name] = time.perf_counter() - t + spent * share
         start = end
     return tokens
-
-
-def _cached_generation(planned: list[Planned], model: str, engine: str | None, progress: bool, records: dict,
-                       walls: dict, cache: CompletionCache, missing: dict) -> dict:
-    """Score the generation tasks whose completions are all in ``cache``; no engine."""
-    if not planned:
-        return {"name": engine or "none", "cached_only": True}
-    requests = [s.request for p in planned for s in p.samples]
-    ident, got = cached_identity(cache, requests, model, engine)
-    complete, start = [], 0
-    for p in planned:
-        part = got[start:start + len(p.samples)]
-        start += len(p.samples)
-        have = sum(c is not None for c in part)
-        if have < len(part):
-            missing[p.entry.name] = {"have": have, "of": len(part)}
-        else:
-            complete.append((p, part))
-    tokens = _score_all([p for p, _ in complete], [c for _, part in complete for c in part], 0.0, progress,
-                        records, walls)
-    ident = ident or {"engine": engine}
-    described = {"engine": ident.get("engine"), "dtype": ident.get("dtype"), "cached_only": True,
-                 "cache": str(cache.path)}
-    if Path(model).is_dir() and ident.get("model"):
-        described["model_hash"] = ident["model"]
-    return {**described, "generation": {"requests": len(requests), "tokens": tokens, "wall_s": 0.0,
-                                        "reused": sum(c is not None for c in got)}}
 
 
 def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,
@@ -389,12 +261,12 @@ def _run_suite(t0: float, model: str, suite: Suite, engine: Any, engine_settings
     walls: dict[str, float] = {}
     missing: dict[str, dict] = {}
     generated = [p for p in planned if not p.needs_model]
-    if cached_only:
-        described = _cached_generation(generated, model, engine if isinstance(engine, str) else None, progress,
-                                       records, walls, kept, missing)
-    else:
-        described = _run_generation(generated, model, suite, engine, engine_settings, progress, records, walls,
-                                    kept)
+    eng, owned = _engine(model, suite, engine, engine_settings, kept, cached_only)
+    try:
+        described = _run_generation(generated, eng, cached_only, progress, records, walls, missing)
+    finally:
+        if owned:  # before the model tasks, which load the model again
+            eng.close()
     identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     for p in planned:
         if p.needs_model and cached_only:

@@ -11,7 +11,9 @@ name; modules are imported only when their engine is asked for, so the hf engine
 never imports vLLM. ``make_engine(name, model, **settings)`` builds one; settings
 come from the suite YAML or the command line, and ``check_engine_settings``
 checks them (names and values) without building anything, so a recipe's are
-checked at ``factory validate``. An unknown name or setting is a one-line error."""
+checked at ``factory validate``. An unknown name or setting is a one-line error.
+``LazyEngine`` is an engine built on first use (see evals.engines.cached for the
+completion cache in front of an engine)."""
 
 from __future__ import annotations
 
@@ -95,3 +97,53 @@ def make_engine(name: str, model: str, where: str = "", **settings):
     check_settings(name, settings, where)
     return engine_class(name)(str(model), **settings)
 
+
+class LazyEngine:
+    """Engine ``name`` for ``model`` with ``settings``, built (``make_engine``) when it
+    is first asked to generate or ``start``\\ ed. Until then ``planned_identity()``
+    says under which cache identity it would make its completions and ``describe()``
+    what it would be (``started: False``): a rerun whose completions are all cached
+    never loads the model. Unknown settings are an error at once, as building would
+    give; ``where`` prefixes it."""
+
+    def __init__(self, name: str, model: str, settings: dict[str, Any], where: str = ""):
+        check_settings(name, settings, where)
+        self.name, self.model, self.settings, self.where = name, str(model), dict(settings), where
+        self.engine = None
+        self._planned: tuple[dict | None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.engine is not None
+
+    def start(self):
+        """The engine itself, built now if it is not yet."""
+        if self.engine is None:
+            self.engine = make_engine(self.name, self.model, where=self.where, **self.settings)
+        return self.engine
+
+    def planned_identity(self) -> dict | None:
+        """The cache identity the engine will have (see ``planned_identity``), computed once."""
+        if self._planned is None:
+            self._planned = (planned_identity(self.name, self.model, self.settings),)
+        return self._planned[0]
+
+    @property
+    def streams(self) -> bool:
+        return bool(getattr(self.start(), "streams", False))
+
+    def generate(self, requests, progress: bool = True, on_done=None):
+        extra = {"on_done": on_done} if on_done is not None else {}
+        return self.start().generate(requests, progress=progress, **extra)
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's own description once started; before, what it would be."""
+        if self.engine is not None:
+            return self.engine.describe()
+        ident = self.planned_identity() or {}
+        return {"engine": self.name, "model": self.model, **{k: v for k, v in self.settings.items() if v is not None},
+                "model_hash": ident.get("model"), "dtype": ident.get("dtype"), "started": False}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()

@@ -134,7 +134,7 @@ def test_writer_lock_is_exclusive_and_released(tmp_path):
 def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     """The engine a file was written under is found from a sample of the requests, and
     from all of them when the file holds too few for the sample to hit."""
-    from evals.runner import cached_identity
+    from evals.engines.cached import cached_identity
     from foundation.artifacts import content_hash
     from foundation.hashing import hash_tree
 
