@@ -120,7 +120,8 @@ def run_trainer(steps, warmup):
             return (loss, out) if return_outputs else loss
 
     timer = StepTimer()
-    trainer = KDTrainer(model=student, args=trainer_args(TrainingArguments, "/tmp/bench-kd-trainer", BATCH, steps + warmup, LR),
+    trainer = KDTrainer(model=student,
+                        args=trainer_args(TrainingArguments, "/tmp/bench-kd-trainer", BATCH, steps + warmup, LR),
                         train_dataset=_dataset((steps + warmup) * BATCH), data_collator=default_data_collator,
                         callbacks=[timer.callback()])
     trainer.train()
@@ -218,10 +219,12 @@ def main():
     for r in rows:
         r["mfu"] = r["tokens_per_s"] * flops_per_token / (peak * 1e9)
         ratio = ours["tokens_per_s"] / r["tokens_per_s"] if ours else float("nan")
-        print(f"{r['name']:<26}{r['tokens_per_s']:>10.1f}{r['peak_rss_gib']:>14.2f}{100 * r['mfu']:>6.0f}%{ratio:>13.2f}")
+        print(f"{r['name']:<26}{r['tokens_per_s']:>10.1f}{r['peak_rss_gib']:>14.2f}{100 * r['mfu']:>6.0f}%"
+              f"{ratio:>13.2f}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"distill_speed-{args.precision}.json").write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
+    (out / f"distill_speed-{args.precision}.json").write_text(
+        json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

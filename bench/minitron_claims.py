@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 
 HERE = Path(__file__).parent
 

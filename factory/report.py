@@ -13,10 +13,10 @@ import html
 import json
 from pathlib import Path
 
+from factory.stages.base import headline_curves
 from foundation import host
 from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
-from factory.stages.base import headline_curves
 
 
 def _artifacts(run_dir: Path) -> list[dict]:

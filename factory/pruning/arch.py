@@ -31,7 +31,7 @@ class Shape:
     qk_norm: bool = False
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Shape":
+    def from_config(cls, cfg: dict) -> Shape:
         heads = cfg["num_attention_heads"]
         return cls(
             num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],

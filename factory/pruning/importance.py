@@ -67,7 +67,7 @@ class Importance:
         save_file(tensors, str(path), metadata={**meta, "tokens": str(self.tokens), "samples": str(self.samples)})
 
     @classmethod
-    def load(cls, path: Path) -> tuple["Importance", dict[str, str]]:
+    def load(cls, path: Path) -> tuple[Importance, dict[str, str]]:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from foundation.configs import field, require
 from factory.sources.documents import iter_documents
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
@@ -19,6 +18,7 @@ from factory.training.loop import TrainConfig, train
 from factory.training.losses import causal_lm_loss
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.configs import field, require
 
 
 @dataclass

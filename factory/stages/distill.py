@@ -14,8 +14,6 @@ from typing import Literal
 
 import torch
 
-from foundation.configs import field, require
-from foundation.errors import FactoryError
 from factory.sources.documents import iter_documents
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
@@ -25,6 +23,8 @@ from factory.training.kd import KDSettings, KDStudent, kd_terms
 from factory.training.loop import TrainConfig, train
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 
 
 @dataclass
@@ -42,7 +42,8 @@ class DistillConfig(TrainConfig):
     intermediate_layer_pairs: list[list[int]] | None = field(
         None, help="[[student_layer, teacher_layer], ...]: cosine loss between those layers' outputs")
     intermediate_loss_scale: float = field(1.0, help="weight of the intermediate-state losses")
-    kd_chunk: int = field(256, help="tokens per chunk of the fused KD loss (256 keeps each [chunk, vocab] buffer in reusable heap memory)")
+    kd_chunk: int = field(256, help="tokens per chunk of the fused KD loss (256 keeps each [chunk, vocab] buffer "
+                                    "in reusable heap memory)")
 
     def check(self, where: str) -> None:
         for key in ("student", "teacher", "data"):

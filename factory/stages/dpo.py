@@ -18,14 +18,14 @@ import torch
 
 from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
-from foundation.configs import field, require
-from foundation.errors import FactoryError
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 
 
 @dataclass

@@ -20,10 +20,6 @@ from typing import Literal
 
 import torch
 
-from foundation.configs import field, require, to_dict
-from foundation.device import DTYPES, check_device, resolve_device
-from foundation.errors import ConfigError
-from foundation.hashing import sha256_json
 from factory.pruning.arch import TARGET_KEYS, Shape, check_supported
 from factory.pruning.budget import Candidate, enumerate_candidates
 from factory.pruning.importance import Importance, collect
@@ -35,6 +31,10 @@ from factory.training import dist
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.data import PackedData, pack
 from factory.training.heldout import heldout_loss
+from foundation.configs import field, require, to_dict
+from foundation.device import DTYPES, check_device, resolve_device
+from foundation.errors import ConfigError
+from foundation.hashing import sha256_json
 
 
 @dataclass
@@ -87,7 +87,8 @@ class PruneConfig:
     rank_by: Literal["loss", "distill"] = field(
         "loss", help="rank target_params candidates by held-out loss right after pruning (loss) or after a "
                      "short distillation from the source model (distill: slower, closer to the final ranking)")
-    rank_distill: RankDistillConfig = field(factory=RankDistillConfig, help="the short distillation of rank_by: distill")
+    rank_distill: RankDistillConfig = field(factory=RankDistillConfig,
+                                            help="the short distillation of rank_by: distill")
     dtype: Literal["float32", "bfloat16"] = field("float32", help="dtype for calibration and the result")
     device: str = field("auto", help="auto, cpu, cuda or cuda:N", hashed=False)
     matmul_precision: Literal["highest", "medium"] = field("highest", help="fp32 matmul precision")

@@ -14,12 +14,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.pruning.arch import TARGET_KEYS
+from factory.stages.base import StageContext, StageResult, headline, register
 from foundation.artifacts import read_manifest
 from foundation.configs import field, require
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_file
-from factory.pruning.arch import TARGET_KEYS
-from factory.stages.base import StageContext, StageResult, headline, register
 
 SKIP = {"manifest.json", "metrics.jsonl", "README.md"}
 
@@ -104,7 +104,8 @@ def _stage_row(m: dict) -> str:
     inputs = ", ".join(sorted(set(m.get("input_fields", {}).values())))
     skip = {"max_tokens"} if cfg.get("epochs") is not None else set()
     settings = {k: cfg[k] for k in ("lr", "max_tokens", "epochs", "preference_loss", "ref_policy_kl_penalty",
-                                    "target_params", *TARGET_KEYS, "kd_loss", "temperature") if cfg.get(k) is not None and k not in skip}
+                                    "target_params", *TARGET_KEYS, "kd_loss", "temperature")
+                if cfg.get(k) is not None and k not in skip}
     return (f"| {m['stage']} | {m['kind']} | {inputs} | {_fmt_tokens(m.get('tokens'))} | "
             f"{m.get('wall_s', 0):.0f} s | {'; '.join(shown) or '-'} | "
             f"{', '.join(f'{k}={v}' for k, v in settings.items()) or '-'} |")

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from factory.alignment.chat import Rendered, collate, render
-from foundation.configs import field, require
-from foundation.errors import FactoryError
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.heldout import assistant_loss
@@ -27,6 +25,8 @@ from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.configs import field, require
+from foundation.errors import FactoryError
 
 
 @dataclass

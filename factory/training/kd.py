@@ -196,7 +196,8 @@ def kd_terms(wrapper: KDStudent, teacher, batch: torch.Tensor, kd: KDSettings):
     if kd.lm_weight:
         extras["lm_loss"] = lm.item()
     if pairs:
-        inter = sum(1 - torch.nn.functional.cosine_similarity(proj(s_out.hidden_states[s + 1]), t.clone(), dim=-1).mean()
+        cosine = torch.nn.functional.cosine_similarity
+        inter = sum(1 - cosine(proj(s_out.hidden_states[s + 1]), t.clone(), dim=-1).mean()
                     for (s, _), proj, t in zip(pairs, wrapper.proj, t_states)) / len(pairs)
         total = total + kd.intermediate_scale * inter
         extras["intermediate_loss"] = inter.item()

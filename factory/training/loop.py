@@ -7,19 +7,20 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from foundation.configs import field, require
-from foundation.device import DTYPES, check_device, peak_memory_gib, resolve_device
-from foundation.errors import FactoryError
 from factory.training import dist
 from factory.training.metrics import MetricsLog
 from factory.training.optim import adamw, lr_at
+from foundation.configs import field, require
+from foundation.device import DTYPES, check_device, peak_memory_gib, resolve_device
+from foundation.errors import FactoryError
 
 
 @dataclass

@@ -3,7 +3,7 @@ evals become the stage's metrics, in the order the manifest lists them."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from factory.training.loop import LoopResult
 
