@@ -6,6 +6,7 @@ stage; the pipeline then writes the manifest and publishes rank 0's output."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -67,9 +68,13 @@ class NativeExecutor:
 
 def fresh_dirs(run_dir: Path, stage: str, work: Path) -> Path:
     """Keep ``work`` (a rerun with the same inputs resumes from it), drop the stage's
-    work dirs for other inputs, and return an empty output dir inside ``work``."""
+    work dirs for other inputs, and return an empty output dir inside ``work``.
+
+    Only this stage's dirs go: ``STAGE-<16 hex>`` exactly, so cleaning ``dpo``
+    never touches ``dpo-b``'s checkpoint."""
+    own = re.compile(re.escape(stage) + r"-[0-9a-f]{16}")
     for stale in (run_dir / ".work").glob(f"{stage}-*"):
-        if stale != work:
+        if stale != work and own.fullmatch(stale.name):
             shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     out = work / "out"
