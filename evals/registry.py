@@ -45,7 +45,7 @@ class Registry:
         return self.classes[name]
 
     def all(self) -> dict[str, type]:
-        """Every class by name, built-in modules imported."""
-        for name in self.builtin:
-            self.get(name)
-        return dict(self.classes)
+        """Every class by name (built-in modules imported): the built-in ones in
+        their listed order, then any other registered."""
+        found = {name: self.get(name) for name in self.builtin}
+        return {**found, **{k: v for k, v in self.classes.items() if k not in found}}

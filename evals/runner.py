@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from evals import results as res
 from evals import stats
 from evals.api import Completion, Request, Sample
 from evals.completion_cache import CompletionCache, LoglikStore, writer_lock
 from evals.engines import LazyEngine
 from evals.engines.cached import CHUNK, CachedEngine
+from evals.engines.common import model_hash
 from evals.suite import Suite, TaskEntry
+from evals.tasks import get_task
 from foundation.errors import FactoryError
 
 
@@ -57,10 +61,6 @@ def with_sampling(request: Request, explicit: dict) -> Request:
 def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None,
          progress: bool = True) -> list[Planned]:
     """Build every task and load its samples (fetching data as needed)."""
-    from tqdm.auto import tqdm
-
-    from evals.tasks import get_task
-
     out = []
     bar = tqdm(suite.entries, desc="loading tasks", unit="task", disable=not progress, file=sys.stderr)
     for i, entry in enumerate(bar):
@@ -83,8 +83,6 @@ def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None,
 
 def model_identity(model: str, described: dict) -> dict:
     """Where the model is and its content hash (the engine's, when it computed one)."""
-    from evals.engines.common import model_hash
-
     digest = described.get("model_hash") or model_hash(model)
     if Path(model).is_dir():
         return {"path": str(Path(model).resolve()), "hash": digest}
@@ -92,8 +90,6 @@ def model_identity(model: str, described: dict) -> dict:
 
 
 def _score(p: Planned, completions: list, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
-
     records = []
     pairs = zip(p.samples, completions)
     for s, c in tqdm(pairs, total=len(p.samples), desc=f"scoring {p.entry.name}", unit="sample",
@@ -131,7 +127,7 @@ def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
             return kept
     store = None
     if cache is not None:  # answers kept as computed: an interrupted task resumes inside itself
-        from evals.harness.fast_lm import numerics_hash
+        from evals.harness.fast_lm import numerics_hash  # heavy: torch and lm-eval, only for these tasks
 
         store = LoglikStore(cache, {"model": digest, "code": numerics_hash()})
     triples = p.task.evaluate_model(str(model), limit=p.limit, progress=progress, store=store)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Completion, Request
+from foundation import hashing
+from foundation.artifacts import content_hash, read_manifest
 from foundation.chat import for_template
 from foundation.errors import FactoryError
 
@@ -59,19 +61,16 @@ def model_hash(model: str) -> str | None:
     root = Path(model)
     if not root.is_dir():
         return None
-    from foundation.artifacts import content_hash, read_manifest
-    from foundation.hashing import hash_tree, list_files
-
     manifest = read_manifest(root)
     if manifest is not None:
         return manifest["hash"]
     # A plain checkpoint is hashed over its bytes: seconds to minutes for billions of
     # parameters. A run asks several times (planned identity, the engine's description,
     # the cache), so the hash is kept for as long as no file's size or mtime changes.
-    stamp = (str(root.resolve()), tuple((rel, st.st_size, st.st_mtime_ns) for rel in list_files(root)
+    stamp = (str(root.resolve()), tuple((rel, st.st_size, st.st_mtime_ns) for rel in hashing.list_files(root)
                                         for st in [(root / rel).stat()]))
     if stamp not in _TREE_HASHES:
-        _TREE_HASHES[stamp] = content_hash(hash_tree(root))
+        _TREE_HASHES[stamp] = content_hash(hashing.hash_tree(root))
     return _TREE_HASHES[stamp]
 
 

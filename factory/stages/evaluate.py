@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from evals import report
+from evals import results as res
 from evals.engines import ENGINES, check_engine_settings
+from evals.runner import run_suite
 from evals.suite import check_suite, is_file_ref, parse_sampling, parse_suite
 from evals.suite import load_suite as load_file
 from factory.stages.base import StageContext, StageResult, register
@@ -117,13 +120,11 @@ def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> 
     settings, scored by this version of the eval code, are kept across runs of the
     stage: a rerun after, say, only the dpo stage changed evaluates only the new model.
     None when the model's hash is unknown."""
-    from evals.results import code_hash
-
     digest = ctx.input_hashes.get(key)
     if not digest or ctx.cache_dir is None:
         return None
     k = sha256_json({"model": digest, "suite": suite.hash, "engine": cfg.engine, "settings": cfg.engine_settings,
-                     "limit": cfg.limit, "sampling": cfg.sampling, "code": code_hash()})
+                     "limit": cfg.limit, "sampling": cfg.sampling, "code": res.code_hash()})
     return ctx.cache_dir / f"results-{k[:24]}.json"
 
 
@@ -134,10 +135,6 @@ def no_model(cfg: Any, model_config: dict, where: str) -> None:
 @register("evaluate", EvaluateConfig, "run an evaluation suite on models; results, report, headline metrics",
           shape=no_model)
 def run(ctx: StageContext) -> StageResult:
-    from evals import report
-    from evals import results as res
-    from evals.runner import run_suite
-
     cfg: EvaluateConfig = ctx.config
     suite = load_suite(cfg.suite, ctx.base, f"stages.{ctx.name}.suite")
     runs, metrics, reused = [], {}, []

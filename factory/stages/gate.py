@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from evals import gate
+from evals import results as res
+from factory.stages.base import StageContext, StageResult, register
 from foundation.configs import field, require
 from foundation.errors import ConfigError, FactoryError
-from factory.stages.base import StageContext, StageResult, register
 
 
 @dataclass
@@ -46,9 +48,6 @@ def needs_results(cfg: Any, model_config: dict, where: str) -> None:
 @register("gate", GateConfig, "compare a candidate with a baseline from an evaluate stage; fail on a regression",
           shape=needs_results)
 def run(ctx: StageContext) -> StageResult:
-    from evals import gate
-    from evals import results as res
-
     cfg: GateConfig = ctx.config
     where = f"stages.{ctx.name}"
     found = {}

@@ -15,8 +15,12 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from foundation.configs import field, require
+from evals.api import Request, Sampling
+from evals.engines import make_engine
+from factory.alignment import verifiers
+from factory.sources.produced import dataset_manifest_entry
 from factory.stages.base import StageContext, StageResult, register
+from foundation.configs import field, require
 from foundation.device import check_device, resolve_device
 
 SOURCE_LICENCE = {"reasoning-gym": "Apache-2.0 (reasoning-gym generators)",
@@ -52,8 +56,6 @@ class PairsConfig:
 
 
 def _items(cfg: PairsConfig, seed: int):
-    from factory.alignment import verifiers
-
     if cfg.source == "reasoning-gym":
         return list(verifiers.reasoning_gym_items([str(t) for t in cfg.tasks], cfg.prompts, seed))[: cfg.prompts]
     return list(verifiers.constraint_items(cfg.prompts, seed))
@@ -72,10 +74,6 @@ def choose_pair(answers: list[str], scores: list[float], cfg: PairsConfig, rng: 
 
 @register("pairs", PairsConfig, "preference pairs from a model's own samples, judged by verifiers")
 def run(ctx: StageContext) -> StageResult:
-    from evals.api import Request, Sampling
-    from evals.engines import make_engine
-    from factory.sources.produced import dataset_manifest_entry
-
     cfg: PairsConfig = ctx.config
     items = _items(cfg, ctx.seed)
     engine = make_engine("hf", str(ctx.models["model"]), device=str(resolve_device(cfg.device)),
