@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from foundation.errors import ConfigError
+
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 # The prune stage's explicit targets, one per dimension of ``Shape`` that pruning
 # changes (``target_params`` instead sets a budget over all of them: budget.py).
@@ -66,8 +68,6 @@ def layers(model):
 
 
 def check_supported(config: dict, where: str) -> None:
-    from foundation.errors import ConfigError
-
     mt = config.get("model_type")
     if mt not in SUPPORTED:
         raise ConfigError(where, f"cannot prune model_type {mt!r} (supported: {', '.join(SUPPORTED)})")

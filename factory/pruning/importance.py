@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from factory.pruning.arch import layers
 
@@ -60,16 +63,12 @@ class Importance:
         return self.bi_sum / max(self.tokens, 1)
 
     def save(self, path: Path, meta: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("ffn_sum", "ffn_sumsq", "heads_sum", "heads_sumsq", "hidden_sum", "hidden_sumsq", "bi_sum")}
         save_file(tensors, str(path), metadata={**meta, "tokens": str(self.tokens), "samples": str(self.samples)})
 
     @classmethod
     def load(cls, path: Path) -> tuple[Importance, dict[str, str]]:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata())
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -138,8 +137,6 @@ class _Collector:
 @torch.no_grad()
 def collect(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True) -> Importance:
     """Run the calibration ``blocks`` [N, seq] through the model and gather importance."""
-    from tqdm.auto import tqdm
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

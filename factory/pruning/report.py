@@ -11,10 +11,10 @@ from factory.pruning.importance import Aggregation, Importance
 
 def plot_importance(imp: Importance, how: Aggregation, dropped: list[int], hidden_kept: int,
                     ffn_kept: int, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # likewise (after the backend is chosen)
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1, 1.4, 1]})
     bi = imp.block_influence().numpy()

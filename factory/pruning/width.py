@@ -139,7 +139,7 @@ def pruned_config(config, shape: Shape):
 
 def apply(model, plan: PrunePlan):
     """A new model pruned by ``plan`` (the source model is left untouched)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: only building the pruned model needs it
 
     src = Shape.from_config(model.config.to_dict())
     if plan.keep_layers != sorted(plan.keep_layers):

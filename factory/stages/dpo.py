@@ -18,12 +18,14 @@ import torch
 
 from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
+from factory.alignment.records import BadRecords, iter_preferences
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.chat import for_template
 from foundation.configs import field, require
 from foundation.errors import FactoryError
 
@@ -73,9 +75,6 @@ class Pair:
 
 
 def _pairs(ctx: StageContext, tok, cfg: DPOConfig, bad) -> tuple[list[Pair], int]:
-    from factory.alignment.records import iter_preferences
-    from foundation.chat import for_template
-
     pairs, cut = [], 0
     for p in iter_preferences(ctx.datasets["data"], ctx.base, bad):
         chosen, tools = for_template(tok, p.prompt + p.chosen, p.tools)
@@ -234,8 +233,6 @@ def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device)
           headline=(Headline("heldout_loss", "held-out loss", brief="loss", curve="eval_loss"),
                     Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy")))
 def run(ctx: StageContext) -> StageResult:
-    from factory.alignment.records import BadRecords
-
     cfg: DPOConfig = ctx.config
     spec = cfg.loss_spec()
     torch.manual_seed(ctx.seed)

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import safe_open
+
 from factory.pruning.arch import TARGET_KEYS
 from factory.stages.base import StageContext, StageResult, headline, register
 from foundation.artifacts import read_manifest
@@ -67,8 +69,6 @@ def _shape(config: dict) -> dict:
 
 
 def _params(model_dir: Path) -> int | None:
-    from safetensors import safe_open
-
     total = 0
     names = set()
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -215,7 +215,7 @@ def _generation_config(out: Path, tok, cfg: ReleaseConfig) -> None:
 
 @register("release", ReleaseConfig, "an HF directory ready to publish, with a model card (lineage, scores, gate)")
 def run(ctx: StageContext) -> StageResult:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: only the release run needs it
 
     cfg: ReleaseConfig = ctx.config
     src = ctx.models["model"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from factory.alignment.chat import Rendered, collate, render
+from factory.alignment.records import BadRecords, iter_conversations
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.heldout import assistant_loss
@@ -25,6 +26,7 @@ from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation.chat import for_template
 from foundation.configs import field, require
 from foundation.errors import FactoryError
 
@@ -49,9 +51,6 @@ class SFTConfig(TrainConfig):
 
 
 def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad) -> list[Rendered]:
-    from factory.alignment.records import iter_conversations
-    from foundation.chat import for_template
-
     spec = ctx.datasets["data"]
     if spec.format not in ("chat", "instruction", "sharegpt"):
         raise FactoryError(f"stages.{ctx.name}.data: sft needs a dataset with format chat, instruction or "
@@ -85,8 +84,6 @@ def bucketed_batches(lengths: list[int], batch_size: int, bucket_batches: int, s
 @register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only",
           headline=(Headline("heldout_assistant_loss", "assistant loss", curve="eval_assistant_loss"),))
 def run(ctx: StageContext) -> StageResult:
-    from factory.alignment.records import BadRecords
-
     cfg: SFTConfig = ctx.config
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()

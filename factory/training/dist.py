@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from foundation.errors import FactoryError
+
 
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torchrun."""
@@ -40,8 +42,6 @@ def init_from_env() -> None:
     if backend == "nccl":
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
         if local_rank >= gpus:
-            from foundation.errors import FactoryError
-
             raise FactoryError(f"torchrun: local rank {local_rank} has no GPU of its own ({gpus} visible on this "
                                f"node); start at most {gpus} processes per node (--nproc_per_node), or hide the "
                                "GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU over gloo")
@@ -65,7 +65,7 @@ def shard_rows(batch):
 
 
 def _is_dtensor(t) -> bool:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # optional: torch.distributed is only needed under torchrun
 
     return isinstance(t, DTensor)
 
@@ -76,8 +76,8 @@ def shard_layers(model: torch.nn.Module) -> int:
     _, size = world()
     if size == 1:
         return 0
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh  # optional: only FSDP under torchrun needs it
+    from torch.distributed.fsdp import fully_shard  # likewise
 
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (size,))
@@ -158,7 +158,7 @@ def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
     the others get empty dicts)."""
     if not is_sharded(model):
         return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict  # optional: sharded only
 
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -169,7 +169,7 @@ def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optim_
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # optional: sharded only
 
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
@@ -180,6 +180,9 @@ def full_model_state(model: torch.nn.Module) -> dict | None:
     or None when the model is not sharded."""
     if not is_sharded(model):
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # optional: sharded models only
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from factory.training import dist
 from factory.training.metrics import MetricsLog
@@ -240,7 +241,5 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from factory.training.dist import is_main
 from foundation.errors import FactoryError
 
 EVAL_PREFIX = "eval_"  # held-out metrics are logged as eval_<name>, next to the training rows' loss, lr, ...
@@ -18,8 +19,6 @@ class MetricsLog:
 
     @staticmethod
     def _writer() -> bool:
-        from factory.training.dist import is_main  # dist imports torch; the log itself needs none
-
         return is_main()  # under torchrun only rank 0 writes
 
     def write(self, row: dict) -> None:

@@ -20,7 +20,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
     """AdamW without decay on norms and biases (1-D parameters), as is usual for LMs."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # optional: torch.distributed is only needed under torchrun
 
     # FSDP-sharded (DTensor) and replicated parameters go to separate groups: the fused
     # kernel updates one group's tensors in one call, which cannot mix the two.
