@@ -99,10 +99,10 @@ def loss_curves(m: dict, path: Path) -> bool:
     evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
     if not train:
         return False
-    import matplotlib
+    import matplotlib  # heavy: only the curves need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # likewise (after the backend is chosen)
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
