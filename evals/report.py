@@ -82,10 +82,10 @@ def bar_chart(runs: list[tuple[str, dict]], path: Path) -> bool:
             if any(c is not None and not math.isnan(c["value"]) for c in cells)]
     if not rows:
         return False
-    import matplotlib
+    import matplotlib  # heavy: only when a chart is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: as above, after the backend is chosen
 
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.5 * len(rows) * len(runs)), 4.5))

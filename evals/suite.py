@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from evals.api import Sampling
 from evals.engines import ENGINES, check_engine_settings
 from evals.tasks import get_task, task_class, task_names
@@ -108,8 +110,6 @@ def suite_path(ref: str, base: Path | None = None) -> Path:
 
 
 def load_suite(ref: str, base: Path | None = None) -> Suite:
-    import yaml
-
     path = suite_path(ref, base)
     try:
         data = yaml.safe_load(path.read_text())
@@ -211,8 +211,6 @@ _SAMPLING_RANGES = {
 def parse_key_values(items: list[str], where: str) -> dict[str, Any]:
     """``KEY=VALUE`` strings from a command line, values read as YAML scalars
     (``stop=["\\n"]`` is a list, ``n=4`` an int, ``dtype=bfloat16`` a string)."""
-    import yaml
-
     data = {}
     for item in items:
         key, sep, text = item.partition("=")

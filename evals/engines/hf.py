@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from evals.api import Completion, Request
 from evals.engines import register
@@ -52,14 +53,14 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 
 
 def _register_attention() -> None:
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # heavy: transformers loads only when a model does
 
     AttentionInterface.register(ATTENTION_NAME, grouped_sdpa)
 
 
 @functools.cache
 def _slab_layer_class():
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer  # heavy: transformers loads only when a model does
 
     class SlabLayer(DynamicLayer):
         """One layer's keys/values in a buffer with room to grow: a new token is written
@@ -173,7 +174,7 @@ class _Rows:
                      torch.cat([self.pos, other.pos]), torch.cat([self.last, other.last]))
 
     def cache(self):
-        from transformers.cache_utils import Cache
+        from transformers.cache_utils import Cache  # heavy: transformers loads only when a model does
 
         layer = _slab_layer_class()
         return Cache(layers=[layer(k, v, self.length) for k, v in zip(self.kbufs, self.vbufs)])
@@ -190,7 +191,7 @@ class HFEngine:
                  trust_remote_code: bool = False):
         self.check(dtype=dtype, attention=attention, max_batch=max_batch, prefill_tokens=prefill_tokens,
                    threads=threads)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only when a model does
 
         if threads:
             torch.set_num_threads(threads)
@@ -233,8 +234,6 @@ class HFEngine:
     streams = True  # on_done as each request finishes
 
     def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
-        from tqdm.auto import tqdm
-
         streams = self._streams(requests)
         total = sum(len(group) for group in streams)
         left = [len(group) for group in streams]
@@ -252,7 +251,7 @@ class HFEngine:
     def describe(self) -> dict[str, Any]:
         if self._hash is None:
             self._hash = model_hash(self.path)
-        import transformers
+        import transformers  # heavy: transformers loads only when a model does
 
         return {"engine": self.name, "model": str(self.path), "model_hash": self._hash, "dtype": self.dtype,
                 "device": str(self.device), "max_batch": self.max_batch, "prefill_tokens": self.prefill_tokens,
@@ -379,7 +378,7 @@ class HFEngine:
         return cache
 
     def _empty_cache(self):
-        from transformers.cache_utils import Cache, DynamicLayer
+        from transformers.cache_utils import Cache, DynamicLayer  # heavy: transformers loads only when a model does
 
         return Cache(layer_class_to_replicate=DynamicLayer)
 

@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from evals.api import Completion, Request
 from evals.engines import register
 from evals.engines.common import check_positive, tool_calls_text
@@ -33,7 +35,7 @@ class OpenAIEngine:
                  concurrency: int = 16, timeout: float = 600.0, retries: int = 5, backoff: float = 1.0,
                  n_per_request: bool = True, extra_body: dict | None = None):
         self.check(concurrency=concurrency, retries=retries)
-        import httpx
+        import httpx  # optional: httpx (the dev extra) is needed only by this engine
 
         self.model, self.base_url = model, base_url.rstrip("/")
         self.concurrency, self.retries, self.backoff = concurrency, retries, backoff
@@ -52,8 +54,6 @@ class OpenAIEngine:
     streams = True  # on_done as each request finishes
 
     def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
-        from tqdm.auto import tqdm
-
         results: list[Completion | None] = [None] * len(requests)
         with ThreadPoolExecutor(self.concurrency) as pool, \
                 tqdm(total=len(requests), desc="openai generate", unit="req", disable=not progress) as bar:
@@ -104,7 +104,7 @@ class OpenAIEngine:
         return Completion(texts=texts, tokens=tokens, finish_reasons=reasons)
 
     def _post(self, path: str, body: dict) -> dict:
-        import httpx
+        import httpx  # optional: httpx (the dev extra) is needed only by this engine
 
         url = f"{self.base_url}{path}"
         for attempt in range(self.retries + 1):

