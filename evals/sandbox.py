@@ -21,18 +21,31 @@ strongest isolation the machine allows is used, and recorded in
             users); sockets are refused at the Python level.
 
 In every mode Landlock, where the kernel has it, adds: writes only inside the
-workdir, reads only in system and interpreter dirs, no TCP, and no signals to
-processes outside the box. ``auto`` (the default) tries the modes in the order
-above. The parent never waits on the child beyond the wall limit: the box's
-init kills the program at the limit, the parent kills the whole process group
-a little later as a backstop, and with a pid namespace the kernel kills
-everything left in it when that init exits. Output is read concurrently and
-only a tail is kept.
+workdir, reads only in system and interpreter dirs (in /proc only listings),
+no TCP, and no signals to processes outside the box. ``auto`` (the default)
+tries the modes in the order above. The parent never waits on the child beyond
+the wall limit: the box's init kills the program at the limit, the parent kills
+the whole process group a little later as a backstop, and with a pid namespace
+the kernel kills everything left in it when that init exits. Output is read
+concurrently and only a tail is kept.
 
-A program passes when it runs to its end: a runner executes it and prints a
-random token afterwards, so ``sys.exit(0)`` or ``os._exit(0)`` halfway (which
-would skip the tests appended to a completion) counts as a failure. This guards
-against accidents, not against a program that hunts for the token.
+A program passes when it runs to its end: a runner executes it and then
+prints a pass line made from 16 random bytes, so ``sys.exit(0)`` or
+``os._exit(0)`` halfway (which would skip the tests appended to a completion)
+counts as a failure. The runner makes those bytes itself and announces the line
+to the parent on the status pipe, which it closes before the program starts;
+afterwards the bytes exist only on the interpreter's value stack (see RUNNER),
+so no argv, environment, file, fd, module, global, local, closure, gc-tracked
+object or other process in the box holds them, and the launcher and the box's
+init are not dumpable (their /proc files are closed to the program). Several
+pass-shaped lines fail the program, so printing candidates does not help.
+
+What no harness that runs the tests in the program's own process can close: a
+program may rewrite its own interpreter before the tests run (a trace function
+that jumps over them, patched test helpers, an ``__eq__`` that is always true),
+or read its own memory (ctypes; /proc/self/mem where Landlock is missing) to
+find the bytes. ``runtime_access`` names code that reaches for those tools;
+verdicts on such code are not used as training signal.
 
 This file is also the launcher, run as ``__main__`` in a fresh ``python -I -S``.
 Every program pays for that start-up, so the launcher half comes first and
@@ -56,7 +69,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 NS_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_SECUREBITS, PR_CAPBSET_DROP = 1, 28, 24
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECUREBITS, PR_CAPBSET_DROP = 1, 4, 28, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # one number on every arch
 AT_FDCWD, AT_RECURSIVE, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = -100, 0x8000, 1, 4
@@ -119,6 +132,9 @@ def _launch(cfg: dict) -> None:
         os._exit(1)
     try:
         mode, notes = _enter_namespaces(cfg)
+        # neither we nor the box's init (our fork) may be opened through /proc by
+        # the program: our status pipe carries the parent's verdict
+        _prctl(PR_SET_DUMPABLE, 0)
     except OSError as e:
         _tell(cfg, "error", e)
         os._exit(1)
@@ -188,7 +204,7 @@ def _box_init(cfg: dict, mode: str, notes: list[str]) -> None:
 
 def _wait_program(pid: int, wall: float):
     """The program's wait status, or "timeout" (then it has been killed)."""
-    import select
+    import select  # launcher: imported where used, every program pays for its start-up
 
     try:
         pidfd = os.pidfd_open(pid)
@@ -216,7 +232,7 @@ def _kill_group(pid: int) -> None:
 def _sweep_children(group: int) -> None:
     """Kill and reap every process still below us (we are their subreaper):
     without a pid namespace, leftovers that left the process group go here."""
-    import time
+    import time  # launcher: imported where used, every program pays for its start-up
 
     me = os.getpid()
     while True:
@@ -295,10 +311,12 @@ def _set_readonly_recursive(path: str) -> None:
 # Landlock (unprivileged LSM): writes only in the workdir, reads only where
 # the interpreter and the system libraries live, no TCP, no signals or abstract
 # unix sockets outside the box. Rights grow with the kernel's ABI version.
+# /proc may be listed but no file in it read: not /proc/self/mem (the runner's
+# memory holds its pass line's secret), nor cmdline, environ or fd of anyone.
 LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
 LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
 SYS_LL_CREATE, SYS_LL_ADD_RULE, SYS_LL_RESTRICT = 444, 445, 446
-LL_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/dev", "/proc", "/sys",
+LL_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/dev", "/sys",
                  "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 
 
@@ -307,7 +325,7 @@ def _landlock_abi() -> int:
 
 
 def _landlock(cfg: dict, abi: int) -> None:
-    import stat
+    import stat  # launcher: imported where used, every program pays for its start-up
 
     fs_all = (1 << {1: 13, 2: 14, 3: 15, 4: 15}.get(abi, 16)) - 1
     file_rights = fs_all & (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
@@ -322,7 +340,8 @@ def _landlock(cfg: dict, abi: int) -> None:
 
     python_dir = os.path.dirname(os.path.realpath(cfg["python"]))
     rules = [(p, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR) for p in (*LL_READ_PATHS, *cfg["keep"], python_dir)]
-    rules += [("/dev/null", LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE), (cfg["workdir"], fs_all)]
+    rules += [("/dev/null", LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE), (cfg["workdir"], fs_all),
+              ("/proc", LL_READ_DIR)]
     for path, rights in rules:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -356,7 +375,7 @@ def _pick_uid(cfg: dict, mode: str) -> int | None:
 def _reachable_by_others(cfg: dict) -> bool:
     """Can a stranger uid run our interpreter, read its standard library and
     enter the workdir?"""
-    import stat
+    import stat  # launcher: imported where used, every program pays for its start-up
 
     for target in (os.path.realpath(cfg["python"]), os.path.dirname(os.__file__), cfg["workdir"]):
         path = target
@@ -389,7 +408,8 @@ def _describe(cfg: dict, mode: str, uid: int | None, landlock: int, notes: list[
         parts.append(f"caller's uid {os.geteuid()}, no_new_privs")
     parts += notes
     if landlock:
-        parts.append(f"landlock ABI {landlock}: writes only in the workdir, reads only system and interpreter dirs"
+        parts.append(f"landlock ABI {landlock}: writes only in the workdir, reads only system and interpreter dirs "
+                     "(in /proc only listings)"
                      + (", no TCP" if landlock >= 4 else "") + (", no signals out of the box" if landlock >= 6 else ""))
     else:
         parts.append("no landlock")
@@ -402,7 +422,8 @@ def _start_program(cfg: dict, mode: str, uid: int | None, landlock: int) -> None
     """L2: limits, privileges, a clean environment, exec the runner. Never returns."""
     try:
         os.setpgid(0, 0)  # a group of its own, for the box's init to kill
-        os.set_inheritable(cfg["status_fd"], False)  # gone at exec, still usable for errors
+        _prctl(PR_SET_DUMPABLE, 1)  # L0/L1 are not; our own /proc/self files must stay ours
+        os.set_inheritable(cfg["status_fd"], True)  # the runner announces itself on it, then closes it
         os.closerange(3, cfg["status_fd"])
         os.closerange(cfg["status_fd"] + 1, 1 << 16)
         _set_limits(cfg)
@@ -416,7 +437,7 @@ def _start_program(cfg: dict, mode: str, uid: int | None, landlock: int) -> None
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0"}
         nonet = "1" if mode == "none" else "0"
-        os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", RUNNER, cfg["token"],
+        os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", RUNNER, str(cfg["status_fd"]),
                                   os.path.join(workdir, "program.py"), nonet], env)
     except BaseException as e:  # noqa: BLE001
         _tell(cfg, "error", f"could not start the program: {type(e).__name__}: {e}")
@@ -424,7 +445,7 @@ def _start_program(cfg: dict, mode: str, uid: int | None, landlock: int) -> None
 
 
 def _set_limits(cfg: dict) -> None:
-    import resource
+    import resource  # launcher: imported where used, every program pays for its start-up
 
     limits = [(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1), (resource.RLIMIT_AS, cfg["memory"], None),
               (resource.RLIMIT_FSIZE, cfg["fsize"], None), (resource.RLIMIT_NPROC, cfg["nproc"], None),
@@ -459,23 +480,42 @@ def _drop_root_capabilities() -> None:
 
 
 # ------------------------------------------------- the runner, inside the box
-# Executed as ``python -I -S -c RUNNER TOKEN PATH NONET``; prints ``TOKEN done``
-# on stdout after the program ran to its end, or ``TOKEN KIND REASON`` on stderr.
-RUNNER = r'''
+# Executed as ``python -I -S -c RUNNER FD PATH NONET``. Before the program
+# starts it writes ``runner PASS TOLD`` on FD (the status pipe) and closes it:
+# PASS is the line it prints on stdout, as ``PASS done``, once the program ran
+# to its end; TOLD marks its ``TOLD KIND REASON`` failure lines on stderr.
+#
+# PASS is 16 random bytes that live nowhere the program can name: not in argv,
+# the environment, a file, an open fd or any module, global, local or closure.
+# They sit on the interpreter's value stack of the runner's last statement,
+# pushed before run() starts the program and consumed by C code after it
+# returns. After run() returns nothing Python-level that the program could have
+# patched runs: bytes.hex, str.__mod__, str.encode, and os.write and os._exit
+# loaded before the program started. A program that exits early (os._exit,
+# an exec, a signal) never gets that far; one that falls through a patched
+# exit hands bytes.hex a 0, which raises. What stays open is an attack on the
+# process itself (reading its own memory, a trace function that skips the
+# tests): see the module doc.
+RUNNER = r"""
 import os, sys
-token, path, nonet = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+write, exit_now, urandom = os.write, os._exit, os.urandom
+fd, path, nonet = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 del sys.argv[1:]
 sys.argv[0] = path
+told = urandom(8).hex()  # a program that forges a failure line only fails itself
 
-def tell(fd, kind, text):
+def flush():
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
         pass
-    line = "\n%s %s %s\n" % (token, kind, " ".join(str(text).split())[:300])
+
+def tell(kind, text):
+    flush()
+    line = "\n%s %s %s\n" % (told, kind, " ".join(str(text).split())[:300])
     try:
-        os.write(fd, line.encode("utf-8", "replace"))
+        write(2, line.encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -498,31 +538,52 @@ def describe(exc, src):
     text = str(exc)
     return type(exc).__name__ + (": " + text if text else "") + where(exc, src)
 
+def announce(secret):
+    # built byte by byte and wiped, so no copy of the whole pass line is left in memory
+    line = bytearray(b"runner ")
+    for i, b in enumerate(secret):
+        line += b"%s%02x" % (b":" if i else b"", b)
+    line += b" " + told.encode() + b"\n"
+    try:
+        write(fd, line)
+    finally:
+        line[:] = bytes(len(line))
+        os.close(fd)
+    return secret
+
+def run(path):
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    try:
+        exec(compile(src, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+    except SystemExit as e:
+        tell("exit", "exited with code %r before the end" % (e.code,))
+        exit_now(e.code if isinstance(e.code, int) and 0 < e.code < 256 else 1)
+    except BaseException as e:
+        kind = "memory" if isinstance(e, MemoryError) else "limit" if getattr(e, "errno", 0) == 27 else "failed"
+        try:
+            import traceback
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # not the runner's frame
+            tell(kind, describe(e, src))
+        except BaseException:
+            tell(kind, type(e).__name__)
+        exit_now(1)
+    else:
+        flush()
+        return ":"
+    return 0
+
 if nonet:
     import socket, _socket
     def denied(*a, **k):
         raise OSError(101, "network disabled in the sandbox")
     socket.socket = _socket.socket = socket.create_connection = denied
 
-with open(path, encoding="utf-8") as f:
-    src = f.read()
 try:
-    exec(compile(src, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
-except SystemExit as e:
-    tell(2, "exit", "exited with code %r before the end" % (e.code,))
-    os._exit(e.code if isinstance(e.code, int) and 0 < e.code < 256 else 1)
-except BaseException as e:
-    kind = "memory" if isinstance(e, MemoryError) else "limit" if getattr(e, "errno", 0) == 27 else "failed"
-    try:
-        import traceback
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # not the runner's frame
-        tell(2, kind, describe(e, src))
-    except BaseException:
-        tell(2, kind, type(e).__name__)
-    os._exit(1)
-tell(1, "done", "")
-os._exit(0)
-'''
+    exit_now(write(1, ("\n%s done \n" % bytes.hex(announce(urandom(16)), run(path))).encode()) * 0)
+except BaseException:
+    exit_now(1)
+"""
 
 
 if __name__ == "__main__":
@@ -534,16 +595,20 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------- parent side
 # (imported only by the parent: the launcher never gets past the guard above)
 
+import ast  # noqa: E402
 import marshal  # noqa: E402
 import math  # noqa: E402
-import secrets  # noqa: E402
+import re  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
+
+from foundation.errors import FactoryError  # noqa: E402
 
 MODES = ("auto", "ns", "userns", "none")
 STATUSES = ("passed", "failed", "timeout", "memory", "limit", "crashed", "killed", "error")
@@ -572,8 +637,6 @@ class Limits:
         for name in ("wall_s", "memory_mb", "file_mb", "disk_mb", "processes", "open_files", "output_kb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                from foundation.errors import FactoryError
-
                 raise FactoryError(f"sandbox limit {name} must be a positive number, got {value!r}")
 
     @property
@@ -607,8 +670,6 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int = 2,
                  tmp_root: str | None = None):
         if isolation not in MODES:
-            from foundation.errors import FactoryError
-
             raise FactoryError(f"sandbox isolation must be one of {', '.join(MODES)}, got {isolation!r}")
         self.limits = limits or Limits()
         self.isolation = isolation
@@ -623,8 +684,6 @@ class Sandbox:
         (the threads only wait on child processes)."""
         if self.workers == 1 or len(sources) <= 1:
             return [self.run(s) for s in sources]
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox") as pool:
             return list(pool.map(self.run, sources))
 
@@ -647,12 +706,11 @@ def run(source: str, limits: Limits | None = None, isolation: str = "auto") -> R
 def _run_one(source: str, limits: Limits, mode: str, tmp_root: str | None) -> Result:
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="sandbox-", dir=tmp_root)
-    token = secrets.token_hex(16)
     status_r, status_w = os.pipe()
     try:
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
             f.write(source)
-        config = _launch_config(limits, mode, workdir, token, status_w)
+        config = _launch_config(limits, mode, workdir, status_w)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _BOOT, _launcher_file(workdir), marshal.dumps(config).hex()],
@@ -667,7 +725,7 @@ def _run_one(source: str, limits: Limits, mode: str, tmp_root: str | None) -> Re
         deadline = start + limits.wall_s + _BACKSTOP_S
         streams, timed_out = _collect(proc, status_r, deadline, limits.output_kb * 1024)
         status_r = -1  # _collect closed it
-        result = _verdict(streams, timed_out, limits, token)
+        result = _verdict(streams, timed_out, limits)
         result.duration = time.monotonic() - start
         return result
     finally:
@@ -696,10 +754,10 @@ def _launcher_file(workdir: str) -> str:
     return path
 
 
-def _launch_config(limits: Limits, mode: str, workdir: str, token: str, status_fd: int) -> dict:
+def _launch_config(limits: Limits, mode: str, workdir: str, status_fd: int) -> dict:
     home = os.path.realpath(os.path.expanduser("~"))
     return {
-        "mode": mode, "workdir": os.path.realpath(workdir), "token": token, "status_fd": status_fd,
+        "mode": mode, "workdir": os.path.realpath(workdir), "status_fd": status_fd,
         "parent": os.getpid(),
         "python": sys.executable,
         "keep": sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}),
@@ -753,15 +811,24 @@ def _collect(proc: subprocess.Popen, status_fd: int, deadline: float, cap: int):
     return {k: bytes(v[-cap:]) for k, v in bufs.items()}, timed_out
 
 
-def _verdict(streams: dict[str, bytes], timed_out: bool, limits: Limits, token: str) -> Result:
+def _verdict(streams: dict[str, bytes], timed_out: bool, limits: Limits) -> Result:
+    """The Result from what the box wrote: stdout, stderr and the status pipe,
+    where the first line of each kind counts (the runner and the box's init
+    write theirs before the program could reach the pipe, if it ever can)."""
     out = streams["stdout"].decode("utf-8", "replace")
     err = streams["stderr"].decode("utf-8", "replace")
     events: dict[str, str] = {}
     for line in streams["status"].decode("utf-8", "replace").splitlines():
         key, _, text = line.partition(" ")
         events.setdefault(key, text)
-    done, told = f"\n{token} done" in out, _find_told(err, token)
-    out, err = _strip_token(out, token), _strip_token(err, token)
+    pass_line, _, told_mark = events.get("runner", "").partition(" ")
+    done = bool(_PASS_SHAPE.fullmatch(pass_line)) and f"\n{pass_line} done" in out
+    forged = any(found != pass_line for found in _PASS_LINES.findall(out))
+    told = _find_told(err, told_mark) if told_mark else None
+    if pass_line:
+        out = _strip_token(out, pass_line)
+    if told_mark:
+        err = _strip_token(err, told_mark)
 
     def result(passed, status, reason, code=None):
         return Result(passed, status, reason, out, err, exit_code=code, isolation=events.get("isolation", ""))
@@ -778,6 +845,8 @@ def _verdict(streams: dict[str, bytes], timed_out: bool, limits: Limits, token: 
         return _signalled(result, os.WTERMSIG(wait), limits)
     code = os.WEXITSTATUS(wait)
     if code == 0 and done:
+        if forged:  # one of several candidates the program printed may be right: none counts
+            return result(False, "failed", "printed a line shaped like the runner's pass line", code)
         return result(True, "passed", None, 0)
     if told is not None:
         kind, text = told
@@ -785,6 +854,10 @@ def _verdict(streams: dict[str, bytes], timed_out: bool, limits: Limits, token: 
     if code == 0:
         return result(False, "failed", "exited before the end (exit code 0)", code)
     return result(False, "failed", f"exit code {code} {_last_line(err)}".strip(), code)
+
+
+_PASS_SHAPE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){15}")  # what the runner's bytes.hex(secret, ":") gives
+_PASS_LINES = re.compile(rf"^({_PASS_SHAPE.pattern}) done\b", re.M)
 
 
 def _signalled(result, sig: int, limits: Limits) -> Result:
@@ -834,3 +907,65 @@ def _remove_tree(path: str) -> None:
             pass
 
     shutil.rmtree(path, onerror=fix)
+
+
+# ------------------------------------------- code that can reach its own judge
+# A verdict is only as good as the process it comes from: a program can always
+# change what happens inside its own interpreter (see the module doc). These are
+# the ways in; an answer that uses one is not trusted as a training example.
+RUNTIME_MODULES = frozenset({"os", "posix", "nt", "sys", "builtins", "gc", "ctypes", "_ctypes", "importlib",
+                             "inspect", "atexit", "signal", "subprocess", "multiprocessing", "_thread", "mmap"})
+RUNTIME_NAMES = frozenset({"__import__", "__builtins__", "__loader__", "__spec__", "eval", "exec", "compile",
+                           "globals", "vars", "breakpoint"})
+RUNTIME_ATTRIBUTES = frozenset({"__globals__", "__code__", "__closure__", "__builtins__", "__traceback__",
+                                "__subclasses__", "__import__", "__loader__", "__spec__", "tb_frame", "tb_next",
+                                "f_back", "f_globals", "f_locals", "f_builtins", "f_trace", "f_lineno", "gi_frame",
+                                "cr_frame", "ag_frame"})
+_RUNTIME_WORDS = re.compile(
+    r"\b(?:import|from)\s+(?P<module>{})\b|\b(?P<name>{})\b|(?P<proc>/proc\b)".format(
+        "|".join(sorted(RUNTIME_MODULES)), "|".join(sorted(RUNTIME_ATTRIBUTES | {"__import__", "__builtins__"}))))
+
+
+def runtime_access(code: str) -> str | None:
+    """How ``code`` reaches the interpreter that runs and judges it, in a few
+    words ("imports os", "uses tb_frame", "reads /proc", ...), or None.
+
+    Modules (os, sys, builtins, gc, ctypes, ...), the dynamic-import and
+    evaluation builtins, frame and function internals, a computed name given
+    to getattr, and any string naming /proc. Text that is not Python (an answer
+    with prose around its code) is searched for imports, those names and /proc
+    word by word. Meant for trusting verdicts (the pairs stage drops such answers),
+    not for refusing to run a program."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        hit = _RUNTIME_WORDS.search(code)
+        if hit is None:
+            return None
+        return f"imports {hit['module']}" if hit["module"] else f"uses {hit['name']}" if hit["name"] else "reads /proc"
+    nodes = sorted((n for n in ast.walk(tree) if hasattr(n, "lineno")), key=lambda n: (n.lineno, n.col_offset))
+    for node in nodes:
+        found = _runtime_node(node)
+        if found:
+            return found
+    return None
+
+
+def _runtime_node(node: ast.AST) -> str | None:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        for module in modules:
+            if module.split(".")[0] in RUNTIME_MODULES:
+                return f"imports {module.split('.')[0]}"
+    elif isinstance(node, ast.Name) and node.id in RUNTIME_NAMES:
+        return f"uses {node.id}"
+    elif isinstance(node, ast.Attribute) and node.attr in RUNTIME_ATTRIBUTES:
+        return f"uses {node.attr}"
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "/proc" in node.value:
+        return "reads /proc"
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+          and node.func.id in ("getattr", "setattr", "delattr") and len(node.args) >= 2):
+        name = node.args[1]
+        if not (isinstance(name, ast.Constant) and isinstance(name.value, str)) or name.value.startswith("__"):
+            return f"uses {node.func.id} with a computed or hidden name"
+    return None

@@ -26,6 +26,7 @@ class Verifiable:
     id: str
     messages: list[dict]
     check: Callable[[str], float]
+    runs_code: bool = False  # check() runs the answer as a program (a sandbox verdict)
 
 
 ANSWER_HINT = "Think briefly, then give the final answer on the last line as 'Answer: <answer>'."

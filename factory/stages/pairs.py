@@ -17,6 +17,7 @@ from typing import Literal
 
 from evals.api import Request, Sampling
 from evals.engines import make_engine
+from evals.sandbox import runtime_access
 from factory.alignment import verifiers
 from factory.sources.produced import dataset_manifest_entry
 from factory.stages.base import StageContext, StageResult, register
@@ -72,6 +73,17 @@ def choose_pair(answers: list[str], scores: list[float], cfg: PairsConfig, rng: 
     return (passing[0], rejected) if passing[0] != rejected else None
 
 
+def trusted_scores(item: verifiers.Verifiable, answers: list[str], scores: list[float]) -> list[float]:
+    """``scores``, except that an answer to a code task (an item whose check
+    runs the answer) that touches os, sys, builtins, gc, /proc or the like
+    (``evals.sandbox.runtime_access``) scores NaN, neither passing nor failing:
+    such a program can change its own verdict from inside its process, and a
+    pair built on that verdict would teach the model to do so."""
+    if not item.runs_code:
+        return scores
+    return [float("nan") if runtime_access(a) else s for a, s in zip(answers, scores)]
+
+
 @register("pairs", PairsConfig, "preference pairs from a model's own samples, judged by verifiers")
 def run(ctx: StageContext) -> StageResult:
     cfg: PairsConfig = ctx.config
@@ -88,7 +100,7 @@ def run(ctx: StageContext) -> StageResult:
     rng = random.Random(ctx.seed)
     lines, passed, total, both = [], 0, 0, 0
     for it, comp in zip(items, completions):
-        scores = [it.check(t) for t in comp.texts]
+        scores = trusted_scores(it, comp.texts, [it.check(t) for t in comp.texts])
         passed += sum(s >= cfg.pass_threshold for s in scores)
         total += len(scores)
         pair = choose_pair(comp.texts, scores, cfg, rng)
