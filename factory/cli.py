@@ -8,11 +8,13 @@ import os
 import sys
 from pathlib import Path
 
+from foundation.artifacts import read_manifest, verify
+from foundation.configs import explain
 from foundation.errors import FactoryError
 
 
 def _recipe(args):
-    from factory.recipe import load_recipe
+    from factory.recipe import load_recipe  # deferred: `factory --help` and `factory eval` start without the stages
 
     return load_recipe(args.recipe, list(args.overrides) + _engine_overrides(args))
 
@@ -31,8 +33,7 @@ def cmd_validate(args) -> int:
     recipe = _recipe(args)
     print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {' -> '.join(recipe.stages)})")
     if args.explain:
-        from foundation.configs import explain
-        from factory.stages.base import stage_kinds
+        from factory.stages.base import stage_kinds  # torch: the stage kinds load it
 
         for name, cfg in recipe.stages.items():
             print(f"\nstages.{name} (kind {cfg.kind}): {stage_kinds()[cfg.kind].doc}")
@@ -41,7 +42,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from factory.pipeline import Pipeline
+    from factory.pipeline import Pipeline  # torch: only the commands that plan or run stages load it
 
     recipe = _recipe(args)
     decisions = Pipeline(recipe, args.runs_dir).plan(force=tuple(args.force), only=args.only)
@@ -54,7 +55,7 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from factory.pipeline import Pipeline  # torch: only the commands that run stages load it
-    from factory.training.dist import init_from_env
+    from factory.training.dist import init_from_env  # torch, likewise
 
     recipe = _recipe(args)
     if args.dry_run:
@@ -95,8 +96,6 @@ def _fmt_metric(kind: str, metrics: dict) -> str:
 
 
 def cmd_ls(args) -> int:
-    from foundation.artifacts import read_manifest
-
     root = Path(args.runs_dir)
     if not root.is_dir():
         raise FactoryError(f"{root}: no such runs directory")
@@ -125,8 +124,6 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from foundation.artifacts import read_manifest, verify
-
     d = Path(args.artifact)
     m = read_manifest(d)
     if m is None:

@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from foundation.configs import build, coerce, hashed_dict, refs
+from factory import engines
 from factory.engines import ENGINES
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import sha256_json
 from factory.sources.datasets import DatasetSpec
 from factory.sources.models import ModelSpec, peek_config
+from factory.shapes import first_model, stage_shapes  # noqa: F401 (first_model: part of the recipe API)
 from factory.stages.base import stage_kinds
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -85,10 +91,6 @@ def parse_overrides(overrides: list[str]) -> list[str]:
 
 def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
     """The recipe as plain data with overrides merged and interpolations resolved."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     path = Path(path)
     if not path.is_file():
         raise FactoryError(f"{path}: no such recipe file")
@@ -136,8 +138,6 @@ def _mapping(raw: dict, key: str) -> dict:
 
 
 def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
-    from factory import engines
-
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(str(key), f"unknown key (known keys: {', '.join(_TOP_KEYS)})")
@@ -190,26 +190,6 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
     return Recipe(name=name, engine=engine, seed=seed, description=description, models=models,
                   datasets=datasets, stages=ordered, file=path, raw=raw,
                   stage_engines=stage_engines, engine_settings=settings)
-
-
-def first_model(cfg) -> str | None:
-    """The model a stage transforms: its first model reference (None for stages without one)."""
-    found = [t for k, t in refs(cfg).values() if k == "model"]
-    return found[0] if found else None
-
-
-def stage_shapes(stages: dict, models: dict, base: Path) -> dict[str, dict | None]:
-    """Follow model shapes through the stages (in execution order), so impossible
-    targets fail validation: each stage's output config.json as far as it is known
-    offline (None where it is not). Engines check their own limits against these."""
-    kinds, shapes = stage_kinds(), {}
-    for name, cfg in stages.items():
-        target = first_model(cfg)
-        src = None
-        if target is not None:
-            src = shapes.get(target) if target in stages else peek_config(models[target], base)
-        shapes[name] = kinds[cfg.kind].shape(cfg, src, f"stages.{name}") if src is not None else None
-    return shapes
 
 
 def _check_refs(stages: dict, models: dict, datasets: dict) -> None:

@@ -21,6 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from factory.engines.nemo.capabilities import check_recipe
+from factory.engines.nemo.settings import NeMoSettings
+from foundation.configs import build
 from foundation.errors import ConfigError
 
 ENGINES = ("native", "nemo")
@@ -43,9 +46,6 @@ def parse_stage_engines(raw: Any, stage_names: list[str], default: str) -> dict[
 
 def parse_settings(raw: dict, stage_names: list[str]) -> dict[str, Any]:
     """Per-engine settings blocks of the recipe (today only ``nemo:``), validated."""
-    from foundation.configs import build
-    from factory.engines.nemo.settings import NeMoSettings
-
     settings = build(NeMoSettings, raw.get("nemo") or {}, "nemo")
     for name in settings.stages:
         if name not in stage_names:
@@ -58,6 +58,4 @@ def check(stage_engines: dict[str, str], settings: dict[str, Any], stages: dict,
     """Engine-specific validation: a stage asking an engine for something it
     cannot do fails here, before any work, with a one-line reason."""
     if any(e == "nemo" for e in stage_engines.values()):
-        from factory.engines.nemo.capabilities import check_recipe
-
         check_recipe(stage_engines, settings["nemo"], stages, models, shapes, base)

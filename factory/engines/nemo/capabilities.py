@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from factory.pruning.arch import WIDTH_TARGETS
-from factory.recipe import first_model
+from factory.shapes import first_model
 from factory.sources.models import peek_config
 from foundation.errors import ConfigError
 

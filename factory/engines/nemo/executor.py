@@ -22,7 +22,8 @@ from factory.engines.base import (Outcome, SourceHashes, StageRun, describe_sour
                                   input_fields, manifest_head)
 from factory.engines.nemo import launchers, prepare, render, specs
 from factory.engines.nemo.capabilities import JOBS
-from factory.recipe import Recipe, stage_shapes
+from factory.recipe import Recipe
+from factory.shapes import stage_shapes
 
 
 class NemoExecutor:

@@ -19,7 +19,11 @@ import shutil
 from pathlib import Path
 
 from foundation.errors import FactoryError
+from factory.alignment.records import iter_conversations, iter_preferences
 from factory.recipe import Recipe
+from factory.sources import models as model_sources
+from factory.sources.documents import iter_documents
+from factory.sources.produced import dataset_from_artifact
 
 CHARS_PER_TOKEN = 4  # held-out text is cut by characters before tokenisation: an estimate
 
@@ -43,8 +47,6 @@ def link_tree(src: Path, dst: Path) -> None:
 
 
 def materialize_sources(recipe: Recipe, stage: str, run_dir: Path, fingerprint) -> None:
-    from factory.sources import models as model_sources
-
     for field, (kind, name) in recipe.stage_inputs(stage).items():
         if kind != "model" or name in recipe.stages:
             continue
@@ -58,8 +60,6 @@ def materialize_sources(recipe: Recipe, stage: str, run_dir: Path, fingerprint) 
 
 
 def _dataset(recipe: Recipe, name: str, run_dir: Path, where: str):
-    from factory.sources.produced import dataset_from_artifact
-
     if name in recipe.stages:
         return dataset_from_artifact(run_dir / name, where)
     return recipe.datasets[name]
@@ -94,8 +94,6 @@ def export_data(recipe: Recipe, spec: dict, run_dir: Path) -> dict[str, int]:
     where = f"stages.{spec['stage']}.{data['field']}"
     ds = _dataset(recipe, data["dataset"], run_dir, where)
     if data["format"] == "text":
-        from factory.sources.documents import iter_documents
-
         docs = [d for d in iter_documents(ds, recipe.base) if isinstance(d, str) and d.strip()]
         train, valid = text_split(docs, data.get("eval_tokens", 0), recipe.seed)
         train_recs, valid_recs = [{"text": d} for d in train], [{"text": d} for d in (valid or train[:1])]
@@ -113,8 +111,6 @@ def export_data(recipe: Recipe, spec: dict, run_dir: Path) -> dict[str, int]:
 
 
 def _records(ds, base: Path, fmt: str) -> list[dict]:
-    from factory.alignment.records import iter_conversations, iter_preferences
-
     if fmt == "chat":
         return [{"messages": c.messages, **({"tools": c.tools} if c.tools else {})}
                 for c in iter_conversations(ds, base)]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 
-from factory.engines.nemo.capabilities import input_shape
+from factory.engines.nemo.capabilities import ALIGNER_CONVERTERS, input_shape
 from factory.pruning.arch import WIDTH_TARGETS
-from factory.recipe import Recipe, first_model
+from factory.recipe import Recipe
+from factory.shapes import first_model
 
 NEMO_SCRIPTS = "$NEMO_DIR/scripts"
 ALIGNER_SCRIPTS = "$ALIGNER_DIR/examples/nlp/gpt"
@@ -245,8 +246,6 @@ def _aligner_steps(spec: dict, converter: str, script: str, overrides: list[str]
 
 
 def _converter(src: dict | None) -> str:
-    from factory.engines.nemo.capabilities import ALIGNER_CONVERTERS
-
     return ALIGNER_CONVERTERS.get((src or {}).get("model_type", "llama"), "llama")
 
 

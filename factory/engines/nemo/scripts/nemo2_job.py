@@ -46,9 +46,9 @@ def at(rel: str) -> Path:
 
 def model_classes(hf_dir: Path):
     """The NeMo 2 model and config class whose "hf" connector converts this checkpoint."""
-    from nemo.collections import llm
+    from nemo.collections import llm  # only inside the NeMo container
 
-    from factory.engines.nemo.capabilities import NEMO2_MODELS
+    from factory.engines.nemo.capabilities import NEMO2_MODELS  # after nemo: the job fails on a missing NeMo first
 
     model_type = json.loads((hf_dir / "config.json").read_text())["model_type"]
     if model_type not in NEMO2_MODELS:
@@ -58,7 +58,7 @@ def model_classes(hf_dir: Path):
 
 
 def cmd_import(spec: dict) -> None:
-    from nemo.collections import llm
+    from nemo.collections import llm  # only inside the NeMo container
 
     for field, out in spec["nemo2"]["imports"].items():
         hf, target = at(spec["inputs"][field]), at(out)
@@ -71,10 +71,10 @@ def cmd_import(spec: dict) -> None:
 
 
 def data_module(spec: dict, args: dict, tokenizer=None):
-    from nemo.collections import llm
+    from nemo.collections import llm  # only inside the NeMo container
 
     if tokenizer is None:
-        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
+        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer  # only inside the NeMo container
 
         tokenizer = AutoTokenizer(str(at(spec["inputs"][spec["nemo2"].get("tokenizer_from", _first_input(spec))])))
     return llm.PreTrainingDataModule(tokenizer=tokenizer, **expand(args))
@@ -89,15 +89,15 @@ def build(spec: dict, tokenizer=None, accelerator: str = "gpu") -> dict:
     the tests of tests/nemo_env build them with accelerator="cpu")."""
     n = spec["nemo2"]
     if n["api"] == "llm.prune":
-        from nemo.collections.llm.modelopt.prune import PruningConfig
+        from nemo.collections.llm.modelopt.prune import PruningConfig  # only inside the NeMo container
 
         objs = {"pruning_config": PruningConfig(**n["pruning_config"])}
         if "data" in n:
             objs["data"] = data_module(spec, n["data"], tokenizer)
         return objs
-    from megatron.core.optimizer import OptimizerConfig
-    from nemo import lightning as nl
-    from nemo.lightning.pytorch.optim import CosineAnnealingScheduler, MegatronOptimizerModule
+    from megatron.core.optimizer import OptimizerConfig  # only inside the NeMo container
+    from nemo import lightning as nl  # only inside the NeMo container
+    from nemo.lightning.pytorch.optim import CosineAnnealingScheduler, MegatronOptimizerModule  # only inside the NeMo container
 
     t = n["trainer"]
     strategy = nl.MegatronStrategy(tensor_model_parallel_size=t["tensor_model_parallel_size"],
@@ -120,7 +120,7 @@ def build(spec: dict, tokenizer=None, accelerator: str = "gpu") -> dict:
         "data": data_module(spec, n["data"], tokenizer),
     }
     if n["api"] == "llm.distill":
-        from nemo.collections.llm.modelopt.distill.utils import DistillationConfig
+        from nemo.collections.llm.modelopt.distill.utils import DistillationConfig  # only inside the NeMo container
 
         objs["distillation"] = DistillationConfig(**n["distillation"])
     return objs
@@ -131,7 +131,7 @@ def _trained(n: dict) -> str:
 
 
 def cmd_run(spec: dict) -> None:
-    from nemo.collections import llm
+    from nemo.collections import llm  # only inside the NeMo container
 
     n = spec["nemo2"]
     objs = build(spec)
@@ -162,7 +162,7 @@ def last_checkpoint(root: Path) -> Path:
 
 
 def cmd_export(spec: dict) -> None:
-    from nemo.collections import llm
+    from nemo.collections import llm  # only inside the NeMo container
 
     n = spec["nemo2"]
     source = at(n["save_path"]) if n["api"] == "llm.prune" else last_checkpoint(at(n["checkpoints"]))

@@ -54,7 +54,7 @@ def dpo_records(tok, record: dict):
 def main(argv: list[str]) -> None:
     if len(argv) != 3 or argv[0] not in ("sft", "dpo"):
         sys.exit("usage: render_chat.py sft|dpo HF_DIR DATA_DIR")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: only rendering needs it, not --help
 
     tok = AutoTokenizer.from_pretrained(argv[1])
     make = sft_records if argv[0] == "sft" else dpo_records
