@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import foundation
+from foundation import storage
 from foundation.errors import ArtifactError
 from foundation.hashing import hash_tree, list_files, sha256_file, sha256_json
 
@@ -41,9 +42,8 @@ def write_manifest(out_dir: Path, body: dict) -> dict:
     files = hash_tree(out_dir, exclude=(MANIFEST,))
     manifest = {"format": FORMAT, **body, "files": files, "hash": content_hash(files),
                 "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
+    storage.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n",
+                       "the artifact manifest")
     return manifest
 
 

@@ -16,10 +16,10 @@ from typing import Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from factory.pruning.arch import layers
+from foundation import storage
 
 Aggregation = Literal["l2", "mean", "variance"]
 
@@ -62,10 +62,13 @@ class Importance:
     def block_influence(self) -> torch.Tensor:
         return self.bi_sum / max(self.tokens, 1)
 
-    def save(self, path: Path, meta: dict[str, str]) -> None:
+    def save(self, path: Path, meta: dict[str, str], what: str = "importance scores", checked: bool = False) -> None:
+        """Write the statistics to ``path`` (safetensors, atomically): identical statistics and
+        ``meta`` give identical bytes. ``checked``: record its sha256 for ``storage.load_checked``."""
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("ffn_sum", "ffn_sumsq", "heads_sum", "heads_sumsq", "hidden_sum", "hidden_sumsq", "bi_sum")}
-        save_file(tensors, str(path), metadata={**meta, "tokens": str(self.tokens), "samples": str(self.samples)})
+        storage.write_safetensors(path, tensors, {**meta, "tokens": str(self.tokens), "samples": str(self.samples)},
+                                  what, checked)
 
     @classmethod
     def load(cls, path: Path) -> tuple[Importance, dict[str, str]]:

@@ -31,6 +31,8 @@ from factory.training import dist
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.data import PackedData, pack
 from factory.training.heldout import heldout_loss
+from factory.training.loop import check_budget, check_schedule
+from foundation import storage
 from foundation.configs import field, require, to_dict
 from foundation.device import DTYPES, check_device, resolve_device
 from foundation.errors import ConfigError
@@ -115,6 +117,10 @@ class PruneConfig:
             require(self.rank_by == "distill", f"{where}.rank_distill", "keep",
                     "keeps the short distillation of rank_by: distill, which is not set")
         self.rank_distill.check(f"{where}.rank_distill")
+        per_step = self.rank_distill.batch_size * self.calibration.seq_len
+        check_budget(self.rank_distill.max_tokens, per_step, f"{where}.rank_distill", "max_tokens")
+        check_schedule(self.rank_distill.lr, max(1, -(-self.rank_distill.max_tokens // per_step)), 0.1, 0.1,
+                       f"{where}.rank_distill")  # warmup and min_lr ratios of ShortDistill.train_config
         check_device(self.device, where)
 
 
@@ -185,16 +191,16 @@ def _importance(ctx: StageContext, model, calib: torch.Tensor, cfg: PruneConfig)
                        "calibration": {k: v for k, v in to_dict(cfg.calibration).items() if k != "batch_size"},
                        "seed": ctx.seed, "dtype": cfg.dtype, "version": 1})[:24]
     cached = ctx.cache_dir / f"importance-{key}.safetensors" if ctx.cache_dir else None
-    if cached is not None and cached.exists():
-        imp, _ = Importance.load(cached)
+    loaded = None
+    if cached is not None:  # content-checked: a damaged cache is reported, removed and recomputed
+        loaded = storage.load_checked(cached, "importance cache", Importance.load, "recomputing the importance")
+    if loaded is not None:
         print(f"[factory] {ctx.name}: reusing importance scores from {cached}", file=sys.stderr)
-        return imp, True
+        return loaded[0], True
     imp = collect(model, calib, cfg.calibration.batch_size, ctx.progress)
     if cached is not None and dist.is_main():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        imp.save(tmp, {"key": key})
-        tmp.replace(cached)
+        imp.save(cached, {"key": key}, "importance cache", checked=True)
     return imp, False
 
 

@@ -4,7 +4,6 @@ clipping, periodic held-out eval, metrics JSONL, progress, checkpoint and resume
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,9 +18,34 @@ from tqdm.auto import tqdm
 from factory.training import dist
 from factory.training.metrics import MetricsLog
 from factory.training.optim import adamw, lr_at
+from foundation import storage
 from foundation.configs import field, require
 from foundation.device import DTYPES, check_device, peak_memory_gib, resolve_device
 from foundation.errors import FactoryError
+
+
+MAX_STEPS = 10**9  # more optimizer steps than any run can take: a budget beyond it is a typo
+LR_FLOOR = float(torch.finfo(torch.float32).tiny)  # a learning rate below this underflows in float32
+
+
+def check_budget(tokens: int, per_step: int, where: str, key: str) -> None:
+    """A token budget must make at most ``MAX_STEPS`` optimizer steps of ``per_step`` tokens."""
+    steps = math.ceil(tokens / per_step)
+    require(steps <= MAX_STEPS, where, key,
+            f"{tokens} tokens at {per_step} tokens per step make {steps:.3g} optimizer steps, "
+            f"more than the {MAX_STEPS:.0e} a run can take")
+
+
+def check_schedule(lr: float, total: int, warmup_ratio: float, min_lr_ratio: float, where: str) -> None:
+    """Every learning rate of the warmup-cosine schedule (``lr_at``) over ``total`` steps is
+    either 0 or a normal float32 number: one that underflows trains with a rate of nothing."""
+    warmup = int(warmup_ratio * total)
+    smallest = lr / warmup if warmup > 0 else lr
+    if min_lr_ratio > 0:
+        smallest = min(smallest, lr * min_lr_ratio)
+    require(smallest >= LR_FLOOR, where, "lr",
+            f"the schedule's smallest learning rate, {smallest:.3g} (lr {lr:g} over {total} steps), "
+            f"underflows float32 (below {LR_FLOOR:.3g})")
 
 
 @dataclass
@@ -69,6 +93,9 @@ class TrainConfig:
         for key in ("grad_clip", "eval_every", "checkpoint_every"):
             require(getattr(self, key) >= 0, where, key, "must be >= 0")
         require(self.log_every >= 1, where, "log_every", "must be >= 1")
+        require(self.adam_eps >= 0, where, "adam_eps", "must be >= 0")
+        check_budget(self.max_tokens, self.tokens_per_step, where, "max_tokens")
+        check_schedule(self.lr, self.total_steps, self.warmup_ratio, self.min_lr_ratio, where)
         check_device(self.device, where)
 
     @property
@@ -116,12 +143,13 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> No
     """Every rank calls this (under FSDP the state is gathered collectively); rank 0 writes."""
     model_state, optim_state = dist.full_state(model, optimizer)
     if dist.is_main():
-        tmp = path.with_suffix(".tmp")
         rng = {"rng": torch.get_rng_state()}
         if torch.cuda.is_initialized():  # dropout and sampling on a GPU draw from its own generator
             rng["cuda_rng"] = torch.cuda.get_rng_state()
-        torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout, **rng}, tmp)
-        os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+        # beside the checkpoint, then renamed (a crash mid-save leaves the previous one intact),
+        # with its sha256 recorded so that a damaged one is never resumed from
+        with storage.atomic_file(path, "training checkpoint", checked=True) as f:
+            torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout, **rng}, f)
     dist.barrier()
 
 
@@ -140,9 +168,12 @@ def _layout(model, cfg: TrainConfig) -> str:
 def _resume(ckpt: Path, model, optimizer, layout: str, log: MetricsLog, desc: str, total: int) -> int | None:
     """The step a mid-stage checkpoint left off at, with model, optimizer and RNG state
     restored and the metrics log cut back to it; None when there is no checkpoint."""
-    if not ckpt.exists():
+    state = storage.load_checked(ckpt, "training checkpoint",
+                                 lambda p: torch.load(p, map_location="cpu", weights_only=False),
+                                 f"{desc} starts over from step 0", owner=dist.is_main())
+    dist.barrier()  # every rank has read (or rank 0 discarded) the checkpoint before anyone writes one
+    if state is None:
         return None
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
     if state.get("layout", "replicated") != layout:
         raise FactoryError(f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
                            f"has it {layout}: resume with the same parallel setting, or --force the stage")
@@ -193,6 +224,9 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     stands in for ``eval_fn`` at step 0 of a fresh run: for stages that know
     those metrics without a pass (DPO: the policy starts as its reference)."""
     total = total_steps if total_steps is not None else cfg.total_steps
+    if total > MAX_STEPS:  # epoch budgets are only known here, once the data is counted
+        raise FactoryError(f"{desc}: {total} optimizer steps, more than the {MAX_STEPS:.0e} a run can take: "
+                           "lower epochs or max_tokens")
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
     ckpt = work_dir / "checkpoint.pt"
