@@ -11,6 +11,7 @@ from pathlib import Path
 from foundation.artifacts import read_manifest, verify
 from foundation.configs import explain
 from foundation.errors import FactoryError
+from foundation.storage import storage_error
 
 
 def _recipe(args):
@@ -233,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     except FactoryError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except (OSError, RuntimeError) as e:  # a write no safe-write path caught: disk full, read-only, no permission
+        named = getattr(e, "filename", None)  # an OSError names its file; torch's and safetensors' errors do not
+        mapped = storage_error(e, named or getattr(args, "runs_dir", None), "" if named else "files under")
+        if mapped is None:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
