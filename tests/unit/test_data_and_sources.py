@@ -45,7 +45,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path, content, msg):
 
 def test_bad_text_and_parquet(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"ok\xff\xfe")
-    with pytest.raises(FactoryError, match="bin.txt: not UTF-8"):
+    with pytest.raises(FactoryError, match="bin.txt:1: not UTF-8"):  # file:line, as every data fault
         list(iter_documents(DatasetSpec(path="bin.txt"), tmp_path))
     import pyarrow as pa
     import pyarrow.parquet as pq
