@@ -34,8 +34,8 @@ def run(work, stop_at=None):
         return data[step * 2:(step + 1) * 2]
 
     result = train(model, cfg, batch_fn, lambda m, b: (m(b).pow(2).mean(), 4),
-                   lambda: {"loss": float(model(data).detach().pow(2).mean())}, work, MetricsLog(work / "metrics.jsonl"),
-                   progress=False, desc="correct")
+                   lambda: {"loss": float(model(data).detach().pow(2).mean())}, work,
+                   MetricsLog(work / "metrics.jsonl"), progress=False, desc="correct")
     return result, {k: v.clone() for k, v in model.state_dict().items()}
 
 
