@@ -2,7 +2,8 @@
 
 ``factory eval`` / ``factory gate`` are these same commands (``add_commands``
 registers them on the factory parser); ``python -m evals.cli`` runs them alone.
-Exit codes: 0 ok, 1 the gate found a regression, 2 bad arguments or files."""
+Exit codes: 0 ok, 1 the gate found a regression, 2 bad arguments or files (or two
+results the gate refuses to compare: not run alike, see evals.gate)."""
 
 from __future__ import annotations
 
@@ -75,11 +76,14 @@ def cmd_gate(args) -> int:
     if not 0 < args.alpha < 1:
         raise FactoryError(f"--alpha {args.alpha}: must be between 0 and 1")
     candidate, baseline = res.load(args.candidate), res.load(args.baseline)
-    rows = gate.compare(candidate, baseline, max_drop, args.default_max_drop, args.alpha)
+    mismatched = gate.check_comparable(candidate, baseline, args.allow_mismatch)
+    for m in mismatched:
+        print(f"gate: compared anyway, they differ in {m}", file=sys.stderr)
+    rows = gate.compare(candidate, baseline, max_drop, args.default_max_drop, args.alpha, allow_mismatch=True)
     print(gate.table(rows))
     print(gate.summary(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(gate.as_json(rows, args.alpha), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(gate.as_json(rows, args.alpha, mismatched), indent=1) + "\n")
     return 1 if any(r.failed for r in rows) else 0
 
 
@@ -139,6 +143,9 @@ def add_commands(sub) -> None:
                     help="allowed drop for metrics without --max-drop (default 0)")
     sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired bootstrap")
     sp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    sp.add_argument("--allow-mismatch", action="store_true",
+                    help="compare even when the two were not run alike (task options, sampling, sample ids or "
+                         "prompts differ); each difference is listed on stderr and in --json")
     sp.set_defaults(fn=cmd_gate)
 
     sp = sub.add_parser("report", help="compare results files: a table and a bar chart")

@@ -4,7 +4,11 @@ A metric regresses when the candidate is lower than the baseline by more than
 its allowed drop and the paired bootstrap finds the drop significant
 (evals.gate). With ``on_regression: fail`` the stage fails with one line
 naming the regressed metrics, so nothing downstream (a release) runs; with
-``record`` it writes the verdict and lets the pipeline go on."""
+``record`` it writes the verdict and lets the pipeline go on. Two results not
+run alike (task options, sampling, sample ids or prompts differ: see
+evals.gate) fail the stage in one line whatever ``on_regression`` says, unless
+``allow_mismatch``; then each difference is written to gate.txt, gate.json and
+the manifest."""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ class GateConfig:
     default_max_drop: float = field(0.0, help="allowed drop for metrics not in max_drop")
     alpha: float = field(0.05, help="significance level of the paired bootstrap")
     on_regression: Literal["fail", "record"] = field("fail", help="fail the stage, or record the verdict and go on")
+    allow_mismatch: bool = field(False, help="compare even when the two results were not run alike (task options, "
+                                             "sampling, sample ids or prompts differ); the differences are recorded")
 
     def check(self, where: str) -> None:
         for key in ("results", "candidate", "baseline"):
@@ -60,10 +66,15 @@ def run(ctx: StageContext) -> StageResult:
                                f"(labels: {', '.join(have) or 'none'})")
         found[role] = res.load(path)
     gate.check_max_drop(found["baseline"], cfg.max_drop, prefix=f"{where}.max_drop.")
-    rows = gate.compare(found["candidate"], found["baseline"], cfg.max_drop, cfg.default_max_drop, cfg.alpha)
-    text = gate.table(rows) + "\n" + gate.summary(rows) + "\n"
+    mismatched = gate.check_comparable(found["candidate"], found["baseline"], cfg.allow_mismatch,
+                                       subject=f"{where}: {cfg.candidate} and {cfg.baseline}",
+                                       hint=f"set {where}.allow_mismatch=true to compare anyway")
+    rows = gate.compare(found["candidate"], found["baseline"], cfg.max_drop, cfg.default_max_drop, cfg.alpha,
+                        allow_mismatch=True)
+    text = "".join(f"compared anyway, they differ in {m}\n" for m in mismatched)
+    text += gate.table(rows) + "\n" + gate.summary(rows) + "\n"
     (ctx.out_dir / "gate.txt").write_text(text)
-    verdict = gate.as_json(rows, cfg.alpha)
+    verdict = gate.as_json(rows, cfg.alpha, mismatched)
     (ctx.out_dir / "gate.json").write_text(json.dumps(verdict, indent=1) + "\n")
     if ctx.progress:
         print(text, end="")
@@ -73,4 +84,5 @@ def run(ctx: StageContext) -> StageResult:
     metrics = {"passed": not failed, "metrics_gated": len(rows), "metrics_failed": len(failed),
                **{f"delta/{r.key}": r.delta for r in rows}}
     return StageResult(metrics=metrics, extra={"candidate": cfg.candidate, "baseline": cfg.baseline,
-                                               "failed": [r.key for r in failed]})
+                                               "failed": [r.key for r in failed],
+                                               "mismatches": [str(m) for m in mismatched]})
