@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from evals import stats
+from foundation import storage
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_json, source_digests
 
@@ -98,12 +98,61 @@ def summarize(records: list[dict], metrics: tuple[str, ...], resamples: int = st
     return out
 
 
+def public(results: dict) -> dict:
+    """``results`` without the keys only this process uses (those starting with ``_``,
+    such as the ``_file`` that ``load`` adds): what a results file may hold."""
+    return {k: v for k, v in results.items() if not k.startswith("_")}
+
+
+def _text(results: dict) -> str:
+    return json.dumps(public(results), indent=1, default=str, allow_nan=True) + "\n"
+
+
 def write(results: dict, path: Path) -> None:
     """Write atomically: a crash never leaves a truncated results.json."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, _text(results), "the eval results")
+
+
+KEPT = "kept eval results"  # what a results file kept across runs is called in messages
+
+
+def write_kept(results: dict, path: Path) -> None:
+    """Keep ``results`` at ``path`` to be read back by a later run (``load_kept``): written
+    atomically with the sha256 of its bytes recorded beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(path, _text(results), f"the {KEPT}", checked=True)
+
+
+def load_kept(path: Path, then: str, owner: bool = True) -> dict | None:
+    """Results kept by ``write_kept``, or None when there are none or they cannot be
+    trusted: a file that does not match the sha256 recorded at its write, does not
+    load, or whose metrics do not follow from its samples is reported in one line
+    (``then``: what happens instead) and removed, so the caller computes them again.
+    Of several processes reading one file, only the ``owner`` reports and removes it."""
+    def trusted(p: Path) -> dict:
+        data = public(load(p))
+        check_metrics(data)
+        return data
+
+    return storage.load_checked(path, KEPT, trusted, then, owner=owner)
+
+
+def check_metrics(results: dict) -> None:
+    """Raise unless every task's sample count and metrics are what its samples give
+    (the summary is recomputed from the per-sample records with the file's bootstrap settings)."""
+    boot = results.get("bootstrap") or {}
+    for name, t in results["tasks"].items():
+        records = task_samples(results, name)
+        if not isinstance(t, dict) or not isinstance(t.get("metrics"), dict):
+            raise FactoryError(f"tasks.{name} has no metrics")
+        if t.get("n") != len(records):
+            raise FactoryError(f"tasks.{name}.n is {t.get('n')!r} but {len(records)} samples are kept")
+        want = summarize(records, tuple(t["metrics"]), boot.get("resamples", stats.RESAMPLES),
+                         boot.get("seed", stats.SEED), boot.get("level", stats.LEVEL))
+        for metric in sorted(set(want) | set(t["metrics"])):
+            if json.dumps(want.get(metric)) != json.dumps(t["metrics"].get(metric)):
+                raise FactoryError(f"tasks.{name}.metrics.{metric} is not what its samples give")
 
 
 def load(path: str | Path) -> dict:

@@ -128,6 +128,22 @@ def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> 
     return ctx.cache_dir / f"results-{k[:24]}.json"
 
 
+def _reuse(ctx: StageContext, label: str, cached: Path | None, out: Path) -> dict | None:
+    """The kept results at ``cached``, published as ``out`` under ``label``; None when
+    there are none, or when they fail their checks (evals.results.load_kept: reported
+    in one line and removed, so the model is evaluated again)."""
+    if cached is None:
+        return None
+    results = res.load_kept(cached, f"evaluating {label} again", owner=dist.is_main())
+    if results is None:
+        return None
+    results["model"]["label"] = label
+    res.write(results, out)
+    print(f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings "
+          f"({cached.name})", file=sys.stderr)
+    return results
+
+
 def no_model(cfg: Any, model_config: dict, where: str) -> None:
     return None  # the output is a results directory, not a model
 
@@ -141,13 +157,9 @@ def run(ctx: StageContext) -> StageResult:
     for label, key in cfg.model_fields().items():
         out = ctx.out_dir / f"results-{label}.json"
         cached = _cached_results(ctx, cfg, suite, key)
-        if cached is not None and cached.exists():
-            results = res.load(cached)
-            results["model"]["label"] = label
-            res.write(results, out)
+        results = _reuse(ctx, label, cached, out)
+        if results is not None:
             reused.append(label)
-            print(f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings "
-                  f"({cached.name})", file=sys.stderr)
         else:
             # completions land in the work dir as they are made: a killed run resumes mid-model
             completions = ctx.work_dir / f"completions-{label}.jsonl" if dist.is_main() else None
@@ -155,7 +167,7 @@ def run(ctx: StageContext) -> StageResult:
                                 limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress,
                                 cache=completions)
             if cached is not None and dist.is_main():  # under torchrun every rank evaluates; one writes
-                res.write(results, cached)
+                res.write_kept(results, cached)
         runs.append((label, results))
         for task, (metric, entry) in res.headline(results).items():
             metrics[f"{label}/{task}/{metric}"] = entry["value"]
