@@ -35,10 +35,30 @@ def _engine_args(items: list[str], engine: str) -> dict:
     return given
 
 
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.msgpack")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "*.tiktoken", "*.gguf")
+
+
+def check_model_dir(path: Path) -> None:
+    """A local model directory must hold config.json, weights and a tokenizer: checked before
+    any task or engine loads, so a wrong directory fails at once, in one line, writing nothing."""
+    def has(patterns) -> bool:
+        return any(next(path.glob(p), None) is not None for p in patterns)
+
+    missing = [what for what, ok in (("config.json", (path / "config.json").is_file()),
+                                     ("weights (*.safetensors, *.bin)", has(_WEIGHTS)),
+                                     ("tokenizer (tokenizer.json, tokenizer_config.json)", has(_TOKENIZER))) if not ok]
+    if missing:
+        raise FactoryError(f"{path}: not a model directory: no {', no '.join(missing)}")
+
+
 def cmd_eval(args) -> int:
     from evals import report  # loaded when the command runs: every factory command builds this parser
     from evals.runner import run_suite  # loaded when the command runs: every factory command builds this parser
 
+    local = not args.cached_only and not args.base_url and args.engine != "openai"
+    if local and Path(args.model).is_dir():
+        check_model_dir(Path(args.model))
     suite = load_suite(args.suite)
     if args.tasks:
         suite = suite.select([n.strip() for n in args.tasks.split(",") if n.strip()])
