@@ -92,7 +92,7 @@ class Score:
 
 class Task(Protocol):
     """A generation task. ``samples`` loads data (fetched at run time, see
-    ../shared/DATA.md) and builds requests; ``score`` judges the outputs."""
+    docs/data-and-models.md) and builds requests; ``score`` judges the outputs."""
 
     name: str
     metrics: tuple[str, ...]  # the first one is the headline

