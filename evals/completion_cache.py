@@ -18,7 +18,11 @@ reader opens the file ``readonly``: it takes what is there (a torn last line is
 skipped, not cut) and is safe while a running eval appends. Only one eval may
 append to a file at a time (``writer_lock``).
 
-A torn last line (killed mid-write) is cut off; a line that does not parse is skipped.
+A torn last line (killed mid-write) is cut off. Every row carries a checksum of its key
+and what it answers (``sum``, written with it): a line that does not parse, lacks its
+checksum or does not match it (damaged, edited, or written by a version that kept none)
+is reported in one line naming the file, and its entry is computed again; a writer
+also removes such lines from the file, so the report is made once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.api import Completion, Request
+from foundation import storage
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_json
 
@@ -76,23 +81,65 @@ def writer_lock(path: Path):
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+SUM = "sum"  # the field holding a row's checksum
+
+
+def row_checksum(row: dict) -> str:
+    """The checksum a row carries: of its key and what it answers, serialised as written
+    (the engine tag it may carry only describes the key, and is left out)."""
+    body = {k: v for k, v in row.items() if k not in (SUM, "engine")}
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+
+def _check(line: bytes) -> tuple[dict | None, str]:
+    """The row on ``line`` and "", or None and what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None, "is not JSON"
+    if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+        return None, "is not a completions row"
+    if SUM not in row:
+        return None, "carries no checksum"
+    if row[SUM] != row_checksum(row):
+        return None, "does not match its checksum"
+    return row, ""
+
+
 class CompletionCache:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
         self._rows: dict[str, dict] = {}
         if self.path.is_file():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n") and not readonly:  # killed mid-write: drop the torn tail
-                with open(self.path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self._rows[row["key"]] = row
-                    except (ValueError, KeyError, TypeError):
-                        continue  # torn or foreign line: that entry is simply recomputed
+            self._read()
+
+    def _read(self) -> None:
+        """Load the rows that pass their check; report the others in one line (a writer
+        also drops them from the file). A torn last line is a write cut short, not damage:
+        a writer cuts it off, a reader skips it."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n") and not self.readonly:  # killed mid-write: drop the torn tail
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        lines = data.split(b"\n")
+        lines.pop()  # what follows the last newline: nothing, or (to a reader) a writer mid-append
+        kept, bad = [], []
+        for n, line in enumerate(lines, 1):
+            row, why = _check(line)
+            if row is None:
+                bad.append((n, why))
+                continue
+            self._rows[row["key"]] = row
+            kept.append(line + b"\n")
+        if bad:
+            n, why = bad[0]
+            more = f" ({len(bad) - 1} more lines fail their check)" if len(bad) > 1 else ""
+            then = "not used by this read" if self.readonly else "their entries are computed again"
+            storage.warn(self.path, f"{len(bad)} of its lines", f"line {n} {why}{more}", then)
+            if not self.readonly:
+                storage.write_bytes(self.path, b"".join(kept), "the completions file")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -149,6 +196,7 @@ class CompletionCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             for row in rows:
+                row = {SUM: row_checksum(row), **row}
                 f.write(json.dumps(row) + "\n")
                 self._rows[row["key"]] = row
             f.flush()
