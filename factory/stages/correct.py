@@ -66,6 +66,6 @@ def run(ctx: StageContext) -> StageResult:
     extra = {"data": {"documents_used": packed.documents_used, "train_blocks": int(packed.train.shape[0]),
                       "heldout_blocks": int(packed.heldout.shape[0]),
                       "epochs": result.tokens / max(1, packed.train.numel()),
-                      "licence": data.licence_of()},
+                      "licence": data.licence_of(), **packed.cuts()},
              "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

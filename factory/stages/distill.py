@@ -116,6 +116,7 @@ def run(ctx: StageContext) -> StageResult:
     shutil.copy(log.path, ctx.metrics_path())
     metrics = stage_metrics(result, {"heldout_kl": "kl", "heldout_lm_loss": "lm_loss"},
                             rate=("train_tokens_per_s", cfg.tokens_per_step))
-    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "train_blocks": int(packed.train.shape[0])},
+    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "train_blocks": int(packed.train.shape[0]),
+                      **packed.cuts()},
              "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

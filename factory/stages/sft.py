@@ -21,6 +21,7 @@ from factory.alignment.chat import Rendered, collate, render
 from factory.alignment.records import BadRecords, iter_conversations
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
+from factory.training.data import Cuts
 from factory.training.heldout import assistant_loss
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX, causal_lm_loss
@@ -50,13 +51,16 @@ class SFTConfig(TrainConfig):
         super().check(where)
 
 
-def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad) -> list[Rendered]:
+def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad, cuts: Cuts) -> list[Rendered]:
+    """The usable conversations rendered, each cut to ``seq_len`` (counted in ``cuts``)."""
     spec = ctx.datasets["data"]
     if spec.format not in ("chat", "instruction", "sharegpt"):
         raise FactoryError(f"stages.{ctx.name}.data: sft needs a dataset with format chat, instruction or "
                            f"sharegpt (got {spec.format})")
-    out = [render(tok, *for_template(tok, c.messages, c.tools), max_length=cfg.seq_len)
-           for c in iter_conversations(spec, ctx.base, bad)]
+    out = []
+    for c in iter_conversations(spec, ctx.base, bad):
+        r = render(tok, *for_template(tok, c.messages, c.tools))
+        out.append(Rendered(input_ids=cuts.cut(r.input_ids, cfg.seq_len), labels=r.labels[:cfg.seq_len], text=r.text))
     out = [r for r in out if any(label != IGNORE_INDEX for label in r.labels[1:])]
     if len(out) <= cfg.eval_conversations:
         raise FactoryError(f"stages.{ctx.name}.data: {len(out)} usable conversations; need more than "
@@ -89,8 +93,8 @@ def run(ctx: StageContext) -> StageResult:
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
     model.to(device)
-    bad = BadRecords()
-    convs = _conversations(ctx, tok, cfg, bad)
+    bad, cuts = BadRecords(), Cuts()
+    convs = _conversations(ctx, tok, cfg, bad, cuts)
     random.Random(ctx.seed).shuffle(convs)
     heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations:]
     if len(train_set) < cfg.batch_size:
@@ -134,5 +138,5 @@ def run(ctx: StageContext) -> StageResult:
     metrics = stage_metrics(result, {"heldout_assistant_loss": "assistant_loss"})
     extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "conversations": len(train_set),
                       "heldout_conversations": len(heldout), "epochs": result.steps * cfg.grad_accum / per_epoch,
-                      "records": bad.as_dict()}, "resumed_from_step": result.resumed_from}
+                      "records": bad.as_dict(), **cuts.as_dict()}, "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)
