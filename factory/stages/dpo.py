@@ -20,11 +20,13 @@ from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
 from factory.alignment.records import BadRecords, iter_preferences
 from factory.stages.base import Headline, StageContext, StageResult, register
+from factory.training import dist
 from factory.training.checkpoints import load_model, save_checkpoint
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import IGNORE_INDEX
 from factory.training.metrics import MetricsLog
 from factory.training.results import stage_metrics
+from foundation import storage
 from foundation.chat import for_template
 from foundation.configs import field, require
 from foundation.errors import FactoryError
@@ -142,15 +144,18 @@ def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, 
 
 
 def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg: DPOConfig, device) -> torch.Tensor:
+    """The reference's log-probs of ``pairs``, kept in the work dir for a resumed run: written
+    with the sha256 of its bytes recorded, and used again only when they match (a damaged or
+    edited file is reported in one line and computed again)."""
     path = ctx.work_dir / "reference_logps.pt"
-    if path.exists():
-        ref = torch.load(path, map_location="cpu")
-        if ref.shape == (len(pairs), 2):
-            return ref
+    ref = storage.load_checked(path, "reference log-probs", lambda p: torch.load(p, map_location="cpu"),
+                               "computing them again", owner=dist.is_main())
+    if ref is not None and ref.shape == (len(pairs), 2):
+        return ref
     ref = pair_logps(model, pairs, pad, cfg.eval_batch_size, device)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ref, tmp)
-    tmp.replace(path)
+    if dist.is_main():  # every rank computes the same; one keeps them
+        with storage.atomic_path(path, "the reference log-probs", checked=True) as tmp:
+            torch.save(ref, tmp)
     return ref
 
 
