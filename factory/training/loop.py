@@ -211,6 +211,16 @@ def _optimizer_step(model, optimizer, params: list, cfg: TrainConfig, batch_fn: 
     return step_loss, parts, float(grad_norm)
 
 
+def _steps(cfg: TrainConfig, total_steps: int | None, desc: str) -> int:
+    """The run's optimizer steps: ``total_steps`` (epoch budgets, known only once the data is
+    counted, so checked here) or the token budget's, at most ``MAX_STEPS``."""
+    total = total_steps if total_steps is not None else cfg.total_steps
+    if total > MAX_STEPS:
+        raise FactoryError(f"{desc}: {total} optimizer steps, more than the {MAX_STEPS:.0e} a run can take: "
+                           "lower epochs or max_tokens")
+    return total
+
+
 def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
           work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train",
           total_steps: int | None = None, tokens_per_step: int | None = None,
@@ -223,10 +233,7 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     (average) ``tokens_per_step`` themselves. ``initial_eval``, when given,
     stands in for ``eval_fn`` at step 0 of a fresh run: for stages that know
     those metrics without a pass (DPO: the policy starts as its reference)."""
-    total = total_steps if total_steps is not None else cfg.total_steps
-    if total > MAX_STEPS:  # epoch budgets are only known here, once the data is counted
-        raise FactoryError(f"{desc}: {total} optimizer steps, more than the {MAX_STEPS:.0e} a run can take: "
-                           "lower epochs or max_tokens")
+    total = _steps(cfg, total_steps, desc)
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
     warmup = int(cfg.warmup_ratio * total)
     ckpt = work_dir / "checkpoint.pt"
