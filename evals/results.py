@@ -178,6 +178,18 @@ def load(path: str | Path) -> dict:
     return data
 
 
+def load_verified(path: str | Path) -> dict:
+    """A results file (``load``) whose every task's metrics were checked against its
+    samples (``check_metrics``), for readers that publish or judge its numbers: a
+    summary no sample gives stops them with one line naming the file."""
+    data = load(path)
+    try:
+        check_metrics(data)
+    except FactoryError as e:
+        raise FactoryError(f"{data['_file']}: {e}") from None
+    return data
+
+
 def task_samples(results: dict, task: str) -> list[dict]:
     return [r for r in results["samples"] if r["task"] == task]
 

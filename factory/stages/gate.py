@@ -64,7 +64,7 @@ def run(ctx: StageContext) -> StageResult:
             have = sorted(p.stem[len("results-"):] for p in ctx.models["results"].glob("results-*.json"))
             raise FactoryError(f"{where}.{role}: no model labelled {label!r} in stage {cfg.results} "
                                f"(labels: {', '.join(have) or 'none'})")
-        found[role] = res.load(path)
+        found[role] = res.load_verified(path)  # a verdict only on numbers the samples give
     gate.check_max_drop(found["baseline"], cfg.max_drop, prefix=f"{where}.max_drop.")
     mismatched = gate.check_comparable(found["candidate"], found["baseline"], cfg.allow_mismatch,
                                        subject=f"{where}: {cfg.candidate} and {cfg.baseline}",

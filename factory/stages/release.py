@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from evals import results as res
 from factory.pruning.arch import TARGET_KEYS
 from factory.stages.base import StageContext, StageResult, headline, register
 from foundation.artifacts import read_manifest
@@ -129,7 +130,7 @@ def _eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[
         if not p.is_file():
             have = sorted(x.stem[len("results-"):] for x in results_dir.glob("results-*.json"))
             raise FactoryError(f"release: no results for {label!r} in {results_dir} (have: {', '.join(have)})")
-        return json.loads(p.read_text())
+        return res.load_verified(p)  # the card carries only numbers its samples give
 
     cand = load(candidate)
     base = load(baseline) if baseline else None

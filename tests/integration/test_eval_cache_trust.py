@@ -18,8 +18,10 @@ import pytest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from factory.stages.release import _eval_rows
 from foundation import storage
-from foundation.artifacts import read_manifest
+from foundation.artifacts import content_hash, read_manifest
+from foundation.errors import FactoryError
 from foundation.hashing import sha256_file
 from tests.conftest import RECIPES
 
@@ -140,6 +142,30 @@ def test_force_evaluate_repairs_a_kept_file_whose_record_is_missing(honest, tmp_
     assert (f"warning: {path}: kept eval results discarded, no sha256 was recorded for it (its write did not "
             "finish); evaluating distilled again") in err.splitlines()
     assert _published(run) == _published(honest) and storage.problem(path) is None
+
+
+def test_a_forged_published_result_reaches_neither_gate_nor_card(honest, tmp_path, capsys):
+    """Even with the evaluate artifact's manifest redone to match the edit, a summary no
+    sample gives stops the gate (and would stop the release) in one line naming the file;
+    what was published before stays."""
+    runs = _copy(honest, tmp_path)
+    run = runs / "smoke"
+    path = run / "evaluate" / "results-aligned.json"
+    _forge(path, "arc_easy", "acc", 0.95)
+    manifest = json.loads((run / "evaluate" / "manifest.json").read_text())
+    manifest["files"][path.name] = sha256_file(path)
+    manifest["hash"] = content_hash(manifest["files"])
+    (run / "evaluate" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    before = _published(honest)
+    capsys.readouterr()
+    assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"error: {path}: tasks.arc_easy.metrics.acc is not what its samples give"
+    assert "Traceback" not in err
+    assert read_manifest(run / "gate")["metrics"] == before["gate"]
+    assert (run / "release" / "README.md").read_text() == (honest / "release" / "README.md").read_text()
+    with pytest.raises(FactoryError, match=r"results-aligned.json: tasks.arc_easy.metrics.acc is not what"):
+        _eval_rows(run / "evaluate", "aligned", "teacher")
 
 
 # A run of the CLI that SIGKILLs itself at one moment (KILL_AT), standing in for a kill from outside at
