@@ -144,6 +144,15 @@ def _reuse(ctx: StageContext, label: str, cached: Path | None, out: Path) -> dic
     return results
 
 
+def _sweep(cache_dir: Path | None) -> None:
+    """Remove what a kill left of kept results being written (their temporary files):
+    the run lock means no other process writes here, and under torchrun only rank 0 does."""
+    if cache_dir is None or not dist.is_main():
+        return
+    for tmp in cache_dir.glob(".results-*.json.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def no_model(cfg: Any, model_config: dict, where: str) -> None:
     return None  # the output is a results directory, not a model
 
@@ -153,6 +162,7 @@ def no_model(cfg: Any, model_config: dict, where: str) -> None:
 def run(ctx: StageContext) -> StageResult:
     cfg: EvaluateConfig = ctx.config
     suite = load_suite(cfg.suite, ctx.base, f"stages.{ctx.name}.suite")
+    _sweep(ctx.cache_dir)
     runs, metrics, reused = [], {}, []
     for label, key in cfg.model_fields().items():
         out = ctx.out_dir / f"results-{label}.json"

@@ -235,6 +235,9 @@ def test_sigkill_while_evaluate_writes_kept_results_then_rerun(honest, tmp_path,
     run = runs / "smoke"
     _killed(runs, point)
     assert read_manifest(run / "evaluate") is None and read_manifest(run / "dpo") is not None
+    cache = run / ".cache" / "evaluate"
+    if point == "kept-before-rename":  # the whole file was written beside its name, not renamed to it
+        assert len(list(cache.glob(".results-*.tmp"))) == 1 and not list(cache.glob("results-*"))
     capsys.readouterr()
     assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress"]) == 0
     err = capsys.readouterr().err
@@ -244,6 +247,7 @@ def test_sigkill_while_evaluate_writes_kept_results_then_rerun(honest, tmp_path,
     assert "Traceback" not in err
     assert _published(run) == _published(honest)
     assert all(storage.problem(p) is None for p in _kept(run).values()) and sorted(_kept(run)) == sorted(LABELS)
+    assert not list(cache.glob(".*.tmp"))  # what the kill left half-written is gone
 
 
 @pytest.mark.parametrize("point", ["release-card", "release-publish"])
