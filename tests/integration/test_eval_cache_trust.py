@@ -2,7 +2,8 @@
 trusted only when they match the sha256 recorded at their write and their metrics
 follow from their samples: a forged metric, a forged metric with its record redone
 and a truncated file are each reported in one line, discarded and evaluated again,
-and nothing forged reaches the results, report, gate or release card. A SIGKILL
+and nothing forged reaches the results, report, gate or release card; a summary
+edited in the published evaluate artifact (its manifest redone) stops the gate. A SIGKILL
 while evaluate writes them, or while release builds or publishes its directory, is
 followed by a rerun that ends with the outputs of an uninterrupted run."""
 
