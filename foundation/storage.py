@@ -46,11 +46,15 @@ _REASONS = {
 class StorageError(FactoryError):
     """A file could not be written: out of space, over quota, permission denied or read-only."""
 
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.errno = code  # what the operating system said, for a caller that names the file better
+
 
 def _errno_of(err: BaseException) -> int | None:
     """The storage errno behind ``err``: an OSError's own, the "os error N" a safetensors
     error quotes, or ENOSPC for torch's "unexpected pos" when the disk has no room left."""
-    if isinstance(err, OSError):
+    if isinstance(err, (OSError, StorageError)):
         return err.errno
     text = str(err)
     m = re.search(r"os error (\d+)", text)
@@ -87,11 +91,19 @@ def storage_error(err: BaseException, path: str | os.PathLike | None = None, wha
         path = getattr(err, "filename", None)
     reason, fix = _REASONS[code]
     where = f"{what} {path}" if what and path else (str(path) if path else what or "a file")
+    return StorageError(f"cannot write {where}: {reason}{_free(path) if path else ''}; {fix}", code)
+
+
+def _free(path) -> str:
+    """" (N free there)" for the file system holding ``path``, or that its inodes ran out."""
     try:
-        free = f" ({_size(shutil.disk_usage(_existing(Path(path))).free)} free there)" if path else ""
+        where = _existing(Path(path))
+        st = os.statvfs(where)
+        if st.f_files and not st.f_favail:
+            return " (no free inodes left there)"
+        return f" ({_size(shutil.disk_usage(where).free)} free there)"
     except OSError:
-        free = ""
-    return StorageError(f"cannot write {where}: {reason}{free}; {fix}")
+        return ""
 
 
 def _remove(path: Path) -> None:
@@ -153,6 +165,24 @@ def _fail(err: BaseException, tmp: Path, path: Path, what: str, recorded: OSErro
     raise err
 
 
+def _commit(tmp: Path, path: Path, digest: str | None) -> None:
+    """Rename the synced ``tmp`` to ``path``; with a ``digest`` (a checked file), record it after.
+
+    The old record goes before the rename, so a kill between rename and record leaves a file
+    without a record (not trusted) rather than one with a stale record. A new file whose
+    record cannot be written is removed: nothing unverifiable is left to be read back."""
+    if digest is not None:
+        _remove(sidecar(path))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if digest is not None:
+        try:
+            record_sha256(path, digest)
+        except BaseException:
+            _remove(path)
+            raise
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, what: str, checked: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that takes a file name; once the block
@@ -164,12 +194,7 @@ def atomic_path(path: str | os.PathLike, what: str, checked: bool = False) -> It
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if checked:
-            discard(path)  # a crash between the two renames leaves no stale record behind
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if checked:
-            record_sha256(path, sha256_file(path))
+        _commit(tmp, path, sha256_file(tmp) if checked else None)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what)
 
@@ -187,12 +212,7 @@ def atomic_file(path: str | os.PathLike, what: str, checked: bool = False) -> It
             yield writer
             writer.flush()
             os.fsync(f.fileno())
-        if checked:
-            discard(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if checked:
-            record_sha256(path, writer.sha256.hexdigest())
+        _commit(tmp, path, writer.sha256.hexdigest() if checked else None)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what, writer.error if writer is not None else None)
 
@@ -219,7 +239,7 @@ def sidecar(path: str | os.PathLike) -> Path:
 def record_sha256(path: str | os.PathLike, digest: str) -> None:
     """Record ``digest`` as the sha256 of ``path`` (written after the file itself)."""
     body = json.dumps({"sha256": digest, "bytes": Path(path).stat().st_size}, sort_keys=True) + "\n"
-    write_text(sidecar(path), body, "the sha256 record of")
+    write_text(sidecar(path), body, "sha256 record")
 
 
 def problem(path: str | os.PathLike) -> str | None:

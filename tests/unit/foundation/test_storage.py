@@ -81,6 +81,21 @@ def test_a_failed_write_is_one_line_naming_the_path_and_leaves_the_old_file(tmp_
     assert target.read_bytes() == b"previous" and storage.problem(target) is None
 
 
+def test_a_full_disk_at_the_sha256_record_leaves_nothing_unverifiable(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt.bin"
+    storage.write_bytes(target, b"previous", "a checkpoint", checked=True)
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return _FailingFile(f, errno.ENOSPC, 0) if "w" in mode and ".sha256." in str(path) else f
+
+    monkeypatch.setattr(storage, "open", fake_open, raising=False)
+    with pytest.raises(StorageError, match=rf"^cannot write a checkpoint {target}: no space left on device"):
+        storage.write_bytes(target, b"new", "a checkpoint", checked=True)
+    assert list(tmp_path.iterdir()) == []  # the new file had no record: it is not left to be trusted
+
+
 def test_torch_save_on_a_full_disk_is_one_line_not_unexpected_pos(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint.pt"
     _inject(monkeypatch, errno.ENOSPC, limit=4096)
