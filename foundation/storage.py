@@ -157,15 +157,16 @@ def _temp_beside(path: Path) -> Path:
 
 
 def _fail(err: BaseException, tmp: Path, path: Path, what: str, recorded: OSError | None = None):
-    """Remove the partial ``tmp``; raise ``err`` as a StorageError when it is one."""
+    """Remove the partial ``tmp``; raise ``err`` as a StorageError when it is one (the space
+    it quotes is measured first: what the write found)."""
+    mapped = None if isinstance(err, StorageError) else storage_error(recorded or err, path, what)
     _remove(tmp)
-    mapped = storage_error(recorded or err, path, what)
     if mapped is not None:
         raise mapped from err
     raise err
 
 
-def _commit(tmp: Path, path: Path, digest: str | None) -> None:
+def _commit(tmp: Path, path: Path, digest: str | None, what: str) -> None:
     """Rename the synced ``tmp`` to ``path``; with a ``digest`` (a checked file), record it after.
 
     The old record goes before the rename, so a kill between rename and record leaves a file
@@ -178,6 +179,10 @@ def _commit(tmp: Path, path: Path, digest: str | None) -> None:
     if digest is not None:
         try:
             record_sha256(path, digest)
+        except StorageError as e:
+            mapped = storage_error(e, path, what)  # named after the file, measured before it goes
+            _remove(path)
+            raise mapped from e
         except BaseException:
             _remove(path)
             raise
@@ -194,7 +199,7 @@ def atomic_path(path: str | os.PathLike, what: str, checked: bool = False) -> It
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        _commit(tmp, path, sha256_file(tmp) if checked else None)
+        _commit(tmp, path, sha256_file(tmp) if checked else None, what)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what)
 
@@ -212,7 +217,7 @@ def atomic_file(path: str | os.PathLike, what: str, checked: bool = False) -> It
             yield writer
             writer.flush()
             os.fsync(f.fileno())
-        _commit(tmp, path, writer.sha256.hexdigest() if checked else None)
+        _commit(tmp, path, writer.sha256.hexdigest() if checked else None, what)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what, writer.error if writer is not None else None)
 
