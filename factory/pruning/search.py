@@ -34,6 +34,7 @@ from factory.training.data import PackedData
 from factory.training.heldout import heldout_kd
 from factory.training.kd import KDSettings, KDStudent, kd_terms
 from factory.training.metrics import MetricsLog
+from foundation import storage
 
 LossOf = Callable[[torch.nn.Module], float]  # a model's held-out loss
 DepthCriterion = Literal["lm_loss", "block_influence", "last"]
@@ -101,6 +102,27 @@ class ShortDistill:
                                          checkpoint_every=0, dtype=self.dtype, device=str(self.device))
 
 
+def _measured(done: Path, then: str) -> dict | None:
+    """What an earlier short distillation measured, or None. A file with a sha256 record must
+    match it; one without (written before records were kept) must parse to a mapping. A
+    damaged one is reported in one line and removed, and the candidate distilled again."""
+    def parse(path: Path) -> dict:
+        got = json.loads(path.read_text())
+        if not isinstance(got, dict):
+            raise ValueError("not a JSON object")
+        return got
+
+    if done.is_file() and not storage.sidecar(done).exists():
+        try:
+            return parse(done)
+        except (OSError, ValueError) as e:
+            if dist.is_main():
+                storage.warn(done, "short-distillation result", f"it does not load ({e})", then)
+                storage.discard(done)
+            return None
+    return storage.load_checked(done, "short-distillation result", parse, then, owner=dist.is_main())
+
+
 def short_distill(job: ShortDistill, teacher, make_student: Callable[[], torch.nn.Module], label: str,
                   initial_loss: float) -> dict:
     """Distil the candidate ``make_student()`` builds from ``teacher`` for ``job.max_tokens``
@@ -109,8 +131,9 @@ def short_distill(job: ShortDistill, teacher, make_student: Callable[[], torch.n
     distils (data parallel) and rank 0 keeps the files."""
     out = rank_dir(job.work_dir, label)
     done = out / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    measured = _measured(done, f"distilling {label} again")
+    if measured is not None:
+        return measured
     tcfg = job.train_config()
     torch.manual_seed(job.seed)
     student = make_student().requires_grad_(True)
@@ -133,9 +156,7 @@ def short_distill(job: ShortDistill, teacher, make_student: Callable[[], torch.n
     if dist.is_main():
         if job.keep:  # before result.json: a measured candidate always has its weights (replicated, not sharded)
             save_checkpoint(student, job.tokenizer, out / "model")
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(measured))
-        tmp.replace(done)
+        storage.write_text(done, json.dumps(measured), "short-distillation result", checked=True)
     return measured
 
 
