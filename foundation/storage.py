@@ -74,16 +74,19 @@ def _existing(path: Path) -> Path:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.1f} TiB"
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
 
 
 def storage_error(err: BaseException, path: str | os.PathLike | None = None, what: str = "") -> StorageError | None:
     """``err`` as a one-line StorageError naming ``path`` (or the file the OSError names),
-    what was being written and the free space there; None when ``err`` is not a storage failure."""
+    ``what`` was being written and the free space there; None when ``err`` is not a storage
+    failure. Without ``what`` a permission error may have come from a read: "cannot access"."""
     code = _errno_of(err)
     if code not in _REASONS:
         return None
@@ -91,7 +94,8 @@ def storage_error(err: BaseException, path: str | os.PathLike | None = None, wha
         path = getattr(err, "filename", None)
     reason, fix = _REASONS[code]
     where = f"{what} {path}" if what and path else (str(path) if path else what or "a file")
-    return StorageError(f"cannot write {where}: {reason}{_free(path) if path else ''}; {fix}", code)
+    verb = "access" if not what and code in (errno.EACCES, errno.EPERM) else "write"
+    return StorageError(f"cannot {verb} {where}: {reason}{_free(path) if path else ''}; {fix}", code)
 
 
 def _free(path) -> str:

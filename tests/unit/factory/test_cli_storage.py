@@ -19,16 +19,18 @@ def _failing_run(monkeypatch, err: BaseException) -> None:
 
 
 @pytest.mark.parametrize("code, says, fix", [
-    (errno.EACCES, "permission denied", "make it writable and rerun the same command to resume"),
-    (errno.EROFS, "read-only file system", "remount it writable or use another --runs-dir, then rerun"),
-    (errno.ENOSPC, "no space left on device", "free some space and rerun the same command to resume"),
+    (errno.EACCES, "access {}: permission denied", "make it writable and rerun the same command to resume"),
+    (errno.EPERM, "access {}: permission denied", "make it writable and rerun the same command to resume"),
+    (errno.EROFS, "write {}: read-only file system", "remount it writable or use another --runs-dir, then rerun"),
+    (errno.ENOSPC, "write {}: no space left on device", "free some space and rerun the same command to resume"),
+    (errno.EDQUOT, "write {}: disk quota exceeded", "free some space and rerun the same command to resume"),
 ])
 def test_an_oserror_naming_its_file_is_one_line(tmp_path, monkeypatch, capsys, code, says, fix):
     lock = tmp_path / "smoke" / ".lock"
     _failing_run(monkeypatch, OSError(code, "injected", str(lock)))
     assert main(["run", str(SMOKE), "--runs-dir", str(tmp_path), "--no-progress"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"error: cannot write {lock}: {says} (") and line.endswith(f" free there); {fix}")
+    assert line.startswith(f"error: cannot {says.format(lock)} (") and line.endswith(f" free there); {fix}")
 
 
 def test_a_torch_write_failure_names_the_runs_dir(tmp_path, monkeypatch, capsys):
