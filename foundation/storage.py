@@ -170,12 +170,17 @@ def _fail(err: BaseException, tmp: Path, path: Path, what: str, recorded: OSErro
     raise err
 
 
-def _commit(tmp: Path, path: Path, digest: str | None, what: str) -> None:
-    """Rename the synced ``tmp`` to ``path``; with a ``digest`` (a checked file), record it after.
+def _commit(tmp: Path, path: Path, digest: str | None, what: str, record_first: bool) -> None:
+    """Rename the synced ``tmp`` to ``path``; with a ``digest`` (a checked file), record it.
 
-    The old record goes before the rename, so a kill between rename and record leaves a file
-    without a record (not trusted) rather than one with a stale record. A new file whose
-    record cannot be written is removed: nothing unverifiable is left to be read back."""
+    By default the record follows the file: the old record goes before the rename, so a kill
+    between rename and record leaves a file without a record (not trusted) rather than one
+    with a stale record, and a new file whose record cannot be written is removed. With
+    ``record_first`` the record is written beside its name before either rename: a file that
+    appears under ``path`` has its record already, and a full disk leaves the old pair intact."""
+    if digest is not None and record_first:
+        _record_then_rename(tmp, path, digest, what)
+        return
     if digest is not None:
         _remove(sidecar(path))
     os.replace(tmp, path)
@@ -192,24 +197,44 @@ def _commit(tmp: Path, path: Path, digest: str | None, what: str) -> None:
             raise
 
 
+def _record_then_rename(tmp: Path, path: Path, digest: str, what: str) -> None:
+    record = _temp_beside(sidecar(path))
+    try:
+        with open(record, "w") as f:
+            f.write(_record_body(digest, tmp.stat().st_size))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:  # noqa: BLE001 (the partial record goes whatever stopped the write)
+        mapped = storage_error(e, path, what)
+        _remove(record)
+        if mapped is not None:
+            raise mapped from e
+        raise
+    os.replace(record, sidecar(path))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, what: str, checked: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, what: str, checked: bool = False,
+                record_first: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that takes a file name; once the block
-    ends it is synced and renamed to ``path`` (and its sha256 recorded when ``checked``).
-    On failure the temporary file is removed and storage failures become a StorageError."""
+    ends it is synced and renamed to ``path`` (and its sha256 recorded when ``checked``, after
+    it or, with ``record_first``, before: see ``_commit``). On failure the temporary file is
+    removed and storage failures become a StorageError."""
     path = Path(path)
     tmp = _temp_beside(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        _commit(tmp, path, sha256_file(tmp) if checked else None, what)
+        _commit(tmp, path, sha256_file(tmp) if checked else None, what, record_first)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what)
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, what: str, checked: bool = False) -> Iterator:
+def atomic_file(path: str | os.PathLike, what: str, checked: bool = False, record_first: bool = False) -> Iterator:
     """A binary file object beside ``path``, as ``atomic_path`` (hashed as it is written,
     so a checked file is not read twice)."""
     path = Path(path)
@@ -221,14 +246,15 @@ def atomic_file(path: str | os.PathLike, what: str, checked: bool = False) -> It
             yield writer
             writer.flush()
             os.fsync(f.fileno())
-        _commit(tmp, path, writer.sha256.hexdigest() if checked else None, what)
+        _commit(tmp, path, writer.sha256.hexdigest() if checked else None, what, record_first)
     except BaseException as e:  # noqa: BLE001 (the partial file goes whatever stopped the write)
         _fail(e, tmp, path, what, writer.error if writer is not None else None)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, what: str, checked: bool = False) -> None:
+def write_bytes(path: str | os.PathLike, data: bytes, what: str, checked: bool = False,
+                record_first: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (see ``atomic_file``)."""
-    with atomic_file(path, what, checked) as f:
+    with atomic_file(path, what, checked, record_first) as f:
         f.write(data)
 
 
@@ -245,10 +271,13 @@ def sidecar(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR)
 
 
+def _record_body(digest: str, size: int) -> str:
+    return json.dumps({"sha256": digest, "bytes": size}, sort_keys=True) + "\n"
+
+
 def record_sha256(path: str | os.PathLike, digest: str) -> None:
     """Record ``digest`` as the sha256 of ``path`` (written after the file itself)."""
-    body = json.dumps({"sha256": digest, "bytes": Path(path).stat().st_size}, sort_keys=True) + "\n"
-    write_text(sidecar(path), body, "sha256 record")
+    write_text(sidecar(path), _record_body(digest, Path(path).stat().st_size), "sha256 record")
 
 
 def problem(path: str | os.PathLike) -> str | None:

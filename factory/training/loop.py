@@ -147,8 +147,8 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, layout: str) -> No
         if torch.cuda.is_initialized():  # dropout and sampling on a GPU draw from its own generator
             rng["cuda_rng"] = torch.cuda.get_rng_state()
         # beside the checkpoint, then renamed (a crash mid-save leaves the previous one intact),
-        # with its sha256 recorded so that a damaged one is never resumed from
-        with storage.atomic_file(path, "training checkpoint", checked=True) as f:
+        # its sha256 recorded first: a checkpoint that appears is one a kill cannot orphan
+        with storage.atomic_file(path, "training checkpoint", checked=True, record_first=True) as f:
             torch.save({"model": model_state, "optimizer": optim_state, "step": step, "layout": layout, **rng}, f)
     dist.barrier()
 

@@ -23,7 +23,7 @@ class _FailingFile:
 
     def write(self, data):
         if self.written + len(data) > self.limit:
-            self.real.write(bytes(data)[: self.limit - self.written])  # a partial write, as a full disk leaves
+            self.real.write(data[: self.limit - self.written])  # a partial write, as a full disk leaves
             self.written = self.limit
             raise OSError(self.code, "injected", None)
         self.written += len(data)
@@ -94,6 +94,38 @@ def test_a_full_disk_at_the_sha256_record_leaves_nothing_unverifiable(tmp_path, 
     with pytest.raises(StorageError, match=rf"^cannot write a checkpoint {target}: no space left on device"):
         storage.write_bytes(target, b"new", "a checkpoint", checked=True)
     assert list(tmp_path.iterdir()) == []  # the new file had no record: it is not left to be trusted
+
+
+def test_record_first_keeps_the_previous_pair_when_the_record_does_not_fit(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pt"
+    storage.write_bytes(target, b"previous", "a checkpoint", checked=True, record_first=True)
+    assert storage.problem(target) is None and _only(target) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return _FailingFile(f, errno.ENOSPC, 0) if "w" in mode and ".sha256." in str(path) else f
+
+    monkeypatch.setattr(storage, "open", fake_open, raising=False)
+    with pytest.raises(StorageError, match=rf"^cannot write a checkpoint {target}: no space left on device"):
+        storage.write_bytes(target, b"new", "a checkpoint", checked=True, record_first=True)
+    assert _only(target) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    assert target.read_bytes() == b"previous" and storage.problem(target) is None
+
+
+def test_record_first_has_the_record_in_place_before_the_file_appears(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pt"
+    seen = []
+    real_replace = storage.os.replace
+
+    def replace(src, dst):
+        if dst == target:
+            seen.append(storage.sidecar(target).is_file())
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", replace)
+    storage.write_bytes(target, b"data", "a checkpoint", checked=True, record_first=True)
+    assert seen == [True] and storage.problem(target) is None
 
 
 def test_torch_save_on_a_full_disk_is_one_line_not_unexpected_pos(tmp_path, monkeypatch):
