@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except (OSError, RuntimeError) as e:  # a write no safe-write path caught: disk full, read-only, no permission
         named = getattr(e, "filename", None)  # an OSError names its file; torch's and safetensors' errors do not
-        mapped = storage_error(e, named or getattr(args, "runs_dir", None), "" if named else "files under")
+        runs = getattr(args, "runs_dir", None)
+        mapped = storage_error(e, named or runs, "" if named or not runs else "files under")
         if mapped is None:
             raise
         print(f"error: {mapped}", file=sys.stderr)

@@ -40,6 +40,18 @@ def test_a_torch_write_failure_names_the_runs_dir(tmp_path, monkeypatch, capsys)
     assert line.startswith(f"error: cannot write files under {tmp_path}: no space left on device (")
 
 
+def test_a_command_without_a_runs_dir_still_says_what_failed(tmp_path, monkeypatch, capsys):
+    import factory.cli as cli
+
+    def full(args):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cli, "cmd_validate", full)
+    assert main(["validate", str(SMOKE)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: cannot write a file: no space left on device; free some space and rerun the same command to resume"]
+
+
 def test_other_errors_are_not_disguised(tmp_path, monkeypatch):
     _failing_run(monkeypatch, RuntimeError("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
