@@ -61,9 +61,12 @@ def test_resume_refuses_a_checkpoint_of_another_layout(tmp_path):
     from factory.training.loop import TrainConfig, train
     from factory.training.metrics import MetricsLog
 
+    from foundation import storage
+
     model = torch.nn.Linear(4, 4)
-    torch.save({"model": {}, "optimizer": {}, "step": 2, "layout": "fsdp", "rng": torch.get_rng_state()},
-               tmp_path / "checkpoint.pt")
+    # written the way the loop writes checkpoints (with its sha256 record), so it is read, not discarded
+    with storage.atomic_file(tmp_path / "checkpoint.pt", "training checkpoint", checked=True, record_first=True) as f:
+        torch.save({"model": {}, "optimizer": {}, "step": 2, "layout": "fsdp", "rng": torch.get_rng_state()}, f)
     cfg = TrainConfig(seq_len=4, batch_size=2, max_tokens=64, device="cpu")
     with pytest.raises(FactoryError, match=r"checkpoint.pt was written with the model fsdp, this run has it "
                                            r"replicated: resume with the same parallel setting"):
