@@ -7,8 +7,18 @@ import pytest
 
 from evals.api import Request, Sample
 from evals.tasks import get_task
-from evals.tasks.math import (GSM8K, Math500, answers_match, extract_answer, gsm8k_number,
-                              last_boxed, own_part, parse_exemplars, pick_shots, to_number)
+from evals.tasks.math import (
+    GSM8K,
+    Math500,
+    answers_match,
+    extract_answer,
+    gsm8k_number,
+    last_boxed,
+    own_part,
+    parse_exemplars,
+    pick_shots,
+    to_number,
+)
 from foundation.errors import FactoryError
 
 

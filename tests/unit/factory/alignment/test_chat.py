@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from factory.alignment.chat import check_conversation, collate, render
-from foundation.errors import FactoryError
 from factory.sources.tiny import byte_tokenizer
 from factory.training.losses import IGNORE_INDEX
+from foundation.errors import FactoryError
 
 CONVO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},

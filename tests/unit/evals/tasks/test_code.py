@@ -8,8 +8,16 @@ import pytest
 
 from evals.api import Sample
 from evals.tasks import get_task
-from evals.tasks.code import (HUMANEVAL_STOPS, MBPP, HumanEval, callable_shim, extract_code,
-                              mbpp_entry_point, pass_at_k, truncate)
+from evals.tasks.code import (
+    HUMANEVAL_STOPS,
+    MBPP,
+    HumanEval,
+    callable_shim,
+    extract_code,
+    mbpp_entry_point,
+    pass_at_k,
+    truncate,
+)
 from foundation.errors import FactoryError
 
 # ----------------------------------------------------------------- pass@k

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from factory.alignment.preference import (PreferenceLoss, fused_preference_loss, preference_loss,
-                                          sequence_logps)
+from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
 from factory.training.losses import IGNORE_INDEX
 
 

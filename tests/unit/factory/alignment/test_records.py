@@ -8,13 +8,13 @@ import pytest
 
 from factory.alignment.chat import check_conversation, render
 from factory.alignment.records import BadRecords, Conversation, Preference, iter_conversations, iter_preferences
-from foundation.chat import inline_tools, template_supports_tools
-from foundation.errors import ConfigError, FactoryError
 from factory.sources import datasets as ds
 from factory.sources.datasets import DatasetSpec, RecordError, fingerprint
 from factory.sources.documents import iter_documents
 from factory.sources.tiny import byte_tokenizer
 from factory.training.losses import IGNORE_INDEX
+from foundation.chat import inline_tools, template_supports_tools
+from foundation.errors import ConfigError, FactoryError
 
 # A ChatML template that renders tools and tool calls (Hermes-style), for the tiny tokenizer.
 TOOL_TEMPLATE = (

@@ -174,7 +174,7 @@ def test_language_checker_gives_the_same_verdict_every_time():
 def test_verdicts_are_the_same_in_a_fresh_process():
     code = textwrap.dedent("""
         import json
-        from tests.unit.test_ifeval import _language_verdicts, _letter
+        from tests.unit.evals.tasks.test_ifeval import _language_verdicts, _letter
         print(json.dumps([_language_verdicts(),
                           _letter({"let_relation": "at least", "letter": "#", "let_frequency": 4})]))
     """)

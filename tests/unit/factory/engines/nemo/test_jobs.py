@@ -2,7 +2,7 @@
 dry run through the CLI, and the job-side pieces that run without NeMo.
 
 Regenerate the goldens after an intended change with
-    FACTORY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_nemo_jobs.py -q
+    FACTORY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/factory/engines/nemo/test_jobs.py -q
 and read the diff of tests/golden/nemo/ before committing it."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from factory.cli import main
-from foundation.errors import ConfigError, FactoryError
 from factory.recipe import load_recipe
+from foundation.errors import ConfigError, FactoryError
 from tests.conftest import RECIPES, ROOT, write
 
 GOLDEN = ROOT / "tests" / "golden" / "nemo"
@@ -147,8 +147,8 @@ def test_head_dim_mismatch_keeps_alignment_native():
 def test_stage_kind_without_a_job(tmp_path):
     from dataclasses import dataclass
 
-    from foundation.configs import field
     from factory.stages import base
+    from foundation.configs import field
 
     @dataclass
     class QuantizeConfig:
@@ -227,9 +227,10 @@ def test_docker_launch_command(tmp_path):
 # -- job-side pieces that run without NeMo --------------------------------------------------------------
 
 def test_render_chat_splits_exactly_at_the_assistant_turns(tmp_path):
+    from transformers import AutoTokenizer
+
     from factory.engines.nemo.scripts import render_chat
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
-    from transformers import AutoTokenizer
 
     build_tiny(TinyLlamaSpec(), tmp_path / "tiny")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tiny")

@@ -11,7 +11,7 @@ import pytest
 from evals.sandbox import Limits, Sandbox, _find_told, _strip_token
 from foundation.errors import FactoryError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 SECRET_NAME = "SANDBOX_TEST_SECRET_" + uuid.uuid4().hex[:8].upper()
 FAST = Limits(wall_s=2.0, memory_mb=256, file_mb=4, processes=8)
 
