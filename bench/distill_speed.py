@@ -46,7 +46,7 @@ def _timed(step_fn, data, steps, warmup):
     times = []
     for i in range(steps + warmup):
         t = time.perf_counter()
-        step_fn(data[i * BATCH:(i + 1) * BATCH])
+        step_fn(data[i * BATCH : (i + 1) * BATCH])
         times.append(time.perf_counter() - t)
     return times[warmup:]
 
@@ -79,8 +79,12 @@ def _kl(s_logits, t_logits):
     import torch.nn.functional as F
 
     v = s_logits.shape[-1]
-    return F.kl_div(F.log_softmax(s_logits.view(-1, v), -1), F.log_softmax(t_logits.view(-1, v), -1),
-                    log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(s_logits.view(-1, v), -1),
+        F.log_softmax(t_logits.view(-1, v), -1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def run_torch(steps, warmup):
@@ -120,10 +124,13 @@ def run_trainer(steps, warmup):
             return (loss, out) if return_outputs else loss
 
     timer = StepTimer()
-    trainer = KDTrainer(model=student,
-                        args=trainer_args(TrainingArguments, "/tmp/bench-kd-trainer", BATCH, steps + warmup, LR),
-                        train_dataset=_dataset((steps + warmup) * BATCH), data_collator=default_data_collator,
-                        callbacks=[timer.callback()])
+    trainer = KDTrainer(
+        model=student,
+        args=trainer_args(TrainingArguments, "/tmp/bench-kd-trainer", BATCH, steps + warmup, LR),
+        train_dataset=_dataset((steps + warmup) * BATCH),
+        data_collator=default_data_collator,
+        callbacks=[timer.callback()],
+    )
     trainer.train()
     return timer.times[warmup:]
 
@@ -131,6 +138,7 @@ def run_trainer(steps, warmup):
 def run_trl_gkd(steps, warmup):
     from datasets import Dataset
     from transformers import AutoTokenizer
+
     try:
         from trl import GKDConfig, GKDTrainer
     except ImportError:  # TRL 1.x keeps GKD under trl.experimental
@@ -139,19 +147,39 @@ def run_trl_gkd(steps, warmup):
     teacher, student = models()
     tok = AutoTokenizer.from_pretrained(teacher_dir())
     texts = [tok.decode(b) for b in blocks((steps + warmup) * BATCH)]
-    ds = Dataset.from_dict({"messages": [[{"role": "user", "content": "Continue."},
-                                          {"role": "assistant", "content": t}] for t in texts]})
+    ds = Dataset.from_dict(
+        {"messages": [[{"role": "user", "content": "Continue."}, {"role": "assistant", "content": t}] for t in texts]}
+    )
     timer = StepTimer()
-    args = trainer_args(GKDConfig, "/tmp/bench-gkd", BATCH, steps + warmup, LR, lmbda=0.0, beta=0.0,
-                        max_length=SEQ + 16, temperature=1.0)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tok,
-                         callbacks=[timer.callback()])
+    args = trainer_args(
+        GKDConfig,
+        "/tmp/bench-gkd",
+        BATCH,
+        steps + warmup,
+        LR,
+        lmbda=0.0,
+        beta=0.0,
+        max_length=SEQ + 16,
+        temperature=1.0,
+    )
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[timer.callback()],
+    )
     trainer.train()
     return timer.times[warmup:]
 
 
-CONTENDERS = {"factory": run_ours, "plain torch loop": run_torch, "transformers Trainer+KL": run_trainer,
-              "TRL GKDTrainer": run_trl_gkd}
+CONTENDERS = {
+    "factory": run_ours,
+    "plain torch loop": run_torch,
+    "transformers Trainer+KL": run_trainer,
+    "TRL GKDTrainer": run_trl_gkd,
+}
 
 
 def matmul_peak_gflops() -> float:
@@ -172,8 +200,15 @@ def child(name, steps, warmup, precision):
 
     with matmul_precision(precision):
         times = CONTENDERS[name](steps, warmup)
-    print(json.dumps({"name": name, "tokens_per_s": BATCH * SEQ / sorted(times)[len(times) // 2],
-                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "tokens_per_s": BATCH * SEQ / sorted(times)[len(times) // 2],
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    )
 
 
 def main():
@@ -183,9 +218,13 @@ def main():
     ap.add_argument("--precision", default="highest", choices=["highest", "medium"])
     ap.add_argument("--child")
     ap.add_argument("--only", action="append")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="contenders run in turn this many times; the best round of each is kept "
-                         "(other tenants of a shared machine slow runs down, never up)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="contenders run in turn this many times; the best round of each is kept "
+        "(other tenants of a shared machine slow runs down, never up)",
+    )
     args = ap.parse_args()
     if args.child:
         child(args.child, args.steps, args.warmup, args.precision)
@@ -195,9 +234,23 @@ def main():
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for name in args.only or CONTENDERS:
-            out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--warmup",
-                                  str(args.warmup), "--precision", args.precision],
-                                 capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--precision",
+                    args.precision,
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
             if out.returncode or not lines:
                 err = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -213,18 +266,22 @@ def main():
     p_s = sum(p.numel() for p in student.parameters())
     flops_per_token = 2 * p_t + 6 * p_s  # teacher forward + student forward and backward
     ours = next((r for r in rows if r["name"] == "factory"), None)
-    print(f"\nSmolLM2-135M teacher -> {KEEP}-layer student, batch {BATCH} x {SEQ}, matmul {args.precision}; "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s")
+    print(
+        f"\nSmolLM2-135M teacher -> {KEEP}-layer student, batch {BATCH} x {SEQ}, matmul {args.precision}; "
+        f"fp32 matmul peak {peak:.0f} GFLOP/s"
+    )
     print(f"{'contender':<26}{'tokens/s':>10}{'peak RSS GiB':>14}{'MFU':>7}{'ours / this':>13}")
     for r in rows:
         r["mfu"] = r["tokens_per_s"] * flops_per_token / (peak * 1e9)
         ratio = ours["tokens_per_s"] / r["tokens_per_s"] if ours else float("nan")
-        print(f"{r['name']:<26}{r['tokens_per_s']:>10.1f}{r['peak_rss_gib']:>14.2f}{100 * r['mfu']:>6.0f}%"
-              f"{ratio:>13.2f}")
+        print(
+            f"{r['name']:<26}{r['tokens_per_s']:>10.1f}{r['peak_rss_gib']:>14.2f}{100 * r['mfu']:>6.0f}%{ratio:>13.2f}"
+        )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / f"distill_speed-{args.precision}.json").write_text(
-        json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
+        json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

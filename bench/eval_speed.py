@@ -41,8 +41,10 @@ def requests(n: int, max_tokens: int):
     from evals.data import fetch_member, read_jsonl
 
     rows = list(read_jsonl(fetch_member(*IFEVAL)))[:n]
-    return [Request(messages=[{"role": "user", "content": r["prompt"]}], sampling=Sampling(max_tokens=max_tokens))
-            for r in rows]
+    return [
+        Request(messages=[{"role": "user", "content": r["prompt"]}], sampling=Sampling(max_tokens=max_tokens))
+        for r in rows
+    ]
 
 
 def model_dir(arg: str | None) -> str:
@@ -60,16 +62,17 @@ def run_generate(reqs, model_path: str, device: str, batch: int = 16) -> tuple[l
     rows = []
     start = time.perf_counter()
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=reqs[0].sampling.max_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        rows += gen[:, enc["input_ids"].shape[1]:].tolist()
+            gen = model.generate(
+                **enc, max_new_tokens=reqs[0].sampling.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        rows += gen[:, enc["input_ids"].shape[1] :].tolist()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     # count up to and including the end-of-turn token; the rest is padding
-    rows = [r[:r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r for r in rows]
+    rows = [r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r for r in rows]
     return [tok.decode(r, skip_special_tokens=True) for r in rows], [len(r) for r in rows], wall
 
 
@@ -89,13 +92,19 @@ def one(name: str, n: int, max_tokens: int, model_path: str, device: str) -> dic
     if name == "hf-generate":
         outs, counts, wall = run_generate(reqs, model_path, device)
     elif name == "vllm":  # vLLM picks its own device: the GPU when there is one
-        outs, counts, wall = run_engine("vllm", reqs, model_path, dtype="float32", max_num_seqs=64,
-                                        max_model_len=2048, kv_cache_memory_bytes=2 << 30)
+        outs, counts, wall = run_engine(
+            "vllm",
+            reqs,
+            model_path,
+            dtype="float32",
+            max_num_seqs=64,
+            max_model_len=2048,
+            kv_cache_memory_bytes=2 << 30,
+        )
     else:
         settings = {"hf": {}, "hf-sdpa": {"attention": "sdpa"}, "hf-b16": {"max_batch": 16}}[name]
         outs, counts, wall = run_engine("hf", reqs, model_path, device=device, **settings)
-    return {"name": name, "tokens": sum(counts), "seconds": wall, "tokens_per_s": sum(counts) / wall,
-            "outputs": outs}
+    return {"name": name, "tokens": sum(counts), "seconds": wall, "tokens_per_s": sum(counts) / wall, "outputs": outs}
 
 
 def main() -> None:
@@ -114,11 +123,25 @@ def main() -> None:
         return
     results = []
     for name in args.only.split(","):
-        cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts),
-               "--max-tokens", str(args.max_tokens), "--model", args.model, "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--prompts",
+            str(args.prompts),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
-            print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+            print(
+                f"{name}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})"
+            )
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = results[-1]
@@ -132,13 +155,19 @@ def report(results: list[dict], args) -> None:
         if peer is not None:
             r["ratio_vs_generate"] = r["tokens_per_s"] / peer["tokens_per_s"]
             r["same_as_generate"] = sum(a == b for a, b in zip(r["outputs"], peer["outputs"]))
-            print(f"{r['name']:12s} {r['ratio_vs_generate']:.2f}x generate; "
-                  f"{r['same_as_generate']}/{len(r['outputs'])} answers identical to generate's")
+            print(
+                f"{r['name']:12s} {r['ratio_vs_generate']:.2f}x generate; "
+                f"{r['same_as_generate']}/{len(r['outputs'])} answers identical to generate's"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    body = {"prompts": args.prompts, "max_tokens": args.max_tokens, "model": f"{args.model} (fp32)",
-            "device": args.device,
-            "load_average": os.getloadavg(),
-            "results": [{k: v for k, v in r.items() if k != "outputs"} for r in results]}
+    body = {
+        "prompts": args.prompts,
+        "max_tokens": args.max_tokens,
+        "model": f"{args.model} (fp32)",
+        "device": args.device,
+        "load_average": os.getloadavg(),
+        "results": [{k: v for k, v in r.items() if k != "outputs"} for r in results],
+    }
     args.out.write_text(json.dumps(body, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -39,8 +39,16 @@ def run_block(lm, manager, docs: list[int]) -> tuple[dict, float, float]:
     import lm_eval
 
     wall, cpu = time.perf_counter(), time.process_time()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[TASK], samples={TASK: docs}, num_fewshot=0,
-                                  task_manager=manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[TASK],
+        samples={TASK: docs},
+        num_fewshot=0,
+        task_manager=manager,
+        log_samples=True,
+        bootstrap_iters=0,
+        verbosity="ERROR",
+    )
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -59,9 +67,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=570, help="documents (ARC-Easy validation has 570)")
     ap.add_argument("--rounds", type=int, default=3, help="blocks the two models alternate over")
     ap.add_argument("--hf-batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default); on a machine shared with other jobs 1 "
-                         "avoids the stalls of oversubscribed OpenMP threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); on a machine shared with other jobs 1 "
+        "avoids the stalls of oversubscribed OpenMP threads",
+    )
     ap.add_argument("--model", help="an HF model directory (default: the packaged SmolLM2-135M-Instruct)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -82,12 +94,11 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="harness-tasks-")
     manager = TaskManager(include_path=str(write_task_dir([TASK], Path(tmp))), include_defaults=False)
     contenders = {
-        "lm-eval hf": HFLM(pretrained=model, dtype="float32", device=args.device,
-                           batch_size=args.hf_batch_size),
+        "lm-eval hf": HFLM(pretrained=model, dtype="float32", device=args.device, batch_size=args.hf_batch_size),
         "factory-hf": FastLM(pretrained=model, dtype="float32", device=args.device),
     }
     docs = list(range(args.limit))
-    blocks = [docs[i::args.rounds] for i in range(args.rounds)]
+    blocks = [docs[i :: args.rounds] for i in range(args.rounds)]
     logged = {name: [] for name in contenders}
     wall = {name: 0.0 for name in contenders}
     cpu = {name: 0.0 for name in contenders}
@@ -113,19 +124,32 @@ def main() -> None:
     ratio = rate["factory-hf"] / rate["lm-eval hf"]
     cpu_ratio = cpu["lm-eval hf"] / cpu["factory-hf"]  # steadier than wall time when others load the machine
     for name in contenders:
-        print(f"{name:>11}: {rate[name]:6.2f} docs/s  (wall {wall[name]:.1f} s, cpu {cpu[name]:.1f} s)  "
-              f"acc {acc[name]['acc']:.4f} acc_norm {acc[name]['acc_norm']:.4f}")
+        print(
+            f"{name:>11}: {rate[name]:6.2f} docs/s  (wall {wall[name]:.1f} s, cpu {cpu[name]:.1f} s)  "
+            f"acc {acc[name]['acc']:.4f} acc_norm {acc[name]['acc_norm']:.4f}"
+        )
     print(f"factory-hf / lm-eval hf: {ratio:.2f}x wall, {cpu_ratio:.2f}x cpu time   max |dLL| {worst:.2e}")
     result = {
-        "task": f"{TASK} (validation, 0-shot)", "model": f"{args.model or 'SmolLM2-135M-Instruct'} (fp32)",
+        "task": f"{TASK} (validation, 0-shot)",
+        "model": f"{args.model or 'SmolLM2-135M-Instruct'} (fp32)",
         "device": args.device,
-        "documents": args.limit, "requests": sum(len(s["filtered_resps"]) for s in logged["factory-hf"]),
-        "rounds": args.rounds, "hf_batch_size": args.hf_batch_size,
-        "factory_hf_batch": {"max_rows": contenders["factory-hf"].max_rows,
-                             "max_batch_tokens": contenders["factory-hf"].max_batch_tokens},
-        "docs_per_s": rate, "wall_s": wall, "cpu_s": cpu, "ratio": ratio, "cpu_ratio": cpu_ratio,
-        "per_round": per_round, "accuracy": acc,
-        "max_abs_loglikelihood_diff": worst, "torch_threads": torch.get_num_threads(),
+        "documents": args.limit,
+        "requests": sum(len(s["filtered_resps"]) for s in logged["factory-hf"]),
+        "rounds": args.rounds,
+        "hf_batch_size": args.hf_batch_size,
+        "factory_hf_batch": {
+            "max_rows": contenders["factory-hf"].max_rows,
+            "max_batch_tokens": contenders["factory-hf"].max_batch_tokens,
+        },
+        "docs_per_s": rate,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "per_round": per_round,
+        "accuracy": acc,
+        "max_abs_loglikelihood_diff": worst,
+        "torch_threads": torch.get_num_threads(),
         "load_average_1min": load,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

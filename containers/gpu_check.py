@@ -38,8 +38,10 @@ def aligner_overrides(spec_files: list[Path]) -> int:
         try:
             with initialize_config_dir(config_dir=str(conf), version_base=None):
                 cfg = compose(config_name=spec["aligner"]["config"].removesuffix(".yaml"), overrides=overrides)
-            print(f"ok    {path}: {len(overrides)} overrides onto {spec['aligner']['config']}"
-                  f" (max_epochs {cfg.trainer.get(spec['kind'], {}).get('max_epochs')})")
+            print(
+                f"ok    {path}: {len(overrides)} overrides onto {spec['aligner']['config']}"
+                f" (max_epochs {cfg.trainer.get(spec['kind'], {}).get('max_epochs')})"
+            )
         except Exception as e:  # report every spec, then fail
             failures += 1
             print(f"FAIL  {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
@@ -53,13 +55,23 @@ def tiny_llama(root: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=512,
-                            special_tokens=["<s>", "</s>"])
+    bpe.train_from_iterator(
+        ["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=512, special_tokens=["<s>", "</s>"]
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     out = root / "tiny-hf"
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -74,10 +86,15 @@ def prune_round_trip(root: Path) -> float:
     from transformers import AutoModelForCausalLM
 
     hf = tiny_llama(root)
-    nemo_ckpt = llm.import_ckpt(model=llm.LlamaModel(llm.Llama31Config8B()), source=f"hf://{hf}",
-                                output_path=root / "tiny-nemo")
-    llm.prune(nemo_checkpoint=str(nemo_ckpt), save_path=str(root / "tiny-pruned"),
-              pruning_config=PruningConfig(drop_layers=[2, 3]), devices=1)
+    nemo_ckpt = llm.import_ckpt(
+        model=llm.LlamaModel(llm.Llama31Config8B()), source=f"hf://{hf}", output_path=root / "tiny-nemo"
+    )
+    llm.prune(
+        nemo_checkpoint=str(nemo_ckpt),
+        save_path=str(root / "tiny-pruned"),
+        pruning_config=PruningConfig(drop_layers=[2, 3]),
+        devices=1,
+    )
     llm.export_ckpt(path=root / "tiny-pruned", target="hf", output_path=root / "tiny-pruned-hf")
     pruned = AutoModelForCausalLM.from_pretrained(root / "tiny-pruned-hf", torch_dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32)
@@ -98,7 +115,9 @@ def main(argv: list[str]) -> int:
         print(f"skip  Aligner configs: no {ALIGNER_DIR} in this image")
     with tempfile.TemporaryDirectory() as tmp:
         diff = prune_round_trip(Path(tmp))
-    print(f"{'ok  ' if diff < 5e-2 else 'FAIL'}  tiny Llama import -> prune(drop_layers) -> export: max |logit diff| {diff:.2e}")
+    print(
+        f"{'ok  ' if diff < 5e-2 else 'FAIL'}  tiny Llama import -> prune(drop_layers) -> export: max |logit diff| {diff:.2e}"
+    )
     return 1 if failures or diff >= 5e-2 else 0
 
 

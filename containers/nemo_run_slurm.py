@@ -38,16 +38,27 @@ def main() -> None:
         tunnel = run.LocalTunnel(job_dir=str(run_dir / ".nemo-run"))
 
     def executor(nodes: int, tasks: int, env: dict | None = None):
-        return run.SlurmExecutor(account=args.account, partition=args.partition, time=args.time, nodes=nodes,
-                                 ntasks_per_node=tasks, gpus_per_node=res["gpus_per_node"],
-                                 container_image=spec["image"], container_mounts=[f"{run_dir}:{run_dir}"],
-                                 env_vars=env or {}, tunnel=tunnel)
+        return run.SlurmExecutor(
+            account=args.account,
+            partition=args.partition,
+            time=args.time,
+            nodes=nodes,
+            ntasks_per_node=tasks,
+            gpus_per_node=res["gpus_per_node"],
+            container_image=spec["image"],
+            container_mounts=[f"{run_dir}:{run_dir}"],
+            env_vars=env or {},
+            tunnel=tunnel,
+        )
 
     script = str(job_dir / "run.sh")
     with run.Experiment(f"factory-{spec['recipe']}-{spec['stage']}") as exp:
         exp.add(run.Script(path=script, args=["prepare"]), executor=executor(1, 1), name="prepare")
-        exp.add(run.Script(path=script, args=["train"]),
-                executor=executor(res["nodes"], res["gpus_per_node"], {"DIST": "python"}), name="train")
+        exp.add(
+            run.Script(path=script, args=["train"]),
+            executor=executor(res["nodes"], res["gpus_per_node"], {"DIST": "python"}),
+            name="train",
+        )
         exp.add(run.Script(path=script, args=["finish"]), executor=executor(1, 1), name="finish")
         exp.run(sequential=True)
 

@@ -7,8 +7,9 @@ know nothing about engines; ``evals.runner`` joins them and aggregates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -58,8 +59,9 @@ class Engine(Protocol):
     name: str
     streams: bool
 
-    def generate(self, requests: list[Request], progress: bool = True,
-                 on_done: Callable[[int, Completion], None] | None = None) -> list[Completion]: ...
+    def generate(
+        self, requests: list[Request], progress: bool = True, on_done: Callable[[int, Completion], None] | None = None
+    ) -> list[Completion]: ...
 
     def describe(self) -> dict[str, Any]:
         """Engine name, model path and hash, settings: recorded in results.json."""
@@ -112,5 +114,6 @@ class ModelTask(Protocol):
     metrics: tuple[str, ...]
     licence: str
 
-    def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True,
-                       store: Any = None) -> list[tuple[Sample, list[str], Score]]: ...
+    def evaluate_model(
+        self, model_path: str, limit: int | None = None, progress: bool = True, store: Any = None
+    ) -> list[tuple[Sample, list[str], Score]]: ...

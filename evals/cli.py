@@ -42,12 +42,19 @@ _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "voc
 def check_model_dir(path: Path) -> None:
     """A local model directory must hold config.json, weights and a tokenizer: checked before
     any task or engine loads, so a wrong directory fails at once, in one line, writing nothing."""
+
     def has(patterns) -> bool:
         return any(next(path.glob(p), None) is not None for p in patterns)
 
-    missing = [what for what, ok in (("config.json", (path / "config.json").is_file()),
-                                     ("weights (*.safetensors, *.bin)", has(_WEIGHTS)),
-                                     ("tokenizer (tokenizer.json, tokenizer_config.json)", has(_TOKENIZER))) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("config.json", (path / "config.json").is_file()),
+            ("weights (*.safetensors, *.bin)", has(_WEIGHTS)),
+            ("tokenizer (tokenizer.json, tokenizer_config.json)", has(_TOKENIZER)),
+        )
+        if not ok
+    ]
     if missing:
         raise FactoryError(f"{path}: not a model directory: no {', no '.join(missing)}")
 
@@ -73,16 +80,28 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("evals-out") / f"{label}-{suite.name}"
     if not Path(args.model).is_dir() and (engine or suite.engine) != "openai" and not args.cached_only:
         raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
-    results = run_suite(args.model, suite, engine=engine, engine_settings=settings, limit=args.limit,
-                        sampling=sampling, out=out / "results.json", label=label, progress=not args.no_progress,
-                        cache=None if args.no_cache else out / "completions.jsonl", cached_only=args.cached_only)
+    results = run_suite(
+        args.model,
+        suite,
+        engine=engine,
+        engine_settings=settings,
+        limit=args.limit,
+        sampling=sampling,
+        out=out / "results.json",
+        label=label,
+        progress=not args.no_progress,
+        cache=None if args.no_cache else out / "completions.jsonl",
+        cached_only=args.cached_only,
+    )
     report.write_report([(label, results)], out)
     print(report.text_table([(label, results)]))
     for name, gap in results.get("missing", {}).items():
         held = f"{gap['have']} of {gap['of']} completions" if gap["of"] else "no finished record"
         print(f"[evals] {name}: left out, the cache holds {held}", file=sys.stderr)
-    print(f"[evals] {len(results['samples'])} samples in {results['wall_s']:.1f}s -> {out / 'results.json'}",
-          file=sys.stderr)
+    print(
+        f"[evals] {len(results['samples'])} samples in {results['wall_s']:.1f}s -> {out / 'results.json'}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -114,8 +133,9 @@ def cmd_report(args) -> int:
     if not args.out:
         raise FactoryError("report: --out is required when comparing results files")
     runs = [res.load(p) for p in args.results]
-    labels = args.labels.split(",") if args.labels else [r["model"].get("label") or f"model{i}"
-                                                         for i, r in enumerate(runs)]
+    labels = (
+        args.labels.split(",") if args.labels else [r["model"].get("label") or f"model{i}" for i, r in enumerate(runs)]
+    )
     if len(labels) != len(runs):
         raise FactoryError(f"--labels: {len(labels)} labels for {len(runs)} results files")
     paths = report.write_report(list(zip(labels, runs)), Path(args.out))
@@ -130,42 +150,75 @@ def add_commands(sub) -> None:
     sp.add_argument("model", help="HF checkpoint dir, or the model's name on an OpenAI-compatible server")
     sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
     sp.add_argument("--engine", choices=ENGINES, help="override the suite's engine")
-    sp.add_argument("--base-url",
-                    help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)")
+    sp.add_argument(
+        "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)"
+    )
     sp.add_argument("--limit", type=_positive, help="cap every task at N samples")
     sp.add_argument("--out", help="output dir (default evals-out/<model>-<suite>)")
     sp.add_argument("--label", help="the model's name in reports (default: the dir's name)")
-    sp.add_argument("--no-cache", action="store_true",
-                    help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
-                         "are made, so rerunning an interrupted eval resumes; a changed model or request "
-                         "is generated anew)")
-    sp.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
-                    help="an engine setting on top of the suite's engine_settings, e.g. --engine-arg "
-                         "tensor_parallel_size=2 --engine-arg max_num_seqs=256 (vllm), max_batch=32 (hf)")
-    sp.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
-                    help="override every task's sampling (max_tokens, temperature, top_p, n, seed, stop), e.g. "
-                         "--sampling temperature=0.8 --sampling n=10; recorded in results.json")
-    sp.add_argument("--tasks", metavar="NAME[,NAME]", help="run only these tasks of the suite (their names in "
-                                                            "results.json, e.g. ifeval,gsm8k_8shot)")
-    sp.add_argument("--cached-only", action="store_true",
-                    help="build no engine and compute nothing: score what OUT/completions.jsonl holds (after a "
-                         "scorer change, or while another eval is still writing it); tasks not yet complete "
-                         "there are left out and listed")
+    sp.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not keep or reuse OUT/completions.jsonl (by default completions are kept as they "
+        "are made, so rerunning an interrupted eval resumes; a changed model or request "
+        "is generated anew)",
+    )
+    sp.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine setting on top of the suite's engine_settings, e.g. --engine-arg "
+        "tensor_parallel_size=2 --engine-arg max_num_seqs=256 (vllm), max_batch=32 (hf)",
+    )
+    sp.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every task's sampling (max_tokens, temperature, top_p, n, seed, stop), e.g. "
+        "--sampling temperature=0.8 --sampling n=10; recorded in results.json",
+    )
+    sp.add_argument(
+        "--tasks",
+        metavar="NAME[,NAME]",
+        help="run only these tasks of the suite (their names in results.json, e.g. ifeval,gsm8k_8shot)",
+    )
+    sp.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="build no engine and compute nothing: score what OUT/completions.jsonl holds (after a "
+        "scorer change, or while another eval is still writing it); tasks not yet complete "
+        "there are left out and listed",
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
 
     sp = sub.add_parser("gate", help="compare two results files; exit 1 on a significant regression")
     sp.add_argument("candidate", help="the candidate's results.json (or its dir)")
     sp.add_argument("baseline", help="the baseline's results.json (or its dir)")
-    sp.add_argument("--max-drop", action="append", default=[], metavar="TASK/METRIC=DROP",
-                    help="allowed absolute drop for one metric (or TASK=DROP for all of a task's)")
-    sp.add_argument("--default-max-drop", type=float, default=0.0, metavar="DROP",
-                    help="allowed drop for metrics without --max-drop (default 0)")
+    sp.add_argument(
+        "--max-drop",
+        action="append",
+        default=[],
+        metavar="TASK/METRIC=DROP",
+        help="allowed absolute drop for one metric (or TASK=DROP for all of a task's)",
+    )
+    sp.add_argument(
+        "--default-max-drop",
+        type=float,
+        default=0.0,
+        metavar="DROP",
+        help="allowed drop for metrics without --max-drop (default 0)",
+    )
     sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired bootstrap")
     sp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
-    sp.add_argument("--allow-mismatch", action="store_true",
-                    help="compare even when the two were not run alike (task options, sampling, sample ids or "
-                         "prompts differ); each difference is listed on stderr and in --json")
+    sp.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare even when the two were not run alike (task options, sampling, sample ids or "
+        "prompts differ); each difference is listed on stderr and in --json",
+    )
     sp.set_defaults(fn=cmd_gate)
 
     sp = sub.add_parser("report", help="compare results files: a table and a bar chart")

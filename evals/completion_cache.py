@@ -72,8 +72,10 @@ def writer_lock(path: Path):
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise FactoryError(f"{path}: another eval (pid {holder}) is writing it; wait for it, use another "
-                               "--out, or read what it has so far with --cached-only") from None
+            raise FactoryError(
+                f"{path}: another eval (pid {holder}) is writing it; wait for it, use another "
+                "--out, or read what it has so far with --cached-only"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -122,7 +124,7 @@ class CompletionCache:
         if data and not data.endswith(b"\n") and not self.readonly:  # killed mid-write: drop the torn tail
             with open(self.path, "r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
-            data = data[:data.rfind(b"\n") + 1]
+            data = data[: data.rfind(b"\n") + 1]
         lines = data.split(b"\n")
         lines.pop()  # what follows the last newline: nothing, or (to a reader) a writer mid-append
         kept, bad = [], []
@@ -184,8 +186,12 @@ class CompletionCache:
     def add_completions(self, keys: list[str], completions: list[Completion], engine: dict | None = None) -> None:
         """``engine``: the identity the keys were made under, kept on each row."""
         extra = {"engine": engine} if engine else {}
-        self._append([{"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons, **extra}
-                      for k, c in zip(keys, completions)])
+        self._append(
+            [
+                {"key": k, "texts": c.texts, "tokens": c.tokens, "finish": c.finish_reasons, **extra}
+                for k, c in zip(keys, completions)
+            ]
+        )
 
     def add_records(self, key: str, records: list[dict]) -> None:
         self._append([{"key": key, "records": records}])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from foundation.errors import FactoryError
 from foundation.fetch import extract_members

@@ -81,7 +81,9 @@ def parse_max_drop(items: list[str]) -> dict[str, float]:
         except ValueError:
             drop = float("nan")
         if not sep or not key or math.isnan(drop) or drop < 0:
-            raise FactoryError(f"--max-drop {item!r}: expected task/metric=DROP with DROP >= 0, e.g. gsm8k/accuracy=0.02")
+            raise FactoryError(
+                f"--max-drop {item!r}: expected task/metric=DROP with DROP >= 0, e.g. gsm8k/accuracy=0.02"
+            )
         out[key] = drop
     return out
 
@@ -96,8 +98,10 @@ def check_max_drop(baseline: dict, max_drop: dict[str, float], prefix: str = "--
     known |= {f"{task}/{m}" for task, t in baseline["tasks"].items() for m in t["metrics"]}
     for key in max_drop:
         if key not in known:
-            raise FactoryError(f"{prefix}{key}: no such task or task/metric in {baseline.get('_file', 'the baseline')} "
-                               f"(known: {', '.join(sorted(known))})")
+            raise FactoryError(
+                f"{prefix}{key}: no such task or task/metric in {baseline.get('_file', 'the baseline')} "
+                f"(known: {', '.join(sorted(known))})"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,11 @@ def _shown(value, present: bool = True) -> str:
 
 def _differing_keys(task: str, group: str, cand: dict | None, base: dict | None) -> list[Mismatch]:
     cand, base = cand or {}, base or {}
-    return [Mismatch(task, f"{group}.{key}", _shown(cand.get(key), key in cand), _shown(base.get(key), key in base))
-            for key in sorted(set(cand) | set(base)) if key not in cand or key not in base or cand[key] != base[key]]
+    return [
+        Mismatch(task, f"{group}.{key}", _shown(cand.get(key), key in cand), _shown(base.get(key), key in base))
+        for key in sorted(set(cand) | set(base))
+        if key not in cand or key not in base or cand[key] != base[key]
+    ]
 
 
 def prompt_digest(record: dict) -> str:
@@ -147,8 +154,15 @@ def _sample_mismatches(task: str, cand: dict[str, dict], base: dict[str, dict]) 
     changed = [i for i in shared if prompt_digest(cand[i]) != prompt_digest(base[i])]
     if changed:
         first = changed[0]
-        out.append(Mismatch(task, f"prompt of sample {first}", prompt_digest(cand[first])[:12],
-                            prompt_digest(base[first])[:12], f"{len(changed)} of {len(shared)} shared samples differ"))
+        out.append(
+            Mismatch(
+                task,
+                f"prompt of sample {first}",
+                prompt_digest(cand[first])[:12],
+                prompt_digest(base[first])[:12],
+                f"{len(changed)} of {len(shared)} shared samples differ",
+            )
+        )
     return out
 
 
@@ -170,9 +184,13 @@ def mismatches(candidate: dict, baseline: dict) -> list[Mismatch]:
     return out
 
 
-def check_comparable(candidate: dict, baseline: dict, allow_mismatch: bool = False,
-                     subject: str = "gate: candidate and baseline",
-                     hint: str = "pass --allow-mismatch to compare anyway") -> list[Mismatch]:
+def check_comparable(
+    candidate: dict,
+    baseline: dict,
+    allow_mismatch: bool = False,
+    subject: str = "gate: candidate and baseline",
+    hint: str = "pass --allow-mismatch to compare anyway",
+) -> list[Mismatch]:
     """The mismatches between the two results; unless ``allow_mismatch``, the
     first one refuses the comparison in one line (``subject differ in ...; hint``)."""
     found = mismatches(candidate, baseline)
@@ -182,9 +200,16 @@ def check_comparable(candidate: dict, baseline: dict, allow_mismatch: bool = Fal
     return found
 
 
-def compare(candidate: dict, baseline: dict, max_drop: dict[str, float] | None = None,
-            default_max_drop: float = 0.0, alpha: float = ALPHA, resamples: int = stats.RESAMPLES,
-            seed: int = stats.SEED, allow_mismatch: bool = False) -> list[GateRow]:
+def compare(
+    candidate: dict,
+    baseline: dict,
+    max_drop: dict[str, float] | None = None,
+    default_max_drop: float = 0.0,
+    alpha: float = ALPHA,
+    resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
+    allow_mismatch: bool = False,
+) -> list[GateRow]:
     """One row per baseline task/metric. Results not run alike are refused
     (``check_comparable``) unless ``allow_mismatch``; a caller that already
     checked passes True."""
@@ -207,10 +232,20 @@ def compare(candidate: dict, baseline: dict, max_drop: dict[str, float] | None =
                 continue
             pair = stats.paired_bootstrap(b, c, resamples, seed)
             if pair.n == 0:
-                raise FactoryError(f"task {task}: the two results share no sample ids; "
-                                   "were they run on the same data?")
-            rows.append(GateRow(task, metric, pair.n, pair.baseline, pair.candidate, pair.delta, allowed,
-                                pair.p_worse, _verdict(pair.delta, allowed, pair.p_worse, alpha)))
+                raise FactoryError(f"task {task}: the two results share no sample ids; were they run on the same data?")
+            rows.append(
+                GateRow(
+                    task,
+                    metric,
+                    pair.n,
+                    pair.baseline,
+                    pair.candidate,
+                    pair.delta,
+                    allowed,
+                    pair.p_worse,
+                    _verdict(pair.delta, allowed, pair.p_worse, alpha),
+                )
+            )
     return rows
 
 
@@ -227,8 +262,10 @@ def table(rows: list[GateRow]) -> str:
     def f(x: float, fmt: str = ".3f") -> str:
         return "-" if x is None or math.isnan(x) else format(x, fmt)
 
-    body = [[r.key, str(r.n), f(r.baseline), f(r.candidate), f(r.delta, "+.3f"), f(r.allowed),
-             f(r.p), r.verdict] for r in rows]
+    body = [
+        [r.key, str(r.n), f(r.baseline), f(r.candidate), f(r.delta, "+.3f"), f(r.allowed), f(r.p), r.verdict]
+        for r in rows
+    ]
     widths = [max(len(x[i]) for x in [header] + body) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header] + body)
 
@@ -237,13 +274,18 @@ def summary(rows: list[GateRow]) -> str:
     failed = [r for r in rows if r.failed]
     if not failed:
         return f"gate passed: {len(rows)} metrics, none dropped significantly beyond its allowance"
-    parts = [f"{r.key} {'missing' if r.verdict == 'MISSING' else f'{r.delta:+.3f} (allowed -{r.allowed:g}, p={r.p:.3f})'}"
-             for r in failed]
+    parts = [
+        f"{r.key} {'missing' if r.verdict == 'MISSING' else f'{r.delta:+.3f} (allowed -{r.allowed:g}, p={r.p:.3f})'}"
+        for r in failed
+    ]
     return f"gate failed: {len(failed)} of {len(rows)} metrics regressed: " + "; ".join(parts)
 
 
 def as_json(rows: list[GateRow], alpha: float, mismatches: list[Mismatch] | None = None) -> dict:
     """The verdict as data; ``mismatches``: the differences a comparison was allowed to go past."""
-    return {"passed": not any(r.failed for r in rows), "alpha": alpha,
-            "rows": [{**asdict(r), "failed": r.failed} for r in rows],
-            "mismatches": [{**asdict(m), "line": str(m)} for m in mismatches or []]}
+    return {
+        "passed": not any(r.failed for r in rows),
+        "alpha": alpha,
+        "rows": [{**asdict(r), "failed": r.failed} for r in rows],
+        "mismatches": [{**asdict(m), "line": str(m)} for m in mismatches or []],
+    }

@@ -37,8 +37,13 @@ _TABLES = {
 def _literal(node: ast.expr, where: str):
     # The model spells sets as ``frozenset((...))``; anything beyond literals
     # and that one call is refused, so the file is read, never executed.
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id in ("frozenset", "set") and len(node.args) <= 1 and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("frozenset", "set")
+        and len(node.args) <= 1
+        and not node.keywords
+    ):
         return frozenset(ast.literal_eval(node.args[0])) if node.args else frozenset()
     try:
         return ast.literal_eval(node)

@@ -27,9 +27,11 @@ class Registry:
 
     def register(self, name: str):
         """Decorator: register the class as ``name``."""
+
         def wrap(cls):
             self.classes[name] = cls
             return cls
+
         return wrap
 
     def names(self) -> list[str]:

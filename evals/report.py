@@ -32,8 +32,10 @@ def fmt_cell(cell: dict | None) -> str:
 def text_table(runs: list[tuple[str, dict]]) -> str:
     """A plain aligned table for terminals."""
     header = ["task", "metric", "n"] + [label for label, _ in runs]
-    rows = [[task, m, str(max((c or {}).get("n", 0) for c in cells))] + [fmt_cell(c) for c in cells]
-            for task, m, cells in _rows(runs)]
+    rows = [
+        [task, m, str(max((c or {}).get("n", 0) for c in cells))] + [fmt_cell(c) for c in cells]
+        for task, m, cells in _rows(runs)
+    ]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
 
@@ -42,8 +44,10 @@ def markdown(runs: list[tuple[str, dict]], chart: str | None = None) -> str:
     lines = ["# Evaluation report", ""]
     for label, r in runs:
         m = r["model"]
-        lines.append(f"- **{label}**: {m.get('path') or m.get('name')} (hash {str(m.get('hash'))[:12]}), "
-                     f"suite {r['suite']['name']}, engine {r['engine'].get('engine') or r['engine'].get('name', '?')}, {r.get('wall_s', 0):.0f} s")
+        lines.append(
+            f"- **{label}**: {m.get('path') or m.get('name')} (hash {str(m.get('hash'))[:12]}), "
+            f"suite {r['suite']['name']}, engine {r['engine'].get('engine') or r['engine'].get('name', '?')}, {r.get('wall_s', 0):.0f} s"
+        )
     lines += ["", "Values with percentile-bootstrap 95% intervals over samples.", ""]
     lines.append("| task | metric | " + " | ".join(label for label, _ in runs) + " |")
     lines.append("|---|---|" + "---|" * len(runs))
@@ -51,8 +55,9 @@ def markdown(runs: list[tuple[str, dict]], chart: str | None = None) -> str:
         lines.append(f"| {task} | {m} | " + " | ".join(fmt_cell(c) for c in cells) + " |")
     for label, r in runs:
         if r.get("missing"):
-            gaps = ", ".join(f"{name} ({g['have']}/{g['of']})" if g.get("of") else name
-                             for name, g in r["missing"].items())
+            gaps = ", ".join(
+                f"{name} ({g['have']}/{g['of']})" if g.get("of") else name for name, g in r["missing"].items()
+            )
             lines += ["", f"Not scored for {label} (scored from an incomplete completions file): {gaps}."]
     if chart:
         lines += ["", f"![headline metrics]({chart})"]
@@ -62,24 +67,31 @@ def markdown(runs: list[tuple[str, dict]], chart: str | None = None) -> str:
 def html_page(runs: list[tuple[str, dict]], png: bytes | None) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(label)}</th>" for label, _ in runs)
-    body = "".join(f"<tr><td>{esc(task)}</td><td>{esc(m)}</td>"
-                   + "".join(f"<td>{esc(fmt_cell(c))}</td>" for c in cells) + "</tr>"
-                   for task, m, cells in _rows(runs))
-    img = (f'<img alt="headline metrics" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-           if png else "")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eee}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
-            f"<style>{style}</style></head><body><h1>Evaluation report</h1>"
-            f"<p>Values with percentile-bootstrap 95% intervals over samples.</p>"
-            f"<table><tr><th>task</th><th>metric</th>{head}</tr>{body}</table>{img}</body></html>\n")
+    body = "".join(
+        f"<tr><td>{esc(task)}</td><td>{esc(m)}</td>" + "".join(f"<td>{esc(fmt_cell(c))}</td>" for c in cells) + "</tr>"
+        for task, m, cells in _rows(runs)
+    )
+    img = f'<img alt="headline metrics" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eee}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
+        f"<style>{style}</style></head><body><h1>Evaluation report</h1>"
+        f"<p>Values with percentile-bootstrap 95% intervals over samples.</p>"
+        f"<table><tr><th>task</th><th>metric</th>{head}</tr>{body}</table>{img}</body></html>\n"
+    )
 
 
 def bar_chart(runs: list[tuple[str, dict]], path: Path) -> bool:
     """Grouped bars: one group per task (its headline metric), one bar per model,
     whiskers at the interval. False when there is nothing to draw."""
-    rows = [(t, m, cells) for t, m, cells in _rows(runs, headline_only=True)
-            if any(c is not None and not math.isnan(c["value"]) for c in cells)]
+    rows = [
+        (t, m, cells)
+        for t, m, cells in _rows(runs, headline_only=True)
+        if any(c is not None and not math.isnan(c["value"]) for c in cells)
+    ]
     if not rows:
         return False
     import matplotlib  # heavy: only when a chart is drawn

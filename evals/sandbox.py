@@ -101,8 +101,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     def enc(s):
         return None if s is None else s.encode()
 
-    _check(_c().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {target}")
+    _check(_c().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
 def _syscall(number: int, *args, what: str) -> int:
@@ -291,21 +290,45 @@ def _hide(path: str, keep: list[str], options: str) -> None:
     """Cover ``path`` with a fresh tmpfs, re-attaching the subtrees of it
     that are in ``keep`` (the interpreter must stay reachable)."""
     keep = [k for k in keep if k == path or k.startswith(path.rstrip("/") + "/")]
-    trees = [(k, _syscall(SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), k.encode(),
-                          ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC), what=f"open_tree {k}"))
-             for k in keep]
+    trees = [
+        (
+            k,
+            _syscall(
+                SYS_OPEN_TREE,
+                ctypes.c_int(AT_FDCWD),
+                k.encode(),
+                ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC),
+                what=f"open_tree {k}",
+            ),
+        )
+        for k in keep
+    ]
     _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
     for k, fd in trees:
         os.makedirs(k, exist_ok=True)
-        _syscall(SYS_MOVE_MOUNT, ctypes.c_int(fd), b"", ctypes.c_int(AT_FDCWD), k.encode(),
-                 ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH), what=f"move_mount {k}")
+        _syscall(
+            SYS_MOVE_MOUNT,
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            k.encode(),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+            what=f"move_mount {k}",
+        )
         os.close(fd)
 
 
 def _set_readonly_recursive(path: str) -> None:
     attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    _syscall(SYS_MOUNT_SETATTR, ctypes.c_int(AT_FDCWD), path.encode(), ctypes.c_uint(AT_RECURSIVE),
-             ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), what=f"mount_setattr {path}")
+    _syscall(
+        SYS_MOUNT_SETATTR,
+        ctypes.c_int(AT_FDCWD),
+        path.encode(),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+        what=f"mount_setattr {path}",
+    )
 
 
 # Landlock (unprivileged LSM): writes only in the workdir, reads only where
@@ -316,8 +339,21 @@ def _set_readonly_recursive(path: str) -> None:
 LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
 LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
 SYS_LL_CREATE, SYS_LL_ADD_RULE, SYS_LL_RESTRICT = 444, 445, 446
-LL_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/dev", "/sys",
-                 "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+LL_READ_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/dev",
+    "/sys",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+)
 
 
 def _landlock_abi() -> int:
@@ -331,8 +367,9 @@ def _landlock(cfg: dict, abi: int) -> None:
     file_rights = fs_all & (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
     handled = (ctypes.c_uint64 * 3)(fs_all, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = _syscall(SYS_LL_CREATE, ctypes.byref(handled), ctypes.c_size_t(size), ctypes.c_uint(0),
-                       what="landlock_create_ruleset")
+    ruleset = _syscall(
+        SYS_LL_CREATE, ctypes.byref(handled), ctypes.c_size_t(size), ctypes.c_uint(0), what="landlock_create_ruleset"
+    )
 
     class PathBeneath(ctypes.Structure):
         _pack_ = 1
@@ -340,8 +377,11 @@ def _landlock(cfg: dict, abi: int) -> None:
 
     python_dir = os.path.dirname(os.path.realpath(cfg["python"]))
     rules = [(p, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR) for p in (*LL_READ_PATHS, *cfg["keep"], python_dir)]
-    rules += [("/dev/null", LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE), (cfg["workdir"], fs_all),
-              ("/proc", LL_READ_DIR)]
+    rules += [
+        ("/dev/null", LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE),
+        (cfg["workdir"], fs_all),
+        ("/proc", LL_READ_DIR),
+    ]
     for path, rights in rules:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -351,8 +391,14 @@ def _landlock(cfg: dict, abi: int) -> None:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 rights &= file_rights
             rule = PathBeneath(rights & fs_all, fd)
-            _syscall(SYS_LL_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint(0),
-                     what=f"landlock_add_rule {path}")
+            _syscall(
+                SYS_LL_ADD_RULE,
+                ctypes.c_int(ruleset),
+                ctypes.c_int(1),
+                ctypes.byref(rule),
+                ctypes.c_uint(0),
+                what=f"landlock_add_rule {path}",
+            )
         finally:
             os.close(fd)
     _syscall(SYS_LL_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint(0), what="landlock_restrict_self")
@@ -394,27 +440,36 @@ def _reachable_by_others(cfg: dict) -> bool:
 
 
 def _describe(cfg: dict, mode: str, uid: int | None, landlock: int, notes: list[str]) -> str:
-    parts = {"ns": ["namespaces: pid, net, mount, ipc, uts"],
-             "userns": ["namespaces: user, pid, net, mount, ipc, uts"],
-             "none": ["no namespaces (network blocked at the Python level)"]}[mode]
+    parts = {
+        "ns": ["namespaces: pid, net, mount, ipc, uts"],
+        "userns": ["namespaces: user, pid, net, mount, ipc, uts"],
+        "none": ["no namespaces (network blocked at the Python level)"],
+    }[mode]
     if uid is not None:
         parts.append(f"random uid {uid}, no capabilities, no_new_privs")
     elif mode == "userns":
         parts.append("nested user namespace, no capabilities, no_new_privs")
     elif os.geteuid() == 0:
-        parts.append("uid 0 with every capability dropped, no_new_privs (the interpreter is not reachable "
-                     "by other users; process count not limited)")
+        parts.append(
+            "uid 0 with every capability dropped, no_new_privs (the interpreter is not reachable "
+            "by other users; process count not limited)"
+        )
     else:
         parts.append(f"caller's uid {os.geteuid()}, no_new_privs")
     parts += notes
     if landlock:
-        parts.append(f"landlock ABI {landlock}: writes only in the workdir, reads only system and interpreter dirs "
-                     "(in /proc only listings)"
-                     + (", no TCP" if landlock >= 4 else "") + (", no signals out of the box" if landlock >= 6 else ""))
+        parts.append(
+            f"landlock ABI {landlock}: writes only in the workdir, reads only system and interpreter dirs "
+            "(in /proc only listings)"
+            + (", no TCP" if landlock >= 4 else "")
+            + (", no signals out of the box" if landlock >= 6 else "")
+        )
     else:
         parts.append("no landlock")
-    parts.append(f"limits: wall {cfg['wall']:g} s, cpu {cfg['cpu']} s, memory {cfg['memory'] >> 20} MiB, "
-                 f"file {cfg['fsize'] >> 20} MiB, processes {cfg['nproc']}, open files {cfg['nofile']}")
+    parts.append(
+        f"limits: wall {cfg['wall']:g} s, cpu {cfg['cpu']} s, memory {cfg['memory'] >> 20} MiB, "
+        f"file {cfg['fsize'] >> 20} MiB, processes {cfg['nproc']}, open files {cfg['nofile']}"
+    )
     return "; ".join(parts)
 
 
@@ -434,11 +489,29 @@ def _start_program(cfg: dict, mode: str, uid: int | None, landlock: int) -> None
             _landlock(cfg, landlock)
         workdir = cfg["workdir"]
         os.chdir(workdir)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-               "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0"}
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "LC_ALL": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONHASHSEED": "0",
+        }
         nonet = "1" if mode == "none" else "0"
-        os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", RUNNER, str(cfg["status_fd"]),
-                                  os.path.join(workdir, "program.py"), nonet], env)
+        os.execve(
+            cfg["python"],
+            [
+                cfg["python"],
+                "-I",
+                "-S",
+                "-c",
+                RUNNER,
+                str(cfg["status_fd"]),
+                os.path.join(workdir, "program.py"),
+                nonet,
+            ],
+            env,
+        )
     except BaseException as e:  # noqa: BLE001
         _tell(cfg, "error", f"could not start the program: {type(e).__name__}: {e}")
     os._exit(127)
@@ -447,9 +520,14 @@ def _start_program(cfg: dict, mode: str, uid: int | None, landlock: int) -> None
 def _set_limits(cfg: dict) -> None:
     import resource  # launcher: imported where used, every program pays for its start-up
 
-    limits = [(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1), (resource.RLIMIT_AS, cfg["memory"], None),
-              (resource.RLIMIT_FSIZE, cfg["fsize"], None), (resource.RLIMIT_NPROC, cfg["nproc"], None),
-              (resource.RLIMIT_NOFILE, cfg["nofile"], None), (resource.RLIMIT_CORE, 0, None)]
+    limits = [
+        (resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1),
+        (resource.RLIMIT_AS, cfg["memory"], None),
+        (resource.RLIMIT_FSIZE, cfg["fsize"], None),
+        (resource.RLIMIT_NPROC, cfg["nproc"], None),
+        (resource.RLIMIT_NOFILE, cfg["nofile"], None),
+        (resource.RLIMIT_CORE, 0, None),
+    ]
     for which, soft, hard in limits:
         resource.setrlimit(which, (soft, soft if hard is None else hard))
 
@@ -667,8 +745,9 @@ class Sandbox:
     """Runs programs with ``limits`` under ``isolation`` (see the module doc),
     ``workers`` at a time in ``run_many``."""
 
-    def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int = 2,
-                 tmp_root: str | None = None):
+    def __init__(
+        self, limits: Limits | None = None, isolation: str = "auto", workers: int = 2, tmp_root: str | None = None
+    ):
         if isolation not in MODES:
             raise FactoryError(f"sandbox isolation must be one of {', '.join(MODES)}, got {isolation!r}")
         self.limits = limits or Limits()
@@ -714,9 +793,14 @@ def _run_one(source: str, limits: Limits, mode: str, tmp_root: str | None) -> Re
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _BOOT, _launcher_file(workdir), marshal.dumps(config).hex()],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(status_w,), start_new_session=True, cwd=workdir,
-                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(status_w,),
+                start_new_session=True,
+                cwd=workdir,
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+            )
         except OSError as e:
             return Result(False, "error", f"sandbox: could not start: {e}", duration=time.monotonic() - start)
         finally:
@@ -737,9 +821,11 @@ def _run_one(source: str, limits: Limits, mode: str, tmp_root: str | None) -> Re
 # The launcher is this file, run as __main__ from a code object compiled once
 # per parent: a script gets no bytecode cache, and compiling it for every
 # program would be a third of the launcher's CPU time.
-_BOOT = ("import marshal, sys\n"
-         "with open(sys.argv[1], 'rb') as f: code = marshal.loads(f.read())\n"
-         "exec(code, {'__name__': '__main__', '__builtins__': __builtins__})")
+_BOOT = (
+    "import marshal, sys\n"
+    "with open(sys.argv[1], 'rb') as f: code = marshal.loads(f.read())\n"
+    "exec(code, {'__name__': '__main__', '__builtins__': __builtins__})"
+)
 _launcher_code: bytes | None = None
 
 
@@ -757,14 +843,20 @@ def _launcher_file(workdir: str) -> str:
 def _launch_config(limits: Limits, mode: str, workdir: str, status_fd: int) -> dict:
     home = os.path.realpath(os.path.expanduser("~"))
     return {
-        "mode": mode, "workdir": os.path.realpath(workdir), "status_fd": status_fd,
+        "mode": mode,
+        "workdir": os.path.realpath(workdir),
+        "status_fd": status_fd,
         "parent": os.getpid(),
         "python": sys.executable,
         "keep": sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}),
         "mask": sorted({p for p in ("/root", home) if p not in ("/", "/tmp") and os.path.isdir(p)}),
-        "wall": float(limits.wall_s), "cpu": limits.cpu, "memory": int(limits.memory_mb) << 20,
-        "fsize": int(limits.file_mb) << 20, "disk": int(limits.disk_mb) << 20,
-        "nproc": int(limits.processes), "nofile": int(limits.open_files),
+        "wall": float(limits.wall_s),
+        "cpu": limits.cpu,
+        "memory": int(limits.memory_mb) << 20,
+        "fsize": int(limits.file_mb) << 20,
+        "disk": int(limits.disk_mb) << 20,
+        "nproc": int(limits.processes),
+        "nofile": int(limits.open_files),
     }
 
 
@@ -876,7 +968,7 @@ def _find_told(err: str, token: str) -> tuple[str, str] | None:
     """The runner's last ``TOKEN KIND TEXT`` line on stderr, as (kind, text)."""
     for line in reversed(err.splitlines()):
         if line.startswith(token + " "):
-            kind, _, text = line[len(token) + 1:].partition(" ")
+            kind, _, text = line[len(token) + 1 :].partition(" ")
             return kind, text.strip()
     return None
 
@@ -887,7 +979,7 @@ def _strip_token(text: str, token: str) -> str:
     if at < 0:
         return text
     end = text.find("\n", at + 1)
-    return text[:at] + (text[end + 1:] if end >= 0 else "")
+    return text[:at] + (text[end + 1 :] if end >= 0 else "")
 
 
 def _last_line(text: str) -> str:
@@ -897,6 +989,7 @@ def _last_line(text: str) -> str:
 
 def _remove_tree(path: str) -> None:
     """Delete the work dir even if the program left unwritable dirs behind."""
+
     def fix(func, p, _exc):
         try:
             os.chmod(os.path.dirname(p), 0o700)
@@ -913,17 +1006,58 @@ def _remove_tree(path: str) -> None:
 # A verdict is only as good as the process it comes from: a program can always
 # change what happens inside its own interpreter (see the module doc). These are
 # the ways in; an answer that uses one is not trusted as a training example.
-RUNTIME_MODULES = frozenset({"os", "posix", "nt", "sys", "builtins", "gc", "ctypes", "_ctypes", "importlib",
-                             "inspect", "atexit", "signal", "subprocess", "multiprocessing", "_thread", "mmap"})
-RUNTIME_NAMES = frozenset({"__import__", "__builtins__", "__loader__", "__spec__", "eval", "exec", "compile",
-                           "globals", "vars", "breakpoint"})
-RUNTIME_ATTRIBUTES = frozenset({"__globals__", "__code__", "__closure__", "__builtins__", "__traceback__",
-                                "__subclasses__", "__import__", "__loader__", "__spec__", "tb_frame", "tb_next",
-                                "f_back", "f_globals", "f_locals", "f_builtins", "f_trace", "f_lineno", "gi_frame",
-                                "cr_frame", "ag_frame"})
+RUNTIME_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "builtins",
+        "gc",
+        "ctypes",
+        "_ctypes",
+        "importlib",
+        "inspect",
+        "atexit",
+        "signal",
+        "subprocess",
+        "multiprocessing",
+        "_thread",
+        "mmap",
+    }
+)
+RUNTIME_NAMES = frozenset(
+    {"__import__", "__builtins__", "__loader__", "__spec__", "eval", "exec", "compile", "globals", "vars", "breakpoint"}
+)
+RUNTIME_ATTRIBUTES = frozenset(
+    {
+        "__globals__",
+        "__code__",
+        "__closure__",
+        "__builtins__",
+        "__traceback__",
+        "__subclasses__",
+        "__import__",
+        "__loader__",
+        "__spec__",
+        "tb_frame",
+        "tb_next",
+        "f_back",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_trace",
+        "f_lineno",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+    }
+)
 _RUNTIME_WORDS = re.compile(
     r"\b(?:import|from)\s+(?P<module>{})\b|\b(?P<name>{})\b|(?P<proc>/proc\b)".format(
-        "|".join(sorted(RUNTIME_MODULES)), "|".join(sorted(RUNTIME_ATTRIBUTES | {"__import__", "__builtins__"}))))
+        "|".join(sorted(RUNTIME_MODULES)), "|".join(sorted(RUNTIME_ATTRIBUTES | {"__import__", "__builtins__"}))
+    )
+)
 
 
 def runtime_access(code: str) -> str | None:
@@ -963,8 +1097,12 @@ def _runtime_node(node: ast.AST) -> str | None:
         return f"uses {node.attr}"
     elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "/proc" in node.value:
         return "reads /proc"
-    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-          and node.func.id in ("getattr", "setattr", "delattr") and len(node.args) >= 2):
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "setattr", "delattr")
+        and len(node.args) >= 2
+    ):
         name = node.args[1]
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str)) or name.value.startswith("__"):
             return f"uses {node.func.id} with a computed or hidden name"

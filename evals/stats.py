@@ -9,8 +9,8 @@ Every function is deterministic for a given seed and input order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -69,8 +69,9 @@ def percentile_interval(dist: np.ndarray, level: float = LEVEL) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def bootstrap_ci(values, weights=None, resamples: int = RESAMPLES, seed: int = SEED,
-                 level: float = LEVEL) -> tuple[float, float]:
+def bootstrap_ci(
+    values, weights=None, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the (weighted) mean."""
     return percentile_interval(bootstrap_distribution(values, weights, resamples, seed), level)
 
@@ -87,8 +88,9 @@ class Paired:
     p_worse: float  # p-value of "candidate is worse than baseline": share of resamples with delta >= 0
 
 
-def paired_bootstrap(baseline: dict, candidate: dict, resamples: int = RESAMPLES, seed: int = SEED,
-                     level: float = LEVEL) -> Paired:
+def paired_bootstrap(
+    baseline: dict, candidate: dict, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> Paired:
     """Compare two runs on the same sample ids.
 
     ``baseline`` and ``candidate`` map sample id -> (value, weight). Only ids in
@@ -103,8 +105,9 @@ def paired_bootstrap(baseline: dict, candidate: dict, resamples: int = RESAMPLES
     bv, bw = _arrays([baseline[i][0] for i in ids], [baseline[i][1] for i in ids])
     cv, cw = _arrays([candidate[i][0] for i in ids], [candidate[i][1] for i in ids])
     b, c = ratio(bv, bw), ratio(cv, cw)
-    deltas = np.concatenate([_ratios(cv * cw, cw, idx) - _ratios(bv * bw, bw, idx)
-                             for idx in _resample_indices(len(ids), resamples, seed)])
+    deltas = np.concatenate(
+        [_ratios(cv * cw, cw, idx) - _ratios(bv * bw, bw, idx) for idx in _resample_indices(len(ids), resamples, seed)]
+    )
     valid = deltas[~np.isnan(deltas)]
     p = (1 + int((valid >= 0).sum())) / (1 + len(valid))
     return Paired(len(ids), b, c, c - b, percentile_interval(deltas, level), p)

@@ -77,8 +77,9 @@ class Suite:
         known = [e.name for e in self.entries]
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise FactoryError(f"{self.file}: no task named {unknown[0]!r} in suite {self.name} "
-                               f"(its tasks: {', '.join(known)})")
+            raise FactoryError(
+                f"{self.file}: no task named {unknown[0]!r} in suite {self.name} (its tasks: {', '.join(known)})"
+            )
         return dataclasses.replace(self, entries=[e for e in self.entries if e.name in names])
 
     def sampling_for(self, entry: TaskEntry, overrides: dict | None = None) -> dict:
@@ -154,12 +155,20 @@ def _parse(data: Any, file: str) -> Suite:
         entry = parse_entry(raw, f"tasks[{i}]")
         clash = next((j for j, e in enumerate(entries) if e.name == entry.name), None)
         if clash is not None:
-            raise ConfigError(f"tasks[{i}].name", f"{entry.name!r} is already the name of tasks[{clash}]; "
-                              "give one of them a distinct `name`")
+            raise ConfigError(
+                f"tasks[{i}].name",
+                f"{entry.name!r} is already the name of tasks[{clash}]; give one of them a distinct `name`",
+            )
         entries.append(entry)
-    return Suite(name=name, description=coerce(str, data.get("description", ""), "description"),
-                 engine=engine, engine_settings=settings,
-                 sampling=parse_sampling(data.get("sampling") or {}, "sampling"), entries=entries, file=file)
+    return Suite(
+        name=name,
+        description=coerce(str, data.get("description", ""), "description"),
+        engine=engine,
+        engine_settings=settings,
+        sampling=parse_sampling(data.get("sampling") or {}, "sampling"),
+        entries=entries,
+        file=file,
+    )
 
 
 def check_suite(suite: Suite) -> None:
@@ -254,8 +263,9 @@ def parse_entry(raw: Any, where: str) -> TaskEntry:
 
 def _check_options(cls, task: str, options: dict, where: str) -> None:
     """Options are the task's constructor parameters, of their annotated types."""
-    params = {k: p for k, p in inspect.signature(cls).parameters.items()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {
+        k: p for k, p in inspect.signature(cls).parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # unresolvable annotations: no type check, the task checks itself

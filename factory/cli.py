@@ -73,8 +73,10 @@ def _dry_run(args, recipe) -> int:
     from factory.executors import engines_used  # torch, as above
 
     if "nemo" not in engines_used(recipe):
-        raise FactoryError(f"{args.recipe}: --dry-run writes nemo jobs, and every stage of this recipe runs "
-                           "natively; add --engine nemo")
+        raise FactoryError(
+            f"{args.recipe}: --dry-run writes nemo jobs, and every stage of this recipe runs "
+            "natively; add --engine nemo"
+        )
     reproduce = [args.recipe, *args.overrides]
     for flag in ("engine", "launcher"):
         if getattr(args, flag, None):
@@ -110,9 +112,19 @@ def cmd_ls(args) -> int:
                 found.append(("", (f"{run.name}/{stage.name}", "?", "unreadable", "", "", str(e))))
                 continue
             if m is not None:
-                found.append((m.get("created", ""), (
-                    f"{run.name}/{stage.name}", m["kind"], m["hash"][:12], str(m.get("tokens") or "-"),
-                    f"{m.get('wall_s', 0):.1f}s", _fmt_metric(m["kind"], m.get("metrics", {})))))
+                found.append(
+                    (
+                        m.get("created", ""),
+                        (
+                            f"{run.name}/{stage.name}",
+                            m["kind"],
+                            m["hash"][:12],
+                            str(m.get("tokens") or "-"),
+                            f"{m.get('wall_s', 0):.1f}s",
+                            _fmt_metric(m["kind"], m.get("metrics", {})),
+                        ),
+                    )
+                )
         rows += [row for _, row in sorted(found)]  # in the order they were made: the pipeline's order
     if not rows:
         print(f"no artifacts under {root}")
@@ -149,34 +161,51 @@ def cmd_show(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="factory", description="Minitron model factory: recipe-driven "
-                                "correction, pruning, distillation, alignment and evaluation of LLMs.")
+    p = argparse.ArgumentParser(
+        prog="factory",
+        description="Minitron model factory: recipe-driven "
+        "correction, pruning, distillation, alignment and evaluation of LLMs.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def recipe_cmd(name, help_):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("recipe", help="recipe YAML file")
         sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.correct.max_tokens=5000")
-        sp.add_argument("--engine", choices=("native", "nemo"), help="run on this engine instead of the recipe's "
-                        "(stages pinned in its engines: keep theirs)")
+        sp.add_argument(
+            "--engine",
+            choices=("native", "nemo"),
+            help="run on this engine instead of the recipe's (stages pinned in its engines: keep theirs)",
+        )
         return sp
 
     sp = recipe_cmd("validate", "validate a recipe completely, without running anything")
     sp.add_argument("--explain", action="store_true", help="list every config key of each stage with its help")
     sp.set_defaults(fn=cmd_validate)
-    for name, fn, help_ in (("plan", cmd_plan, "show which stages are cached and which would run, and why"),
-                            ("run", cmd_run, "run the recipe's stages, reusing cached artifacts")):
+    for name, fn, help_ in (
+        ("plan", cmd_plan, "show which stages are cached and which would run, and why"),
+        ("run", cmd_run, "run the recipe's stages, reusing cached artifacts"),
+    ):
         sp = recipe_cmd(name, help_)
-        sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"), help="where artifacts go (default runs/)")
+        sp.add_argument(
+            "--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"), help="where artifacts go (default runs/)"
+        )
         sp.add_argument("--only", help="run only this stage (its inputs must be up to date)")
         sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
         if name == "run":
             sp.add_argument("--no-progress", action="store_true", help="no progress bars")
             sp.add_argument("--until", metavar="STAGE", help="run STAGE and what it needs, nothing downstream")
-            sp.add_argument("--dry-run", action="store_true", help="nemo engine: write every stage's scripts, "
-                            "configs and launch commands into the run dir, and run nothing")
-            sp.add_argument("--launcher", choices=("docker", "torchrun", "slurm"),
-                            help="nemo engine: how jobs start (default: the recipe's nemo.launcher)")
+            sp.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="nemo engine: write every stage's scripts, "
+                "configs and launch commands into the run dir, and run nothing",
+            )
+            sp.add_argument(
+                "--launcher",
+                choices=("docker", "torchrun", "slurm"),
+                help="nemo engine: how jobs start (default: the recipe's nemo.launcher)",
+            )
         sp.set_defaults(fn=fn)
     sp = sub.add_parser("ls", help="list artifacts in a runs directory")
     sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"))
@@ -190,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)  # eval, gate, report: the evaluation suite's own commands
     # `factory report RUN_DIR` draws a whole pipeline run; results files go to the suite's report.
     report = sub.choices["report"]
-    report.description = report.help = ("a run dir (runs/<recipe>): one HTML/Markdown page about the whole line; "
-                                        "or results files: a comparison with a bar chart")
+    report.description = report.help = (
+        "a run dir (runs/<recipe>): one HTML/Markdown page about the whole line; "
+        "or results files: a comparison with a bar chart"
+    )
     report.set_defaults(fn=cmd_report)
     return p
 

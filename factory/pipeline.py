@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation import artifacts
-from foundation.errors import ArtifactError, FactoryError
-from foundation.hashing import sha256_json
 from factory.engines.base import Executor, Outcome, SourceHashes, StageRun, input_fields, manifest_head
 from factory.executors import EXECUTORS, executor_name
 from factory.recipe import Recipe
 from factory.training import dist
+from foundation import artifacts
+from foundation.errors import ArtifactError, FactoryError
+from foundation.hashing import sha256_json
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Pipeline:
     # -- hashing -----------------------------------------------------------
     def _inputs(self, stage: str, pending: set[str]) -> tuple[dict[str, str] | None, str]:
         hashes: dict[str, str] = {}
-        for fname, (kind, name) in self.recipe.stage_inputs(stage).items():
+        for _fname, (kind, name) in self.recipe.stage_inputs(stage).items():
             if name in self.recipe.stages:
                 if name in pending:
                     return None, f"upstream stage {name!r} will run"
@@ -97,8 +97,9 @@ class Pipeline:
         if manifest["kind"] != cfg.kind or manifest["config_hash"] != self.recipe.config_hash(stage):
             return Decision(stage, "run", "config changed" + resume, inputs)
         if manifest["inputs"] != inputs:
-            changed = sorted(k for k in set(inputs) | set(manifest["inputs"])
-                             if inputs.get(k) != manifest["inputs"].get(k))
+            changed = sorted(
+                k for k in set(inputs) | set(manifest["inputs"]) if inputs.get(k) != manifest["inputs"].get(k)
+            )
             return Decision(stage, "run", f"input {', '.join(changed)} changed" + resume, inputs)
         check = artifacts.verify(directory, manifest)
         if not check.ok:
@@ -169,8 +170,10 @@ class Pipeline:
                     continue
                 waiting = [u for u in self.recipe.upstream(stage) if u in queued]
                 if waiting and not self.executor(stage).can_queue(stage):
-                    self._say(f"[factory] {stage}: waits for Slurm jobs {', '.join(queued[u] for u in waiting)} "
-                              f"({', '.join(waiting)}); rerun this command when they have finished")
+                    self._say(
+                        f"[factory] {stage}: waits for Slurm jobs {', '.join(queued[u] for u in waiting)} "
+                        f"({', '.join(waiting)}); rerun this command when they have finished"
+                    )
                     break
                 job_id = self._execute(stage, d, [queued[u] for u in waiting])
                 if job_id is not None:
@@ -184,22 +187,32 @@ class Pipeline:
             for up in self.recipe.upstream(stage):
                 d = self.decide(up)
                 if d.action != "cached":
-                    raise FactoryError(f"--only {stage}: upstream stage {up!r} is not up to date "
-                                       f"({d.reason}); run it first or drop --only")
+                    raise FactoryError(
+                        f"--only {stage}: upstream stage {up!r} is not up to date "
+                        f"({d.reason}); run it first or drop --only"
+                    )
         d = self.decide(stage, pending=set(queued), force=force)
         if d.action == "corrupted":
-            raise ArtifactError(f"{d.reason}: the artifact is corrupted and was not reused; "
-                                f"rerun with --force {stage} to rebuild it")
+            raise ArtifactError(
+                f"{d.reason}: the artifact is corrupted and was not reused; rerun with --force {stage} to rebuild it"
+            )
         return d
 
     def _execute(self, stage: str, d: Decision, after: list[str]) -> str | None:
         """Run ``stage`` on its executor; returns the id of a queued job, if it queued one."""
         executor = self.executor(stage)
         self._say(f"[factory] {stage}: {executor.verb} ({d.reason})")
-        job = StageRun(stage=stage, run_dir=self.run_dir, inputs=d.inputs,
-                       work_dir=self.work_dir(stage, d.inputs) if d.inputs is not None else None,
-                       fingerprint=self._source_hash, event=lambda event, detail: self._event(stage, event, detail),
-                       say=self._say, after=after, progress=self.progress)
+        job = StageRun(
+            stage=stage,
+            run_dir=self.run_dir,
+            inputs=d.inputs,
+            work_dir=self.work_dir(stage, d.inputs) if d.inputs is not None else None,
+            fingerprint=self._source_hash,
+            event=lambda event, detail: self._event(stage, event, detail),
+            say=self._say,
+            after=after,
+            progress=self.progress,
+        )
         outcome = executor.run(job)
         if outcome.out_dir is not None:
             self._publish(stage, d.inputs, outcome)
@@ -211,13 +224,20 @@ class Pipeline:
             dist.barrier()  # wait until rank 0 has published the artifact
             shutil.rmtree(outcome.out_dir, ignore_errors=True)
             return None
-        manifest = artifacts.write_manifest(outcome.out_dir, {
-            **manifest_head(self.recipe, stage), "inputs": inputs,
-            "input_fields": input_fields(self.recipe, stage), **outcome.body})
+        manifest = artifacts.write_manifest(
+            outcome.out_dir,
+            {
+                **manifest_head(self.recipe, stage),
+                "inputs": inputs,
+                "input_fields": input_fields(self.recipe, stage),
+                **outcome.body,
+            },
+        )
         artifacts.replace_dir(outcome.out_dir, self.artifact_dir(stage))
         shutil.rmtree(self.work_dir(stage, inputs), ignore_errors=True)
-        self._event(stage, "done", str(self.artifact_dir(stage)), wall_s=outcome.wall_s,
-                    metrics=outcome.body.get("metrics"))
+        self._event(
+            stage, "done", str(self.artifact_dir(stage)), wall_s=outcome.wall_s, metrics=outcome.body.get("metrics")
+        )
         self._say(f"[factory] {stage}: done in {outcome.wall_s:.1f}s -> {self.artifact_dir(stage)}")
         dist.barrier()
         return manifest

@@ -14,15 +14,15 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from foundation.configs import build, coerce, hashed_dict, refs
 from factory import engines
 from factory.engines import ENGINES
+from factory.shapes import first_model, stage_shapes  # noqa: F401 (first_model: part of the recipe API)
+from factory.sources.datasets import DatasetSpec
+from factory.sources.models import ModelSpec
+from factory.stages.base import stage_kinds
+from foundation.configs import build, coerce, hashed_dict, refs
 from foundation.errors import ConfigError, FactoryError
 from foundation.hashing import sha256_json
-from factory.sources.datasets import DatasetSpec
-from factory.sources.models import ModelSpec, peek_config
-from factory.shapes import first_model, stage_shapes  # noqa: F401 (first_model: part of the recipe API)
-from factory.stages.base import stage_kinds
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = ("name", "description", "engine", "engines", "nemo", "seed", "models", "datasets", "stages")
@@ -67,8 +67,9 @@ class Recipe:
 
     def config_hash(self, stage: str) -> str:
         cfg = self.stages[stage]
-        return sha256_json({"kind": cfg.kind, "engine": self.engine_of(stage), "seed": self.seed,
-                            "config": hashed_dict(cfg)})
+        return sha256_json(
+            {"kind": cfg.kind, "engine": self.engine_of(stage), "seed": self.seed, "config": hashed_dict(cfg)}
+        )
 
 
 def _yaml_error(path: Path, err: Exception) -> FactoryError:
@@ -191,9 +192,19 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
     stage_engines = engines.parse_stage_engines(raw.get("engines"), order, engine)
     settings = engines.parse_settings(raw, order)
     engines.check(stage_engines, settings, ordered, models, shapes, path.parent)
-    return Recipe(name=name, engine=engine, seed=seed, description=description, models=models,
-                  datasets=datasets, stages=ordered, file=path, raw=raw,
-                  stage_engines=stage_engines, engine_settings=settings)
+    return Recipe(
+        name=name,
+        engine=engine,
+        seed=seed,
+        description=description,
+        models=models,
+        datasets=datasets,
+        stages=ordered,
+        file=path,
+        raw=raw,
+        stage_engines=stage_engines,
+        engine_settings=settings,
+    )
 
 
 def _check_refs(stages: dict, models: dict, datasets: dict) -> None:
@@ -224,7 +235,7 @@ def _topological(stages: dict) -> list[str]:
         if state.get(s) == 2:
             return
         if state.get(s) == 1:
-            cycle = trail[trail.index(s):] + [s]
+            cycle = trail[trail.index(s) :] + [s]
             raise ConfigError(f"stages.{s}", "dependency cycle: " + " -> ".join(cycle))
         state[s] = 1
         for d in deps[s]:

@@ -67,24 +67,30 @@ def diagram_svg(stages: list[dict]) -> str:
         c, r = pos[name]
         return gx + c * (w + gx), gy + r * (h + gy)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             'font-size="12"><defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" '
-             'markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="12"><defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" '
+        'markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>'
+    ]
     for m in stages:
         x2, y2 = box(m["stage"])
         for n in set(m.get("input_fields", {}).values()):
             if n in pos:
                 x1, y1 = box(n)
-                parts.append(f'<line x1="{x1 + w}" y1="{y1 + h / 2}" x2="{x2}" y2="{y2 + h / 2}" stroke="#555" '
-                             'marker-end="url(#a)"/>')
+                parts.append(
+                    f'<line x1="{x1 + w}" y1="{y1 + h / 2}" x2="{x2}" y2="{y2 + h / 2}" stroke="#555" '
+                    'marker-end="url(#a)"/>'
+                )
     for name in pos:
         x, y = box(name)
         fill = "#eef" if name in kinds else "#efe"
         label = html.escape(name)
         sub = html.escape(kinds.get(name, "source"))
-        parts.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#447"/>'
-                     f'<text x="{x + w / 2}" y="{y + 18}" text-anchor="middle" font-weight="bold">{label}</text>'
-                     f'<text x="{x + w / 2}" y="{y + 34}" text-anchor="middle" fill="#555">{sub}</text>')
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#447"/>'
+            f'<text x="{x + w / 2}" y="{y + 18}" text-anchor="middle" font-weight="bold">{label}</text>'
+            f'<text x="{x + w / 2}" y="{y + 34}" text-anchor="middle" fill="#555">{sub}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -127,8 +133,7 @@ def _img(path: Path) -> str:
 def _summary_row(m: dict) -> tuple[str, ...]:
     metrics = m.get("metrics", {})
     keys = [k for k in metrics if k.endswith("_after") or k in ("pairs", "params", "verdict")][:4]
-    shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-                      for k in keys)
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys)
     tokens = m.get("tokens")
     return (m["stage"], m["kind"], f"{tokens:,}" if tokens else "-", f"{m.get('wall_s', 0):.0f}", shown)
 
@@ -146,15 +151,26 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
     (out / "pipeline.svg").write_text(svg)
     hosts = sorted({host.one_line(m["host"]) for m in stages if m.get("host")})
     ran_on = f"Ran on: {'; '.join(hosts)}" if hosts else ""
-    md = [f"# Run report: {run_dir.name}", "", *([ran_on, ""] if ran_on else []), "![pipeline](pipeline.svg)", "",
-          "| stage | kind | tokens | seconds | result |", "|---|---|---|---|---|"]
+    md = [
+        f"# Run report: {run_dir.name}",
+        "",
+        *([ran_on, ""] if ran_on else []),
+        "![pipeline](pipeline.svg)",
+        "",
+        "| stage | kind | tokens | seconds | result |",
+        "|---|---|---|---|---|",
+    ]
     md += ["| " + " | ".join(_summary_row(m)) + " |" for m in stages]
-    page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style>",
-            f"<h1>Run report: {html.escape(run_dir.name)}</h1>", *([f"<p>{html.escape(ran_on)}</p>"] if ran_on else []),
-            "<h2>Pipeline</h2>", svg,
-            "<h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>tokens</th><th>seconds</th><th>result</th></tr>"]
+    page = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style>",
+        f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+        *([f"<p>{html.escape(ran_on)}</p>"] if ran_on else []),
+        "<h2>Pipeline</h2>",
+        svg,
+        "<h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>tokens</th><th>seconds</th><th>result</th></tr>",
+    ]
     page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _summary_row(m)) + "</tr>" for m in stages]
     page.append("</table>")
     curves = [m for m in stages if loss_curves(m, out / f"loss-{m['stage']}.png")]
@@ -178,8 +194,10 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
             page.append(f"<h2>Gate ({html.escape(m['stage'])})</h2><p>Verdict: <b>{html.escape(str(verdict))}</b></p>")
             md += ["", f"## Gate ({m['stage']})", "", f"Verdict: **{verdict}**"]
         if m["kind"] == "release" and (m["_dir"] / "README.md").is_file():
-            page += [f"<h2>Release ({html.escape(m['stage'])})</h2>",
-                     f"<pre style='white-space:pre-wrap'>{html.escape((m['_dir'] / 'README.md').read_text())}</pre>"]
+            page += [
+                f"<h2>Release ({html.escape(m['stage'])})</h2>",
+                f"<pre style='white-space:pre-wrap'>{html.escape((m['_dir'] / 'README.md').read_text())}</pre>",
+            ]
             md += ["", f"## Release ({m['stage']})", "", f"Model card: {m['_dir'] / 'README.md'}"]
     (out / "report.html").write_text("\n".join(page))
     (out / "report.md").write_text("\n".join(md) + "\n")

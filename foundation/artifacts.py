@@ -29,8 +29,12 @@ def versions() -> dict[str, str]:
     import torch  # heavy, and only a manifest writer needs it
     import transformers  # likewise
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "factory": foundation.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "factory": foundation.__version__,
+    }
 
 
 def content_hash(files: dict[str, str]) -> str:
@@ -40,10 +44,17 @@ def content_hash(files: dict[str, str]) -> str:
 def write_manifest(out_dir: Path, body: dict) -> dict:
     """Hash every file in ``out_dir`` and write the manifest; returns it."""
     files = hash_tree(out_dir, exclude=(MANIFEST,))
-    manifest = {"format": FORMAT, **body, "files": files, "hash": content_hash(files),
-                "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    storage.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n",
-                       "the artifact manifest")
+    manifest = {
+        "format": FORMAT,
+        **body,
+        "files": files,
+        "hash": content_hash(files),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    storage.write_text(
+        out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n", "the artifact manifest"
+    )
     return manifest
 
 

@@ -32,9 +32,12 @@ def inline_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     for m in messages:
         m = dict(m)
         calls = m.pop("tool_calls", None) or []
-        text = "".join("<tool_call>" + json.dumps({"name": c["function"]["name"],
-                                                   "arguments": c["function"]["arguments"]}, ensure_ascii=False)
-                       + "</tool_call>" for c in calls)
+        text = "".join(
+            "<tool_call>"
+            + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False)
+            + "</tool_call>"
+            for c in calls
+        )
         m["content"] = (m.get("content") or "") + text
         out.append(m)
     if tools:

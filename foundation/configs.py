@@ -22,8 +22,7 @@ from foundation.errors import ConfigError
 _MISSING = dataclasses.MISSING
 
 
-def field(default: Any = _MISSING, *, help: str = "", ref: str | None = None, factory=None,
-          hashed: bool = True):
+def field(default: Any = _MISSING, *, help: str = "", ref: str | None = None, factory=None, hashed: bool = True):
     """A dataclass field with help text and an optional reference kind.
 
     ``hashed=False`` marks knobs that cannot change a stage's result (how often

@@ -14,8 +14,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def check_device(device: str, where: str) -> None:
-    require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), where, "device",
-            f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    require(
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+        where,
+        "device",
+        f"expected auto, cpu, cuda or cuda:N, got {device!r}",
+    )
 
 
 def resolve_device(device: str) -> torch.device:

@@ -24,7 +24,6 @@ class ConfigError(FactoryError):
         loc = f"{where}: " if where else ""
         super().__init__(f"{prefix}{loc}{message}")
 
-
     def in_file(self, file: str) -> "ConfigError":
         return ConfigError(self.where, self.message, file=file)
 

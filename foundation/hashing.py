@@ -51,8 +51,9 @@ def source_digests(root: str | os.PathLike, parts: tuple[str, ...] = (".",)) -> 
     for part in parts:
         if (root / part).is_dir():
             prefix = "" if part == "." else f"{part}/"
-            out.update({prefix + rel: digest for rel, digest in hash_tree(root / part).items()
-                        if "__pycache__" not in rel})
+            out.update(
+                {prefix + rel: digest for rel, digest in hash_tree(root / part).items() if "__pycache__" not in rel}
+            )
         else:
             out[part] = sha256_file(root / part)
     return out

@@ -46,9 +46,12 @@ def matmul_gflops(n: int = 1024, seconds: float = 0.3) -> float:
 def describe() -> dict:
     import torch  # heavy: see matmul_gflops
 
-    info = {"cpu": _cpu_model(), "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "fp32_matmul_gflops": round(matmul_gflops(), 1)}
+    info = {
+        "cpu": _cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "fp32_matmul_gflops": round(matmul_gflops(), 1),
+    }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -56,5 +59,7 @@ def describe() -> dict:
 
 def one_line(info: dict) -> str:
     gpus = f", {len(info['gpus'])}x {info['gpus'][0]}" if info.get("gpus") else ""
-    return (f"{info.get('cpu', '?')}, {info.get('torch_threads', '?')} torch threads of {info.get('cpus', '?')} CPUs"
-            f"{gpus}; fp32 matmul probe {info.get('fp32_matmul_gflops', '?')} GFLOP/s")
+    return (
+        f"{info.get('cpu', '?')}, {info.get('torch_threads', '?')} torch threads of {info.get('cpus', '?')} CPUs"
+        f"{gpus}; fp32 matmul probe {info.get('fp32_matmul_gflops', '?')} GFLOP/s"
+    )

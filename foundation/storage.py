@@ -99,7 +99,7 @@ def storage_error(err: BaseException, path: str | os.PathLike | None = None, wha
 
 
 def _free(path) -> str:
-    """" (N free there)" for the file system holding ``path``, or that its inodes ran out."""
+    """ " (N free there)" for the file system holding ``path``, or that its inodes ran out."""
     try:
         where = _existing(Path(path))
         st = os.statvfs(where)
@@ -216,8 +216,9 @@ def _record_then_rename(tmp: Path, path: Path, digest: str, what: str) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, what: str, checked: bool = False,
-                record_first: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, what: str, checked: bool = False, record_first: bool = False
+) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that takes a file name; once the block
     ends it is synced and renamed to ``path`` (and its sha256 recorded when ``checked``, after
     it or, with ``record_first``, before: see ``_commit``). On failure the temporary file is
@@ -251,8 +252,9 @@ def atomic_file(path: str | os.PathLike, what: str, checked: bool = False, recor
         _fail(e, tmp, path, what, writer.error if writer is not None else None)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, what: str, checked: bool = False,
-                record_first: bool = False) -> None:
+def write_bytes(
+    path: str | os.PathLike, data: bytes, what: str, checked: bool = False, record_first: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically (see ``atomic_file``)."""
     with atomic_file(path, what, checked, record_first) as f:
         f.write(data)
@@ -264,6 +266,7 @@ def write_text(path: str | os.PathLike, text: str, what: str, checked: bool = Fa
 
 
 # -- checked files -----------------------------------------------------------
+
 
 def sidecar(path: str | os.PathLike) -> Path:
     """Where the sha256 of the checked file ``path`` is recorded."""
@@ -312,8 +315,7 @@ def warn(path: str | os.PathLike, what: str, why: str, then: str) -> None:
     print(f"warning: {path}: {what} discarded, {why}; {then}", file=sys.stderr)
 
 
-def load_checked(path: str | os.PathLike, what: str, load: Callable[[Path], object], then: str,
-                 owner: bool = True):
+def load_checked(path: str | os.PathLike, what: str, load: Callable[[Path], object], then: str, owner: bool = True):
     """``load(path)`` when ``path`` exists and matches its recorded sha256 (and loads);
     None when it is absent. A corrupted one is reported in one line (``then``: what happens
     instead), removed with its record, and None returned. Of several processes that read
@@ -335,12 +337,23 @@ def load_checked(path: str | os.PathLike, what: str, load: Callable[[Path], obje
 
 # -- deterministic safetensors ------------------------------------------------
 
-_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-           "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str], what: str,
-                      checked: bool = False) -> None:
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict, metadata: dict[str, str], what: str, checked: bool = False
+) -> None:
     """Write ``tensors`` (name -> CPU torch tensor) and string ``metadata`` to ``path`` in the
     safetensors format, atomically, with every key sorted: the same tensors and metadata give
     the same bytes in every process."""

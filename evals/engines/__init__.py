@@ -52,8 +52,9 @@ def check_settings(name: str, keys, where: str = "") -> None:
     unknown = [k for k in keys if k not in known]
     if unknown:
         prefix = f"{where}: " if where else ""
-        raise FactoryError(f"{prefix}engine {name}: unknown setting {unknown[0]!r} "
-                           f"(known: {', '.join(known) or 'none'})")
+        raise FactoryError(
+            f"{prefix}engine {name}: unknown setting {unknown[0]!r} (known: {', '.join(known) or 'none'})"
+        )
 
 
 def check_engine_settings(name: str, settings: dict[str, Any]) -> None:
@@ -141,8 +142,14 @@ class LazyEngine:
         if self.engine is not None:
             return self.engine.describe()
         ident = self.planned_identity() or {}
-        return {"engine": self.name, "model": self.model, **{k: v for k, v in self.settings.items() if v is not None},
-                "model_hash": ident.get("model"), "dtype": ident.get("dtype"), "started": False}
+        return {
+            "engine": self.name,
+            "model": self.model,
+            **{k: v for k, v in self.settings.items() if v is not None},
+            "model_hash": ident.get("model"),
+            "dtype": ident.get("dtype"),
+            "started": False,
+        }
 
     def close(self) -> None:
         if self.engine is not None:

@@ -38,8 +38,14 @@ class CachedEngine:
 
     streams = False
 
-    def __init__(self, inner: Any, cache: CompletionCache, model: str | None = None, engine: str | None = None,
-                 chunk: int = CHUNK):
+    def __init__(
+        self,
+        inner: Any,
+        cache: CompletionCache,
+        model: str | None = None,
+        engine: str | None = None,
+        chunk: int = CHUNK,
+    ):
         self.inner, self.cache, self.model, self.chunk = inner, cache, model, chunk
         self.name = getattr(inner, "name", "custom") if inner is not None else (engine or "none")
         self.engine = engine
@@ -53,8 +59,10 @@ class CachedEngine:
             return out
         out = self._all_planned(requests)
         if out is not None:
-            print(f"[evals] all {len(requests)} completions from {self.cache.path}; engine {self.name} not started",
-                  file=sys.stderr)
+            print(
+                f"[evals] all {len(requests)} completions from {self.cache.path}; engine {self.name} not started",
+                file=sys.stderr,
+            )
             self.reused, self.wall_s = len(requests), 0.0
             return out
         return self._forward(requests, progress)
@@ -64,8 +72,12 @@ class CachedEngine:
         if self.inner is not None:
             return self.inner.describe()
         ident = self.identity or {"engine": self.engine}
-        described = {"engine": ident.get("engine"), "dtype": ident.get("dtype"), "cached_only": True,
-                     "cache": str(self.cache.path)}
+        described = {
+            "engine": ident.get("engine"),
+            "dtype": ident.get("dtype"),
+            "cached_only": True,
+            "cache": str(self.cache.path),
+        }
         if self.model is not None and Path(self.model).is_dir() and ident.get("model"):
             described["model_hash"] = ident["model"]
         return described
@@ -108,7 +120,7 @@ class CachedEngine:
             # one call keeps the engine's batch full to the end; each completion is kept as it lands
             batches = [todo] if todo else []
         else:
-            batches = [todo[s:s + self.chunk] for s in range(0, len(todo), self.chunk)]
+            batches = [todo[s : s + self.chunk] for s in range(0, len(todo), self.chunk)]
         for idx in batches:
             got = self._kept(streams, [requests[i] for i in idx], [keys[i] for i in idx], progress)
             for i, c in zip(idx, got):
@@ -143,18 +155,21 @@ _DTYPES = (None, "auto", "float32", "bfloat16", "float16")
 _PROBE = 256  # requests used to choose among candidate identities
 
 
-def cached_identity(cache: CompletionCache, requests: list[Request], model: str,
-                    engine: str | None = None) -> tuple[dict | None, list[Completion | None]]:
+def cached_identity(
+    cache: CompletionCache, requests: list[Request], model: str, engine: str | None = None
+) -> tuple[dict | None, list[Completion | None]]:
     """The engine identity under which ``cache`` holds the most of ``requests`` for
     ``model`` (restricted to ``engine`` when given), and the completion it holds for
     each request under that identity (None where it holds none)."""
     digest = model_hash(model)
     want = digest or model
-    candidates = [i for i, _ in cache.identities()
-                  if i.get("model") == want and (engine is None or i.get("engine") == engine)]
+    candidates = [
+        i for i, _ in cache.identities() if i.get("model") == want and (engine is None or i.get("engine") == engine)
+    ]
     if digest:
-        candidates += [{"engine": e, "dtype": d, "model": digest}
-                       for e in ([engine] if engine else ENGINES) for d in _DTYPES]
+        candidates += [
+            {"engine": e, "dtype": d, "model": digest} for e in ([engine] if engine else ENGINES) for d in _DTYPES
+        ]
 
     def held(ident: dict, among: list[Request]) -> int:
         return sum(cache.completion(cache.request_key(ident, r)) is not None for r in among)

@@ -21,8 +21,10 @@ def render_prompt(tokenizer, request: Request) -> str:
     if request.prompt is not None:
         return request.prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise FactoryError(f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template, "
-                           "so chat requests cannot be rendered (give raw prompts or a model with a template)")
+        raise FactoryError(
+            f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template, "
+            "so chat requests cannot be rendered (give raw prompts or a model with a template)"
+        )
 
     # A template that ignores tools would silently drop them: they are written
     # inline then, exactly as the sft stage trains tool calls for such templates.
@@ -67,8 +69,10 @@ def model_hash(model: str) -> str | None:
     # A plain checkpoint is hashed over its bytes: seconds to minutes for billions of
     # parameters. A run asks several times (planned identity, the engine's description,
     # the cache), so the hash is kept for as long as no file's size or mtime changes.
-    stamp = (str(root.resolve()), tuple((rel, st.st_size, st.st_mtime_ns) for rel in hashing.list_files(root)
-                                        for st in [(root / rel).stat()]))
+    stamp = (
+        str(root.resolve()),
+        tuple((rel, st.st_size, st.st_mtime_ns) for rel in hashing.list_files(root) for st in [(root / rel).stat()]),
+    )
     if stamp not in _TREE_HASHES:
         _TREE_HASHES[stamp] = content_hash(hashing.hash_tree(root))
     return _TREE_HASHES[stamp]
@@ -92,8 +96,9 @@ def check_positive(engine: str, **values: Any) -> None:
 
 def check_choice(engine: str, key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise FactoryError(f"engine {engine}: setting {key!r} must be one of "
-                           f"{', '.join(map(str, choices))} (got {value!r})")
+        raise FactoryError(
+            f"engine {engine}: setting {key!r} must be one of {', '.join(map(str, choices))} (got {value!r})"
+        )
 
 
 def empty_completion(n: int, reason: str = "length") -> Completion:

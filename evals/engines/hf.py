@@ -27,8 +27,15 @@ from tqdm.auto import tqdm
 
 from evals.api import Completion, Request
 from evals.engines import register
-from evals.engines.common import (check_choice, check_positive, cut_at_stop, empty_completion, model_hash,
-                                  render_prompt, stream_seed)
+from evals.engines.common import (
+    check_choice,
+    check_positive,
+    cut_at_stop,
+    empty_completion,
+    model_hash,
+    render_prompt,
+    stream_seed,
+)
 from foundation.errors import FactoryError
 
 ATTENTION_NAME = "evals_grouped_sdpa"
@@ -44,11 +51,13 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     kv_heads = key.shape[1]
     if q_len == 1:
         grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
-        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
-                                                               scale=scaling)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            grouped, key, value, attn_mask=attention_mask, scale=scaling
+        )
         return out.reshape(batch, 1, heads, dim), None
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           scale=scaling, enable_gqa=heads != kv_heads)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=heads != kv_heads
+    )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -73,16 +82,16 @@ def _slab_layer_class():
             self._view()
 
         def _view(self):
-            self.keys = self.kbuf[:, :, :self.length]
-            self.values = self.vbuf[:, :, :self.length]
+            self.keys = self.kbuf[:, :, : self.length]
+            self.values = self.vbuf[:, :, : self.length]
 
         def update(self, key_states, value_states, *args, **kwargs):
             n = key_states.shape[-2]
             if self.length + n > self.kbuf.shape[2]:
                 self.kbuf = _grow(self.kbuf, self.length + n + 64)
                 self.vbuf = _grow(self.vbuf, self.length + n + 64)
-            self.kbuf[:, :, self.length:self.length + n] = key_states
-            self.vbuf[:, :, self.length:self.length + n] = value_states
+            self.kbuf[:, :, self.length : self.length + n] = key_states
+            self.vbuf[:, :, self.length : self.length + n] = value_states
             self.length += n
             self._view()
             return self.keys, self.values
@@ -95,7 +104,7 @@ def _slab_layer_class():
 
 def _grow(buf: torch.Tensor, capacity: int) -> torch.Tensor:
     new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
-    new[:, :, :buf.shape[2]] = buf
+    new[:, :, : buf.shape[2]] = buf
     return new
 
 
@@ -132,10 +141,10 @@ class _Rows:
     def __len__(self):
         return len(self.streams)
 
-    def select(self, keep: list[int]) -> "_Rows":
+    def select(self, keep: list[int]) -> _Rows:
         """Only rows ``keep``, with the leading columns no row attends to cut away."""
         idx = torch.tensor(keep, dtype=torch.long)
-        mask = self.mask[idx, :self.length]
+        mask = self.mask[idx, : self.length]
         start = int(mask.any(0).int().argmax()) if len(keep) else self.length
         length = self.length - start
         streams = [self.streams[i] for i in keep]
@@ -143,15 +152,22 @@ class _Rows:
 
         def take(buf):
             new = buf.new_zeros(len(keep), buf.shape[1], cap, buf.shape[3])
-            new[:, :, :length] = buf[idx, :, start:self.length]
+            new[:, :, :length] = buf[idx, :, start : self.length]
             return new
 
         new_mask = torch.zeros(len(keep), cap, dtype=torch.bool)
         new_mask[:, :length] = mask[:, start:]
-        return _Rows(streams, [take(b) for b in self.kbufs], [take(b) for b in self.vbufs], new_mask, length,
-                     self.pos[idx], self.last[idx])
+        return _Rows(
+            streams,
+            [take(b) for b in self.kbufs],
+            [take(b) for b in self.vbufs],
+            new_mask,
+            length,
+            self.pos[idx],
+            self.last[idx],
+        )
 
-    def merge(self, other: "_Rows") -> "_Rows":
+    def merge(self, other: _Rows) -> _Rows:
         """Both batches in one, right-aligned (the shorter one gains left padding)."""
         if not len(self):
             return other
@@ -162,16 +178,22 @@ class _Rows:
 
         def join(a, b):
             new = a.new_zeros(rows, a.shape[1], cap, a.shape[3])
-            new[:len(self), :, length - self.length:length] = a[:, :, :self.length]
-            new[len(self):, :, length - other.length:length] = b[:, :, :other.length]
+            new[: len(self), :, length - self.length : length] = a[:, :, : self.length]
+            new[len(self) :, :, length - other.length : length] = b[:, :, : other.length]
             return new
 
         mask = torch.zeros(rows, cap, dtype=torch.bool)
-        mask[:len(self), length - self.length:length] = self.mask[:, :self.length]
-        mask[len(self):, length - other.length:length] = other.mask[:, :other.length]
-        return _Rows(streams, [join(a, b) for a, b in zip(self.kbufs, other.kbufs)],
-                     [join(a, b) for a, b in zip(self.vbufs, other.vbufs)], mask, length,
-                     torch.cat([self.pos, other.pos]), torch.cat([self.last, other.last]))
+        mask[: len(self), length - self.length : length] = self.mask[:, : self.length]
+        mask[len(self) :, length - other.length : length] = other.mask[:, : other.length]
+        return _Rows(
+            streams,
+            [join(a, b) for a, b in zip(self.kbufs, other.kbufs)],
+            [join(a, b) for a, b in zip(self.vbufs, other.vbufs)],
+            mask,
+            length,
+            torch.cat([self.pos, other.pos]),
+            torch.cat([self.last, other.last]),
+        )
 
     def cache(self):
         from transformers.cache_utils import Cache  # heavy: transformers loads only when a model does
@@ -186,11 +208,20 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", max_batch: int = 64,
-                 prefill_tokens: int = 4096, attention: str = "grouped", threads: int | None = None,
-                 trust_remote_code: bool = False):
-        self.check(dtype=dtype, attention=attention, max_batch=max_batch, prefill_tokens=prefill_tokens,
-                   threads=threads)
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_batch: int = 64,
+        prefill_tokens: int = 4096,
+        attention: str = "grouped",
+        threads: int | None = None,
+        trust_remote_code: bool = False,
+    ):
+        self.check(
+            dtype=dtype, attention=attention, max_batch=max_batch, prefill_tokens=prefill_tokens, threads=threads
+        )
         from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only when a model does
 
         if threads:
@@ -200,15 +231,24 @@ class HFEngine:
         _register_attention()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                attn_implementation=ATTENTION_NAME if attention == "grouped" else "sdpa").to(self.device).eval()
+            self.model = (
+                AutoModelForCausalLM.from_pretrained(
+                    model,
+                    dtype=DTYPES[dtype],
+                    trust_remote_code=trust_remote_code,
+                    attn_implementation=ATTENTION_NAME if attention == "grouped" else "sdpa",
+                )
+                .to(self.device)
+                .eval()
+            )
         except (OSError, ValueError) as e:
             raise FactoryError(f"engine hf: cannot load {model}: {str(e).splitlines()[0]}") from None
         config = self.model.config.get_text_config()
         if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
-            raise FactoryError(f"engine hf: {model} uses sliding-window or linear attention layers, "
-                               "which this engine's cache does not handle (use the vllm engine)")
+            raise FactoryError(
+                f"engine hf: {model} uses sliding-window or linear attention layers, "
+                "which this engine's cache does not handle (use the vllm engine)"
+            )
         self.context = getattr(config, "max_position_embeddings", None) or 1 << 30
         eos = self.model.generation_config.eos_token_id
         self.eos = {e for e in ([eos] if isinstance(eos, int) else eos or []) if e is not None}
@@ -253,10 +293,19 @@ class HFEngine:
             self._hash = model_hash(self.path)
         import transformers  # heavy: transformers loads only when a model does
 
-        return {"engine": self.name, "model": str(self.path), "model_hash": self._hash, "dtype": self.dtype,
-                "device": str(self.device), "max_batch": self.max_batch, "prefill_tokens": self.prefill_tokens,
-                "attention": self.attention, "threads": torch.get_num_threads(),
-                "transformers": transformers.__version__, "torch": torch.__version__}
+        return {
+            "engine": self.name,
+            "model": str(self.path),
+            "model_hash": self._hash,
+            "dtype": self.dtype,
+            "device": str(self.device),
+            "max_batch": self.max_batch,
+            "prefill_tokens": self.prefill_tokens,
+            "attention": self.attention,
+            "threads": torch.get_num_threads(),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
 
     def close(self) -> None:
         self.model = None
@@ -352,17 +401,22 @@ class HFEngine:
         ids = torch.full((len(prompts), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         keymask = torch.zeros(len(prompts), length, dtype=torch.bool)
         for i, p in enumerate(prompts):
-            ids[i, length - len(p):] = torch.tensor(p)
-            keymask[i, length - len(p):] = True
+            ids[i, length - len(p) :] = torch.tensor(p)
+            keymask[i, length - len(p) :] = True
         pos = (keymask.long().cumsum(1) - 1).clamp(min=0)
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         # Padding positions attend to themselves so their (unused) states stay finite.
         mask4 = (causal[None] & keymask[:, None, :]) | torch.eye(length, dtype=torch.bool)[None]
         streams = [s for g in groups for s in g]
         cap = _capacity(streams, length)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask4[:, None].to(self.device),
-                         position_ids=pos.to(self.device), past_key_values=self._empty_cache(),
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask4[:, None].to(self.device),
+            position_ids=pos.to(self.device),
+            past_key_values=self._empty_cache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         expand = torch.tensor([i for i, g in enumerate(groups) for _ in g])
         kbufs, vbufs = [], []
         for layer in out.past_key_values.layers:
@@ -373,7 +427,9 @@ class HFEngine:
         mask = torch.zeros(len(streams), cap, dtype=torch.bool)
         mask[:, :length] = keymask[expand]
         logits = out.logits[expand, -1].float()
-        cache = _Rows(streams, kbufs, vbufs, mask, length, pos[expand, -1] + 1, torch.zeros(len(streams), dtype=torch.long))
+        cache = _Rows(
+            streams, kbufs, vbufs, mask, length, pos[expand, -1] + 1, torch.zeros(len(streams), dtype=torch.long)
+        )
         self._advance(cache, logits, done)
         return cache
 
@@ -389,9 +445,13 @@ class HFEngine:
             rows.mask = torch.cat([rows.mask, torch.zeros(len(rows), 64, dtype=torch.bool)], 1)
         rows.mask[:, length] = True
         cache = rows.cache()
-        out = self.model(input_ids=rows.last[:, None].to(self.device),
-                         attention_mask=rows.mask[:, None, None, :length + 1].to(self.device),
-                         position_ids=rows.pos[:, None].to(self.device), past_key_values=cache, use_cache=True)
+        out = self.model(
+            input_ids=rows.last[:, None].to(self.device),
+            attention_mask=rows.mask[:, None, None, : length + 1].to(self.device),
+            position_ids=rows.pos[:, None].to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
         layers = cache.layers
         rows.kbufs = [layer.kbuf for layer in layers]
         rows.vbufs = [layer.vbuf for layer in layers]
@@ -422,7 +482,7 @@ class HFEngine:
     def _tail(self, out: list[int], stops: list[str]) -> str:
         # A stop string just completed lies within the last len(stop) tokens (a token is at
         # least one character, bar special tokens, hence the margin).
-        return self.tokenizer.decode(out[-(max(map(len, stops)) + 8):], skip_special_tokens=True)
+        return self.tokenizer.decode(out[-(max(map(len, stops)) + 8) :], skip_special_tokens=True)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -31,9 +31,18 @@ class OpenAIEngine:
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key: str | None = None,
-                 concurrency: int = 16, timeout: float = 600.0, retries: int = 5, backoff: float = 1.0,
-                 n_per_request: bool = True, extra_body: dict | None = None):
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key: str | None = None,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        retries: int = 5,
+        backoff: float = 1.0,
+        n_per_request: bool = True,
+        extra_body: dict | None = None,
+    ):
         self.check(concurrency=concurrency, retries=retries)
         import httpx  # optional: httpx (the dev extra) is needed only by this engine
 
@@ -41,8 +50,11 @@ class OpenAIEngine:
         self.concurrency, self.retries, self.backoff = concurrency, retries, backoff
         self.n_per_request, self.extra_body = n_per_request, dict(extra_body or {})
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
-        self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"},
-                                   limits=httpx.Limits(max_connections=concurrency))
+        self.client = httpx.Client(
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=concurrency),
+        )
 
     @staticmethod
     def check(concurrency: int, retries: int, **_) -> None:
@@ -55,8 +67,10 @@ class OpenAIEngine:
 
     def generate(self, requests: list[Request], progress: bool = True, on_done=None) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
-        with ThreadPoolExecutor(self.concurrency) as pool, \
-                tqdm(total=len(requests), desc="openai generate", unit="req", disable=not progress) as bar:
+        with (
+            ThreadPoolExecutor(self.concurrency) as pool,
+            tqdm(total=len(requests), desc="openai generate", unit="req", disable=not progress) as bar,
+        ):
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 i = futures[fut]
@@ -72,14 +86,22 @@ class OpenAIEngine:
         s = req.sampling
         if s.n > 1 and not self.n_per_request:  # servers without ``n``: one call per sample
             parts = [self._call(req, 1, s.seed + j) for j in range(s.n)]
-            return Completion(texts=[t for p in parts for t in p.texts], tokens=[t for p in parts for t in p.tokens],
-                              finish_reasons=[f for p in parts for f in p.finish_reasons])
+            return Completion(
+                texts=[t for p in parts for t in p.texts],
+                tokens=[t for p in parts for t in p.tokens],
+                finish_reasons=[f for p in parts for f in p.finish_reasons],
+            )
         return self._call(req, s.n, s.seed)
 
     def _call(self, req: Request, n: int, seed: int) -> Completion:
         s = req.sampling
-        body: dict[str, Any] = {"model": self.model, "max_tokens": s.max_tokens, "temperature": s.temperature,
-                                "seed": seed, **self.extra_body}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "seed": seed,
+            **self.extra_body,
+        }
         if n != 1:
             body["n"] = n
         if s.top_p < 1.0:
@@ -119,7 +141,7 @@ class OpenAIEngine:
                 if resp.status_code not in RETRY_STATUS:
                     break
             if attempt < self.retries:
-                time.sleep(min(30.0, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2))
+                time.sleep(min(30.0, self.backoff * 2**attempt) * (0.5 + random.random() / 2))
         raise FactoryError(f"engine openai: {url} failed after {attempt + 1} attempt(s): {error}")
 
     # ---- the Engine protocol, rest ---------------------------------------------------------------
@@ -131,9 +153,17 @@ class OpenAIEngine:
             served = next((m for m in resp.json().get("data", []) if m.get("id") == self.model), None)
         except Exception:  # noqa: BLE001 - provenance only; never fail a run over it
             pass
-        return {"engine": self.name, "model": self.model, "model_hash": None, "base_url": self.base_url,
-                "served_model": served, "concurrency": self.concurrency, "retries": self.retries,
-                "n_per_request": self.n_per_request, "extra_body": self.extra_body}
+        return {
+            "engine": self.name,
+            "model": self.model,
+            "model_hash": None,
+            "base_url": self.base_url,
+            "served_model": served,
+            "concurrency": self.concurrency,
+            "retries": self.retries,
+            "n_per_request": self.n_per_request,
+            "extra_body": self.extra_body,
+        }
 
     def close(self) -> None:
         self.client.close()

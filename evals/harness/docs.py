@@ -46,4 +46,4 @@ def winogrande_contexts(doc: dict) -> list[str]:
 def winogrande_rest(doc: dict) -> str:
     """The sentence after the blank: the continuation every context is scored on."""
     sentence = doc["sentence"]
-    return sentence[sentence.index("_") + 1:].strip()
+    return sentence[sentence.index("_") + 1 :].strip()

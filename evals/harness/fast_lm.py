@@ -34,11 +34,22 @@ _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
 
 @register_model("factory-hf")
 class FastLM(TemplateLM):
-    def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto",
-                 batch_size: int | str = 64, max_batch_tokens: int = 1024, row_tokens: int = 1024,
-                 head_chunk: int = 512, max_length: int | None = None, add_bos_token: bool | None = None,
-                 prefix_token_id: int | None = None, trust_remote_code: bool = False, store=None,
-                 **_ignored):
+    def __init__(
+        self,
+        pretrained: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int | str = 64,
+        max_batch_tokens: int = 1024,
+        row_tokens: int = 1024,
+        head_chunk: int = 512,
+        max_length: int | None = None,
+        add_bos_token: bool | None = None,
+        prefix_token_id: int | None = None,
+        trust_remote_code: bool = False,
+        store=None,
+        **_ignored,
+    ):
         """``store``: where answers are kept as they are computed, so an interrupted
         run resumes (``evals.completion_cache.LoglikStore``); None keeps nothing."""
         super().__init__()
@@ -49,9 +60,13 @@ class FastLM(TemplateLM):
         self._device = resolve_device(str(device or "auto"))
         kwargs = {} if add_bos_token is None else {"add_bos_token": add_bos_token}
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code, **kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            pretrained, dtype=_DTYPES[str(dtype)], trust_remote_code=trust_remote_code, attn_implementation="sdpa",
-        ).to(self._device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                pretrained, dtype=_DTYPES[str(dtype)], trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+            )
+            .to(self._device)
+            .eval()
+        )
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self._max_length = max_length
@@ -96,12 +111,15 @@ class FastLM(TemplateLM):
         return self.tokenizer.encode(string, **extra)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        raise FactoryError("factory-hf scores multiple-choice log-likelihoods only; use lm-eval's hf model "
-                           "for rolling (perplexity) tasks")
+        raise FactoryError(
+            "factory-hf scores multiple-choice log-likelihoods only; use lm-eval's hf model "
+            "for rolling (perplexity) tasks"
+        )
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        raise FactoryError("factory-hf scores multiple-choice log-likelihoods only; run generation tasks "
-                           "through an evals engine")
+        raise FactoryError(
+            "factory-hf scores multiple-choice log-likelihoods only; run generation tasks through an evals engine"
+        )
 
     # -- the fast part ----------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_ignored):
@@ -113,8 +131,12 @@ class FastLM(TemplateLM):
             results = [self.store.get(key) for key in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         rows = packing.plan_rows([pairs[i] for i in todo], self.max_length, self.row_tokens)
-        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=disable_tqdm,
-                   desc="factory-hf loglikelihood")
+        bar = tqdm(
+            total=len(requests),
+            initial=len(requests) - len(todo),
+            disable=disable_tqdm,
+            desc="factory-hf loglikelihood",
+        )
         try:
             with torch.inference_mode():
                 for batch in packing.batches(rows, self.max_rows, self.max_batch_tokens):
@@ -144,13 +166,17 @@ class FastLM(TemplateLM):
                 rows += [b] * len(read_cols)
                 cols += read_cols
                 targets += read_targets
-        logp, greedy = self._target_logprobs(t, torch.tensor(rows, device=self._device),
-                                             torch.tensor(cols, device=self._device),
-                                             torch.tensor(targets, device=self._device))
+        logp, greedy = self._target_logprobs(
+            t,
+            torch.tensor(rows, device=self._device),
+            torch.tensor(cols, device=self._device),
+            torch.tensor(targets, device=self._device),
+        )
         owner_t = torch.tensor(owner, device=self._device)
         total = torch.zeros(len(owners), dtype=torch.float64, device=self._device).index_add_(0, owner_t, logp)
         missed = torch.zeros(len(owners), dtype=torch.long, device=self._device).index_add_(
-            0, owner_t, (~greedy).long())
+            0, owner_t, (~greedy).long()
+        )
         for k, who in enumerate(owners):
             answer = (float(total[k]), bool(missed[k] == 0))
             for i in who:
@@ -161,7 +187,8 @@ class FastLM(TemplateLM):
         mask = packing.attention_mask(t["segments"])
         if self.model.config._attn_implementation != "sdpa":
             mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(self.model.dtype).min)
+                ~mask, torch.finfo(self.model.dtype).min
+            )
         inputs = {"input_ids": t["input_ids"], "position_ids": t["position_ids"], "attention_mask": mask}
         if self._split_head:
             picked = self.model.get_decoder()(**inputs).last_hidden_state[rows, cols]
@@ -172,13 +199,13 @@ class FastLM(TemplateLM):
         logp = torch.empty(len(targets), dtype=torch.float64, device=self._device)
         greedy = torch.empty(len(targets), dtype=torch.bool, device=self._device)
         for s in range(0, len(targets), self.head_chunk):
-            part = picked[s:s + self.head_chunk]
+            part = picked[s : s + self.head_chunk]
             # log_softmax rather than logit - logsumexp: the same kernel as lm-eval's,
             # so the values agree to the last bits rather than to about 1e-5 a token.
             logprobs = torch.log_softmax((head(part) if head is not None else part).float(), dim=-1)
-            tgt = targets[s:s + self.head_chunk]
-            logp[s:s + len(tgt)] = logprobs.gather(1, tgt[:, None])[:, 0].double()
-            greedy[s:s + len(tgt)] = logprobs.argmax(-1) == tgt
+            tgt = targets[s : s + self.head_chunk]
+            logp[s : s + len(tgt)] = logprobs.gather(1, tgt[:, None])[:, 0].double()
+            greedy[s : s + len(tgt)] = logprobs.argmax(-1) == tgt
         return logp, greedy
 
     def _head_is_separable(self) -> bool:

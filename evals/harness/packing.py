@@ -43,7 +43,7 @@ def split_request(context: list[int], continuation: list[int], max_length: int) 
         raise ValueError("a log-likelihood request needs a non-empty continuation")
     if len(continuation) > max_length:
         raise ValueError(f"continuation of {len(continuation)} tokens exceeds the model's {max_length}")
-    whole = (context + continuation)[-(max_length + 1):]
+    whole = (context + continuation)[-(max_length + 1) :]
     return tuple(whole[: len(whole) - len(continuation)]), tuple(continuation)
 
 
@@ -91,8 +91,12 @@ def batches(rows: list[Row], max_rows: int, max_tokens: int, min_fill: float = 0
     out: list[list[Row]] = []
     for row in sorted(rows, key=len, reverse=True):
         cur = out[-1] if out else None
-        if (cur and len(cur) < max_rows and (len(cur) + 1) * len(cur[0]) <= max_tokens
-                and len(row) >= min_fill * len(cur[0])):
+        if (
+            cur
+            and len(cur) < max_rows
+            and (len(cur) + 1) * len(cur[0]) <= max_tokens
+            and len(row) >= min_fill * len(cur[0])
+        ):
             cur.append(row)
         else:
             out.append([row])

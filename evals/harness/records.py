@@ -35,14 +35,19 @@ def to_record(task: str, logged: dict) -> tuple[Sample, list[str], Score]:
     metrics = {m: float(logged[m]) for m in ("acc", "acc_norm") if m in logged}
     gold = winogrande_gold(doc) if task == "winogrande" else logged["target"]
     prompt = logged["arguments"][0][0]
-    sample = Sample(id=f"{task}/{logged['doc_id']}", request=Request(prompt=prompt),
-                    data={"task": task, "doc": doc, "answers": answers, "gold": gold})
+    sample = Sample(
+        id=f"{task}/{logged['doc_id']}",
+        request=Request(prompt=prompt),
+        data={"task": task, "doc": doc, "answers": answers, "gold": gold},
+    )
     reason = None
     if metrics.get("acc", 1.0) != 1.0:
         reason = f"chose {answers[chosen]!r}, gold {answers[gold]!r}"
-    score = Score(metrics=metrics, reason=reason,
-                  details={"loglikelihoods": lls, "chosen": chosen,
-                           "is_greedy": [bool(r[1]) for r in logged["filtered_resps"]]})
+    score = Score(
+        metrics=metrics,
+        reason=reason,
+        details={"loglikelihoods": lls, "chosen": chosen, "is_greedy": [bool(r[1]) for r in logged["filtered_resps"]]},
+    )
     return sample, [answers[chosen]], score
 
 

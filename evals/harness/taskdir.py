@@ -29,8 +29,14 @@ SOURCES: dict[str, dict[str, str]] = {
     "piqa": {"validation": f"piqa/plain_text/validation/{_ARROW}"},
     "winogrande": {"validation": f"winogrande/winogrande_xl/validation/{_ARROW}"},
 }
-LICENCES = {"arc_easy": "CC-BY-SA-4.0", "arc_challenge": "CC-BY-SA-4.0", "hellaswag": "MIT",
-            "piqa": "AFL-3.0", "winogrande": "CC-BY", "mmlu": "MIT"}
+LICENCES = {
+    "arc_easy": "CC-BY-SA-4.0",
+    "arc_challenge": "CC-BY-SA-4.0",
+    "hellaswag": "MIT",
+    "piqa": "AFL-3.0",
+    "winogrande": "CC-BY",
+    "mmlu": "MIT",
+}
 
 MMLU_SUBJECTS = (
     "abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology "
@@ -104,8 +110,7 @@ def local_files(task: str, given: str | dict[str, str]) -> dict[str, Path]:
         if not path.is_file():
             raise FactoryError(f"harness: data for {task}: no such file {path}")
         if path.suffix not in _LOADERS:
-            raise FactoryError(f"harness: data for {task}: {path.name}: expected one of "
-                               f"{', '.join(_LOADERS)}")
+            raise FactoryError(f"harness: data for {task}: {path.name}: expected one of {', '.join(_LOADERS)}")
         out[split] = path
     return out
 
@@ -122,7 +127,7 @@ def _dataset_section(files: dict[str, Path]) -> str:
 
 def _task_yaml(task: str, files: dict[str, Path]) -> str:
     if task.startswith("mmlu_"):
-        subject = task[len("mmlu_"):]
+        subject = task[len("mmlu_") :]
         about = subject.replace("_", " ")
         description = f"The following are multiple choice questions (with answers) about {about}.\n\n"
         head = f"task: {task}\ntask_alias: {subject}\ndescription: {json.dumps(description)}\n"
@@ -136,8 +141,7 @@ def _group_yaml(group: str, members: list[str]) -> str:
     # Weighting by size makes the group's accuracy the mean over all its
     # documents, as lm-eval's nested MMLU groups report it.
     lines = [f"group: {group}", "task:"] + [f"  - {m}" for m in members]
-    lines += ["aggregate_metric_list:", "  - metric: acc", "    weight_by_size: true",
-              "metadata:", "  version: 2"]
+    lines += ["aggregate_metric_list:", "  - metric: acc", "    weight_by_size: true", "metadata:", "  version: 2"]
     return "\n".join(lines) + "\n"
 
 

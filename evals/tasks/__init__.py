@@ -49,6 +49,7 @@ def get_task(name: str, where: str = "", **options):
     unknown = [k for k in options if k not in params]
     if unknown:
         prefix = f"{where}: " if where else ""
-        raise FactoryError(f"{prefix}task {name}: unknown option {unknown[0]!r} "
-                           f"(known: {', '.join(p for p in params) or 'none'})")
+        raise FactoryError(
+            f"{prefix}task {name}: unknown option {unknown[0]!r} (known: {', '.join(p for p in params) or 'none'})"
+        )
     return cls(**options)

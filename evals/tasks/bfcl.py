@@ -30,9 +30,15 @@ from foundation.errors import FactoryError
 
 PACKAGE, VERSION = "bfcl-eval", "2026.3.23"
 # option value -> file stem; "simple" is BFCL's simple_python
-CATEGORIES = {"simple": "simple_python", "simple_python": "simple_python", "multiple": "multiple",
-              "parallel": "parallel", "parallel_multiple": "parallel_multiple",
-              "irrelevance": "irrelevance", "live_simple": "live_simple"}
+CATEGORIES = {
+    "simple": "simple_python",
+    "simple_python": "simple_python",
+    "multiple": "multiple",
+    "parallel": "parallel",
+    "parallel_multiple": "parallel_multiple",
+    "irrelevance": "irrelevance",
+    "live_simple": "live_simple",
+}
 NO_ANSWERS = ("irrelevance",)  # correct when no call is made: no possible-answer file
 FUNCTIONS_IN = ("tools", "system")
 TOOL_NAMES = ("documented", "underscore")
@@ -97,8 +103,7 @@ def to_json_schema(schema: dict) -> dict:
         elif key == "optional":
             continue
         elif key == "properties" and isinstance(value, dict):
-            out[key] = {name: to_json_schema(sub) if isinstance(sub, dict) else sub
-                        for name, sub in value.items()}
+            out[key] = {name: to_json_schema(sub) if isinstance(sub, dict) else sub for name, sub in value.items()}
         elif key in _SUBSCHEMA_KEYS and isinstance(value, dict):
             out[key] = to_json_schema(value)
         elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
@@ -112,15 +117,21 @@ def to_tool(function: dict, underscore_names: bool = False) -> dict:
     """One BFCL function as an OpenAI function tool; ``underscore_names``: its
     name with ``.`` replaced by ``_``, for interfaces that forbid dots."""
     name = function["name"].replace(".", "_") if underscore_names else function["name"]
-    return {"type": "function",
-            "function": {"name": name, "description": function.get("description", ""),
-                         "parameters": to_json_schema(function.get("parameters") or {"type": "dict"})}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": function.get("description", ""),
+            "parameters": to_json_schema(function.get("parameters") or {"type": "dict"}),
+        },
+    }
 
 
 SYSTEM_PROMPT = (
     "You can call the functions described below. When the request can be served by them, "
     "reply with the call(s) only, as a Python list: [func_name(param=value, ...), ...]. "
-    "When none of them fits, say so in words and call nothing.\n\nFunctions (JSON Schema):\n")
+    "When none of them fits, say so in words and call nothing.\n\nFunctions (JSON Schema):\n"
+)
 
 
 def build_messages(item: dict, tools: list[dict], functions_in: str) -> list[dict]:
@@ -153,8 +164,9 @@ def _plain(value):
     if isinstance(value, (list, set, frozenset)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k if isinstance(k, (str, int, float, bool)) or k is None else repr(k): _plain(v)
-                for k, v in value.items()}
+        return {
+            k if isinstance(k, (str, int, float, bool)) or k is None else repr(k): _plain(v) for k, v in value.items()
+        }
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
@@ -239,8 +251,7 @@ def _call(node: ast.Call) -> Call | None:
     name = _dotted(node.func)
     if name is None or any(kw.arg is None for kw in node.keywords):  # f(**kw): nothing to check
         return None
-    return Call(name, {kw.arg: _value(kw.value) for kw in node.keywords},
-                [_value(a) for a in node.args])
+    return Call(name, {kw.arg: _value(kw.value) for kw in node.keywords}, [_value(a) for a in node.args])
 
 
 def _python_calls(text: str) -> list[Call] | None:
@@ -306,8 +317,7 @@ def show(call: Call) -> str:
 # ---------------------------------------------------------------- task
 
 
-def judge(item: dict, output: str, irrelevance: bool,
-          rules: Rules = OFFICIAL) -> tuple[bool, str | None, list[Call]]:
+def judge(item: dict, output: str, irrelevance: bool, rules: Rules = OFFICIAL) -> tuple[bool, str | None, list[Call]]:
     """(correct, reason, parsed calls) for one output; the reason of a wrong
     answer is a ``bfcl_match.Miss`` (its ``kind`` names the failed check)."""
     calls = parse_calls(output) or []
@@ -340,19 +350,30 @@ class BFCL:
     metrics = ("accuracy",)
     licence = "Apache-2.0"
 
-    def __init__(self, category: str = "simple", max_tokens: int = 512, functions_in: str = "tools",
-                 tool_names: str = "documented", lenient: bool = False):
+    def __init__(
+        self,
+        category: str = "simple",
+        max_tokens: int = 512,
+        functions_in: str = "tools",
+        tool_names: str = "documented",
+        lenient: bool = False,
+    ):
         if category not in CATEGORIES:
-            raise FactoryError(f"task bfcl: unknown category {category!r} "
-                               f"(known: {', '.join(k for k in CATEGORIES if k != 'simple_python')})")
+            raise FactoryError(
+                f"task bfcl: unknown category {category!r} "
+                f"(known: {', '.join(k for k in CATEGORIES if k != 'simple_python')})"
+            )
         if functions_in not in FUNCTIONS_IN:
-            raise FactoryError(f"task bfcl: functions_in must be one of {', '.join(FUNCTIONS_IN)}, "
-                               f"not {functions_in!r}")
+            raise FactoryError(
+                f"task bfcl: functions_in must be one of {', '.join(FUNCTIONS_IN)}, not {functions_in!r}"
+            )
         if not isinstance(max_tokens, int) or max_tokens <= 0:
             raise FactoryError(f"task bfcl: max_tokens must be a positive integer, not {max_tokens!r}")
         if tool_names not in TOOL_NAMES or (tool_names == "underscore" and functions_in != "tools"):
-            raise FactoryError(f"task bfcl: tool_names must be one of {', '.join(TOOL_NAMES)} "
-                               f"('underscore' only with functions_in: tools), not {tool_names!r}")
+            raise FactoryError(
+                f"task bfcl: tool_names must be one of {', '.join(TOOL_NAMES)} "
+                f"('underscore' only with functions_in: tools), not {tool_names!r}"
+            )
         if not isinstance(lenient, bool):
             raise FactoryError(f"task bfcl: lenient must be true or false, not {lenient!r}")
         self.category, self.stem = category, CATEGORIES[category]
@@ -361,9 +382,11 @@ class BFCL:
 
     def sample(self, item: dict) -> Sample:
         tools = [to_tool(f, self.rules.underscore_names) for f in item["function"]]
-        request = Request(messages=build_messages(item, tools, self.functions_in),
-                          tools=tools if self.functions_in == "tools" else None,
-                          sampling=Sampling(max_tokens=self.max_tokens))
+        request = Request(
+            messages=build_messages(item, tools, self.functions_in),
+            tools=tools if self.functions_in == "tools" else None,
+            sampling=Sampling(max_tokens=self.max_tokens),
+        )
         data = {"function": item["function"]}
         if "ground_truth" in item:
             data["ground_truth"] = item["ground_truth"]
@@ -378,6 +401,8 @@ class BFCL:
             return Score({"accuracy": 0.0}, reason="no output")
         verdicts = [judge(sample.data, out, self.stem in NO_ANSWERS, self.rules) for out in outputs]
         ok, reason, calls = verdicts[0]
-        return Score({"accuracy": sum(v[0] for v in verdicts) / len(verdicts)},
-                     reason=None if reason is None else str(reason),
-                     details={"calls": [_record(c) for c in calls]})
+        return Score(
+            {"accuracy": sum(v[0] for v in verdicts) / len(verdicts)},
+            reason=None if reason is None else str(reason),
+            details={"calls": [_record(c) for c in calls]},
+        )

@@ -46,12 +46,27 @@ OMIT = ""  # in a list of allowed values: the parameter may be left out
 
 # BFCL schema types -> the Python types a parsed value may have.
 _TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "float": (int, float), "number": (int, float),
-    "boolean": (bool,), "array": (list,), "tuple": (list,), "dict": (dict,), "object": (dict,),
+    "string": (str,),
+    "integer": (int,),
+    "float": (int, float),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "tuple": (list,),
+    "dict": (dict,),
+    "object": (dict,),
 }
 # BFCL schema types -> the one Python type an array's item must have (BFCL reads "any" items as strings).
-_ITEM_TYPES: dict[str, type] = {"string": str, "integer": int, "float": float, "boolean": bool,
-                                "array": list, "tuple": list, "dict": dict, "any": str}
+_ITEM_TYPES: dict[str, type] = {
+    "string": str,
+    "integer": int,
+    "float": float,
+    "boolean": bool,
+    "array": list,
+    "tuple": list,
+    "dict": dict,
+    "any": str,
+}
 _IGNORED = re.compile(r"[ ,./\-_*^]")
 _IGNORED_LENIENT = re.compile(r"[\s,./\-_*^]")
 
@@ -115,8 +130,16 @@ def _short(value, limit: int = 160) -> str:
 
 
 def _type_name(value) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", PyTuple: "tuple",
-            dict: "dict", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        PyTuple: "tuple",
+        dict: "dict",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def type_error(value, schema: dict) -> str | None:
@@ -190,8 +213,11 @@ def equal(value, allowed, lenient: bool = False) -> bool:
     if isinstance(allowed, dict):
         return isinstance(value, dict) and dict_error(value, allowed, lenient) is None
     if isinstance(allowed, list):
-        return (isinstance(value, list) and len(value) == len(allowed)
-                and all(equal(v, a, lenient) for v, a in zip(value, allowed)))
+        return (
+            isinstance(value, list)
+            and len(value) == len(allowed)
+            and all(equal(v, a, lenient) for v, a in zip(value, allowed))
+        )
     if isinstance(allowed, str):
         return isinstance(value, str) and normalise(value, lenient) == normalise(allowed, lenient)
     if isinstance(allowed, bool) or isinstance(value, bool):
@@ -263,13 +289,13 @@ def names_match(produced: str, expected: str, rules: Rules = OFFICIAL) -> bool:
     return produced == shown_name(expected, rules)
 
 
-def call_error(call: Call, expected_name: str, expected_args: dict, schema: dict,
-               rules: Rules = OFFICIAL) -> Miss | None:
+def call_error(
+    call: Call, expected_name: str, expected_args: dict, schema: dict, rules: Rules = OFFICIAL
+) -> Miss | None:
     """Why ``call`` is not the expected call, or None. ``schema`` is the BFCL
     function definition of ``expected_name``."""
     if not names_match(call.name, expected_name, rules):
-        return Miss(f"wrong function: got {call.name} expected {shown_name(expected_name, rules)}",
-                    "wrong_func_name")
+        return Miss(f"wrong function: got {call.name} expected {shown_name(expected_name, rules)}", "wrong_func_name")
     if call.positional:
         return Miss(f"{len(call.positional)} positional argument(s): parameters must be named", "positional_args")
     params = schema.get("parameters") or {}
@@ -327,8 +353,7 @@ def _assign(ok: list[list[bool]]) -> list[int | None]:
     return match
 
 
-def _describe_miss(calls: list[Call], errors: list[Miss | None], name: str, free: set[int],
-                   rules: Rules) -> Miss:
+def _describe_miss(calls: list[Call], errors: list[Miss | None], name: str, free: set[int], rules: Rules) -> Miss:
     if len(calls) == 1:
         return errors[0] or Miss("no match", "cannot_find_match")
     # The reason from a call to the same function that no other expected call
@@ -344,15 +369,13 @@ def _describe_miss(calls: list[Call], errors: list[Miss | None], name: str, free
     return Miss(f"{name}: {errors[pick]}", "cannot_find_match")
 
 
-def match_calls(calls: list[Call], expected: list[dict], functions: list[dict],
-                rules: Rules = OFFICIAL) -> Miss | None:
+def match_calls(calls: list[Call], expected: list[dict], functions: list[dict], rules: Rules = OFFICIAL) -> Miss | None:
     """Why the produced ``calls`` do not answer ``expected`` (BFCL ground
     truth: a list of ``{name: {param: [allowed]}}``), or None when they do."""
     if not calls:
         return Miss("no call parsed", "no_call")
     if len(calls) != len(expected):
-        return Miss(f"{len(expected)} call{'s' * (len(expected) != 1)} expected, {len(calls)} produced",
-                    "wrong_count")
+        return Miss(f"{len(expected)} call{'s' * (len(expected) != 1)} expected, {len(calls)} produced", "wrong_count")
     schemas = {f["name"]: f for f in functions}
     wanted = [next(iter(e.items())) for e in expected]
     errors = [[call_error(c, name, args, schemas.get(name, {}), rules) for c in calls] for name, args in wanted]

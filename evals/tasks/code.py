@@ -35,6 +35,7 @@ MBPP_STOPS = ["\n```", '\n"""', "\nassert ", "\nif __name__", "\nprint("]
 
 # ------------------------------------------------------------------ pass@k
 
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``n`` samples of which ``c`` passed:
     1 - C(n-c, k) / C(n, k), computed as a product so that large n neither
@@ -93,7 +94,7 @@ def _code_in_prose(text: str) -> str:
     start = _CODE_START.search(text)
     if start is None:
         return ""
-    lines = text[start.start():].split("\n")
+    lines = text[start.start() :].split("\n")
     for end in range(len(lines), 0, -1):  # drop trailing prose until it parses
         candidate = "\n".join(lines[:end])
         if _parse(candidate) is not None:
@@ -117,7 +118,7 @@ def _drop_main_guard(code: str) -> str:
     lines = code.split("\n")
     for node in reversed(tree.body):
         if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
-            del lines[node.lineno - 1:node.end_lineno]
+            del lines[node.lineno - 1 : node.end_lineno]
     return "\n".join(lines)
 
 
@@ -132,9 +133,9 @@ def callable_shim(code: str, entry_point: str) -> str:
         return ""
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(
-                isinstance(m, ast.FunctionDef) and m.name == entry_point for m in node.body):
-            return (f"\n\ndef {entry_point}(*args, **kwargs):\n"
-                    f"    return {node.name}().{entry_point}(*args, **kwargs)\n")
+            isinstance(m, ast.FunctionDef) and m.name == entry_point for m in node.body
+        ):
+            return f"\n\ndef {entry_point}(*args, **kwargs):\n    return {node.name}().{entry_point}(*args, **kwargs)\n"
     return ""
 
 
@@ -153,6 +154,7 @@ def _hoist_future_imports(code: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------- the tasks
 
+
 class _CodeTask:
     """Shared options and scoring; subclasses load data and build programs."""
 
@@ -160,20 +162,31 @@ class _CodeTask:
     licence = ""
     stops: list[str] = []
 
-    def __init__(self, n: int = 1, k: list[int] | tuple[int, ...] = (1,), temperature: float | None = None,
-                 top_p: float = 1.0, max_tokens: int = 512, mode: str = "chat", timeout: float = 10.0,
-                 memory_mb: int = 1024, workers: int = 2, isolation: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        n: int = 1,
+        k: list[int] | tuple[int, ...] = (1,),
+        temperature: float | None = None,
+        top_p: float = 1.0,
+        max_tokens: int = 512,
+        mode: str = "chat",
+        timeout: float = 10.0,
+        memory_mb: int = 1024,
+        workers: int = 2,
+        isolation: str = "auto",
+        seed: int = 0,
+    ):
         ks = sorted({int(x) for x in ([k] if isinstance(k, int) else k)})
         if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
-            raise FactoryError(f"task {self.name}: pass@k needs 1 <= k <= n samples per problem "
-                               f"(k={ks}, n={n})")
+            raise FactoryError(f"task {self.name}: pass@k needs 1 <= k <= n samples per problem (k={ks}, n={n})")
         if mode not in ("chat", "completion"):
             raise FactoryError(f"task {self.name}: mode must be 'chat' or 'completion', got {mode!r}")
         self.n, self.ks, self.mode = int(n), ks, mode
         self.temperature = (0.0 if n == 1 else 0.8) if temperature is None else float(temperature)
         self.top_p, self.max_tokens, self.seed = float(top_p), int(max_tokens), int(seed)
-        self.sandbox = Sandbox(Limits(wall_s=float(timeout), memory_mb=int(memory_mb)),
-                               isolation=isolation, workers=int(workers))
+        self.sandbox = Sandbox(
+            Limits(wall_s=float(timeout), memory_mb=int(memory_mb)), isolation=isolation, workers=int(workers)
+        )
         self.metrics = tuple(["pass@1"] + [f"pass@{x}" for x in ks if x != 1])
 
     def _records(self) -> list[tuple[str, dict]]:
@@ -188,8 +201,14 @@ class _CodeTask:
         raise NotImplementedError
 
     def sampling(self) -> Sampling:
-        return Sampling(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                        n=self.n, seed=self.seed, stop=list(self.stops) if self.mode == "completion" else None)
+        return Sampling(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            n=self.n,
+            seed=self.seed,
+            stop=list(self.stops) if self.mode == "completion" else None,
+        )
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         records = self._records()
@@ -218,15 +237,19 @@ class _CodeTask:
             if k != 1:  # fewer outputs than k (an engine that ignored n): any pass counts
                 metrics[f"pass@{k}"] = pass_at_k(n, c, k) if n >= k else float(c > 0)
         statuses = [r.status if r is not None else "no_code" for r in results]
-        reasons = [None if ok else (r.reason if r is not None else "no code in the output")
-                   for ok, r in zip(passed, results)]
+        reasons = [
+            None if ok else (r.reason if r is not None else "no code in the output") for ok, r in zip(passed, results)
+        ]
         reason = None if n else "no outputs"
         if c < n:
             first = passed.index(False)
             prefix = f"{n - c}/{n} failed; sample {first}: " if n > 1 else ""
             reason = f"{prefix}{statuses[first]}: {reasons[first]}"
-        details = {"statuses": statuses, "reasons": reasons,
-                   "durations": [round(r.duration, 3) if r is not None else 0.0 for r in results]}
+        details = {
+            "statuses": statuses,
+            "reasons": reasons,
+            "durations": [round(r.duration, 3) if r is not None else 0.0 for r in results],
+        }
         return Score(metrics=metrics, reason=reason, details=details)
 
 
@@ -243,13 +266,18 @@ class HumanEval(_CodeTask):
         return [(r["task_id"], r) for r in read_jsonl(fetch_member(*HUMANEVAL_DATA))]
 
     def _sample(self, sid: str, rec: dict) -> Sample:
-        data = {"prompt": rec["prompt"], "entry_point": rec["entry_point"], "test": rec["test"],
-                "reference": rec["canonical_solution"]}
+        data = {
+            "prompt": rec["prompt"],
+            "entry_point": rec["entry_point"],
+            "test": rec["test"],
+            "reference": rec["canonical_solution"],
+        }
         if self.mode == "completion":
             request = Request(prompt=rec["prompt"], sampling=self.sampling())
         else:
-            request = Request(messages=[{"role": "user", "content": humaneval_message(rec["prompt"])}],
-                              sampling=self.sampling())
+            request = Request(
+                messages=[{"role": "user", "content": humaneval_message(rec["prompt"])}], sampling=self.sampling()
+            )
         return Sample(id=sid, request=request, data=data)
 
     def program(self, sample: Sample, output: str) -> str | None:
@@ -271,9 +299,11 @@ class HumanEval(_CodeTask):
 
 
 def humaneval_message(prompt: str) -> str:
-    return ("Complete the following Python function. Reply with the whole function, including "
-            "any imports it needs, in a single ```python code block.\n\n"
-            f"```python\n{prompt.rstrip()}\n```")
+    return (
+        "Complete the following Python function. Reply with the whole function, including "
+        "any imports it needs, in a single ```python code block.\n\n"
+        f"```python\n{prompt.rstrip()}\n```"
+    )
 
 
 @register("mbpp")
@@ -294,14 +324,19 @@ class MBPP(_CodeTask):
 
     def _sample(self, sid: str, doc: dict) -> Sample:
         tests = [t.replace("\r\n", "\n") for t in doc["test_list"]]
-        data = {"text": doc["text"], "tests": tests, "entry_point": mbpp_entry_point(tests[0]),
-                "setup": doc["test_setup_code"].replace("\r\n", "\n"),
-                "reference": doc["code"].replace("\r\n", "\n")}
+        data = {
+            "text": doc["text"],
+            "tests": tests,
+            "entry_point": mbpp_entry_point(tests[0]),
+            "setup": doc["test_setup_code"].replace("\r\n", "\n"),
+            "reference": doc["code"].replace("\r\n", "\n"),
+        }
         if self.mode == "completion":
             request = Request(prompt=mbpp_completion_prompt(doc["text"], tests), sampling=self.sampling())
         else:
-            request = Request(messages=[{"role": "user", "content": mbpp_message(doc["text"], tests)}],
-                              sampling=self.sampling())
+            request = Request(
+                messages=[{"role": "user", "content": mbpp_message(doc["text"], tests)}], sampling=self.sampling()
+            )
         return Sample(id=sid, request=request, data=data)
 
     def program(self, sample: Sample, output: str) -> str | None:
@@ -324,10 +359,12 @@ def mbpp_entry_point(test: str) -> str | None:
 
 
 def mbpp_message(text: str, tests: list[str]) -> str:
-    return (f"{text.strip()}\n\nYour code must pass these tests:\n\n" + "\n".join(tests)
-            + "\n\nReply with the Python function in a single ```python code block.")
+    return (
+        f"{text.strip()}\n\nYour code must pass these tests:\n\n"
+        + "\n".join(tests)
+        + "\n\nReply with the Python function in a single ```python code block."
+    )
 
 
 def mbpp_completion_prompt(text: str, tests: list[str]) -> str:
-    return (f"{text.strip()}\nYour code must pass these tests:\n" + "\n".join(tests)
-            + "\n\nSolution:\n```python\n")
+    return f"{text.strip()}\nYour code must pass these tests:\n" + "\n".join(tests) + "\n\nSolution:\n```python\n"

@@ -40,15 +40,24 @@ class HarnessTask:
     """A ModelTask: ``evaluate_model(path)`` runs lm-eval on the checkpoint and
     returns one record per document (see evals.harness.records)."""
 
-    def __init__(self, tasks: list[str] | str = "arc_easy", num_fewshot: int = 0, batch_size: int = 64,
-                 max_batch_tokens: int = 1024, device: str = "auto", dtype: str = "auto",
-                 backend: str = "fast", data: dict | None = None):
+    def __init__(
+        self,
+        tasks: list[str] | str = "arc_easy",
+        num_fewshot: int = 0,
+        batch_size: int = 64,
+        max_batch_tokens: int = 1024,
+        device: str = "auto",
+        dtype: str = "auto",
+        backend: str = "fast",
+        data: dict | None = None,
+    ):
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         taskdir.check_names(self.tasks)
         _check(isinstance(num_fewshot, int) and num_fewshot >= 0, "num_fewshot", "must be an integer >= 0")
         _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", "must be an integer >= 1")
-        _check(isinstance(max_batch_tokens, int) and max_batch_tokens >= 1, "max_batch_tokens",
-               "must be an integer >= 1")
+        _check(
+            isinstance(max_batch_tokens, int) and max_batch_tokens >= 1, "max_batch_tokens", "must be an integer >= 1"
+        )
         _check(backend in BACKENDS, "backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
         _check(dtype in DTYPES, "dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
         check_device(device, "harness")
@@ -78,10 +87,20 @@ class HarnessTask:
         if self.backend == "hf":
             from lm_eval.models.huggingface import HFLM  # heavy: lm-eval's own HF model, this backend only
 
-            return HFLM(pretrained=model_path, dtype=self.dtype, batch_size=self.batch_size,
-                        device=str(resolve_device(self.device)))
-        return FastLM(pretrained=model_path, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
-                      max_batch_tokens=self.max_batch_tokens, store=store)
+            return HFLM(
+                pretrained=model_path,
+                dtype=self.dtype,
+                batch_size=self.batch_size,
+                device=str(resolve_device(self.device)),
+            )
+        return FastLM(
+            pretrained=model_path,
+            dtype=self.dtype,
+            device=self.device,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            store=store,
+        )
 
     def evaluate_model(self, model_path: str, limit: int | None = None, progress: bool = True, store=None):
         import lm_eval  # heavy: lm-eval's evaluator and task index load only for a run
@@ -94,8 +113,14 @@ class HarnessTask:
             taskdir.write_task_dir(self.tasks, Path(tmp), self.data)
             manager = TaskManager(include_path=tmp, include_defaults=False)
             out = lm_eval.simple_evaluate(
-                model=self.make_lm(model_path, store), tasks=self.tasks, num_fewshot=self.num_fewshot, limit=limit,
-                task_manager=manager, log_samples=True, bootstrap_iters=0)
+                model=self.make_lm(model_path, store),
+                tasks=self.tasks,
+                num_fewshot=self.num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=True,
+                bootstrap_iters=0,
+            )
         self.last_results = out["results"]
         return to_records(out["samples"])
 

@@ -103,8 +103,7 @@ def loose_variants(response: str) -> list[str]:
     """The response, without its first line, last line or both, each with and
     without ``*``: the loose verdict passes when any of them passes."""
     lines = response.split("\n")
-    cut = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(),
-           "\n".join(lines[1:-1]).strip()]
+    cut = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
     return cut + [c.replace("*", "") for c in cut]
 
 
@@ -136,8 +135,11 @@ def score_outputs(record: dict, outputs: list[str]) -> Score:
     """Four IFEval metrics over ``outputs`` (each output counts equally)."""
     n = len(record["instruction_id_list"])
     if not outputs:
-        return Score(dict.fromkeys(IFEval.metrics, 0.0), reason="no output",
-                     weights={"inst_level_strict_acc": n, "inst_level_loose_acc": n})
+        return Score(
+            dict.fromkeys(IFEval.metrics, 0.0),
+            reason="no output",
+            weights={"inst_level_strict_acc": n, "inst_level_loose_acc": n},
+        )
     verdicts = [judge(record, out) for out in outputs]
     metrics = {
         "prompt_level_strict_acc": _mean(all(v.strict) for v in verdicts),
@@ -153,9 +155,12 @@ def score_outputs(record: dict, outputs: list[str]) -> Score:
         reason = "not followed: " + ", ".join(missed)
         if loose_missed != missed:
             reason += f" (loose: {', '.join(loose_missed) or 'all followed'})"
-    return Score(metrics, reason=reason,
-                 weights={"inst_level_strict_acc": n, "inst_level_loose_acc": n},
-                 details={"instructions": first.ids, "strict": first.strict, "loose": first.loose})
+    return Score(
+        metrics,
+        reason=reason,
+        weights={"inst_level_strict_acc": n, "inst_level_loose_acc": n},
+        details={"instructions": first.ids, "strict": first.strict, "loose": first.loose},
+    )
 
 
 def _check_record(rec: dict, where: str) -> dict:
@@ -163,8 +168,9 @@ def _check_record(rec: dict, where: str) -> dict:
     if missing:
         raise FactoryError(f"{where}: IFEval record has no {missing[0]!r}")
     if len(rec["instruction_id_list"]) != len(rec["kwargs"]):
-        raise FactoryError(f"{where}: IFEval record has {len(rec['instruction_id_list'])} "
-                           f"instructions but {len(rec['kwargs'])} kwargs")
+        raise FactoryError(
+            f"{where}: IFEval record has {len(rec['instruction_id_list'])} instructions but {len(rec['kwargs'])} kwargs"
+        )
     return rec
 
 
@@ -179,8 +185,7 @@ class IFEval:
     """The Task: one chat turn per prompt, scored by the instruction checkers."""
 
     name = "ifeval"
-    metrics = ("prompt_level_strict_acc", "inst_level_strict_acc",
-               "prompt_level_loose_acc", "inst_level_loose_acc")
+    metrics = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
     licence = "Apache-2.0"
     max_tokens = 1280  # several prompts ask for 300+ words
 
@@ -188,11 +193,16 @@ class IFEval:
         records = load_records()
         if limit is not None:
             records = records[:limit]
-        return [Sample(id=str(r["key"]),
-                       request=Request(messages=[{"role": "user", "content": r["prompt"]}],
-                                       sampling=Sampling(max_tokens=self.max_tokens)),
-                       data={f: r[f] for f in FIELDS})
-                for r in records]
+        return [
+            Sample(
+                id=str(r["key"]),
+                request=Request(
+                    messages=[{"role": "user", "content": r["prompt"]}], sampling=Sampling(max_tokens=self.max_tokens)
+                ),
+                data={f: r[f] for f in FIELDS},
+            )
+            for r in records
+        ]
 
     def score(self, sample: Sample, outputs: list[str]) -> Score:
         return score_outputs(sample.data, outputs)

@@ -48,7 +48,7 @@ def last_boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j]
+            return text[i + 1 : j]
     return None  # unbalanced: the output was cut off inside the box
 
 
@@ -78,7 +78,7 @@ def extract_answer(text: str) -> str | None:
         return hashes[-1].rstrip(".,")
     phrases = list(_PHRASE.finditer(text))
     if phrases:  # the last one: "Final Answer: The final answer is 24" -> "24"
-        return _clean_span(text[phrases[-1].end():].split("\n")[0]) or None
+        return _clean_span(text[phrases[-1].end() :].split("\n")[0]) or None
     whole = _clean_span(text)
     if whole and "\n" not in whole and _is_formula(whole):
         return whole  # a bare answer such as "x=5" or "\\frac{3}{4}"
@@ -108,7 +108,7 @@ def _frac_arg(s: str) -> tuple[str, str] | None:
     """Split one ``\\frac`` argument ({..} or a single character) off ``s``."""
     if s.startswith("{"):
         end = s.find("}")
-        return (s[1:end], s[end + 1:]) if end > 0 else None
+        return (s[1:end], s[end + 1 :]) if end > 0 else None
     return (s[0], s[1:]) if s else None
 
 
@@ -190,11 +190,11 @@ def _verdicts(outputs: list[str], gold: str, reduce=lambda a: a) -> Score:
     preds = [reduce(extract_answer(own_part(o))) for o in outputs]
     hits = [answers_match(p, gold) for p in preds]
     reason = None if hits[0] else f"extracted {preds[0]!r}, gold {gold!r}"
-    return Score({"exact_match": sum(hits) / len(hits)}, reason=reason,
-                 details={"extracted": preds[0], "gold": gold})
+    return Score({"exact_match": sum(hits) / len(hits)}, reason=reason, details={"extracted": preds[0], "gold": gold})
 
 
 # ---------------------------------------------------------------------- data
+
 
 def _records(member: str) -> list[tuple[str, dict, dict]]:
     """(path:record, request record, doc) per distinct doc, in file order."""
@@ -242,10 +242,13 @@ def pick_shots(pool: list[tuple[str, str]], question: str, k: int) -> list[tuple
 
 # --------------------------------------------------------------------- tasks
 
-GSM8K_INSTRUCTION = ("Solve this math word problem. Think it through step by step, then "
-                     "finish with a line of the form \"The answer is N.\" where N is a number.")
-MATH_INSTRUCTION = ("Solve this math problem. Show your reasoning, then give the final answer "
-                    "in simplest form inside \\boxed{}.")
+GSM8K_INSTRUCTION = (
+    "Solve this math word problem. Think it through step by step, then "
+    'finish with a line of the form "The answer is N." where N is a number.'
+)
+MATH_INSTRUCTION = (
+    "Solve this math problem. Show your reasoning, then give the final answer in simplest form inside \\boxed{}."
+)
 
 
 def _user(instruction: str, problem: str) -> dict:
@@ -273,8 +276,9 @@ class GSM8K:
         context = (records[0][1].get("request") or {}).get("context", "") if records else ""
         # Other test problems' worked answers ("... So the answer is N.") are
         # only a reserve, used if a shipped exemplar is the problem itself.
-        reserve = [(doc["question"], doc["choices"][0]) for _, _, doc in records
-                   if doc.get("question") and doc.get("choices")]
+        reserve = [
+            (doc["question"], doc["choices"][0]) for _, _, doc in records if doc.get("question") and doc.get("choices")
+        ]
         return parse_exemplars(context) + reserve
 
     def messages(self, question: str, pool: list[tuple[str, str]]) -> list[dict]:
@@ -289,10 +293,15 @@ class GSM8K:
         out = []
         for where, rec, doc in records[:limit] if limit is not None else records:
             question = _field(doc, "question", where)
-            out.append(Sample(id=str(doc.get("id", rec.get("doc_id"))),
-                              request=Request(messages=self.messages(question, pool),
-                                              sampling=Sampling(max_tokens=self.max_tokens)),
-                              data={"question": question, "answer": str(_field(doc, "short_answer", where))}))
+            out.append(
+                Sample(
+                    id=str(doc.get("id", rec.get("doc_id"))),
+                    request=Request(
+                        messages=self.messages(question, pool), sampling=Sampling(max_tokens=self.max_tokens)
+                    ),
+                    data={"question": question, "answer": str(_field(doc, "short_answer", where))},
+                )
+            )
         return out
 
     def score(self, sample: Sample, outputs: list[str]) -> Score:
@@ -318,10 +327,15 @@ class Math500:
             if gold is None:
                 raise FactoryError(f"{where}: the solution has no \\boxed answer")
             problem = _field(doc, "problem", where)
-            out.append(Sample(id=str(doc.get("index", rec.get("doc_id"))),
-                              request=Request(messages=[_user(MATH_INSTRUCTION, problem)],
-                                              sampling=Sampling(max_tokens=self.max_tokens)),
-                              data={"problem": problem, "answer": gold, "level": doc.get("level")}))
+            out.append(
+                Sample(
+                    id=str(doc.get("index", rec.get("doc_id"))),
+                    request=Request(
+                        messages=[_user(MATH_INSTRUCTION, problem)], sampling=Sampling(max_tokens=self.max_tokens)
+                    ),
+                    data={"problem": problem, "answer": gold, "level": doc.get("level")},
+                )
+            )
         return out
 
     def score(self, sample: Sample, outputs: list[str]) -> Score:

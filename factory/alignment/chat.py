@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from foundation.errors import FactoryError
 from factory.sources.datasets import RecordError
 from factory.training.losses import IGNORE_INDEX
+from foundation.errors import FactoryError
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -41,8 +41,9 @@ def tool_call(call, where: str, label: str) -> dict:
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
-            raise RecordError(where, "invalid tool call JSON",
-                              f"{label}: arguments are not valid JSON ({e.msg} at column {e.colno})") from e
+            raise RecordError(
+                where, "invalid tool call JSON", f"{label}: arguments are not valid JSON ({e.msg} at column {e.colno})"
+            ) from e
     if not isinstance(args, dict):
         raise RecordError(where, "invalid tool call JSON", f"{label}: arguments must be a JSON object")
     return {"type": "function", "function": {"name": fn["name"], "arguments": args}}
@@ -53,11 +54,15 @@ def _check_message(m, i: int, where: str) -> None:
         raise RecordError(where, "missing field", f"message {i} needs string 'role' and 'content'")
     role, content, calls = m["role"], m.get("content"), m.get("tool_calls")
     if role not in ROLES:
-        raise RecordError(where, "unknown role",
-                          f"message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        raise RecordError(
+            where, "unknown role", f"message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+        )
     if not isinstance(content, str) and not (role == "assistant" and calls and content is None):
-        raise RecordError(where, "missing field" if content is None else "wrong type",
-                          f"message {i} needs string 'role' and 'content'")
+        raise RecordError(
+            where,
+            "missing field" if content is None else "wrong type",
+            f"message {i} needs string 'role' and 'content'",
+        )
     if calls is not None:
         if role != "assistant" or not isinstance(calls, list):
             raise RecordError(where, "wrong type", f"message {i}: tool_calls must be a list on an assistant turn")
@@ -79,19 +84,20 @@ def check_conversation(messages: list[dict], where: str) -> None:
         if role == "system" and i != 0:
             raise RecordError(where, "misplaced system message", f"message {i}: a system message may only come first")
         if role in ("user", "assistant") and role == last:
-            raise RecordError(where, "roles do not alternate",
-                              f"message {i}: two {role} turns in a row (roles must alternate)")
+            raise RecordError(
+                where, "roles do not alternate", f"message {i}: two {role} turns in a row (roles must alternate)"
+            )
         if role == "tool" and not (last == "tool" or (last == "assistant" and messages[i - 1].get("tool_calls"))):
-            raise RecordError(where, "roles do not alternate",
-                              f"message {i}: a tool turn must answer an assistant tool call")
+            raise RecordError(
+                where, "roles do not alternate", f"message {i}: a tool turn must answer an assistant tool call"
+            )
         last = role
     if not any(m["role"] == "assistant" for m in messages):
         raise RecordError(where, "no assistant turn", "no assistant turn to learn from")
 
 
 def _render(tokenizer, messages, generation_prompt: bool, tools=None) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
@@ -106,16 +112,17 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
         before = _render(tokenizer, messages[:i], True, tools) if i else ""
         upto = _render(tokenizer, messages[: i + 1], False, tools)
         if not full.startswith(upto) or not upto.startswith(before):
-            raise FactoryError("the chat template does not render conversations incrementally; "
-                               "assistant masks cannot be derived from it")
+            raise FactoryError(
+                "the chat template does not render conversations incrementally; "
+                "assistant masks cannot be derived from it"
+            )
         end = upto.find(eot, len(before)) if eot else -1
         end = end + len(eot) if end >= 0 else len(upto)  # one end-of-turn token, not the newline after it
         spans.append((len(before), end))
     return full, spans
 
 
-def render(tokenizer, messages: list[dict], tools=None, max_length: int | None = None,
-           first_turn: int = 0) -> Rendered:
+def render(tokenizer, messages: list[dict], tools=None, max_length: int | None = None, first_turn: int = 0) -> Rendered:
     """Token ids and labels (-100 outside assistant turns) of a conversation.
 
     Only assistant turns at index ``first_turn`` or later are labelled: a

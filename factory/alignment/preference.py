@@ -44,8 +44,14 @@ class PreferenceLoss:
     average_log_probs: bool = False  # ipo is usually run with True
 
 
-def preference_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, spec: PreferenceLoss,
-                    chosen_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def preference_loss(
+    pc: torch.Tensor,
+    pr: torch.Tensor,
+    rc: torch.Tensor,
+    rr: torch.Tensor,
+    spec: PreferenceLoss,
+    chosen_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair losses from sequence log-probabilities (already averaged if the
     spec asks for it). ``chosen_tokens`` (per pair) turns a summed ``pc`` into
     the mean NLL that ``rpo`` adds. Returns (losses [pairs], rewards dict)."""
@@ -97,20 +103,26 @@ class _FusedPreference(torch.autograd.Function):
         order = torch.argsort(seq_of_row, stable=True)
         bounds = torch.searchsorted(seq_of_row[order], torch.arange(2 * n_pairs + 1, device=hidden.device))
         for i in range(n_pairs):
-            rows_c = order[bounds[i]:bounds[i + 1]]
-            rows_r = order[bounds[n_pairs + i]:bounds[n_pairs + i + 1]]
+            rows_c = order[bounds[i] : bounds[i + 1]]
+            rows_r = order[bounds[n_pairs + i] : bounds[n_pairs + i + 1]]
             rows = torch.cat([rows_c, rows_r])
             h = hidden[rows]
             y = targets[rows]
             logp = torch.log_softmax((h @ weight.t()).to(acc), dim=-1)
             ar = torch.arange(len(rows), device=hidden.device)
             tok = logp[ar, y]
-            pc, pr = tok[: len(rows_c)].sum(), tok[len(rows_c):].sum()
+            pc, pr = tok[: len(rows_c)].sum(), tok[len(rows_c) :].sum()
             logps[i], logps[n_pairs + i] = pc, pr
             nc, nr = counts[i].clamp(min=1), counts[n_pairs + i].clamp(min=1)
             avg = spec.average_log_probs
-            loss_i, _ = preference_loss((pc / nc if avg else pc).view(1), (pr / nr if avg else pr).view(1),
-                                        ref[i].view(1), ref[n_pairs + i].view(1), spec, nc.view(1))
+            loss_i, _ = preference_loss(
+                (pc / nc if avg else pc).view(1),
+                (pr / nr if avg else pr).view(1),
+                ref[i].view(1),
+                ref[n_pairs + i].view(1),
+                spec,
+                nc.view(1),
+            )
             losses[i] = loss_i[0]
             if need_grad:
                 d_c, d_r = _dloss_dlogp(pc, pr, ref[i], ref[n_pairs + i], nc, nr, spec)
@@ -146,8 +158,9 @@ def completion_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return hidden[:, :-1][seq, pos], targets[seq, pos], seq
 
 
-def fused_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ref_logps: torch.Tensor,
-                          spec: PreferenceLoss) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_preference_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ref_logps: torch.Tensor, spec: PreferenceLoss
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean preference loss over pairs and the policy's summed sequence log-probs.
 
     ``hidden`` [2P, T, H] are the final hidden states of P chosen sequences
@@ -161,14 +174,15 @@ def fused_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 
 @torch.no_grad()
-def sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                   chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs per sequence and completion token counts (no grad)."""
     h, y, seq = completion_rows(hidden, labels)
     out = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, h.shape[0], chunk_size):
-        logp = torch.log_softmax((h[s:s + chunk_size] @ weight.t()).float(), dim=-1)
-        tok = logp.gather(-1, y[s:s + chunk_size, None])[:, 0]
-        out.index_add_(0, seq[s:s + chunk_size], tok)
+        logp = torch.log_softmax((h[s : s + chunk_size] @ weight.t()).float(), dim=-1)
+        tok = logp.gather(-1, y[s : s + chunk_size, None])[:, 0]
+        out.index_add_(0, seq[s : s + chunk_size], tok)
     counts = torch.bincount(seq, minlength=labels.shape[0])
     return out, counts

@@ -13,19 +13,27 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from factory.alignment.chat import check_conversation, tool_call
-from foundation.errors import FactoryError
 from factory.sources.datasets import DatasetSpec, RecordError, iter_records
+from foundation.errors import FactoryError
 
 CONVERSATION_FORMATS = ("chat", "instruction", "sharegpt")
 
 # sharegpt speakers -> roles; function_call and observation are the glaive tool-call layout
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Preference:
 class BadRecords:
     """Records seen and kept, and the skipped ones counted by reason (with the
     first place each reason was met, to find it again)."""
+
     seen: int = 0
     kept: int = 0
     reasons: Counter = field(default_factory=Counter)
@@ -58,11 +67,17 @@ class BadRecords:
         self.first.setdefault(err.reason, str(err))
 
     def as_dict(self) -> dict:
-        return {"seen": self.seen, "kept": self.kept, "skipped": self.seen - self.kept,
-                "reasons": dict(sorted(self.reasons.items())), "first": dict(sorted(self.first.items()))}
+        return {
+            "seen": self.seen,
+            "kept": self.kept,
+            "skipped": self.seen - self.kept,
+            "reasons": dict(sorted(self.reasons.items())),
+            "first": dict(sorted(self.first.items())),
+        }
 
 
 # ---- fields and messages -------------------------------------------------------------------------
+
 
 def _field(rec: dict, name: str, where: str, kinds: tuple[type, ...] = (str,), required: bool = True):
     if name not in rec or rec[name] is None:
@@ -81,8 +96,11 @@ def _messages_field(rec: dict, spec: DatasetSpec, where: str) -> list:
         name = "conversations"
     msgs = rec.get(name)
     if not isinstance(msgs, list) or not msgs:
-        raise RecordError(where, "missing field" if msgs is None else "wrong type",
-                          f"field {name!r} must be a non-empty list of messages")
+        raise RecordError(
+            where,
+            "missing field" if msgs is None else "wrong type",
+            f"field {name!r} must be a non-empty list of messages",
+        )
     return msgs
 
 
@@ -94,8 +112,11 @@ def _tools(rec: dict, spec: DatasetSpec, where: str) -> list[dict] | None:
         try:
             value = json.loads(value) if value.strip() else None
         except json.JSONDecodeError as e:
-            raise RecordError(where, "invalid tools JSON",
-                              f"field {spec.tools_field!r} is not valid JSON ({e.msg} at column {e.colno})") from e
+            raise RecordError(
+                where,
+                "invalid tools JSON",
+                f"field {spec.tools_field!r} is not valid JSON ({e.msg} at column {e.colno})",
+            ) from e
     if not value:
         return None
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
@@ -112,21 +133,31 @@ def _tools(rec: dict, spec: DatasetSpec, where: str) -> list[dict] | None:
 def _sharegpt_message(m: dict, i: int, where: str) -> dict:
     speaker, value = m.get("from"), m.get("value")
     if speaker not in SHAREGPT_ROLES:
-        raise RecordError(where, "unknown role", f"message {i}: unknown speaker {speaker!r} "
-                                                 f"(expected one of {', '.join(SHAREGPT_ROLES)})")
+        raise RecordError(
+            where,
+            "unknown role",
+            f"message {i}: unknown speaker {speaker!r} (expected one of {', '.join(SHAREGPT_ROLES)})",
+        )
     if not isinstance(value, str):
-        raise RecordError(where, "missing field" if value is None else "wrong type",
-                          f"message {i} needs string 'from' and 'value'")
+        raise RecordError(
+            where, "missing field" if value is None else "wrong type", f"message {i} needs string 'from' and 'value'"
+        )
     if speaker != "function_call":
         return {"role": SHAREGPT_ROLES[speaker], "content": value}
     try:
         calls = json.loads(value)
     except json.JSONDecodeError as e:
-        raise RecordError(where, "invalid tool call JSON",
-                          f"message {i}: function_call is not valid JSON ({e.msg} at column {e.colno})") from e
+        raise RecordError(
+            where,
+            "invalid tool call JSON",
+            f"message {i}: function_call is not valid JSON ({e.msg} at column {e.colno})",
+        ) from e
     calls = calls if isinstance(calls, list) else [calls]  # a list: parallel calls
-    return {"role": "assistant", "content": "",
-            "tool_calls": [tool_call(c, where, f"message {i}: tool call {j}") for j, c in enumerate(calls)]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [tool_call(c, where, f"message {i}: tool call {j}") for j, c in enumerate(calls)],
+    }
 
 
 def _message(m, i: int, where: str) -> dict:
@@ -150,6 +181,7 @@ def _messages(raw: list, where: str, offset: int = 0) -> list[dict]:
 
 
 # ---- formats -------------------------------------------------------------------------------------
+
 
 def parse_chat(rec: dict, spec: DatasetSpec, where: str) -> Conversation:
     msgs = _messages(_messages_field(rec, spec, where), where)
@@ -220,16 +252,22 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     return strip[0] == strip[1]
 
 
-PARSERS: dict[str, Callable] = {"chat": parse_chat, "instruction": parse_instruction,
-                                "sharegpt": parse_sharegpt, "preference": parse_preference}
+PARSERS: dict[str, Callable] = {
+    "chat": parse_chat,
+    "instruction": parse_instruction,
+    "sharegpt": parse_sharegpt,
+    "preference": parse_preference,
+}
 
 
 # ---- reading -------------------------------------------------------------------------------------
 
+
 def _parsed(spec: DatasetSpec, base: Path, bad: BadRecords | None, formats: tuple[str, ...], what: str):
     if spec.format not in formats:
-        raise FactoryError(f"{spec.path or spec.hub or spec.packaged}: {what} need format "
-                           f"{' or '.join(formats)} (got {spec.format})")
+        raise FactoryError(
+            f"{spec.path or spec.hub or spec.packaged}: {what} need format {' or '.join(formats)} (got {spec.format})"
+        )
     bad = bad if bad is not None else BadRecords()
     parse = PARSERS[spec.format]
     for where, rec in iter_records(spec, base):

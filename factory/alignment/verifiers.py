@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from foundation.errors import FactoryError
 
@@ -59,20 +59,47 @@ def reasoning_gym_items(tasks: list[str], n: int, seed: int) -> Iterator[Verifia
             yield Verifiable(f"{name}-{i}", messages, check)
 
 
-TOPICS = ("a rainy afternoon in a small town", "how bees find flowers", "learning to ride a bicycle",
-          "the history of the printing press", "why the sky is blue", "a recipe for vegetable soup",
-          "the life of a lighthouse keeper", "how to plan a weekend hike", "the water cycle",
-          "a letter to a friend who moved away", "what makes a good teacher", "the planets of the solar system",
-          "caring for a houseplant", "a day at a busy train station", "how a library organises its books",
-          "the first snow of winter")
-FORMS = ("Write a short paragraph about {}.", "Write a brief story about {}.", "Explain {} to a child.",
-         "Write a short note about {}.")
+TOPICS = (
+    "a rainy afternoon in a small town",
+    "how bees find flowers",
+    "learning to ride a bicycle",
+    "the history of the printing press",
+    "why the sky is blue",
+    "a recipe for vegetable soup",
+    "the life of a lighthouse keeper",
+    "how to plan a weekend hike",
+    "the water cycle",
+    "a letter to a friend who moved away",
+    "what makes a good teacher",
+    "the planets of the solar system",
+    "caring for a houseplant",
+    "a day at a busy train station",
+    "how a library organises its books",
+    "the first snow of winter",
+)
+FORMS = (
+    "Write a short paragraph about {}.",
+    "Write a brief story about {}.",
+    "Explain {} to a child.",
+    "Write a short note about {}.",
+)
 # Instruction ids whose random arguments need nothing but the response to check.
-CONSTRAINTS = ("change_case:english_lowercase", "change_case:english_capital", "punctuation:no_comma",
-               "length_constraints:number_words", "length_constraints:number_sentences",
-               "detectable_format:number_bullet_lists", "detectable_format:title", "keywords:existence",
-               "keywords:forbidden_words", "startend:end_checker", "startend:quotation",
-               "detectable_format:json_format", "detectable_content:postscript", "keywords:letter_frequency")
+CONSTRAINTS = (
+    "change_case:english_lowercase",
+    "change_case:english_capital",
+    "punctuation:no_comma",
+    "length_constraints:number_words",
+    "length_constraints:number_sentences",
+    "detectable_format:number_bullet_lists",
+    "detectable_format:title",
+    "keywords:existence",
+    "keywords:forbidden_words",
+    "startend:end_checker",
+    "startend:quotation",
+    "detectable_format:json_format",
+    "detectable_content:postscript",
+    "keywords:letter_frequency",
+)
 
 
 def constraint_items(n: int, seed: int, per_prompt: int = 1) -> Iterator[Verifiable]:

@@ -53,8 +53,9 @@ def parse_settings(raw: dict, stage_names: list[str]) -> dict[str, Any]:
     return {"nemo": settings}
 
 
-def check(stage_engines: dict[str, str], settings: dict[str, Any], stages: dict, models: dict,
-          shapes: dict, base: Path) -> None:
+def check(
+    stage_engines: dict[str, str], settings: dict[str, Any], stages: dict, models: dict, shapes: dict, base: Path
+) -> None:
     """Engine-specific validation: a stage asking an engine for something it
     cannot do fails here, before any work, with a one-line reason."""
     if any(e == "nemo" for e in stage_engines.values()):

@@ -11,14 +11,15 @@ same ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from foundation.configs import to_dict
 from factory.recipe import Recipe
 from factory.sources import datasets as ds_sources
 from factory.sources import models as model_sources
+from foundation.configs import to_dict
 
 
 @dataclass
@@ -85,17 +86,27 @@ class SourceHashes:
     def __call__(self, kind: str, name: str) -> str:
         if (kind, name) not in self.done:
             r = self.recipe
-            self.done[(kind, name)] = (model_sources.fingerprint(r.models[name], r.base) if kind == "model"
-                                       else ds_sources.fingerprint(r.datasets[name], r.base))
+            self.done[(kind, name)] = (
+                model_sources.fingerprint(r.models[name], r.base)
+                if kind == "model"
+                else ds_sources.fingerprint(r.datasets[name], r.base)
+            )
         return self.done[(kind, name)]
 
 
 def manifest_head(recipe: Recipe, stage: str) -> dict:
     """The first fields of a stage's manifest: what made it and with which config."""
     cfg = recipe.stages[stage]
-    return {"kind": cfg.kind, "stage": stage, "recipe": recipe.name, "recipe_file": str(recipe.file),
-            "engine": recipe.engine_of(stage), "seed": recipe.seed, "config": to_dict(cfg),
-            "config_hash": recipe.config_hash(stage)}
+    return {
+        "kind": cfg.kind,
+        "stage": stage,
+        "recipe": recipe.name,
+        "recipe_file": str(recipe.file),
+        "engine": recipe.engine_of(stage),
+        "seed": recipe.seed,
+        "config": to_dict(cfg),
+        "config_hash": recipe.config_hash(stage),
+    }
 
 
 def input_fields(recipe: Recipe, stage: str) -> dict[str, str]:

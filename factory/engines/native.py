@@ -12,14 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from foundation import host
-from foundation.device import matmul_precision
 from factory.engines.base import Outcome, StageRun, describe_sources
 from factory.recipe import Recipe
 from factory.sources import models as model_sources
 from factory.sources.produced import dataset_from_artifact
 from factory.stages.base import StageContext, stage_kinds
 from factory.training import dist
+from foundation import host
+from foundation.device import matmul_precision
 
 
 class NativeExecutor:
@@ -47,10 +47,19 @@ class NativeExecutor:
             out = Path(tempfile.mkdtemp(prefix=f"factory-{stage}-rank{dist.world()[0]}-"))
             models, datasets = resolve_inputs(recipe, stage, job.run_dir)  # from the cache rank 0 filled
         fields = recipe.stage_inputs(stage)
-        ctx = StageContext(name=stage, config=cfg, seed=recipe.seed, base=recipe.base, models=models,
-                           datasets=datasets, out_dir=out, work_dir=job.work_dir, progress=job.progress,
-                           cache_dir=job.run_dir / ".cache" / stage,
-                           input_hashes={f: job.inputs[n] for f, (_, n) in fields.items()})
+        ctx = StageContext(
+            name=stage,
+            config=cfg,
+            seed=recipe.seed,
+            base=recipe.base,
+            models=models,
+            datasets=datasets,
+            out_dir=out,
+            work_dir=job.work_dir,
+            progress=job.progress,
+            cache_dir=job.run_dir / ".cache" / stage,
+            input_hashes={f: job.inputs[n] for f, (_, n) in fields.items()},
+        )
         job.event("start", "")
         machine = host.describe() if main else None  # probed once per process, outside the stage's wall time
         t0 = time.perf_counter()
@@ -61,8 +70,14 @@ class NativeExecutor:
         # Every rank finishes the stage body (which may still read the shared work
         # dir, e.g. its metrics log) before rank 0 publishes and removes that dir.
         dist.barrier()
-        body = {"sources": describe_sources(recipe, stage), "tokens": result.tokens, "wall_s": round(wall, 3),
-                "host": machine, "metrics": result.metrics, **result.extra}
+        body = {
+            "sources": describe_sources(recipe, stage),
+            "tokens": result.tokens,
+            "wall_s": round(wall, 3),
+            "host": machine,
+            "metrics": result.metrics,
+            **result.extra,
+        }
         return Outcome(out_dir=out, body=body, wall_s=wall)
 
 

@@ -36,13 +36,17 @@ class Shape:
     def from_config(cls, cfg: dict) -> Shape:
         heads = cfg["num_attention_heads"]
         return cls(
-            num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
-            ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=heads,
+            num_layers=cfg["num_hidden_layers"],
+            hidden_size=cfg["hidden_size"],
+            ffn_hidden_size=cfg["intermediate_size"],
+            num_attention_heads=heads,
             num_query_groups=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab_size=cfg["vocab_size"],
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab_size=cfg["vocab_size"],
             tied=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=bool(cfg.get("attention_bias", False)) or cfg.get("model_type") == "qwen2",
-            qk_norm=cfg.get("model_type") == "qwen3")
+            qk_norm=cfg.get("model_type") == "qwen3",
+        )
 
     def params(self) -> int:
         """Parameter count (embeddings included once when tied)."""
@@ -58,9 +62,15 @@ class Shape:
         return self.num_layers * layer + emb + h
 
     def as_dict(self) -> dict:
-        return {"num_layers": self.num_layers, "hidden_size": self.hidden_size,
-                "ffn_hidden_size": self.ffn_hidden_size, "num_attention_heads": self.num_attention_heads,
-                "num_query_groups": self.num_query_groups, "head_dim": self.head_dim, "params": self.params()}
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": self.ffn_hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_query_groups": self.num_query_groups,
+            "head_dim": self.head_dim,
+            "params": self.params(),
+        }
 
 
 def layers(model):

@@ -16,13 +16,20 @@ class Candidate:
     num_query_groups: int
 
     def shape(self, src: Shape) -> Shape:
-        return replace(src, num_layers=self.num_layers, hidden_size=self.hidden_size,
-                       ffn_hidden_size=self.ffn_hidden_size, num_attention_heads=self.num_attention_heads,
-                       num_query_groups=self.num_query_groups)
+        return replace(
+            src,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            ffn_hidden_size=self.ffn_hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+        )
 
     def label(self) -> str:
-        return (f"L{self.num_layers} h{self.hidden_size} ffn{self.ffn_hidden_size} "
-                f"heads{self.num_attention_heads}/{self.num_query_groups}")
+        return (
+            f"L{self.num_layers} h{self.hidden_size} ffn{self.ffn_hidden_size} "
+            f"heads{self.num_attention_heads}/{self.num_query_groups}"
+        )
 
 
 def head_options(src: Shape) -> list[tuple[int, int]]:
@@ -32,8 +39,9 @@ def head_options(src: Shape) -> list[tuple[int, int]]:
     return sorted(out, reverse=True)
 
 
-def enumerate_candidates(src: Shape, target: int, multiple: int = 32, slack: float = 0.05,
-                         max_candidates: int = 8) -> list[Candidate]:
+def enumerate_candidates(
+    src: Shape, target: int, multiple: int = 32, slack: float = 0.05, max_candidates: int = 8
+) -> list[Candidate]:
     """Width-only and depth-only candidates with ``(1 - slack) * target <= params <= target``.
 
     Width candidates fix the heads and the hidden size and take the largest MLP
@@ -57,8 +65,9 @@ def enumerate_candidates(src: Shape, target: int, multiple: int = 32, slack: flo
     if len(found) > max_candidates - 1:
         step = (len(found) - 1) / max(1, max_candidates - 2)
         found = [found[round(i * step)] for i in range(max_candidates - 1)]
-    full_width = Candidate(src.num_layers, src.hidden_size, src.ffn_hidden_size,
-                           src.num_attention_heads, src.num_query_groups)
+    full_width = Candidate(
+        src.num_layers, src.hidden_size, src.ffn_hidden_size, src.num_attention_heads, src.num_query_groups
+    )
     for layers in range(src.num_layers - 1, 0, -1):
         depth = replace(full_width, num_layers=layers)
         if depth.shape(src).params() <= target:

@@ -38,8 +38,7 @@ def without_layers(model, drop: list[int]):
 
 
 def by_block_influence(bi: torch.Tensor, n_drop: int) -> tuple[list[int], list[dict]]:
-    ranking = [{"drop": blk, "block_influence": float(bi[blk].sum())}
-               for blk in candidate_blocks(bi.numel(), n_drop)]
+    ranking = [{"drop": blk, "block_influence": float(bi[blk].sum())} for blk in candidate_blocks(bi.numel(), n_drop)]
     best = min(ranking, key=lambda r: r["block_influence"])
     return best["drop"], ranking
 

@@ -65,10 +65,13 @@ class Importance:
     def save(self, path: Path, meta: dict[str, str], what: str = "importance scores", checked: bool = False) -> None:
         """Write the statistics to ``path`` (safetensors, atomically): identical statistics and
         ``meta`` give identical bytes. ``checked``: record its sha256 for ``storage.load_checked``."""
-        tensors = {k: getattr(self, k).contiguous() for k in
-                   ("ffn_sum", "ffn_sumsq", "heads_sum", "heads_sumsq", "hidden_sum", "hidden_sumsq", "bi_sum")}
-        storage.write_safetensors(path, tensors, {**meta, "tokens": str(self.tokens), "samples": str(self.samples)},
-                                  what, checked)
+        tensors = {
+            k: getattr(self, k).contiguous()
+            for k in ("ffn_sum", "ffn_sumsq", "heads_sum", "heads_sumsq", "hidden_sum", "hidden_sumsq", "bi_sum")
+        }
+        storage.write_safetensors(
+            path, tensors, {**meta, "tokens": str(self.tokens), "samples": str(self.samples)}, what, checked
+        )
 
     @classmethod
     def load(cls, path: Path) -> tuple[Importance, dict[str, str]]:
@@ -110,11 +113,13 @@ class _Collector:
     def _seq_abs_mean_pre(self, acc):
         def hook(module, args):
             self._add(acc, args[0].abs().mean(1))
+
         return hook
 
     def _seq_abs_mean_out(self, acc):
         def hook(module, args, out):
             self._add(acc, out.abs().mean(1))
+
         return hook
 
     def _heads_pre(self, acc):
@@ -122,6 +127,7 @@ class _Collector:
             x = args[0]
             b, s, _ = x.shape
             self._add(acc, x.view(b, s, -1, self.head_dim).norm(dim=-1).mean(1))
+
         return hook
 
     def _block_influence(self, i):
@@ -130,6 +136,7 @@ class _Collector:
             y = out[0] if isinstance(out, tuple) else out
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
             self.bi[i] += (1.0 - cos).double().sum()
+
         return hook
 
     def close(self) -> None:
@@ -145,14 +152,26 @@ def collect(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = T
     device = next(model.parameters()).device
     col = _Collector(model, device)
     try:
-        for start in tqdm(range(0, blocks.shape[0], batch_size), desc="calibration", unit="batch",
-                          disable=not progress, file=sys.stderr):
-            model.model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
+        for start in tqdm(
+            range(0, blocks.shape[0], batch_size),
+            desc="calibration",
+            unit="batch",
+            disable=not progress,
+            file=sys.stderr,
+        ):
+            model.model(input_ids=blocks[start : start + batch_size].to(device), use_cache=False)
     finally:
         col.close()
         model.train(was_training)
     stack = lambda accs, j: torch.stack([a[j] for a in accs]).cpu()  # noqa: E731
-    return Importance(ffn_sum=stack(col.ffn, 0), ffn_sumsq=stack(col.ffn, 1),
-                      heads_sum=stack(col.heads, 0), heads_sumsq=stack(col.heads, 1),
-                      hidden_sum=stack(col.hidden, 0), hidden_sumsq=stack(col.hidden, 1),
-                      bi_sum=col.bi.cpu(), tokens=int(blocks.numel()), samples=int(blocks.shape[0]))
+    return Importance(
+        ffn_sum=stack(col.ffn, 0),
+        ffn_sumsq=stack(col.ffn, 1),
+        heads_sum=stack(col.heads, 0),
+        heads_sumsq=stack(col.heads, 1),
+        hidden_sum=stack(col.hidden, 0),
+        hidden_sumsq=stack(col.hidden, 1),
+        bi_sum=col.bi.cpu(),
+        tokens=int(blocks.numel()),
+        samples=int(blocks.shape[0]),
+    )

@@ -9,8 +9,9 @@ import torch
 from factory.pruning.importance import Aggregation, Importance
 
 
-def plot_importance(imp: Importance, how: Aggregation, dropped: list[int], hidden_kept: int,
-                    ffn_kept: int, path: Path) -> None:
+def plot_importance(
+    imp: Importance, how: Aggregation, dropped: list[int], hidden_kept: int, ffn_kept: int, path: Path
+) -> None:
     import matplotlib  # heavy: only the plot needs it
 
     matplotlib.use("Agg")
@@ -26,19 +27,22 @@ def plot_importance(imp: Importance, how: Aggregation, dropped: list[int], hidde
     # relative to each layer's mean, on a log scale: a few outlier neurons would flatten a linear scale
     rel = ffn / ffn.mean(1, keepdim=True).clamp(min=1e-12)
     ffn_sorted = torch.sort(rel, dim=1, descending=True).values.clamp(min=1e-3)
-    im = axes[1].imshow(ffn_sorted.numpy(), aspect="auto", cmap="viridis", interpolation="nearest",
-                        norm=matplotlib.colors.LogNorm())
+    im = axes[1].imshow(
+        ffn_sorted.numpy(), aspect="auto", cmap="viridis", interpolation="nearest", norm=matplotlib.colors.LogNorm()
+    )
     axes[1].axvline(ffn_kept - 0.5, color="w", lw=1.5, ls="--")
-    axes[1].set(title=f"MLP neuron importance / layer mean (sorted; kept left of line: {ffn_kept})",
-                xlabel="neuron rank", ylabel="layer")
+    axes[1].set(
+        title=f"MLP neuron importance / layer mean (sorted; kept left of line: {ffn_kept})",
+        xlabel="neuron rank",
+        ylabel="layer",
+    )
     fig.colorbar(im, ax=axes[1], fraction=0.03)
 
     keep_layers = [i for i in range(len(bi)) if i not in dropped]
     hid = torch.sort(imp.hidden(how, keep_layers), descending=True).values.numpy()
     axes[2].plot(hid, color="#55a868")
     axes[2].axvline(hidden_kept - 0.5, color="k", lw=1, ls="--")
-    axes[2].set(title=f"Hidden channel importance (sorted; kept: {hidden_kept})", xlabel="channel rank",
-                yscale="log")
+    axes[2].set(title=f"Hidden channel importance (sorted; kept: {hidden_kept})", xlabel="channel rank", yscale="log")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -40,8 +40,9 @@ LossOf = Callable[[torch.nn.Module], float]  # a model's held-out loss
 DepthCriterion = Literal["lm_loss", "block_influence", "last"]
 
 
-def choose_drop(criterion: DepthCriterion, model, imp: Importance, n_drop: int,
-                loss_of: LossOf) -> tuple[list[int], list[dict]]:
+def choose_drop(
+    criterion: DepthCriterion, model, imp: Importance, n_drop: int, loss_of: LossOf
+) -> tuple[list[int], list[dict]]:
     """The ``n_drop`` layers to drop by ``criterion``, and the ranking of the blocks considered."""
     n = model.config.num_hidden_layers
     if n_drop == 0:
@@ -97,15 +98,24 @@ class ShortDistill:
 
     def train_config(self) -> training_loop.TrainConfig:
         """The loop's settings: cosine schedule with 10% warmup, evals and checkpoints at the ends only."""
-        return training_loop.TrainConfig(seq_len=self.seq_len, batch_size=self.batch_size,
-                                         max_tokens=self.max_tokens, lr=self.lr, warmup_ratio=0.1, eval_every=0,
-                                         checkpoint_every=0, dtype=self.dtype, device=str(self.device))
+        return training_loop.TrainConfig(
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+            lr=self.lr,
+            warmup_ratio=0.1,
+            eval_every=0,
+            checkpoint_every=0,
+            dtype=self.dtype,
+            device=str(self.device),
+        )
 
 
 def _measured(done: Path, then: str) -> dict | None:
     """What an earlier short distillation measured, or None. A file with a sha256 record must
     match it; one without (written before records were kept) must parse to a mapping. A
     damaged one is reported in one line and removed, and the candidate distilled again."""
+
     def parse(path: Path) -> dict:
         got = json.loads(path.read_text())
         if not isinstance(got, dict):
@@ -123,8 +133,9 @@ def _measured(done: Path, then: str) -> dict | None:
     return storage.load_checked(done, "short-distillation result", parse, then, owner=dist.is_main())
 
 
-def short_distill(job: ShortDistill, teacher, make_student: Callable[[], torch.nn.Module], label: str,
-                  initial_loss: float) -> dict:
+def short_distill(
+    job: ShortDistill, teacher, make_student: Callable[[], torch.nn.Module], label: str, initial_loss: float
+) -> dict:
     """Distil the candidate ``make_student()`` builds from ``teacher`` for ``job.max_tokens``
     tokens and measure it: {heldout_loss_distilled, heldout_kl_distilled, rank_distill_tokens}.
     Read back instead when this candidate was measured before; under torchrun every rank
@@ -144,15 +155,22 @@ def short_distill(job: ShortDistill, teacher, make_student: Callable[[], torch.n
         out.mkdir(parents=True)
     dist.barrier()
     result = training_loop.train(
-        wrapper, tcfg,
+        wrapper,
+        tcfg,
         batch_fn=lambda step, micro: job.packed.batch(step, micro, job.batch_size, 1, job.seed).to(job.device),
         loss_fn=lambda w, batch: kd_terms(w, teacher, batch, job.kd),
         eval_fn=lambda: heldout_kd(student, teacher, job.heldout, job.eval_batch_size, job.kd.chunk),
-        work_dir=out, log=MetricsLog(out / "metrics.jsonl"), progress=job.progress,
-        desc=f"{job.desc} {label}", initial_eval=lambda: {"lm_loss": initial_loss})
-    measured = {"heldout_loss_distilled": result.last_eval["lm_loss"],
-                "heldout_kl_distilled": result.last_eval["kl"],
-                "rank_distill_tokens": tcfg.total_steps * tcfg.tokens_per_step}
+        work_dir=out,
+        log=MetricsLog(out / "metrics.jsonl"),
+        progress=job.progress,
+        desc=f"{job.desc} {label}",
+        initial_eval=lambda: {"lm_loss": initial_loss},
+    )
+    measured = {
+        "heldout_loss_distilled": result.last_eval["lm_loss"],
+        "heldout_kl_distilled": result.last_eval["kl"],
+        "rank_distill_tokens": tcfg.total_steps * tcfg.tokens_per_step,
+    }
     if dist.is_main():
         if job.keep:  # before result.json: a measured candidate always has its weights (replicated, not sharded)
             save_checkpoint(student, job.tokenizer, out / "model")
@@ -175,13 +193,21 @@ class CandidateSearch:
     def prune(self, cand: Candidate, drop: list[int]) -> torch.nn.Module:
         """A new model of architecture ``cand`` without layers ``drop``, on the search's device."""
         keep = [i for i in range(self.src.num_layers) if i not in set(drop)]
-        plan = make_plan(self.imp, self.src, keep, cand.hidden_size, cand.ffn_hidden_size,
-                         cand.num_attention_heads, cand.num_query_groups, self.aggregation)
+        plan = make_plan(
+            self.imp,
+            self.src,
+            keep,
+            cand.hidden_size,
+            cand.ffn_hidden_size,
+            cand.num_attention_heads,
+            cand.num_query_groups,
+            self.aggregation,
+        )
         return apply(self.model, plan).to(self.device)
 
-    def rank_by_loss(self, candidates: list[Candidate],
-                     drop_for: Callable[[Candidate], tuple[list[int], list[dict]]]
-                     ) -> tuple[list[Ranked], Ranked, torch.nn.Module]:
+    def rank_by_loss(
+        self, candidates: list[Candidate], drop_for: Callable[[Candidate], tuple[list[int], list[dict]]]
+    ) -> tuple[list[Ranked], Ranked, torch.nn.Module]:
         """Prune and measure each candidate (dropping the layers ``drop_for`` picks):
         (all of them in order, the best, the best's pruned model). Only the best
         model so far is kept in memory."""
@@ -191,8 +217,12 @@ class CandidateSearch:
             drop, depth_ranking = drop_for(cand)
             pruned = self.prune(cand, drop)
             loss = self.loss_of(pruned)
-            row = {"candidate": cand.label(), **cand.shape(self.src).as_dict(), "drop_layers": drop,
-                   "heldout_loss": loss}
+            row = {
+                "candidate": cand.label(),
+                **cand.shape(self.src).as_dict(),
+                "drop_layers": drop,
+                "heldout_loss": loss,
+            }
             ranked.append(Ranked(row, cand, drop, depth_ranking))
             if best is None or loss < best.row["heldout_loss"]:
                 best, best_model = ranked[-1], pruned
@@ -206,6 +236,13 @@ class CandidateSearch:
         held-out loss after it."""
         finalists = sorted(ranked, key=lambda r: r.row["heldout_loss"])[: top or len(ranked)]
         for r in finalists:
-            r.row.update(short_distill(job, self.model, lambda r=r: self.prune(r.candidate, r.drop),
-                                       r.row["candidate"], r.row["heldout_loss"]))
+            r.row.update(
+                short_distill(
+                    job,
+                    self.model,
+                    lambda r=r: self.prune(r.candidate, r.drop),
+                    r.row["candidate"],
+                    r.row["heldout_loss"],
+                )
+            )
         return min(finalists, key=lambda r: r.row["heldout_loss_distilled"])

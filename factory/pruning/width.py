@@ -25,12 +25,18 @@ class PrunePlan:
     groups: list[torch.Tensor]  # per kept layer: kept query groups (KV heads), ascending
 
     def shape(self, src: Shape) -> Shape:
-        return Shape(num_layers=len(self.keep_layers), hidden_size=len(self.hidden),
-                     ffn_hidden_size=len(self.ffn[0]) if self.ffn else src.ffn_hidden_size,
-                     num_attention_heads=len(self.heads[0]) if self.heads else src.num_attention_heads,
-                     num_query_groups=len(self.groups[0]) if self.groups else src.num_query_groups,
-                     head_dim=src.head_dim, vocab_size=src.vocab_size, tied=src.tied,
-                     qkv_bias=src.qkv_bias, qk_norm=src.qk_norm)
+        return Shape(
+            num_layers=len(self.keep_layers),
+            hidden_size=len(self.hidden),
+            ffn_hidden_size=len(self.ffn[0]) if self.ffn else src.ffn_hidden_size,
+            num_attention_heads=len(self.heads[0]) if self.heads else src.num_attention_heads,
+            num_query_groups=len(self.groups[0]) if self.groups else src.num_query_groups,
+            head_dim=src.head_dim,
+            vocab_size=src.vocab_size,
+            tied=src.tied,
+            qkv_bias=src.qkv_bias,
+            qk_norm=src.qk_norm,
+        )
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,19 +55,38 @@ def select_heads(scores: torch.Tensor, groups: int, target_heads: int, target_gr
     per_group_new = target_heads // target_groups
     group_scores = scores.view(groups, per_group).sum(1)
     kept_groups = _top(group_scores, target_groups)
-    kept_heads = [g * per_group + _top(scores[g * per_group:(g + 1) * per_group], per_group_new)
-                  for g in kept_groups.tolist()]
+    kept_heads = [
+        g * per_group + _top(scores[g * per_group : (g + 1) * per_group], per_group_new) for g in kept_groups.tolist()
+    ]
     return torch.cat(kept_heads), kept_groups
 
 
-def make_plan(imp: Importance, src: Shape, keep_layers: list[int], hidden: int, ffn: int, heads: int,
-              groups: int, how: Aggregation = "l2") -> PrunePlan:
-    return plan_from_scores(imp.ffn(how), imp.heads(how), imp.hidden(how, keep_layers), src, keep_layers,
-                            hidden, ffn, heads, groups)
+def make_plan(
+    imp: Importance,
+    src: Shape,
+    keep_layers: list[int],
+    hidden: int,
+    ffn: int,
+    heads: int,
+    groups: int,
+    how: Aggregation = "l2",
+) -> PrunePlan:
+    return plan_from_scores(
+        imp.ffn(how), imp.heads(how), imp.hidden(how, keep_layers), src, keep_layers, hidden, ffn, heads, groups
+    )
 
 
-def plan_from_scores(ffn_s: torch.Tensor, head_s: torch.Tensor, hidden_s: torch.Tensor, src: Shape,
-                     keep_layers: list[int], hidden: int, ffn: int, heads: int, groups: int) -> PrunePlan:
+def plan_from_scores(
+    ffn_s: torch.Tensor,
+    head_s: torch.Tensor,
+    hidden_s: torch.Tensor,
+    src: Shape,
+    keep_layers: list[int],
+    hidden: int,
+    ffn: int,
+    heads: int,
+    groups: int,
+) -> PrunePlan:
     """Keep the highest-scoring structures: ``ffn_s`` [L, F], ``head_s`` [L, H], ``hidden_s`` [h]."""
     hidden_idx = _top(hidden_s, hidden)
     f, hd, gr = [], [], []
@@ -154,8 +179,9 @@ def apply(model, plan: PrunePlan):
     missing, unexpected = new.load_state_dict(new_sd, strict=False)
     missing = [m for m in missing if not (src.tied and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(f"pruned state dict does not fit the pruned config: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"pruned state dict does not fit the pruned config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     if src.tied:
         new.tie_weights()
     new.generation_config = copy.deepcopy(model.generation_config)

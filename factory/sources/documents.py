@@ -7,8 +7,8 @@ through the dataset readers without the readers knowing about records."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from factory.alignment.records import iter_conversations, iter_preferences
 from factory.sources.datasets import RECORD_FORMATS, DatasetSpec, files_of, hub_documents, packaged_documents, read_file
@@ -38,5 +38,3 @@ def iter_documents(spec: DatasetSpec, base: Path) -> Iterator[str | list[dict]]:
         if spec.max_documents is not None and i >= spec.max_documents:
             return
         yield doc
-
-

@@ -13,12 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.sources.tiny import TinyLlamaSpec, build_tiny, tiny_config
 from foundation.cache import cache_dir
 from foundation.configs import field, require, to_dict
 from foundation.errors import ConfigError, FactoryError
-from foundation.hashing import hash_tree, sha256_file, sha256_json
 from foundation.fetch import extract_members
-from factory.sources.tiny import TinyLlamaSpec, build_tiny, tiny_config
+from foundation.hashing import hash_tree, sha256_file, sha256_json
 
 # Bump when the conversion of packaged checkpoints changes, so caches are rebuilt.
 _CONVERSION_VERSION = 1
@@ -44,12 +44,22 @@ PACKAGED_MODELS = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0",
         description="SmolLM2-135M-Instruct (Llama; 30 layers, hidden 576, 9 heads / 3 KV groups, "
-                    "MLP 1536, vocab 49152, tied embeddings), Q4_1 GGUF dequantized to fp32",
+        "MLP 1536, vocab 49152, tied embeddings), Q4_1 GGUF dequantized to fp32",
         eos_token="<|im_end|>",
-        config={"model_type": "llama", "hidden_act": "silu", "num_hidden_layers": 30, "hidden_size": 576,
-                "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-                "vocab_size": 49152, "tie_word_embeddings": True, "attention_bias": False},
-    ),
+        config={
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "num_hidden_layers": 30,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "head_dim": 64,
+            "vocab_size": 49152,
+            "tie_word_embeddings": True,
+            "attention_bias": False,
+        },
+    )
 }
 
 
@@ -58,15 +68,35 @@ PACKAGED_MODELS = {
 # stages and impossible pruning targets fail before anything is downloaded.
 KNOWN_HUB_CONFIGS = {
     "meta-llama/Llama-3.1-8B": {
-        "model_type": "llama", "hidden_act": "silu", "num_hidden_layers": 32, "hidden_size": 4096,
-        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-        "vocab_size": 128256, "tie_word_embeddings": False, "attention_bias": False, "rope_theta": 500000.0,
-        "max_position_embeddings": 131072},
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+    },
     "mistralai/Mistral-NeMo-Base-2407": {
-        "model_type": "mistral", "hidden_act": "silu", "num_hidden_layers": 40, "hidden_size": 5120,
-        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-        "vocab_size": 131072, "tie_word_embeddings": False, "attention_bias": False, "rope_theta": 1000000.0,
-        "max_position_embeddings": 128000},
+        "model_type": "mistral",
+        "hidden_act": "silu",
+        "num_hidden_layers": 40,
+        "hidden_size": 5120,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 131072,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 128000,
+    },
 }
 
 
@@ -82,11 +112,16 @@ class ModelSpec:
     def check(self, where: str) -> None:
         given = [k for k in ("path", "hub", "packaged", "tiny") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ConfigError(where, "give exactly one of path, hub, packaged, tiny"
-                              + (f" (got {', '.join(given)})" if given else ""))
+            raise ConfigError(
+                where, "give exactly one of path, hub, packaged, tiny" + (f" (got {', '.join(given)})" if given else "")
+            )
         if self.packaged is not None:
-            require(self.packaged in PACKAGED_MODELS, where, "packaged",
-                    f"unknown packaged model {self.packaged!r} (known: {', '.join(PACKAGED_MODELS)})")
+            require(
+                self.packaged in PACKAGED_MODELS,
+                where,
+                "packaged",
+                f"unknown packaged model {self.packaged!r} (known: {', '.join(PACKAGED_MODELS)})",
+            )
         if self.gguf_file is not None:
             require(self.path is not None, where, "gguf_file", "needs `path`")
 
@@ -227,6 +262,7 @@ def convert_gguf(gguf: Path, out: Path, eos_token: str | None) -> None:
     model.config.pad_token_id = tok.pad_token_id
     model.config.name_or_path = gguf.stem
     model.generation_config = GenerationConfig(
-        bos_token_id=model.config.bos_token_id, eos_token_id=eos_id, pad_token_id=tok.pad_token_id)
+        bos_token_id=model.config.bos_token_id, eos_token_id=eos_id, pad_token_id=tok.pad_token_id
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from factory.sources.datasets import DatasetSpec
 from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
-from factory.sources.datasets import DatasetSpec
 
 
 def dataset_manifest_entry(file: str, format: str, licence: str, records: int) -> dict:

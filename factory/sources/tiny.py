@@ -35,14 +35,27 @@ class TinyLlamaSpec:
     seed: int = field(0, help="initialisation seed")
 
     def check(self, where: str) -> None:
-        for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                    "num_key_value_heads", "intermediate_size"):
+        for key in (
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+        ):
             require(getattr(self, key) > 0, where, key, "must be positive")
-        require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
-                f"must divide num_attention_heads ({self.num_attention_heads})")
+        require(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            where,
+            "num_key_value_heads",
+            f"must divide num_attention_heads ({self.num_attention_heads})",
+        )
         # transformers' Llama config insists on this even when head_dim is explicit
-        require(self.hidden_size % self.num_attention_heads == 0, where, "hidden_size",
-                f"must be a multiple of num_attention_heads ({self.num_attention_heads})")
+        require(
+            self.hidden_size % self.num_attention_heads == 0,
+            where,
+            "hidden_size",
+            f"must be a multiple of num_attention_heads ({self.num_attention_heads})",
+        )
 
 
 def byte_tokenizer():
@@ -105,6 +118,7 @@ def build_tiny(spec: TinyLlamaSpec, out_dir: Path) -> None:
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

@@ -91,13 +91,14 @@ class StageKind:
 _REGISTRY: dict[str, StageKind] = {}
 
 
-def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape,
-             headline: tuple[Headline, ...] = ()):
+def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape, headline: tuple[Headline, ...] = ()):
     """Decorator: register ``run`` as the implementation of stage kind ``name``;
     ``headline`` declares the metrics that sum up its result (see ``Headline``)."""
+
     def wrap(fn):
         _REGISTRY[name] = StageKind(name, config_cls, fn, doc, shape, tuple(headline))
         return fn
+
     return wrap
 
 

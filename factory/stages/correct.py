@@ -33,8 +33,12 @@ class CorrectConfig(TrainConfig):
         super().check(where)
 
 
-@register("correct", CorrectConfig, "teacher correction: causal-LM fine-tune of a model on a text corpus",
-          headline=(Headline("eval_loss", "held-out loss", brief="loss", curve="eval_loss"),))
+@register(
+    "correct",
+    CorrectConfig,
+    "teacher correction: causal-LM fine-tune of a model on a text corpus",
+    headline=(Headline("eval_loss", "held-out loss", brief="loss", curve="eval_loss"),),
+)
 def run(ctx: StageContext) -> StageResult:
     """Causal-LM fine-tuning of the model on the packed corpus, with held-out loss before and after."""
     cfg: CorrectConfig = ctx.config
@@ -43,10 +47,15 @@ def run(ctx: StageContext) -> StageResult:
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
     model.to(device)
-    packed = pack(iter_documents(data, ctx.base), tok, cfg.seq_len,
-                  train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
-                  heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len), seed=ctx.seed,
-                  source=f"stages.{ctx.name}.data")
+    packed = pack(
+        iter_documents(data, ctx.base),
+        tok,
+        cfg.seq_len,
+        train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
+        heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len),
+        seed=ctx.seed,
+        source=f"stages.{ctx.name}.data",
+    )
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
 
     def batch_fn(step: int, micro: int) -> torch.Tensor:
@@ -61,11 +70,18 @@ def run(ctx: StageContext) -> StageResult:
     result = train(model, cfg, batch_fn, loss_fn, eval_fn, ctx.work_dir, log, ctx.progress, f"{ctx.name} (correct)")
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    metrics = stage_metrics(result, {"eval_loss": "loss", "eval_ppl": "ppl"},
-                            rate=("train_tokens_per_s", cfg.tokens_per_step))
-    extra = {"data": {"documents_used": packed.documents_used, "train_blocks": int(packed.train.shape[0]),
-                      "heldout_blocks": int(packed.heldout.shape[0]),
-                      "epochs": result.tokens / max(1, packed.train.numel()),
-                      "licence": data.licence_of(), **packed.cuts()},
-             "resumed_from_step": result.resumed_from}
+    metrics = stage_metrics(
+        result, {"eval_loss": "loss", "eval_ppl": "ppl"}, rate=("train_tokens_per_s", cfg.tokens_per_step)
+    )
+    extra = {
+        "data": {
+            "documents_used": packed.documents_used,
+            "train_blocks": int(packed.train.shape[0]),
+            "heldout_blocks": int(packed.heldout.shape[0]),
+            "epochs": result.tokens / max(1, packed.train.numel()),
+            "licence": data.licence_of(),
+            **packed.cuts(),
+        },
+        "resumed_from_step": result.resumed_from,
+    }
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

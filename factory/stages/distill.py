@@ -40,10 +40,12 @@ class DistillConfig(TrainConfig):
     skip_lm_loss: bool = field(True, help="no next-token cross entropy on the data (NeMo's default)")
     lm_loss_scale: float = field(1.0, help="weight of the LM loss when skip_lm_loss is false")
     intermediate_layer_pairs: list[list[int]] | None = field(
-        None, help="[[student_layer, teacher_layer], ...]: cosine loss between those layers' outputs")
+        None, help="[[student_layer, teacher_layer], ...]: cosine loss between those layers' outputs"
+    )
     intermediate_loss_scale: float = field(1.0, help="weight of the intermediate-state losses")
-    kd_chunk: int = field(256, help="tokens per chunk of the fused KD loss (256 keeps each [chunk, vocab] buffer "
-                                    "in reusable heap memory)")
+    kd_chunk: int = field(
+        256, help="tokens per chunk of the fused KD loss (256 keeps each [chunk, vocab] buffer in reusable heap memory)"
+    )
 
     def check(self, where: str) -> None:
         for key in ("student", "teacher", "data"):
@@ -55,35 +57,58 @@ class DistillConfig(TrainConfig):
         require(self.kd_chunk > 0, where, "kd_chunk", "must be positive")
         require(self.top_k is None or self.kd_loss == "forward_kl", where, "top_k", "needs kd_loss: forward_kl")
         for i, pair in enumerate(self.intermediate_layer_pairs or []):
-            require(len(pair) == 2 and min(pair) >= 0, where, f"intermediate_layer_pairs[{i}]",
-                    "expected [student_layer, teacher_layer] with non-negative indices")
+            require(
+                len(pair) == 2 and min(pair) >= 0,
+                where,
+                f"intermediate_layer_pairs[{i}]",
+                "expected [student_layer, teacher_layer] with non-negative indices",
+            )
 
     def kd_settings(self) -> KDSettings:
-        return KDSettings(kind=self.kd_loss, temperature=self.temperature, top_k=self.top_k,
-                          kd_scale=self.kd_loss_scale, lm_weight=0.0 if self.skip_lm_loss else self.lm_loss_scale,
-                          intermediate_scale=self.intermediate_loss_scale, chunk=self.kd_chunk)
+        return KDSettings(
+            kind=self.kd_loss,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            kd_scale=self.kd_loss_scale,
+            lm_weight=0.0 if self.skip_lm_loss else self.lm_loss_scale,
+            intermediate_scale=self.intermediate_loss_scale,
+            chunk=self.kd_chunk,
+        )
 
 
 def distill_shape(cfg: DistillConfig, model_config: dict, where: str) -> dict:
     n = model_config.get("num_hidden_layers")
     for i, (s, _) in enumerate(cfg.intermediate_layer_pairs or []):
-        require(n is None or s < n, where, f"intermediate_layer_pairs[{i}]",
-                f"student layer {s} is out of range (the student has {n} layers)")
+        require(
+            n is None or s < n,
+            where,
+            f"intermediate_layer_pairs[{i}]",
+            f"student layer {s} is out of range (the student has {n} layers)",
+        )
     return model_config
 
 
 def check_compatible(student_dir, teacher_dir, s_tok, t_tok, s_cfg, t_cfg, where: str) -> None:
     """Teacher and student must share the tokenizer and vocabulary, or the KL compares different tokens."""
     if s_cfg.vocab_size != t_cfg.vocab_size:
-        raise FactoryError(f"{where}: the student's vocabulary ({s_cfg.vocab_size}, {student_dir}) differs from "
-                           f"the teacher's ({t_cfg.vocab_size}, {teacher_dir}); distillation needs the same tokenizer")
+        raise FactoryError(
+            f"{where}: the student's vocabulary ({s_cfg.vocab_size}, {student_dir}) differs from "
+            f"the teacher's ({t_cfg.vocab_size}, {teacher_dir}); distillation needs the same tokenizer"
+        )
     if s_tok.get_vocab() != t_tok.get_vocab():
-        raise FactoryError(f"{where}: the student's tokenizer ({student_dir}) maps tokens to ids differently "
-                           f"from the teacher's ({teacher_dir}); distillation needs the same tokenizer")
+        raise FactoryError(
+            f"{where}: the student's tokenizer ({student_dir}) maps tokens to ids differently "
+            f"from the teacher's ({teacher_dir}); distillation needs the same tokenizer"
+        )
 
 
-@register("distill", DistillConfig, "logit knowledge distillation from a teacher into a student",
-          shape=distill_shape, headline=(Headline("heldout_kl", "held-out KL", brief="kl", curve="eval_kl"),))
+@register(
+    "distill",
+    DistillConfig,
+    "logit knowledge distillation from a teacher into a student",
+    shape=distill_shape,
+    headline=(Headline("heldout_kl", "held-out KL", brief="kl", curve="eval_kl"),),
+)
 def run(ctx: StageContext) -> StageResult:
     cfg: DistillConfig = ctx.config
     torch.manual_seed(ctx.seed)
@@ -95,28 +120,48 @@ def run(ctx: StageContext) -> StageResult:
     n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     for i, (s, t) in enumerate(cfg.intermediate_layer_pairs or []):
         if s >= n_s or t >= n_t:
-            raise FactoryError(f"{where}.intermediate_layer_pairs[{i}]: [{s}, {t}] is out of range "
-                               f"(student {n_s} layers, teacher {n_t})")
+            raise FactoryError(
+                f"{where}.intermediate_layer_pairs[{i}]: [{s}, {t}] is out of range "
+                f"(student {n_s} layers, teacher {n_t})"
+            )
     teacher.to(device).eval().requires_grad_(False)
-    wrapper = KDStudent(student, cfg.intermediate_layer_pairs, student.config.hidden_size,
-                        teacher.config.hidden_size).to(device)
-    packed = pack(iter_documents(ctx.datasets["data"], ctx.base), t_tok, cfg.seq_len,
-                  train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
-                  heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len), seed=ctx.seed, source=f"{where}.data")
+    wrapper = KDStudent(
+        student, cfg.intermediate_layer_pairs, student.config.hidden_size, teacher.config.hidden_size
+    ).to(device)
+    packed = pack(
+        iter_documents(ctx.datasets["data"], ctx.base),
+        t_tok,
+        cfg.seq_len,
+        train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
+        heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len),
+        seed=ctx.seed,
+        source=f"{where}.data",
+    )
     heldout = packed.heldout.to(device)
     kd = cfg.kd_settings()
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
     result = train(
-        wrapper, cfg,
+        wrapper,
+        cfg,
         batch_fn=lambda step, micro: packed.batch(step, micro, cfg.batch_size, cfg.grad_accum, ctx.seed).to(device),
         loss_fn=lambda w, batch: kd_terms(w, teacher, batch, kd),
         eval_fn=lambda: heldout_kd(student, teacher, heldout, cfg.eval_batch_size, cfg.kd_chunk),
-        work_dir=ctx.work_dir, log=log, progress=ctx.progress, desc=f"{ctx.name} (distill)")
+        work_dir=ctx.work_dir,
+        log=log,
+        progress=ctx.progress,
+        desc=f"{ctx.name} (distill)",
+    )
     save_checkpoint(student, s_tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    metrics = stage_metrics(result, {"heldout_kl": "kl", "heldout_lm_loss": "lm_loss"},
-                            rate=("train_tokens_per_s", cfg.tokens_per_step))
-    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "train_blocks": int(packed.train.shape[0]),
-                      **packed.cuts()},
-             "resumed_from_step": result.resumed_from}
+    metrics = stage_metrics(
+        result, {"heldout_kl": "kl", "heldout_lm_loss": "lm_loss"}, rate=("train_tokens_per_s", cfg.tokens_per_step)
+    )
+    extra = {
+        "data": {
+            "licence": ctx.datasets["data"].licence_of(),
+            "train_blocks": int(packed.train.shape[0]),
+            **packed.cuts(),
+        },
+        "resumed_from_step": result.resumed_from,
+    }
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

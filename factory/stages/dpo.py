@@ -38,7 +38,8 @@ class DPOConfig(TrainConfig):
     model: str = field(None, ref="model", help="policy to align (also the frozen reference)")
     data: str = field(None, ref="dataset", help="preference pairs: a datasets: entry with format: preference")
     preference_loss: Literal["dpo", "ipo", "rpo"] = field(
-        "dpo", help="dpo: sigmoid loss; ipo: squared loss towards 1/(2 beta); rpo: dpo plus NLL on chosen")
+        "dpo", help="dpo: sigmoid loss; ipo: squared loss towards 1/(2 beta); rpo: dpo plus NLL on chosen"
+    )
     ref_policy_kl_penalty: float = field(0.1, help="beta: strength of the KL penalty to the reference")
     label_smoothing: float = field(0.0, help="dpo/rpo: assumed probability that a preference label is flipped")
     sft_loss_weight: float = field(1.0, help="rpo: weight of the chosen answer's mean token NLL")
@@ -63,9 +64,13 @@ class DPOConfig(TrainConfig):
         super().check(where)
 
     def loss_spec(self) -> PreferenceLoss:
-        return PreferenceLoss(self.preference_loss, self.ref_policy_kl_penalty, self.label_smoothing,
-                              self.sft_loss_weight if self.preference_loss == "rpo" else 0.0,
-                              self.preference_average_log_probs)
+        return PreferenceLoss(
+            self.preference_loss,
+            self.ref_policy_kl_penalty,
+            self.label_smoothing,
+            self.sft_loss_weight if self.preference_loss == "rpo" else 0.0,
+            self.preference_average_log_probs,
+        )
 
 
 @dataclass
@@ -122,7 +127,7 @@ def pair_logps(model, pairs: list[Pair], pad: int, batch_size: int, device) -> t
     model.eval()
     out = []
     for s in range(0, len(pairs), batch_size):
-        b = flatten_pairs({k: v.to(device) for k, v in collate_pairs(pairs[s:s + batch_size], pad).items()})
+        b = flatten_pairs({k: v.to(device) for k, v in collate_pairs(pairs[s : s + batch_size], pad).items()})
         logps, _ = sequence_logps(final_hidden(model, b), model.lm_head.weight, b["labels"])
         out.append(logps.view(2, -1).t().cpu())
     model.train(was)
@@ -138,9 +143,13 @@ def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, 
         rc, rr = rc / counts[:, 0], rr / counts[:, 1]
     losses, rewards = preference_loss(pc, pr, rc, rr, spec, chosen_tokens=counts[:, 0].float())
     margin = rewards["chosen"] - rewards["rejected"]
-    return {"loss": float(losses.mean()), "reward_accuracy": float((margin > 0).float().mean()),
-            "reward_margin": float(margin.mean()), "chosen_reward": float(rewards["chosen"].mean()),
-            "rejected_reward": float(rewards["rejected"].mean())}
+    return {
+        "loss": float(losses.mean()),
+        "reward_accuracy": float((margin > 0).float().mean()),
+        "reward_margin": float(margin.mean()),
+        "chosen_reward": float(rewards["chosen"].mean()),
+        "rejected_reward": float(rewards["rejected"].mean()),
+    }
 
 
 def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg: DPOConfig, device) -> torch.Tensor:
@@ -148,8 +157,13 @@ def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg
     with the sha256 of its bytes recorded, and used again only when they match (a damaged or
     edited file is reported in one line and computed again)."""
     path = ctx.work_dir / "reference_logps.pt"
-    ref = storage.load_checked(path, "reference log-probs", lambda p: torch.load(p, map_location="cpu"),
-                               "computing them again", owner=dist.is_main())
+    ref = storage.load_checked(
+        path,
+        "reference log-probs",
+        lambda p: torch.load(p, map_location="cpu"),
+        "computing them again",
+        owner=dist.is_main(),
+    )
     if ref is not None and ref.shape == (len(pairs), 2):
         return ref
     ref = pair_logps(model, pairs, pad, cfg.eval_batch_size, device)
@@ -174,15 +188,16 @@ class _Split:
 def _split(ctx: StageContext, model, tok, cfg: DPOConfig, bad, device) -> _Split:
     pairs, cut = _pairs(ctx, tok, cfg, bad)
     random.Random(ctx.seed).shuffle(pairs)
-    heldout, train_set = pairs[: cfg.eval_pairs], pairs[cfg.eval_pairs:]
+    heldout, train_set = pairs[: cfg.eval_pairs], pairs[cfg.eval_pairs :]
     if cfg.max_pairs is not None:
         train_set = train_set[: cfg.max_pairs]
     if not train_set:
-        raise FactoryError(f"stages.{ctx.name}.data: {len(pairs)} usable pairs; need more than "
-                           f"eval_pairs ({cfg.eval_pairs})")
+        raise FactoryError(
+            f"stages.{ctx.name}.data: {len(pairs)} usable pairs; need more than eval_pairs ({cfg.eval_pairs})"
+        )
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ref = _cached_reference(ctx, model, heldout + train_set, pad, cfg, device)
-    return _Split(heldout, train_set, ref[: len(heldout)], ref[len(heldout):], pad, cut)
+    return _Split(heldout, train_set, ref[: len(heldout)], ref[len(heldout) :], pad, cut)
 
 
 def _batch_fn(data: _Split, cfg: DPOConfig, seed: int, device):
@@ -207,6 +222,7 @@ def _batch_fn(data: _Split, cfg: DPOConfig, seed: int, device):
 
 def _loss_fn(spec: PreferenceLoss):
     """The training loop's loss_fn: the fused preference loss, with reward statistics to log."""
+
     def loss_fn(m, b):
         ref_b = b.pop("ref").t().reshape(-1)  # [2P]: chosen then rejected
         flat = flatten_pairs(b)
@@ -220,12 +236,14 @@ def _loss_fn(spec: PreferenceLoss):
 
 def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device):
     """(eval_fn, initial_eval): held-out loss and reward statistics of the policy."""
-    eval_counts = torch.tensor([[sum(x != IGNORE_INDEX for x in r.labels[1:]) for r in (p.chosen, p.rejected)]
-                                for p in data.heldout])
+    eval_counts = torch.tensor(
+        [[sum(x != IGNORE_INDEX for x in r.labels[1:]) for r in (p.chosen, p.rejected)] for p in data.heldout]
+    )
 
     def eval_fn() -> dict:
-        return _reward_stats(pair_logps(model, data.heldout, data.pad, cfg.eval_batch_size, device), data.ref_eval,
-                             eval_counts, spec)
+        return _reward_stats(
+            pair_logps(model, data.heldout, data.pad, cfg.eval_batch_size, device), data.ref_eval, eval_counts, spec
+        )
 
     def initial_eval() -> dict:
         # at step 0 the policy is the reference: its held-out log-probs are the cached ones
@@ -234,9 +252,15 @@ def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device)
     return eval_fn, initial_eval
 
 
-@register("dpo", DPOConfig, "preference optimisation (dpo / ipo / rpo) against the frozen starting model",
-          headline=(Headline("heldout_loss", "held-out loss", brief="loss", curve="eval_loss"),
-                    Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy")))
+@register(
+    "dpo",
+    DPOConfig,
+    "preference optimisation (dpo / ipo / rpo) against the frozen starting model",
+    headline=(
+        Headline("heldout_loss", "held-out loss", brief="loss", curve="eval_loss"),
+        Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy"),
+    ),
+)
 def run(ctx: StageContext) -> StageResult:
     cfg: DPOConfig = ctx.config
     spec = cfg.loss_spec()
@@ -251,15 +275,37 @@ def run(ctx: StageContext) -> StageResult:
     avg_tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in data.train) / len(data.train)
     eval_fn, initial_eval = _eval_fns(model, data, cfg, spec, device)
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
-    result = train(model, cfg, _batch_fn(data, cfg, ctx.seed, device), _loss_fn(spec), eval_fn, ctx.work_dir, log,
-                   ctx.progress, f"{ctx.name} ({cfg.preference_loss})", total_steps=steps,
-                   tokens_per_step=round(avg_tokens * per_step), initial_eval=initial_eval)
+    result = train(
+        model,
+        cfg,
+        _batch_fn(data, cfg, ctx.seed, device),
+        _loss_fn(spec),
+        eval_fn,
+        ctx.work_dir,
+        log,
+        ctx.progress,
+        f"{ctx.name} ({cfg.preference_loss})",
+        total_steps=steps,
+        tokens_per_step=round(avg_tokens * per_step),
+        initial_eval=initial_eval,
+    )
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
-    metrics = stage_metrics(result, {f"heldout_{k}": k for k in ("loss", "reward_accuracy", "reward_margin")},
-                            by_metric=False, counts={"pairs_seen": steps * per_step},
-                            rate=("train_pairs_per_s", per_step))
-    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "pairs": len(data.train),
-                      "heldout_pairs": len(data.heldout), "cut_to_nothing": data.cut, "records": bad.as_dict()},
-             "resumed_from_step": result.resumed_from}
+    metrics = stage_metrics(
+        result,
+        {f"heldout_{k}": k for k in ("loss", "reward_accuracy", "reward_margin")},
+        by_metric=False,
+        counts={"pairs_seen": steps * per_step},
+        rate=("train_pairs_per_s", per_step),
+    )
+    extra = {
+        "data": {
+            "licence": ctx.datasets["data"].licence_of(),
+            "pairs": len(data.train),
+            "heldout_pairs": len(data.heldout),
+            "cut_to_nothing": data.cut,
+            "records": bad.as_dict(),
+        },
+        "resumed_from_step": result.resumed_from,
+    }
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

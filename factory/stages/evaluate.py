@@ -34,22 +34,31 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class EvaluateConfig:
     kind: str = field("evaluate", help="stage kind")
     models: str | list[str] | dict[str, str] = field(
-        None, ref="model", help="models to evaluate: a models: entry or earlier stage, a list of them, "
-                                "or a mapping label -> reference (labels name the results files)")
-    suite: str | dict[str, Any] = field("quick", help="a shipped suite (quick, full), a suite YAML file "
-                                                      "relative to the recipe, or a suite written inline")
+        None,
+        ref="model",
+        help="models to evaluate: a models: entry or earlier stage, a list of them, "
+        "or a mapping label -> reference (labels name the results files)",
+    )
+    suite: str | dict[str, Any] = field(
+        "quick",
+        help="a shipped suite (quick, full), a suite YAML file relative to the recipe, or a suite written inline",
+    )
     engine: Literal[ENGINES] | None = field(None, help="override the suite's engine")
-    engine_settings: dict[str, Any] = field(factory=dict,
-                                            help="engine settings over the suite's (e.g. max_batch for hf)")
+    engine_settings: dict[str, Any] = field(
+        factory=dict, help="engine settings over the suite's (e.g. max_batch for hf)"
+    )
     limit: int | None = field(None, help="cap every task at this many samples")
-    sampling: dict[str, Any] = field(factory=dict,
-                                     help="sampling overrides for every task (max_tokens, temperature...)")
+    sampling: dict[str, Any] = field(
+        factory=dict, help="sampling overrides for every task (max_tokens, temperature...)"
+    )
     # derived in check(), hashed with the config: labels name the outputs, and a
     # shipped or inline suite's content decides the results
-    labels: dict[str, str] = dataclasses.field(init=False, default_factory=dict,
-                                               metadata={"help": "derived: label -> model reference"})
-    suite_hash: str = dataclasses.field(init=False, default="",
-                                        metadata={"help": "derived: content hash of a shipped or inline suite"})
+    labels: dict[str, str] = dataclasses.field(
+        init=False, default_factory=dict, metadata={"help": "derived: label -> model reference"}
+    )
+    suite_hash: str = dataclasses.field(
+        init=False, default="", metadata={"help": "derived: content hash of a shipped or inline suite"}
+    )
 
     def check(self, where: str) -> None:
         require(self.models is not None and self.models not in ([], {}), where, "models", "missing required key")
@@ -123,8 +132,17 @@ def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> 
     digest = ctx.input_hashes.get(key)
     if not digest or ctx.cache_dir is None:
         return None
-    k = sha256_json({"model": digest, "suite": suite.hash, "engine": cfg.engine, "settings": cfg.engine_settings,
-                     "limit": cfg.limit, "sampling": cfg.sampling, "code": res.code_hash()})
+    k = sha256_json(
+        {
+            "model": digest,
+            "suite": suite.hash,
+            "engine": cfg.engine,
+            "settings": cfg.engine_settings,
+            "limit": cfg.limit,
+            "sampling": cfg.sampling,
+            "code": res.code_hash(),
+        }
+    )
     return ctx.cache_dir / f"results-{k[:24]}.json"
 
 
@@ -139,8 +157,10 @@ def _reuse(ctx: StageContext, label: str, cached: Path | None, out: Path) -> dic
         return None
     results["model"]["label"] = label
     res.write(results, out)
-    print(f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings "
-          f"({cached.name})", file=sys.stderr)
+    print(
+        f"[factory] {ctx.name}: {label}: reusing results of the same model, suite and settings ({cached.name})",
+        file=sys.stderr,
+    )
     return results
 
 
@@ -157,8 +177,9 @@ def no_model(cfg: Any, model_config: dict, where: str) -> None:
     return None  # the output is a results directory, not a model
 
 
-@register("evaluate", EvaluateConfig, "run an evaluation suite on models; results, report, headline metrics",
-          shape=no_model)
+@register(
+    "evaluate", EvaluateConfig, "run an evaluation suite on models; results, report, headline metrics", shape=no_model
+)
 def run(ctx: StageContext) -> StageResult:
     cfg: EvaluateConfig = ctx.config
     suite = load_suite(cfg.suite, ctx.base, f"stages.{ctx.name}.suite")
@@ -173,17 +194,29 @@ def run(ctx: StageContext) -> StageResult:
         else:
             # completions land in the work dir as they are made: a killed run resumes mid-model
             completions = ctx.work_dir / f"completions-{label}.jsonl" if dist.is_main() else None
-            results = run_suite(str(ctx.models[key]), suite, engine=cfg.engine, engine_settings=cfg.engine_settings,
-                                limit=cfg.limit, sampling=cfg.sampling, out=out, label=label, progress=ctx.progress,
-                                cache=completions)
+            results = run_suite(
+                str(ctx.models[key]),
+                suite,
+                engine=cfg.engine,
+                engine_settings=cfg.engine_settings,
+                limit=cfg.limit,
+                sampling=cfg.sampling,
+                out=out,
+                label=label,
+                progress=ctx.progress,
+                cache=completions,
+            )
             if cached is not None and dist.is_main():  # under torchrun every rank evaluates; one writes
                 res.write_kept(results, cached)
         runs.append((label, results))
         for task, (metric, entry) in res.headline(results).items():
             metrics[f"{label}/{task}/{metric}"] = entry["value"]
     files = report.write_report(runs, ctx.out_dir)
-    extra = {"suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
-             "labels": {label: str(ctx.models[key]) for label, key in cfg.model_fields().items()},
-             "report": sorted(p.name for p in files.values()),
-             "samples": sum(len(r["samples"]) for _, r in runs), "reused": reused}
+    extra = {
+        "suite": {"name": suite.name, "hash": suite.hash, "file": suite.file},
+        "labels": {label: str(ctx.models[key]) for label, key in cfg.model_fields().items()},
+        "report": sorted(p.name for p in files.values()),
+        "samples": sum(len(r["samples"]) for _, r in runs),
+        "reused": reused,
+    }
     return StageResult(metrics=metrics, extra=extra)

@@ -33,8 +33,11 @@ class GateConfig:
     default_max_drop: float = field(0.0, help="allowed drop for metrics not in max_drop")
     alpha: float = field(0.05, help="significance level of the paired bootstrap")
     on_regression: Literal["fail", "record"] = field("fail", help="fail the stage, or record the verdict and go on")
-    allow_mismatch: bool = field(False, help="compare even when the two results were not run alike (task options, "
-                                             "sampling, sample ids or prompts differ); the differences are recorded")
+    allow_mismatch: bool = field(
+        False,
+        help="compare even when the two results were not run alike (task options, "
+        "sampling, sample ids or prompts differ); the differences are recorded",
+    )
 
     def check(self, where: str) -> None:
         for key in ("results", "candidate", "baseline"):
@@ -51,8 +54,12 @@ def needs_results(cfg: Any, model_config: dict, where: str) -> None:
     raise ConfigError(f"{where}.results", f"{cfg.results!r} is a model; name an evaluate stage")
 
 
-@register("gate", GateConfig, "compare a candidate with a baseline from an evaluate stage; fail on a regression",
-          shape=needs_results)
+@register(
+    "gate",
+    GateConfig,
+    "compare a candidate with a baseline from an evaluate stage; fail on a regression",
+    shape=needs_results,
+)
 def run(ctx: StageContext) -> StageResult:
     cfg: GateConfig = ctx.config
     where = f"stages.{ctx.name}"
@@ -61,16 +68,23 @@ def run(ctx: StageContext) -> StageResult:
         label = getattr(cfg, role)
         path = ctx.models["results"] / f"results-{label}.json"
         if not path.is_file():
-            have = sorted(p.stem[len("results-"):] for p in ctx.models["results"].glob("results-*.json"))
-            raise FactoryError(f"{where}.{role}: no model labelled {label!r} in stage {cfg.results} "
-                               f"(labels: {', '.join(have) or 'none'})")
+            have = sorted(p.stem[len("results-") :] for p in ctx.models["results"].glob("results-*.json"))
+            raise FactoryError(
+                f"{where}.{role}: no model labelled {label!r} in stage {cfg.results} "
+                f"(labels: {', '.join(have) or 'none'})"
+            )
         found[role] = res.load_verified(path)  # a verdict only on numbers the samples give
     gate.check_max_drop(found["baseline"], cfg.max_drop, prefix=f"{where}.max_drop.")
-    mismatched = gate.check_comparable(found["candidate"], found["baseline"], cfg.allow_mismatch,
-                                       subject=f"{where}: {cfg.candidate} and {cfg.baseline}",
-                                       hint=f"set {where}.allow_mismatch=true to compare anyway")
-    rows = gate.compare(found["candidate"], found["baseline"], cfg.max_drop, cfg.default_max_drop, cfg.alpha,
-                        allow_mismatch=True)
+    mismatched = gate.check_comparable(
+        found["candidate"],
+        found["baseline"],
+        cfg.allow_mismatch,
+        subject=f"{where}: {cfg.candidate} and {cfg.baseline}",
+        hint=f"set {where}.allow_mismatch=true to compare anyway",
+    )
+    rows = gate.compare(
+        found["candidate"], found["baseline"], cfg.max_drop, cfg.default_max_drop, cfg.alpha, allow_mismatch=True
+    )
     text = "".join(f"compared anyway, they differ in {m}\n" for m in mismatched)
     text += gate.table(rows) + "\n" + gate.summary(rows) + "\n"
     (ctx.out_dir / "gate.txt").write_text(text)
@@ -81,8 +95,18 @@ def run(ctx: StageContext) -> StageResult:
     failed = [r for r in rows if r.failed]
     if failed and cfg.on_regression == "fail":
         raise FactoryError(f"{where}: {cfg.candidate} vs {cfg.baseline}: {gate.summary(rows)}")
-    metrics = {"passed": not failed, "metrics_gated": len(rows), "metrics_failed": len(failed),
-               **{f"delta/{r.key}": r.delta for r in rows}}
-    return StageResult(metrics=metrics, extra={"candidate": cfg.candidate, "baseline": cfg.baseline,
-                                               "failed": [r.key for r in failed],
-                                               "mismatches": [str(m) for m in mismatched]})
+    metrics = {
+        "passed": not failed,
+        "metrics_gated": len(rows),
+        "metrics_failed": len(failed),
+        **{f"delta/{r.key}": r.delta for r in rows},
+    }
+    return StageResult(
+        metrics=metrics,
+        extra={
+            "candidate": cfg.candidate,
+            "baseline": cfg.baseline,
+            "failed": [r.key for r in failed],
+            "mismatches": [str(m) for m in mismatched],
+        },
+    )

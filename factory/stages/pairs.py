@@ -24,8 +24,10 @@ from factory.stages.base import StageContext, StageResult, register
 from foundation.configs import field, require
 from foundation.device import check_device, resolve_device
 
-SOURCE_LICENCE = {"reasoning-gym": "Apache-2.0 (reasoning-gym generators)",
-                  "constraints": "Apache-2.0 (lm-eval instruction checkers); topics written for this project"}
+SOURCE_LICENCE = {
+    "reasoning-gym": "Apache-2.0 (reasoning-gym generators)",
+    "constraints": "Apache-2.0 (lm-eval instruction checkers); topics written for this project",
+}
 
 
 @dataclass
@@ -33,7 +35,8 @@ class PairsConfig:
     kind: str = field("pairs", help="stage kind")
     model: str = field(None, ref="model", help="the model that samples answers")
     source: Literal["reasoning-gym", "constraints"] = field(
-        "reasoning-gym", help="verifiable prompts: reasoning-gym generators or IFEval-style format constraints")
+        "reasoning-gym", help="verifiable prompts: reasoning-gym generators or IFEval-style format constraints"
+    )
     tasks: list = field(factory=lambda: ["basic_arithmetic"], help="reasoning-gym task names")
     prompts: int = field(64, help="verifiable prompts to sample from")
     samples_per_prompt: int = field(4, help="answers sampled per prompt")
@@ -50,8 +53,12 @@ class PairsConfig:
         require(self.prompts > 0, where, "prompts", "must be positive")
         require(self.samples_per_prompt >= 2, where, "samples_per_prompt", "need at least 2 to compare")
         require(self.temperature > 0, where, "temperature", "must be positive: greedy samples are all alike")
-        require(0 < self.fail_threshold <= self.pass_threshold <= 1, where, "fail_threshold",
-                "need 0 < fail_threshold <= pass_threshold <= 1")
+        require(
+            0 < self.fail_threshold <= self.pass_threshold <= 1,
+            where,
+            "fail_threshold",
+            "need 0 < fail_threshold <= pass_threshold <= 1",
+        )
         require(self.source != "reasoning-gym" or len(self.tasks) > 0, where, "tasks", "name at least one task")
         check_device(self.device, where)
 
@@ -88,13 +95,20 @@ def trusted_scores(item: verifiers.Verifiable, answers: list[str], scores: list[
 def run(ctx: StageContext) -> StageResult:
     cfg: PairsConfig = ctx.config
     items = _items(cfg, ctx.seed)
-    engine = make_engine("hf", str(ctx.models["model"]), device=str(resolve_device(cfg.device)),
-                         max_batch=cfg.batch_size)
-    sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        n=cfg.samples_per_prompt, seed=ctx.seed)
+    engine = make_engine(
+        "hf", str(ctx.models["model"]), device=str(resolve_device(cfg.device)), max_batch=cfg.batch_size
+    )
+    sampling = Sampling(
+        max_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        n=cfg.samples_per_prompt,
+        seed=ctx.seed,
+    )
     try:
-        completions = engine.generate([Request(messages=it.messages, sampling=sampling) for it in items],
-                                      progress=ctx.progress)
+        completions = engine.generate(
+            [Request(messages=it.messages, sampling=sampling) for it in items], progress=ctx.progress
+        )
     finally:
         engine.close()
     rng = random.Random(ctx.seed)
@@ -109,8 +123,14 @@ def run(ctx: StageContext) -> StageResult:
         both += 1
         lines.append(json.dumps({"id": it.id, "messages": it.messages, "chosen": pair[0], "rejected": pair[1]}))
     (ctx.out_dir / "pairs.jsonl").write_text("".join(x + "\n" for x in lines))
-    metrics = {"prompts": len(items), "pairs": len(lines), "sample_pass_rate": passed / max(total, 1),
-               "prompts_with_pair": both / max(len(items), 1)}
-    extra = {**dataset_manifest_entry("pairs.jsonl", "preference", SOURCE_LICENCE[cfg.source], len(lines)),
-             "generator": {"source": cfg.source, "tasks": list(cfg.tasks), "engine": engine.describe()}}
+    metrics = {
+        "prompts": len(items),
+        "pairs": len(lines),
+        "sample_pass_rate": passed / max(total, 1),
+        "prompts_with_pair": both / max(len(items), 1),
+    }
+    extra = {
+        **dataset_manifest_entry("pairs.jsonl", "preference", SOURCE_LICENCE[cfg.source], len(lines)),
+        "generator": {"source": cfg.source, "tasks": list(cfg.tasks), "engine": engine.describe()},
+    }
     return StageResult(metrics=metrics, tokens=None, extra=extra)

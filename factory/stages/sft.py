@@ -36,8 +36,9 @@ from foundation.errors import FactoryError
 class SFTConfig(TrainConfig):
     kind: str = field("sft", help="stage kind")
     model: str = field(None, ref="model", help="model to fine-tune: a models: entry or an earlier stage")
-    data: str = field(None, ref="dataset",
-                      help="conversations: a datasets: entry with format chat, instruction or sharegpt")
+    data: str = field(
+        None, ref="dataset", help="conversations: a datasets: entry with format chat, instruction or sharegpt"
+    )
     eval_conversations: int = field(16, help="conversations held out for the assistant-token loss")
     epochs: float | None = field(None, help="passes over the training conversations (overrides max_tokens)")
     bucket_batches: int = field(16, help="length bucketing: batches sorted together by length (1: no bucketing)")
@@ -55,16 +56,19 @@ def _conversations(ctx: StageContext, tok, cfg: SFTConfig, bad, cuts: Cuts) -> l
     """The usable conversations rendered, each cut to ``seq_len`` (counted in ``cuts``)."""
     spec = ctx.datasets["data"]
     if spec.format not in ("chat", "instruction", "sharegpt"):
-        raise FactoryError(f"stages.{ctx.name}.data: sft needs a dataset with format chat, instruction or "
-                           f"sharegpt (got {spec.format})")
+        raise FactoryError(
+            f"stages.{ctx.name}.data: sft needs a dataset with format chat, instruction or sharegpt (got {spec.format})"
+        )
     out = []
     for c in iter_conversations(spec, ctx.base, bad):
         r = render(tok, *for_template(tok, c.messages, c.tools))
-        out.append(Rendered(input_ids=cuts.cut(r.input_ids, cfg.seq_len), labels=r.labels[:cfg.seq_len], text=r.text))
+        out.append(Rendered(input_ids=cuts.cut(r.input_ids, cfg.seq_len), labels=r.labels[: cfg.seq_len], text=r.text))
     out = [r for r in out if any(label != IGNORE_INDEX for label in r.labels[1:])]
     if len(out) <= cfg.eval_conversations:
-        raise FactoryError(f"stages.{ctx.name}.data: {len(out)} usable conversations; need more than "
-                           f"eval_conversations ({cfg.eval_conversations})")
+        raise FactoryError(
+            f"stages.{ctx.name}.data: {len(out)} usable conversations; need more than "
+            f"eval_conversations ({cfg.eval_conversations})"
+        )
     return out
 
 
@@ -79,14 +83,18 @@ def bucketed_batches(lengths: list[int], batch_size: int, bucket_batches: int, s
     group = batch_size * bucket_batches
     batches = []
     for g in range(0, len(order), group):
-        members = sorted(order[g:g + group], key=lambda i: lengths[i])
-        batches += [members[i:i + batch_size] for i in range(0, len(members) - batch_size + 1, batch_size)]
+        members = sorted(order[g : g + group], key=lambda i: lengths[i])
+        batches += [members[i : i + batch_size] for i in range(0, len(members) - batch_size + 1, batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-@register("sft", SFTConfig, "supervised fine-tuning on conversations, loss on assistant tokens only",
-          headline=(Headline("heldout_assistant_loss", "assistant loss", curve="eval_assistant_loss"),))
+@register(
+    "sft",
+    SFTConfig,
+    "supervised fine-tuning on conversations, loss on assistant tokens only",
+    headline=(Headline("heldout_assistant_loss", "assistant loss", curve="eval_assistant_loss"),),
+)
 def run(ctx: StageContext) -> StageResult:
     cfg: SFTConfig = ctx.config
     torch.manual_seed(ctx.seed)
@@ -96,13 +104,16 @@ def run(ctx: StageContext) -> StageResult:
     bad, cuts = BadRecords(), Cuts()
     convs = _conversations(ctx, tok, cfg, bad, cuts)
     random.Random(ctx.seed).shuffle(convs)
-    heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations:]
+    heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations :]
     if len(train_set) < cfg.batch_size:
-        raise FactoryError(f"stages.{ctx.name}: {len(train_set)} training conversations, fewer than "
-                           f"batch_size ({cfg.batch_size})")
+        raise FactoryError(
+            f"stages.{ctx.name}: {len(train_set)} training conversations, fewer than batch_size ({cfg.batch_size})"
+        )
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eval_batches = [{k: v.to(device) for k, v in collate(heldout[i:i + cfg.eval_batch_size], pad).items()}
-                    for i in range(0, len(heldout), cfg.eval_batch_size)]
+    eval_batches = [
+        {k: v.to(device) for k, v in collate(heldout[i : i + cfg.eval_batch_size], pad).items()}
+        for i in range(0, len(heldout), cfg.eval_batch_size)
+    ]
     lengths = [len(r.input_ids) for r in train_set]
     per_epoch = len(train_set) // cfg.batch_size
     epochs_cache: dict[int, list[list[int]]] = {}
@@ -110,8 +121,9 @@ def run(ctx: StageContext) -> StageResult:
     def epoch_batches(epoch: int) -> list[list[int]]:
         if epoch not in epochs_cache:
             epochs_cache.clear()
-            epochs_cache[epoch] = bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches,
-                                                   ctx.seed * 1_000_003 + epoch)
+            epochs_cache[epoch] = bucketed_batches(
+                lengths, cfg.batch_size, cfg.bucket_batches, ctx.seed * 1_000_003 + epoch
+            )
         return epochs_cache[epoch]
 
     def batch_fn(step: int, micro: int) -> dict:
@@ -130,13 +142,31 @@ def run(ctx: StageContext) -> StageResult:
     else:
         steps = max(1, math.ceil(cfg.max_tokens / per_step))
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
-    result = train(model, cfg, batch_fn, loss_fn, lambda: assistant_loss(model, eval_batches), ctx.work_dir, log,
-                   ctx.progress, f"{ctx.name} (sft)", total_steps=steps,
-                   tokens_per_step=per_step)
+    result = train(
+        model,
+        cfg,
+        batch_fn,
+        loss_fn,
+        lambda: assistant_loss(model, eval_batches),
+        ctx.work_dir,
+        log,
+        ctx.progress,
+        f"{ctx.name} (sft)",
+        total_steps=steps,
+        tokens_per_step=per_step,
+    )
     save_checkpoint(model, tok, ctx.out_dir)
     shutil.copy(log.path, ctx.metrics_path())
     metrics = stage_metrics(result, {"heldout_assistant_loss": "assistant_loss"})
-    extra = {"data": {"licence": ctx.datasets["data"].licence_of(), "conversations": len(train_set),
-                      "heldout_conversations": len(heldout), "epochs": result.steps * cfg.grad_accum / per_epoch,
-                      "records": bad.as_dict(), **cuts.as_dict()}, "resumed_from_step": result.resumed_from}
+    extra = {
+        "data": {
+            "licence": ctx.datasets["data"].licence_of(),
+            "conversations": len(train_set),
+            "heldout_conversations": len(heldout),
+            "epochs": result.steps * cfg.grad_accum / per_epoch,
+            "records": bad.as_dict(),
+            **cuts.as_dict(),
+        },
+        "resumed_from_step": result.resumed_from,
+    }
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

@@ -44,8 +44,11 @@ class PackedData:
 
     def cuts(self) -> dict:
         """What the budget left out of the documents read, for the stage's manifest."""
-        return {"documents_cut": self.documents_cut, "documents_unused": self.documents_unused,
-                "tokens_unused": self.tokens_unused}
+        return {
+            "documents_cut": self.documents_cut,
+            "documents_unused": self.documents_unused,
+            "tokens_unused": self.tokens_unused,
+        }
 
     def batch(self, step: int, micro: int, batch_size: int, grad_accum: int, seed: int) -> torch.Tensor:
         """Micro-batch ``micro`` of optimizer step ``step``: a pure function of its
@@ -71,8 +74,16 @@ def render(doc, tokenizer) -> str:
     return tokenizer.apply_chat_template(doc, tokenize=False)
 
 
-def pack(documents: Iterable, tokenizer, seq_len: int, train_blocks: int, heldout_blocks: int,
-         seed: int, source: str, tokenize_batch: int = 64) -> PackedData:
+def pack(
+    documents: Iterable,
+    tokenizer,
+    seq_len: int,
+    train_blocks: int,
+    heldout_blocks: int,
+    seed: int,
+    source: str,
+    tokenize_batch: int = 64,
+) -> PackedData:
     """Shuffle documents (text or conversations), tokenize them with an EOS after each, and cut the stream
     into ``seq_len`` blocks: the first ``heldout_blocks`` are held out, up to
     ``train_blocks`` more are for training (fewer if the corpus is smaller: the
@@ -89,7 +100,7 @@ def pack(documents: Iterable, tokenizer, seq_len: int, train_blocks: int, heldou
     ends: list[int] = []  # where each document's tokens end in the stream
     used = 0
     for start in range(0, len(docs), tokenize_batch):
-        chunk = [render(d, tokenizer) for d in docs[start:start + tokenize_batch]]
+        chunk = [render(d, tokenizer) for d in docs[start : start + tokenize_batch]]
         for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             stream.extend(ids)
             stream.append(eos)
@@ -101,15 +112,22 @@ def pack(documents: Iterable, tokenizer, seq_len: int, train_blocks: int, heldou
     if n_blocks < heldout_blocks + 1:
         raise FactoryError(
             f"{source}: {len(stream)} tokens make {n_blocks} blocks of {seq_len}; need at least "
-            f"{heldout_blocks + 1} (held-out + 1): use more data or a smaller seq_len / eval_tokens")
+            f"{heldout_blocks + 1} (held-out + 1): use more data or a smaller seq_len / eval_tokens"
+        )
     blocks = torch.tensor(stream[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
     blocks = blocks[: heldout_blocks + train_blocks]
     kept = blocks.shape[0] * seq_len
     whole = bisect.bisect_right(ends, kept)  # documents that end inside the blocks
     cut = int(whole < len(ends) and (ends[whole - 1] if whole else 0) < kept)
-    return PackedData(train=blocks[heldout_blocks:], heldout=blocks[:heldout_blocks],
-                      documents_used=used, tokens_read=len(stream), documents_cut=cut,
-                      documents_unused=len(ends) - whole - cut, tokens_unused=len(stream) - kept)
+    return PackedData(
+        train=blocks[heldout_blocks:],
+        heldout=blocks[:heldout_blocks],
+        documents_used=used,
+        tokens_read=len(stream),
+        documents_cut=cut,
+        documents_unused=len(ends) - whole - cut,
+        tokens_unused=len(stream) - kept,
+    )
 
 
 def blocks_for(tokens: int, seq_len: int) -> int:

@@ -42,9 +42,11 @@ def init_from_env() -> None:
     if backend == "nccl":
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
         if local_rank >= gpus:
-            raise FactoryError(f"torchrun: local rank {local_rank} has no GPU of its own ({gpus} visible on this "
-                               f"node); start at most {gpus} processes per node (--nproc_per_node), or hide the "
-                               "GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU over gloo")
+            raise FactoryError(
+                f"torchrun: local rank {local_rank} has no GPU of its own ({gpus} visible on this "
+                f"node); start at most {gpus} processes per node (--nproc_per_node), or hide the "
+                "GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU over gloo"
+            )
         torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group(backend=backend)
 
@@ -81,8 +83,11 @@ def shard_layers(model: torch.nn.Module) -> int:
 
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (size,))
-    stacks = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"]
+    stacks = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"
+    ]
     for name, layers in stacks:
         for layer in layers:
             fully_shard(layer, mesh=mesh)
@@ -115,7 +120,7 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     offset = 0
     for g in grads:
         n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
+        g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
 
 
@@ -171,8 +176,13 @@ def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optim_
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # optional: sharded only
 
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optim_state,
+        options=StateDictOptions(full_state_dict=True),
+    )
 
 
 def full_model_state(model: torch.nn.Module) -> dict | None:

@@ -18,7 +18,7 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int = 8) -> dict[str, 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], batch_size):
-        batch = blocks[start:start + batch_size]
+        batch = blocks[start : start + batch_size]
         loss, n = causal_lm_loss(model, batch)
         total += float(loss) * n
         count += n
@@ -35,11 +35,12 @@ def heldout_kd(student, teacher, blocks: torch.Tensor, batch_size: int, chunk: i
     student.eval()
     kl_sum, lm_sum, n = 0.0, 0.0, 0
     for i in range(0, blocks.shape[0], batch_size):
-        b = blocks[i:i + batch_size]
+        b = blocks[i : i + batch_size]
         h_t = teacher.model(input_ids=b, use_cache=False).last_hidden_state[:, :-1]
         h_s = student.model(input_ids=b, use_cache=False).last_hidden_state[:, :-1]
-        _, kd, lm = fused_kd_loss(h_s, student.lm_head.weight, h_t, teacher.lm_head.weight, labels=b[:, 1:],
-                                  lm_weight=1.0, chunk=chunk)
+        _, kd, lm = fused_kd_loss(
+            h_s, student.lm_head.weight, h_t, teacher.lm_head.weight, labels=b[:, 1:], lm_weight=1.0, chunk=chunk
+        )
         k = h_s.shape[0] * h_s.shape[1]
         kl_sum += kd.item() * k
         lm_sum += lm.item() * k

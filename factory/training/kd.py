@@ -71,8 +71,9 @@ def _chunk_kd(h_s, w_s, h_t, w_t, acc: torch.dtype, T: float, kind: str, top_k: 
     return s_logits, kl, q * (diff - kl[:, None])  # d KL(q||p) / d z = q (log q - log p - KL) / T
 
 
-def _lm_term(g: torch.Tensor, s_logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, acc: torch.dtype,
-             lm_weight: float) -> torch.Tensor:
+def _lm_term(
+    g: torch.Tensor, s_logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, acc: torch.dtype, lm_weight: float
+) -> torch.Tensor:
     """The chunk's summed next-token NLL at T = 1; adds ``lm_weight`` times its gradient to ``g``."""
     valid = ((y != IGNORE_INDEX) & mask).to(acc)
     safe = torch.where(y != IGNORE_INDEX, y, torch.zeros_like(y))
@@ -87,8 +88,7 @@ def _lm_term(g: torch.Tensor, s_logits: torch.Tensor, y: torch.Tensor, mask: tor
 
 class _FusedKD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, labels, mask, temperature, kind, top_k, kd_scale, lm_weight, chunk,
-                need_grad):
+    def forward(ctx, h_s, w_s, h_t, w_t, labels, mask, temperature, kind, top_k, kd_scale, lm_weight, chunk, need_grad):
         acc = torch.promote_types(h_s.dtype, torch.float32)
         n = mask.sum().clamp(min=1).to(acc)
         kd_total = torch.zeros((), dtype=acc, device=h_s.device)
@@ -130,23 +130,37 @@ class _FusedKD(torch.autograd.Function):
         return gh, gw, None, None, None, None, None, None, None, None, None, None, None
 
 
-def fused_kd_loss(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
-                  labels: torch.Tensor | None = None, mask: torch.Tensor | None = None, temperature: float = 1.0,
-                  kind: KDKind = "forward_kl", top_k: int | None = None, kd_scale: float = 1.0,
-                  lm_weight: float = 0.0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fused_kd_loss(
+    h_s: torch.Tensor,
+    w_s: torch.Tensor,
+    h_t: torch.Tensor,
+    w_t: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    kind: KDKind = "forward_kl",
+    top_k: int | None = None,
+    kd_scale: float = 1.0,
+    lm_weight: float = 0.0,
+    chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, kd, lm) over tokens: ``h_s`` [..., Hs] with head ``w_s`` [V, Hs] (student),
     ``h_t`` [..., Ht] with head ``w_t`` [V, Ht] (teacher, no gradient), ``labels`` [...]
     for the optional LM term, ``mask`` [...] of tokens that count."""
     hs = h_s.reshape(-1, h_s.shape[-1])
     ht = h_t.reshape(-1, h_t.shape[-1])
-    y = (labels.reshape(-1) if labels is not None
-         else torch.full((hs.shape[0],), IGNORE_INDEX, dtype=torch.long, device=hs.device))
+    y = (
+        labels.reshape(-1)
+        if labels is not None
+        else torch.full((hs.shape[0],), IGNORE_INDEX, dtype=torch.long, device=hs.device)
+    )
     m = mask.reshape(-1).bool() if mask is not None else torch.ones(hs.shape[0], dtype=torch.bool, device=hs.device)
     if lm_weight > 0 and labels is None:
         raise ValueError("lm_weight > 0 needs labels")
     need_grad = torch.is_grad_enabled() and (h_s.requires_grad or w_s.requires_grad)
-    return _FusedKD.apply(hs, w_s, ht, w_t.detach(), y, m, temperature, kind, top_k, kd_scale, lm_weight, chunk,
-                          need_grad)
+    return _FusedKD.apply(
+        hs, w_s, ht, w_t.detach(), y, m, temperature, kind, top_k, kd_scale, lm_weight, chunk, need_grad
+    )
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,8 @@ class KDStudent(torch.nn.Module):
         self.pairs = [tuple(p) for p in (pairs or [])]
         self.proj = torch.nn.ModuleList(
             torch.nn.Linear(s_width, t_width, bias=False) if s_width != t_width else torch.nn.Identity()
-            for _ in self.pairs)
+            for _ in self.pairs
+        )
 
 
 def kd_terms(wrapper: KDStudent, teacher, batch: torch.Tensor, kd: KDSettings):
@@ -188,17 +203,28 @@ def kd_terms(wrapper: KDStudent, teacher, batch: torch.Tensor, kd: KDSettings):
     t_hidden = t_hidden.clone()  # leave inference mode: a normal tensor from here on
     s_out = wrapper.student.model(input_ids=batch, use_cache=False, output_hidden_states=bool(pairs))
     h_s = s_out.last_hidden_state[:, :-1]
-    total, kd_loss, lm = fused_kd_loss(h_s, wrapper.student.lm_head.weight, t_hidden, teacher.lm_head.weight,
-                                       labels=batch[:, 1:], temperature=kd.temperature, kind=kd.kind,
-                                       top_k=kd.top_k, kd_scale=kd.kd_scale, lm_weight=kd.lm_weight,
-                                       chunk=kd.chunk)
+    total, kd_loss, lm = fused_kd_loss(
+        h_s,
+        wrapper.student.lm_head.weight,
+        t_hidden,
+        teacher.lm_head.weight,
+        labels=batch[:, 1:],
+        temperature=kd.temperature,
+        kind=kd.kind,
+        top_k=kd.top_k,
+        kd_scale=kd.kd_scale,
+        lm_weight=kd.lm_weight,
+        chunk=kd.chunk,
+    )
     extras = {"kd_loss": kd_loss.item()}
     if kd.lm_weight:
         extras["lm_loss"] = lm.item()
     if pairs:
         cosine = torch.nn.functional.cosine_similarity
-        inter = sum(1 - cosine(proj(s_out.hidden_states[s + 1]), t.clone(), dim=-1).mean()
-                    for (s, _), proj, t in zip(pairs, wrapper.proj, t_states)) / len(pairs)
+        inter = sum(
+            1 - cosine(proj(s_out.hidden_states[s + 1]), t.clone(), dim=-1).mean()
+            for (s, _), proj, t in zip(pairs, wrapper.proj, t_states)
+        ) / len(pairs)
         total = total + kd.intermediate_scale * inter
         extras["intermediate_loss"] = inter.item()
     return total, int(h_s.shape[0] * h_s.shape[1]), extras

@@ -23,7 +23,6 @@ from foundation.configs import field, require
 from foundation.device import DTYPES, check_device, peak_memory_gib, resolve_device
 from foundation.errors import FactoryError
 
-
 MAX_STEPS = 10**9  # more optimizer steps than any run can take: a budget beyond it is a typo
 LR_FLOOR = float(torch.finfo(torch.float32).tiny)  # a learning rate below this underflows in float32
 
@@ -31,9 +30,13 @@ LR_FLOOR = float(torch.finfo(torch.float32).tiny)  # a learning rate below this 
 def check_budget(tokens: int, per_step: int, where: str, key: str) -> None:
     """A token budget must make at most ``MAX_STEPS`` optimizer steps of ``per_step`` tokens."""
     steps = math.ceil(tokens / per_step)
-    require(steps <= MAX_STEPS, where, key,
-            f"{tokens} tokens at {per_step} tokens per step make {steps:.3g} optimizer steps, "
-            f"more than the {MAX_STEPS:.0e} a run can take")
+    require(
+        steps <= MAX_STEPS,
+        where,
+        key,
+        f"{tokens} tokens at {per_step} tokens per step make {steps:.3g} optimizer steps, "
+        f"more than the {MAX_STEPS:.0e} a run can take",
+    )
 
 
 def check_schedule(lr: float, total: int, warmup_ratio: float, min_lr_ratio: float, where: str) -> None:
@@ -43,9 +46,13 @@ def check_schedule(lr: float, total: int, warmup_ratio: float, min_lr_ratio: flo
     smallest = lr / warmup if warmup > 0 else lr
     if min_lr_ratio > 0:
         smallest = min(smallest, lr * min_lr_ratio)
-    require(smallest >= LR_FLOOR, where, "lr",
-            f"the schedule's smallest learning rate, {smallest:.3g} (lr {lr:g} over {total} steps), "
-            f"underflows float32 (below {LR_FLOOR:.3g})")
+    require(
+        smallest >= LR_FLOOR,
+        where,
+        "lr",
+        f"the schedule's smallest learning rate, {smallest:.3g} (lr {lr:g} over {total} steps), "
+        f"underflows float32 (below {LR_FLOOR:.3g})",
+    )
 
 
 @dataclass
@@ -73,12 +80,17 @@ class TrainConfig:
     loss_chunk: int = field(1024, help="tokens per chunk of the fused LM-head loss")
     device: str = field("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N", hashed=False)
     parallel: Literal["ddp", "fsdp"] = field(
-        "ddp", help="under torchrun: ddp replicates the model on every rank; fsdp shards the decoder layers' "
-                    "weights, gradients and optimizer state across ranks (torch FSDP2), for models whose "
-                    "training state does not fit one device", hashed=False)
+        "ddp",
+        help="under torchrun: ddp replicates the model on every rank; fsdp shards the decoder layers' "
+        "weights, gradients and optimizer state across ranks (torch FSDP2), for models whose "
+        "training state does not fit one device",
+        hashed=False,
+    )
     matmul_precision: Literal["highest", "medium"] = field(
-        "highest", help="fp32 matmul precision: highest = IEEE fp32; medium = bf16 inner products with fp32 "
-                        "accumulation (AMX on CPUs, like TF32 on GPUs), about 1.6x faster on CPUs with AMX")
+        "highest",
+        help="fp32 matmul precision: highest = IEEE fp32; medium = bf16 inner products with fp32 "
+        "accumulation (AMX on CPUs, like TF32 on GPUs), about 1.6x faster on CPUs with AMX",
+    )
 
     def check(self, where: str) -> None:
         for key in ("seq_len", "batch_size", "grad_accum", "max_tokens", "eval_tokens", "loss_chunk"):
@@ -88,8 +100,7 @@ class TrainConfig:
         require(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
         require(0 <= self.warmup_ratio < 1, where, "warmup_ratio", "must be in [0, 1)")
         require(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
-        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, where, "adam_beta1",
-                "betas must be in [0, 1)")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, where, "adam_beta1", "betas must be in [0, 1)")
         for key in ("grad_clip", "eval_every", "checkpoint_every"):
             require(getattr(self, key) >= 0, where, key, "must be >= 0")
         require(self.log_every >= 1, where, "log_every", "must be >= 1")
@@ -158,8 +169,9 @@ def _layout(model, cfg: TrainConfig) -> str:
     asks for it under torchrun (the decoder layers are sharded here), else "replicated"."""
     _, size = dist.world()
     if cfg.batch_size % size:
-        raise FactoryError(f"batch_size {cfg.batch_size} does not split over {size} processes: "
-                           "make it a multiple of the process count")
+        raise FactoryError(
+            f"batch_size {cfg.batch_size} does not split over {size} processes: make it a multiple of the process count"
+        )
     if cfg.parallel == "fsdp" and size > 1 and dist.shard_layers(model):
         return "fsdp"
     return "replicated"
@@ -168,15 +180,21 @@ def _layout(model, cfg: TrainConfig) -> str:
 def _resume(ckpt: Path, model, optimizer, layout: str, log: MetricsLog, desc: str, total: int) -> int | None:
     """The step a mid-stage checkpoint left off at, with model, optimizer and RNG state
     restored and the metrics log cut back to it; None when there is no checkpoint."""
-    state = storage.load_checked(ckpt, "training checkpoint",
-                                 lambda p: torch.load(p, map_location="cpu", weights_only=False),
-                                 f"{desc} starts over from step 0", owner=dist.is_main())
+    state = storage.load_checked(
+        ckpt,
+        "training checkpoint",
+        lambda p: torch.load(p, map_location="cpu", weights_only=False),
+        f"{desc} starts over from step 0",
+        owner=dist.is_main(),
+    )
     dist.barrier()  # every rank has read (or rank 0 discarded) the checkpoint before anyone writes one
     if state is None:
         return None
     if state.get("layout", "replicated") != layout:
-        raise FactoryError(f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
-                           f"has it {layout}: resume with the same parallel setting, or --force the stage")
+        raise FactoryError(
+            f"{ckpt} was written with the model {state.get('layout', 'replicated')}, this run "
+            f"has it {layout}: resume with the same parallel setting, or --force the stage"
+        )
     dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
@@ -187,8 +205,9 @@ def _resume(ckpt: Path, model, optimizer, layout: str, log: MetricsLog, desc: st
     return start
 
 
-def _optimizer_step(model, optimizer, params: list, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn,
-                    step: int, lr: float) -> tuple[float, dict[str, float], float]:
+def _optimizer_step(
+    model, optimizer, params: list, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, step: int, lr: float
+) -> tuple[float, dict[str, float], float]:
     """One optimizer step over ``cfg.grad_accum`` micro-batches: (loss, logged parts, gradient norm),
     averaged over micro-batches and processes."""
     for group in optimizer.param_groups:
@@ -216,15 +235,26 @@ def _steps(cfg: TrainConfig, total_steps: int | None, desc: str) -> int:
     counted, so checked here) or the token budget's, at most ``MAX_STEPS``."""
     total = total_steps if total_steps is not None else cfg.total_steps
     if total > MAX_STEPS:
-        raise FactoryError(f"{desc}: {total} optimizer steps, more than the {MAX_STEPS:.0e} a run can take: "
-                           "lower epochs or max_tokens")
+        raise FactoryError(
+            f"{desc}: {total} optimizer steps, more than the {MAX_STEPS:.0e} a run can take: lower epochs or max_tokens"
+        )
     return total
 
 
-def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: EvalFn,
-          work_dir: Path, log: MetricsLog, progress: bool = True, desc: str = "train",
-          total_steps: int | None = None, tokens_per_step: int | None = None,
-          initial_eval: EvalFn | None = None) -> LoopResult:
+def train(
+    model,
+    cfg: TrainConfig,
+    batch_fn: BatchFn,
+    loss_fn: LossFn,
+    eval_fn: EvalFn,
+    work_dir: Path,
+    log: MetricsLog,
+    progress: bool = True,
+    desc: str = "train",
+    total_steps: int | None = None,
+    tokens_per_step: int | None = None,
+    initial_eval: EvalFn | None = None,
+) -> LoopResult:
     """Run ``cfg.total_steps`` optimizer steps, resuming from ``work_dir`` if a checkpoint is there.
 
     ``eval_fn`` returns a dict of held-out metrics; it runs before training
@@ -262,8 +292,17 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
         step_time += time.perf_counter() - ts
         tps = (done - start) * per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
-            log.write({"step": done, "tokens": done * per_step, "loss": last_loss, **parts, "lr": lr,
-                       "grad_norm": grad_norm, "tokens_per_s": tps})
+            log.write(
+                {
+                    "step": done,
+                    "tokens": done * per_step,
+                    "loss": last_loss,
+                    **parts,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tps,
+                }
+            )
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             log.write_evals(done, done * per_step, eval_fn())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
@@ -275,12 +314,20 @@ def train(model, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, eval_fn: 
     last_eval = eval_fn()
     log.write_evals(total, total * per_step, last_eval)
     dist.barrier()  # every rank may read the finished metrics log from here on
-    return LoopResult(steps=total, tokens=total * per_step, resumed_from=start,
-                      train_s=step_time, wall_s=wall_s, final_train_loss=last_loss,
-                      peak_memory_gib=peak_memory_gib(next(model.parameters()).device),
-                      first_eval=first_eval if first_eval is not None else log.evals_at(0), last_eval=last_eval)
+    return LoopResult(
+        steps=total,
+        tokens=total * per_step,
+        resumed_from=start,
+        train_s=step_time,
+        wall_s=wall_s,
+        final_train_loss=last_loss,
+        peak_memory_gib=peak_memory_gib(next(model.parameters()).device),
+        first_eval=first_eval if first_eval is not None else log.evals_at(0),
+        last_eval=last_eval,
+    )
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
-    return tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=start, desc=desc, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True
+    )

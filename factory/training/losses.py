@@ -25,8 +25,8 @@ class _FusedLinearCE(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_grad else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_grad and weight.requires_grad else None
         for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]
-            y = labels[start:start + chunk_size]
+            h = hidden[start : start + chunk_size]
+            y = labels[start : start + chunk_size]
             # log_softmax is one fused pass; its exp is the softmax we need for the gradient.
             logp = torch.log_softmax((h @ weight.t()).to(acc), dim=-1)
             valid = y != IGNORE_INDEX
@@ -41,7 +41,7 @@ class _FusedLinearCE(torch.autograd.Function):
                 if not bool(valid.all()):
                     g[~valid] = 0.0
                 g = g.to(hidden.dtype)
-                grad_h[start:start + chunk_size] = g @ weight
+                grad_h[start : start + chunk_size] = g @ weight
                 if grad_w is not None:
                     grad_w.addmm_(g.t().to(acc), h.to(acc))
         if need_grad:
@@ -58,8 +58,9 @@ class _FusedLinearCE(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               chunk_size: int = 1024) -> torch.Tensor:
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
     """Mean cross entropy of ``hidden @ weight.T`` against ``labels`` over unmasked tokens.
 
     ``hidden`` [..., H] and ``labels`` [...] are flattened; labels equal to -100
@@ -70,8 +71,13 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     return _FusedLinearCE.apply(h, weight, y, chunk_size, need_grad)
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                   attention_mask: torch.Tensor | None = None, chunk_size: int = 1024) -> tuple[torch.Tensor, int]:
+def causal_lm_loss(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, int]:
     """Next-token loss of an HF causal LM without materialising full logits.
 
     Returns (mean loss, number of predicted tokens). ``labels`` default to the

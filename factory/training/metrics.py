@@ -35,7 +35,7 @@ class MetricsLog:
         """The held-out metrics of the first eval row logged at ``step``, as ``write_evals`` got them."""
         for line in self.path.read_text().splitlines():
             row = json.loads(line) if line.strip() else {}
-            evals = {k[len(EVAL_PREFIX):]: v for k, v in row.items() if k.startswith(EVAL_PREFIX)}
+            evals = {k[len(EVAL_PREFIX) :]: v for k, v in row.items() if k.startswith(EVAL_PREFIX)}
             if row.get("step") == step and evals:
                 return evals
         raise FactoryError(f"{self.path}: no held-out metrics logged at step {step}")

@@ -31,8 +31,10 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
             continue
         seen.add(id(p))
         by_kind.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
-    groups = [{"params": params, "weight_decay": weight_decay if decay else 0.0}
-              for (decay, _), params in sorted(by_kind.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+    groups = [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        for (decay, _), params in sorted(by_kind.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
     # The fused kernel does the whole update in one pass over each tensor: on a CPU
     # it is several times faster than the foreach path, which is memory-bound.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -19,8 +19,14 @@ def heldout_before_after(result: LoopResult, names: Mapping[str, str], by_metric
     return {f"{name}_{when}": evals[key] for when, evals in whens for name, key in names.items()}
 
 
-def stage_metrics(result: LoopResult, heldout: Mapping[str, str], *, by_metric: bool = True,
-                  rate: tuple[str, float] | None = None, counts: Mapping[str, int] | None = None) -> dict:
+def stage_metrics(
+    result: LoopResult,
+    heldout: Mapping[str, str],
+    *,
+    by_metric: bool = True,
+    rate: tuple[str, float] | None = None,
+    counts: Mapping[str, int] | None = None,
+) -> dict:
     """A training stage's metrics: the held-out before/after pairs (see
     ``heldout_before_after``), the last training loss, the step count, ``counts``
     (e.g. pairs seen), the throughput ``rate = (name, units per optimizer step)``

@@ -42,8 +42,9 @@ def test_importance_on_cuda_equals_cpu(tiny):
     assert (gpu.tokens, gpu.samples) == (cpu.tokens, cpu.samples) == (192, 6)
 
 
-@pytest.mark.parametrize("kind,top_k,lm_weight",
-                         [("forward_kl", None, 0.0), ("forward_kl", 8, 0.5), ("reverse_kl", None, 0.5)])
+@pytest.mark.parametrize(
+    "kind,top_k,lm_weight", [("forward_kl", None, 0.0), ("forward_kl", 8, 0.5), ("reverse_kl", None, 0.5)]
+)
 def test_fused_kd_loss_on_cuda_equals_cpu(kind, top_k, lm_weight):
     from factory.training.kd import fused_kd_loss
 
@@ -55,8 +56,19 @@ def test_fused_kd_loss_on_cuda_equals_cpu(kind, top_k, lm_weight):
     out = {}
     for dev in ("cpu", "cuda"):
         hs, ws = (t.detach().clone().to(dev).requires_grad_() for t in (h_s, w_s))  # fresh leaves per device
-        total, kd, lm = fused_kd_loss(hs, ws, h_t.to(dev), w_t.to(dev), labels.to(dev), mask.to(dev),
-                                      temperature=2.0, kind=kind, top_k=top_k, lm_weight=lm_weight, chunk=7)
+        total, kd, lm = fused_kd_loss(
+            hs,
+            ws,
+            h_t.to(dev),
+            w_t.to(dev),
+            labels.to(dev),
+            mask.to(dev),
+            temperature=2.0,
+            kind=kind,
+            top_k=top_k,
+            lm_weight=lm_weight,
+            chunk=7,
+        )
         total.backward()
         out[dev] = [t.detach().cpu() for t in (total, kd, lm, hs.grad, ws.grad)]
     for a, b in zip(out["cpu"], out["cuda"]):
@@ -68,8 +80,13 @@ def test_hf_engine_on_cuda_answers_as_on_cpu(tiny):
 
     prompts = ["Hello there", "a b c", "The quick brown fox " * 3, "1 2 3"]
     reqs = [Request(messages=[{"role": "user", "content": p}], sampling=Sampling(max_tokens=12)) for p in prompts]
-    reqs += [Request(messages=[{"role": "user", "content": p}],
-                     sampling=Sampling(max_tokens=12, temperature=0.8, top_p=0.9, n=2, seed=7)) for p in prompts]
+    reqs += [
+        Request(
+            messages=[{"role": "user", "content": p}],
+            sampling=Sampling(max_tokens=12, temperature=0.8, top_p=0.9, n=2, seed=7),
+        )
+        for p in prompts
+    ]
     answers = {}
     for dev in ("cpu", "cuda"):
         engine = make_engine("hf", str(tiny), device=dev, max_batch=3)
@@ -86,11 +103,19 @@ def test_fast_lm_on_cuda_equals_cpu(tiny):
 
     from evals.harness import FastLM
 
-    pairs = [("The sky is", " blue."), ("The sky is", " green and wide"), ("Question: 2+2?\nAnswer:", " 4"),
-             ("x" * 40, " cut from the left")]
+    pairs = [
+        ("The sky is", " blue."),
+        ("The sky is", " green and wide"),
+        ("Question: 2+2?\nAnswer:", " 4"),
+        ("x" * 40, " cut from the left"),
+    ]
     inst = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
-    got = {dev: FastLM(pretrained=str(tiny), dtype="float32", device=dev, max_length=32)
-           .loglikelihood(inst, disable_tqdm=True) for dev in ("cpu", "cuda")}
+    got = {
+        dev: FastLM(pretrained=str(tiny), dtype="float32", device=dev, max_length=32).loglikelihood(
+            inst, disable_tqdm=True
+        )
+        for dev in ("cpu", "cuda")
+    }
     for (a, greedy_a), (b, greedy_b) in zip(got["cpu"], got["cuda"]):
         assert abs(a - b) < 1e-4 and greedy_a == greedy_b
 

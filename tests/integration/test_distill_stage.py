@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 from tests.conftest import RECIPES, ROOT
 
 SMOKE = RECIPES / "smoke.yaml"
@@ -39,8 +39,14 @@ def test_self_distillation_has_zero_loss(runs):
 
 
 def test_intermediate_states_with_projection_and_lm_loss(runs):
-    recipe = load_recipe(SMOKE, ["stages.distill.intermediate_layer_pairs=[[0,0],[1,1]]",
-                                 "stages.distill.skip_lm_loss=false", "stages.distill.max_tokens=1024"])
+    recipe = load_recipe(
+        SMOKE,
+        [
+            "stages.distill.intermediate_layer_pairs=[[0,0],[1,1]]",
+            "stages.distill.skip_lm_loss=false",
+            "stages.distill.max_tokens=1024",
+        ],
+    )
     Pipeline(recipe, runs, progress=False).run(until="distill")
     rows = [json.loads(x) for x in (runs / "smoke" / "distill" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
@@ -105,9 +111,11 @@ def _mismatched_teacher(tmp_path, vocab_size=None, swap=False):
 def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
     other = _mismatched_teacher(tmp_path, vocab_size=300 if kind == "vocab_size" else None, swap=kind == "token_ids")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(SMOKE.read_text().replace("path: data/", f"path: {RECIPES / 'data'}/")
-                      + "\n  other_distill:\n    kind: distill\n    student: prune\n    teacher: alien\n    data: corpus\n"
-                        "    seq_len: 64\n    max_tokens: 256\n    eval_tokens: 128\n")
+    recipe.write_text(
+        SMOKE.read_text().replace("path: data/", f"path: {RECIPES / 'data'}/")
+        + "\n  other_distill:\n    kind: distill\n    student: prune\n    teacher: alien\n    data: corpus\n"
+        "    seq_len: 64\n    max_tokens: 256\n    eval_tokens: 128\n"
+    )
     text = recipe.read_text().replace("models:\n", f"models:\n  alien: {{path: {other}}}\n", 1)
     recipe.write_text(text)
     rc = main(["run", str(recipe), "--until", "other_distill", "--runs-dir", str(runs), "--no-progress"])
@@ -120,7 +128,10 @@ def test_tokenizer_mismatch_is_one_line(kind, tmp_path, runs, capsys):
 
 def test_teacher_must_be_a_model(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(SMOKE.read_text().replace("teacher: correct", "teacher: corpus")
-                      .replace("path: data/", f"path: {RECIPES / 'data'}/"))
+    recipe.write_text(
+        SMOKE.read_text()
+        .replace("teacher: correct", "teacher: corpus")
+        .replace("path: data/", f"path: {RECIPES / 'data'}/")
+    )
     assert main(["validate", str(recipe)]) == 2
     assert "stages.distill.teacher: 'corpus' is neither a models: entry nor a stage" in capsys.readouterr().err

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 
 RECIPE = """
 name: dpo
@@ -31,8 +31,11 @@ def _pairs(path, n=96, same_line=None):
     for _ in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         # a preference that generalises to held-out prompts: answer in lower case, not in capitals
-        lines.append(json.dumps({"prompt": f"add {a} and {b}", "chosen": f"the sum is {a + b}",
-                                 "rejected": f"THE SUM IS {a + b}"}))
+        lines.append(
+            json.dumps(
+                {"prompt": f"add {a} and {b}", "chosen": f"the sum is {a + b}", "rejected": f"THE SUM IS {a + b}"}
+            )
+        )
     if same_line is not None:
         lines[same_line - 1] = json.dumps({"prompt": "add 1 and 1", "chosen": "2", "rejected": "2"})
     path.write_text("\n".join(lines) + "\n")
@@ -108,14 +111,25 @@ def test_reference_logps_equal_a_full_logits_computation(tmp_path):
     from factory.stages.dpo import Pair, pair_logps
     from factory.training.checkpoints import load_model
 
-    build_tiny(TinyLlamaSpec(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                             intermediate_size=128), tmp_path / "m")
+    build_tiny(
+        TinyLlamaSpec(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+        ),
+        tmp_path / "m",
+    )
     model, tok = load_model(tmp_path / "m", torch.float32)
-    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-              {"role": "user", "content": "add 2 and 3"}]
-    pairs = [Pair(render(tok, prompt + [{"role": "assistant", "content": c}], first_turn=3),
-                  render(tok, prompt + [{"role": "assistant", "content": r}], first_turn=3))
-             for c, r in (("5", "6"), ("five, surely", "4"))]
+    prompt = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "add 2 and 3"},
+    ]
+    pairs = [
+        Pair(
+            render(tok, prompt + [{"role": "assistant", "content": c}], first_turn=3),
+            render(tok, prompt + [{"role": "assistant", "content": r}], first_turn=3),
+        )
+        for c, r in (("5", "6"), ("five, surely", "4"))
+    ]
     got = pair_logps(model, pairs, tok.eos_token_id, 8, torch.device("cpu"))
     for i, p in enumerate(pairs):
         for j, r in enumerate((p.chosen, p.rejected)):

@@ -23,11 +23,26 @@ from foundation.errors import FactoryError
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-PROMPTS = ["Hello there, how are you?", "a", "The quick brown fox jumps over the lazy dog " * 4, "x y z",
-           "1 2 3 4 5 6 7", "What is 2+2?", "Tell me a story", "ok"]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                          "required": ["city"]}}}]
+PROMPTS = [
+    "Hello there, how are you?",
+    "a",
+    "The quick brown fox jumps over the lazy dog " * 4,
+    "x y z",
+    "1 2 3 4 5 6 7",
+    "What is 2+2?",
+    "Tell me a story",
+    "ok",
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 # ChatML that also renders tools and tool calls (the tiny model's own template does not).
 TOOLS_TEMPLATE = (
     "{% if tools %}{{ '<|im_start|>system\\nTools: ' + (tools | map(attribute='function') "
@@ -35,7 +50,8 @@ TOOLS_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') }}"
     "{% for call in message.get('tool_calls') or [] %}{{ '<tool_call>' + call['function']['name'] + '</tool_call>' }}"
     "{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def build_chatty(out: Path, seed: int = 1) -> Path:
@@ -48,8 +64,18 @@ def build_chatty(out: Path, seed: int = 1) -> Path:
 
     if (out / "config.json").exists():
         return out
-    build_tiny(TinyLlamaSpec(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
-                             tie_word_embeddings=False, max_position_embeddings=256, seed=seed), out)
+    build_tiny(
+        TinyLlamaSpec(
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=256,
+            tie_word_embeddings=False,
+            max_position_embeddings=256,
+            seed=seed,
+        ),
+        out,
+    )
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     keep = [i for i in range(len(tok)) if _printable(tok.decode([i]))]
@@ -60,8 +86,12 @@ def build_chatty(out: Path, seed: int = 1) -> Path:
         head[tok.eos_token_id] = 1.6 * torch.randn(head.shape[1], generator=gen)
         model.lm_head.weight.copy_(head)
         for layer in model.model.layers:  # sharper attention, stronger blocks: the context steers
-            for weight, factor in ((layer.self_attn.q_proj.weight, 10), (layer.self_attn.k_proj.weight, 10),
-                                   (layer.self_attn.o_proj.weight, 5), (layer.mlp.down_proj.weight, 5)):
+            for weight, factor in (
+                (layer.self_attn.q_proj.weight, 10),
+                (layer.self_attn.k_proj.weight, 10),
+                (layer.self_attn.o_proj.weight, 5),
+                (layer.mlp.down_proj.weight, 5),
+            ):
                 weight.mul_(factor)
     model.save_pretrained(out)
     tok.chat_template = TOOLS_TEMPLATE
@@ -100,13 +130,14 @@ def reference(path: Path, requests: list[Request]) -> list[tuple[str, int, str]]
         text = render_prompt(tok, r)
         ids = tok(text, return_tensors="pt", add_special_tokens=r.prompt is not None)["input_ids"]
         with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=r.sampling.max_tokens, do_sample=False)[0, ids.shape[1]:].tolist()
+            gen = model.generate(ids, max_new_tokens=r.sampling.max_tokens, do_sample=False)[0, ids.shape[1] :].tolist()
         stopped = gen[-1] == tok.eos_token_id
         out.append((tok.decode(gen[:-1] if stopped else gen), len(gen), "stop" if stopped else "length"))
     return out
 
 
 # ---- the factory -----------------------------------------------------------------------------------
+
 
 def test_make_engine_errors_are_one_line(chatty):
     with pytest.raises(FactoryError, match=r"unknown engine 'hff' \(known: hf, openai, vllm\)"):
@@ -127,6 +158,7 @@ def test_make_engine_errors_are_one_line(chatty):
 
 
 # ---- hf --------------------------------------------------------------------------------------------
+
 
 def test_hf_greedy_matches_generate_with_continuous_batching(chatty, hf):
     # 3 rows at most, 9 requests of different lengths: rows finish, leave and are refilled.
@@ -152,7 +184,7 @@ def test_hf_stop_strings_n_and_sampling(chatty, hf):
     free, prompt = max(zip(answers, PROMPTS), key=lambda a: len(a[0].texts[0]))
     text = free.texts[0]
     stop = text[10:13]
-    cut = text[:text.index(stop)]
+    cut = text[: text.index(stop)]
     got = hf.generate([chat(prompt, max_tokens=40, stop=["@@", stop])], progress=False)[0]
     assert (got.texts, got.finish_reasons) == ([cut], ["stop"])
     assert got.tokens[0] < free.tokens[0]
@@ -171,8 +203,9 @@ def test_hf_stop_strings_n_and_sampling(chatty, hf):
 
 
 def test_hf_tools_raw_prompts_and_context(chatty, hf):
-    tool_req = Request(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS,
-                       sampling=Sampling(max_tokens=20))
+    tool_req = Request(
+        messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS, sampling=Sampling(max_tokens=20)
+    )
     from transformers import AutoTokenizer
 
     assert "Tools: get_weather" in render_prompt(AutoTokenizer.from_pretrained(chatty), tool_req)
@@ -197,13 +230,18 @@ def test_common_helpers():
     assert cut_at_stop("abc\n\nQ: next", ["\n\nQ:", "zz"]) == ("abc", True)
     assert cut_at_stop("abc", ["zz"]) == ("abc", False)
     assert cut_at_stop("a.b.", [".", "b"]) == ("a", True)
-    calls = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
-             {"function": {"name": "g", "arguments": "not json"}}]
-    assert tool_calls_text(calls) == ('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
-                                      '<tool_call>{"name": "g", "arguments": "not json"}</tool_call>')
+    calls = [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+        {"function": {"name": "g", "arguments": "not json"}},
+    ]
+    assert tool_calls_text(calls) == (
+        '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
+        '<tool_call>{"name": "g", "arguments": "not json"}</tool_call>'
+    )
 
 
 # ---- openai, against transformers serve on loopback -------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -228,8 +266,13 @@ def wait_up(proc: subprocess.Popen, url: str, log: Path, limit: float) -> None:
 
 
 def start_server(cmd: list[str], port: int, log: Path, limit: float, env: dict | None = None):
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     try:
         wait_up(proc, f"http://127.0.0.1:{port}/health", log, limit)
     except BaseException:
@@ -246,8 +289,15 @@ def served(chatty, tmp_path_factory):
     from transformers.cli.serve import Serve
 
     port = free_port()
-    server = Serve(force_model=str(chatty), host="127.0.0.1", port=port, device="cpu", dtype="float32",
-                   log_level="error", non_blocking=True)
+    server = Serve(
+        force_model=str(chatty),
+        host="127.0.0.1",
+        port=port,
+        device="cpu",
+        dtype="float32",
+        log_level="error",
+        non_blocking=True,
+    )
     try:
         wait_up(None, f"http://127.0.0.1:{port}/health", None, 60)
         yield f"http://127.0.0.1:{port}/v1"
@@ -260,8 +310,13 @@ def test_openai_against_a_real_server(chatty, hf, served):
     engine = make_engine("openai", str(chatty), base_url=served, concurrency=4, n_per_request=False)
     reqs = [chat(p, max_tokens=12) for p in PROMPTS[:6]]
     reqs.append(Request(prompt="Once upon a time", sampling=Sampling(max_tokens=16)))
-    reqs.append(Request(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS,
-                        sampling=Sampling(max_tokens=12, n=2)))
+    reqs.append(
+        Request(
+            messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            tools=TOOLS,
+            sampling=Sampling(max_tokens=12, n=2),
+        )
+    )
     landed, hf_landed = [], []
     got = engine.generate(reqs, progress=False, on_done=lambda i, c: landed.append((i, c)))
     want = hf.generate(reqs, progress=False, on_done=lambda i, c: hf_landed.append((i, c)))
@@ -276,7 +331,7 @@ def test_openai_against_a_real_server(chatty, hf, served):
     text = want[0].texts[0]
     stop = text[4:6]
     stopped = engine.generate([chat(PROMPTS[0], max_tokens=12, stop=[stop])], progress=False)[0]
-    assert stopped.texts == [text[:text.index(stop)]] and stopped.finish_reasons == ["stop"]
+    assert stopped.texts == [text[: text.index(stop)]] and stopped.finish_reasons == ["stop"]
     info = engine.describe()
     assert (info["engine"], info["base_url"], info["model_hash"]) == ("openai", served, None)
     engine.close()
@@ -345,8 +400,9 @@ def test_vllm_greedy_matches_hf(chatty, hf, tmp_path):
     spec = [({"messages": r.messages, "prompt": r.prompt}, vars(r.sampling)) for r in reqs]
     script = tmp_path / "run_vllm.py"
     script.write_text(VLLM_SCRIPT)
-    proc = subprocess.run([PYTHON, str(script), str(chatty), json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=900)
+    proc = subprocess.run(
+        [PYTHON, str(script), str(chatty), json.dumps(spec)], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][7:])
@@ -354,8 +410,13 @@ def test_vllm_greedy_matches_hf(chatty, hf, tmp_path):
     assert result["out"] == [[c.texts, c.tokens, c.finish_reasons] for c in want]
     assert result["info"]["engine"] == "vllm" and result["info"]["max_model_len"] == 256
     # each request handed over as it finished, and the same completions as LLM.generate
-    assert result["streamed"] == {"streams": True, "same": True, "order": list(range(len(reqs))), "handed": True,
-                                  "identity_known": True}  # a cached rerun can skip building it
+    assert result["streamed"] == {
+        "streams": True,
+        "same": True,
+        "order": list(range(len(reqs))),
+        "handed": True,
+        "identity_known": True,
+    }  # a cached rerun can skip building it
     # on a CPU the KV cache is capped instead of taking 90% of host RAM
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert result["info"]["kv_cache_memory_bytes"] == min(4 << 30, ram // 4)
@@ -370,8 +431,17 @@ def build_caller(out: Path) -> Path:
 
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
-    build_tiny(TinyLlamaSpec(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
-                             max_position_embeddings=256, seed=2), out)
+    build_tiny(
+        TinyLlamaSpec(
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=256,
+            max_position_embeddings=256,
+            seed=2,
+        ),
+        out,
+    )
     tok = AutoTokenizer.from_pretrained(out)
     tok.chat_template = TOOLS_TEMPLATE
     tok.save_pretrained(out)
@@ -380,7 +450,7 @@ def build_caller(out: Path) -> Path:
     prompt = tok(render_prompt(tok, req), add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + tok(CALL, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
     labels = ids.clone()
-    labels[0, :len(prompt)] = -100
+    labels[0, : len(prompt)] = -100
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
@@ -401,17 +471,41 @@ def test_openai_against_vllm_serve_tool_calls_n_and_seed(tmp_path):
     back into the text the model wrote. Also ``n`` in one call, and seeded sampling."""
     caller = build_caller(tmp_path / "caller")
     hf = make_engine("hf", caller)
-    tool_req = Request(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS,
-                       sampling=Sampling(max_tokens=100))
+    tool_req = Request(
+        messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS, sampling=Sampling(max_tokens=100)
+    )
     assert hf.generate([tool_req], progress=False)[0].texts == [CALL]
 
     port = free_port()
-    proc = start_server([PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(caller),
-                         "--served-model-name", "caller", "--host", "127.0.0.1", "--port", str(port),
-                         "--dtype", "float32", "--enforce-eager", "--max-model-len", "256",
-                         "--kv-cache-memory-bytes", str(64 << 20), "--enable-auto-tool-choice",
-                         "--tool-call-parser", "hermes"], port, tmp_path / "vllm.log", 900,
-                        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    proc = start_server(
+        [
+            PYTHON,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(caller),
+            "--served-model-name",
+            "caller",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "256",
+            "--kv-cache-memory-bytes",
+            str(64 << 20),
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+        ],
+        port,
+        tmp_path / "vllm.log",
+        900,
+        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+    )
     try:
         engine = make_engine("openai", "caller", base_url=f"http://127.0.0.1:{port}/v1", concurrency=3)
         plain = [chat("Weather in Oslo?", max_tokens=20), Request(prompt="Once upon", sampling=Sampling(max_tokens=12))]

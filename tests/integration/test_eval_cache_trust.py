@@ -58,7 +58,7 @@ def _kept(run: Path) -> dict[str, Path]:
 
 def _section(card: str, title: str) -> str:
     start = card.index(f"## {title}")
-    return card[start:card.index("\n## ", start + 1)]
+    return card[start : card.index("\n## ", start + 1)]
 
 
 def _published(run: Path) -> dict:
@@ -68,15 +68,18 @@ def _published(run: Path) -> dict:
     for label in LABELS:
         r = json.loads((run / "evaluate" / f"results-{label}.json").read_text())
         assert not [k for k in r if k.startswith("_")], f"internal keys published in results-{label}.json"
-        out[label] = {"tasks": {t: v["metrics"] for t, v in r["tasks"].items()},
-                      "outputs": [s["outputs"] for s in r["samples"]]}
+        out[label] = {
+            "tasks": {t: v["metrics"] for t, v in r["tasks"].items()},
+            "outputs": [s["outputs"] for s in r["samples"]],
+        }
     out["evaluate"] = read_manifest(run / "evaluate")["metrics"]
     out["gate"] = read_manifest(run / "gate")["metrics"]
     card = (run / "release" / "README.md").read_text()
     out["card"] = [_section(card, "Evaluation"), _section(card, "Regression gate")]
     out["release"] = {name: sha256_file(run / "release" / name) for name in RELEASE_FILES}
-    out["report"] = [line for line in (run / "evaluate" / "report.md").read_text().splitlines()
-                     if line.startswith("| ")]
+    out["report"] = [
+        line for line in (run / "evaluate" / "report.md").read_text().splitlines() if line.startswith("| ")
+    ]
     return out
 
 
@@ -108,12 +111,18 @@ def test_forged_or_truncated_kept_results_are_reported_discarded_and_rebuilt(hon
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 3, err
-    assert (f"warning: {kept['aligned']}: kept eval results discarded, it does not match the sha256 recorded "
-            "when it was written; evaluating aligned again") in warned
-    assert (f"warning: {kept['pruned']}: kept eval results discarded, it does not load "
-            "(tasks.arc_easy.metrics.acc is not what its samples give); evaluating pruned again") in warned
-    assert (f"warning: {kept['teacher']}: kept eval results discarded, it has {left} bytes, {written} were "
-            "written; evaluating teacher again") in warned
+    assert (
+        f"warning: {kept['aligned']}: kept eval results discarded, it does not match the sha256 recorded "
+        "when it was written; evaluating aligned again"
+    ) in warned
+    assert (
+        f"warning: {kept['pruned']}: kept eval results discarded, it does not load "
+        "(tasks.arc_easy.metrics.acc is not what its samples give); evaluating pruned again"
+    ) in warned
+    assert (
+        f"warning: {kept['teacher']}: kept eval results discarded, it has {left} bytes, {written} were "
+        "written; evaluating teacher again"
+    ) in warned
     assert f"distilled: reusing results of the same model, suite and settings ({kept['distilled'].name})" in err
     assert "Traceback" not in err
 
@@ -126,8 +135,7 @@ def test_forged_or_truncated_kept_results_are_reported_discarded_and_rebuilt(hon
     for label, path in again.items():
         assert storage.problem(path) is None, label
         data, ref = (json.loads(p.read_text()) for p in (path, honest / ".cache" / "evaluate" / path.name))
-        assert {t: v["metrics"] for t, v in data["tasks"].items()} == \
-            {t: v["metrics"] for t, v in ref["tasks"].items()}
+        assert {t: v["metrics"] for t, v in data["tasks"].items()} == {t: v["metrics"] for t, v in ref["tasks"].items()}
         assert "_file" not in data
 
 
@@ -140,8 +148,10 @@ def test_force_evaluate_repairs_a_kept_file_whose_record_is_missing(honest, tmp_
     capsys.readouterr()
     assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", "--force", "evaluate"]) == 0
     err = capsys.readouterr().err
-    assert (f"warning: {path}: kept eval results discarded, no sha256 was recorded for it (its write did not "
-            "finish); evaluating distilled again") in err.splitlines()
+    assert (
+        f"warning: {path}: kept eval results discarded, no sha256 was recorded for it (its write did not "
+        "finish); evaluating distilled again"
+    ) in err.splitlines()
     assert _published(run) == _published(honest) and storage.problem(path) is None
 
 
@@ -243,8 +253,10 @@ def test_sigkill_while_evaluate_writes_kept_results_then_rerun(honest, tmp_path,
     assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress"]) == 0
     err = capsys.readouterr().err
     if point == "kept-before-sha256":  # the file landed, its record did not: not trusted
-        assert "kept eval results discarded, no sha256 was recorded for it (its write did not finish); " \
-               "evaluating teacher again" in err
+        assert (
+            "kept eval results discarded, no sha256 was recorded for it (its write did not finish); "
+            "evaluating teacher again" in err
+        )
     assert "Traceback" not in err
     assert _published(run) == _published(honest)
     assert all(storage.problem(p) is None for p in _kept(run).values()) and sorted(_kept(run)) == sorted(LABELS)

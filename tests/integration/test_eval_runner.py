@@ -15,12 +15,12 @@ from evals import results as res
 from evals.api import Completion, Request, Sample, Sampling, Score
 from evals.runner import run_suite
 from evals.suite import parse_suite
-from foundation.artifacts import read_manifest
 from factory.cli import main
-from foundation.errors import FactoryError
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from factory.sources.tiny import TinyLlamaSpec, build_tiny
+from foundation.artifacts import read_manifest
+from foundation.errors import FactoryError
 
 PROMPTS = ["hello", "name a colour", "2+2", "say yes", "count to three", "spell cat", "bye", "why"]
 
@@ -38,8 +38,10 @@ class MatchTask:
         self.odd_wrong = odd_wrong
 
     def samples(self, limit=None):
-        out = [Sample(str(i), Request(messages=[{"role": "user", "content": p}], sampling=Sampling(max_tokens=32)))
-               for i, p in enumerate(PROMPTS)]
+        out = [
+            Sample(str(i), Request(messages=[{"role": "user", "content": p}], sampling=Sampling(max_tokens=32)))
+            for i, p in enumerate(PROMPTS)
+        ]
         return out[:limit] if limit else out
 
     def score(self, sample, outputs):
@@ -97,9 +99,18 @@ def tasks(monkeypatch):
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for seed in (0, 1):
-        build_tiny(TinyLlamaSpec(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                 num_key_value_heads=1, intermediate_size=64, tie_word_embeddings=False,
-                                 seed=seed), root / f"m{seed}")
+        build_tiny(
+            TinyLlamaSpec(
+                num_hidden_layers=1,
+                hidden_size=32,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                intermediate_size=64,
+                tie_word_embeddings=False,
+                seed=seed,
+            ),
+            root / f"m{seed}",
+        )
     return root
 
 
@@ -134,7 +145,10 @@ def test_runner_with_fake_engine_schema_and_cis(tasks, tmp_path):
     for key in ("model", "engine", "suite", "versions", "wall_s", "bootstrap", "created"):
         assert key in saved, key
     assert saved["suite"]["hash"] == suite.hash
-    assert saved["engine"] == {"name": "fake", "generation": {"requests": 8, "tokens": 8, "wall_s": pytest.approx(0, abs=1), "reused": 0}}
+    assert saved["engine"] == {
+        "name": "fake",
+        "generation": {"requests": 8, "tokens": 8, "wall_s": pytest.approx(0, abs=1), "reused": 0},
+    }
 
 
 def test_generation_tasks_share_one_engine_call(tasks, tmp_path):
@@ -173,6 +187,7 @@ def test_model_task_needs_a_local_checkpoint(tasks):
 
 # -- with the hf engine on tiny models -----------------------------------------
 
+
 def test_hf_engine_end_to_end_is_deterministic(tasks, tiny, tmp_path):
     first = run_suite(str(tiny / "m0"), _suite(), engine="hf", progress=False)
     outputs = {s["id"]: s["outputs"][0] for s in first["samples"]}
@@ -194,8 +209,17 @@ def test_quick_suite_with_real_tasks_on_a_tiny_model(tiny):
     from evals.suite import load_suite
 
     out = run_suite(str(tiny / "m0"), load_suite("quick"), limit=2, sampling={"max_tokens": 16}, progress=False)
-    assert list(out["tasks"]) == ["ifeval", "gsm8k", "math500", "humaneval", "mbpp", "bfcl_simple",
-                                  "bfcl_multiple", "bfcl_irrelevance", "arc_easy"]
+    assert list(out["tasks"]) == [
+        "ifeval",
+        "gsm8k",
+        "math500",
+        "humaneval",
+        "mbpp",
+        "bfcl_simple",
+        "bfcl_multiple",
+        "bfcl_irrelevance",
+        "arc_easy",
+    ]
     for name, t in out["tasks"].items():
         assert t["n"] == 2 and t["licence"] and t["headline"] in t["metrics"], name
         assert (t["sampling"] is None) == (name == "arc_easy"), name  # log-likelihood needs no sampling
@@ -211,8 +235,9 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match}\n  - {task: size}\n")
     out = tmp_path / "out"
-    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--limit", "3", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["eval", str(tiny / "m0"), "--suite", str(suite), "--limit", "3", "--out", str(out), "--no-progress"]) == 0
+    )
     table = capsys.readouterr().out
     assert "match" in table and "exact" in table and "m0" in table
     saved = res.load(out / "results.json")
@@ -224,22 +249,29 @@ def test_eval_cli_writes_results_and_report(tasks, tiny, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (out / "report.png").read_bytes()
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["/nonexistent/model"], "/nonexistent/model: no such model directory"),
-    (["MODEL", "--suite", "quik"], "unknown suite 'quik'"),
-    (["MODEL", "--tasks", "ifeval,nope"], "quick.yaml: no task named 'nope' in suite quick (its tasks: ifeval,"),
-    (["MODEL", "--cached-only", "--out", "/nonexistent/out"], "/nonexistent/out/completions.jsonl: no such "
-                                                               "completions file to score"),
-    (["MODEL", "--cached-only", "--no-cache"], "--cached-only scores OUT/completions.jsonl; it cannot go with"),
-    (["MODEL", "--sampling", "temperature"], "--sampling: expected KEY=VALUE, got 'temperature'"),
-    (["MODEL", "--sampling", "temp=0.5"], "--sampling.temp: unknown sampling key (known: max_tokens,"),
-    (["MODEL", "--sampling", "n=0"], "--sampling.n: must be at least 1, got 0"),
-    (["MODEL", "--sampling", "max_tokens=many"], "--sampling.max_tokens:"),
-    (["MODEL", "--sampling", "top_p=1.5"], "--sampling.top_p: must be in (0, 1], got 1.5"),
-    (["MODEL", "--engine-arg", "max_num_seqs=4"], "--engine-arg: engine hf: unknown setting 'max_num_seqs' "
-                                                  "(known: dtype, device, max_batch,"),
-    (["MODEL", "--engine-arg", "max_batch"], "--engine-arg: expected KEY=VALUE, got 'max_batch'"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["/nonexistent/model"], "/nonexistent/model: no such model directory"),
+        (["MODEL", "--suite", "quik"], "unknown suite 'quik'"),
+        (["MODEL", "--tasks", "ifeval,nope"], "quick.yaml: no task named 'nope' in suite quick (its tasks: ifeval,"),
+        (
+            ["MODEL", "--cached-only", "--out", "/nonexistent/out"],
+            "/nonexistent/out/completions.jsonl: no such completions file to score",
+        ),
+        (["MODEL", "--cached-only", "--no-cache"], "--cached-only scores OUT/completions.jsonl; it cannot go with"),
+        (["MODEL", "--sampling", "temperature"], "--sampling: expected KEY=VALUE, got 'temperature'"),
+        (["MODEL", "--sampling", "temp=0.5"], "--sampling.temp: unknown sampling key (known: max_tokens,"),
+        (["MODEL", "--sampling", "n=0"], "--sampling.n: must be at least 1, got 0"),
+        (["MODEL", "--sampling", "max_tokens=many"], "--sampling.max_tokens:"),
+        (["MODEL", "--sampling", "top_p=1.5"], "--sampling.top_p: must be in (0, 1], got 1.5"),
+        (
+            ["MODEL", "--engine-arg", "max_num_seqs=4"],
+            "--engine-arg: engine hf: unknown setting 'max_num_seqs' (known: dtype, device, max_batch,",
+        ),
+        (["MODEL", "--engine-arg", "max_batch"], "--engine-arg: expected KEY=VALUE, got 'max_batch'"),
+    ],
+)
 def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
     args = [str(tiny / "m0") if a == "MODEL" else a for a in args]
     assert main(["eval", *args, "--no-progress"]) == 2
@@ -250,8 +282,10 @@ def test_eval_cli_bad_arguments_exit_2(tiny, capsys, args, expected):
 # -- evaluate and gate stages ------------------------------------------------------
 
 # untied embeddings: a tied random tiny model answers every prompt with the same newlines
-TINY = ("{tiny: {num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, num_key_value_heads: 1, "
-        "intermediate_size: 64, tie_word_embeddings: false%s}}")
+TINY = (
+    "{tiny: {num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, num_key_value_heads: 1, "
+    "intermediate_size: 64, tie_word_embeddings: false%s}}"
+)
 RECIPE = f"""
 name: ev
 seed: 0
@@ -283,8 +317,9 @@ def test_evaluate_and_gate_stages(tasks, tmp_path, runs, capsys):
     recipe.write_text(RECIPE % answers)  # the teacher's own outputs become the answers
     assert main(["run", str(recipe), "--runs-dir", str(runs), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: stages.gate: student vs teacher: gate failed: 2 of 2 metrics regressed: "
-                          "match/exact -"), err
+    assert err.startswith(
+        "error: stages.gate: student vs teacher: gate failed: 2 of 2 metrics regressed: match/exact -"
+    ), err
     m = read_manifest(art)
     assert m["metrics"]["teacher/match/exact"] == 1.0 and m["metrics"]["student/match/exact"] < 0.5
     assert read_manifest(runs / "ev" / "gate") is None  # a failed gate leaves no artifact
@@ -295,8 +330,21 @@ def test_evaluate_and_gate_stages(tasks, tmp_path, runs, capsys):
     verdict = json.loads((runs / "ev" / "gate" / "gate.json").read_text())
     assert verdict["rows"][0]["verdict"] == "FAIL" and verdict["rows"][0]["baseline"] == 1.0
 
-    assert main(["run", str(recipe), "stages.gate.on_regression=record", "stages.gate.candidate=teacher",
-                 "stages.gate.baseline=student", "--runs-dir", str(runs), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(recipe),
+                "stages.gate.on_regression=record",
+                "stages.gate.candidate=teacher",
+                "stages.gate.baseline=student",
+                "--runs-dir",
+                str(runs),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert read_manifest(runs / "ev" / "gate")["metrics"]["passed"] is True
 
 
@@ -318,14 +366,17 @@ def test_evaluate_reuses_results_of_unchanged_models(tasks, tmp_path, runs, caps
     assert m["reused"] == [] and m["samples"] == 6
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("stages.evaluate.suite=quik", "stages.evaluate.suite: unknown suite 'quik'"),
-    ("task: match", "stages.evaluate.suite.tasks[0].task: unknown task 'nope'"),
-    ("stages.evaluate.sampling.max_tokenz=3", "stages.evaluate.sampling.max_tokenz: unknown sampling key"),
-    ("stages.evaluate.models.teacher=nobody", "stages.evaluate.models.teacher: 'nobody' is neither"),
-    ("stages.gate.results=base", "stages.gate.results: 'base' is a model; name an evaluate stage"),
-    ("stages.gate.candidate=teacher", "stages.gate.candidate: must differ from baseline"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("stages.evaluate.suite=quik", "stages.evaluate.suite: unknown suite 'quik'"),
+        ("task: match", "stages.evaluate.suite.tasks[0].task: unknown task 'nope'"),
+        ("stages.evaluate.sampling.max_tokenz=3", "stages.evaluate.sampling.max_tokenz: unknown sampling key"),
+        ("stages.evaluate.models.teacher=nobody", "stages.evaluate.models.teacher: 'nobody' is neither"),
+        ("stages.gate.results=base", "stages.gate.results: 'base' is a model; name an evaluate stage"),
+        ("stages.gate.candidate=teacher", "stages.gate.candidate: must differ from baseline"),
+    ],
+)
 def test_bad_stage_configs_fail_validation(tasks, tmp_path, capsys, override, expected):
     recipe = tmp_path / "r.yaml"
     text = RECIPE % ""
@@ -398,8 +449,7 @@ def test_interrupted_eval_resumes_from_its_completion_cache(tasks, tiny, tmp_pat
     assert again["engine"]["started"] is False and again["engine"]["dtype"] == got["engine"]["dtype"] == "float32"
     assert again["model"] == got["model"]
     assert {k: v["metrics"] for k, v in again["tasks"].items()} == {k: v["metrics"] for k, v in got["tasks"].items()}
-    run_suite(str(tiny / "m0"), suite, engine="hf", engine_settings={"dtype": "bfloat16"}, progress=False,
-              cache=cache)
+    run_suite(str(tiny / "m0"), suite, engine="hf", engine_settings={"dtype": "bfloat16"}, progress=False, cache=cache)
     assert built == ["hf"] and asked == [8]
     run_suite(str(tiny / "m1"), suite, engine="hf", progress=False, cache=cache)
     assert built == ["hf", "hf"] and asked == [8, 8]
@@ -445,8 +495,10 @@ def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, 
     answers = tmp_path / "a.json"
     answers.write_text(json.dumps({str(i): "" for i in range(8)}))
     suite = tmp_path / "s.yaml"
-    suite.write_text(f"name: t\nsampling: {{max_tokens: 4}}\ntasks:\n  - {{task: match, name: match, answers: '{answers}'}}\n"
-                     f"  - {{task: match, name: m2, odd_wrong: true, sampling: {{max_tokens: 3}}}}\n  - {{task: size}}\n")
+    suite.write_text(
+        f"name: t\nsampling: {{max_tokens: 4}}\ntasks:\n  - {{task: match, name: match, answers: '{answers}'}}\n"
+        f"  - {{task: match, name: m2, odd_wrong: true, sampling: {{max_tokens: 3}}}}\n  - {{task: size}}\n"
+    )
     out = tmp_path / "out"
     model = str(tiny / "m0")
     assert main(["eval", model, "--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
@@ -477,8 +529,13 @@ def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, 
     from evals.completion_cache import CompletionCache
 
     def keys(max_tokens, ids):
-        return {CompletionCache.request_key(ident, Request(messages=[{"role": "user", "content": PROMPTS[i]}],
-                                                           sampling=Sampling(max_tokens=max_tokens))) for i in ids}
+        return {
+            CompletionCache.request_key(
+                ident,
+                Request(messages=[{"role": "user", "content": PROMPTS[i]}], sampling=Sampling(max_tokens=max_tokens)),
+            )
+            for i in ids
+        }
 
     keep = keys(4, range(8)) | keys(3, range(3))
     text = "".join(json.dumps(r) + "\n" for r in rows if r["key"] in keep) + '{"key": "tor'
@@ -487,28 +544,52 @@ def test_cached_only_scores_what_the_cache_holds_without_an_engine(tasks, tiny, 
     assert main(["eval", model, "--suite", str(suite), "--out", str(partial), "--cached-only", "--no-progress"]) == 0
     err = capsys.readouterr().err
     got = res.load(partial / "results.json")
-    assert list(got["tasks"]) == ["match"] and got["missing"] == {"m2": {"have": 3, "of": 8},
-                                                                   "size": {"have": 0, "of": None}}
+    assert list(got["tasks"]) == ["match"] and got["missing"] == {
+        "m2": {"have": 3, "of": 8},
+        "size": {"have": 0, "of": None},
+    }
     assert got["tasks"]["match"]["metrics"] == full["tasks"]["match"]["metrics"]
     assert "m2: left out, the cache holds 3 of 8 completions" in err and "size: left out" in err
-    assert "Not scored for m0 (scored from an incomplete completions file): m2 (3/8), size." in \
-        (partial / "report.md").read_text()
+    assert (
+        "Not scored for m0 (scored from an incomplete completions file): m2 (3/8), size."
+        in (partial / "report.md").read_text()
+    )
     assert (partial / "completions.jsonl").read_text() == text  # the torn tail is not cut by a reader
 
     # rows written before completions named their engine are found by trying its dtypes
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "completions.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "engine"}) + "\n"
-                                                      for r in rows))
-    assert main(["eval", model, "--suite", str(suite), "--out", str(legacy), "--cached-only", "--tasks", "m2",
-                 "--no-progress"]) == 0
+    (legacy / "completions.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "engine"}) + "\n" for r in rows)
+    )
+    assert (
+        main(
+            [
+                "eval",
+                model,
+                "--suite",
+                str(suite),
+                "--out",
+                str(legacy),
+                "--cached-only",
+                "--tasks",
+                "m2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     sel = res.load(legacy / "results.json")
     assert list(sel["tasks"]) == ["m2"] and sel["tasks"]["m2"]["metrics"] == full["tasks"]["m2"]["metrics"]
     assert sel["engine"]["dtype"] == "float32" and "missing" not in sel
 
     # another model shares nothing with the file: a one-line error, exit 2
-    assert main(["eval", str(tiny / "m1"), "--suite", str(suite), "--out", str(rescored), "--cached-only",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            ["eval", str(tiny / "m1"), "--suite", str(suite), "--out", str(rescored), "--cached-only", "--no-progress"]
+        )
+        == 2
+    )
     assert "no task of suite t has all it needs in this file" in capsys.readouterr().err
 
 
@@ -516,13 +597,35 @@ def test_sampling_and_engine_options_override_the_suite(tasks, tiny, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match, sampling: {max_tokens: 5}}\n")
     out = tmp_path / "out"
-    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--limit", "2",
-                 "--sampling", "max_tokens=3", "--sampling", "stop=['x', 'y']", "--engine-arg", "max_batch=2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny / "m0"),
+                "--suite",
+                str(suite),
+                "--out",
+                str(out),
+                "--limit",
+                "2",
+                "--sampling",
+                "max_tokens=3",
+                "--sampling",
+                "stop=['x', 'y']",
+                "--engine-arg",
+                "max_batch=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = res.load(out / "results.json")
     assert saved["engine"]["engine"] == "hf" and saved["engine"]["max_batch"] == 2  # on top of the suite's
     assert saved["sampling_overrides"] == {"max_tokens": 3, "stop": ["x", "y"]}
-    assert saved["tasks"]["match"]["sampling"]["max_tokens"] == 3 and saved["tasks"]["match"]["sampling"]["stop"] == ["x", "y"]
+    assert saved["tasks"]["match"]["sampling"]["max_tokens"] == 3 and saved["tasks"]["match"]["sampling"]["stop"] == [
+        "x",
+        "y",
+    ]
     assert all(t <= 3 for s in saved["samples"] for t in s["tokens"])
 
 
@@ -530,8 +633,10 @@ def test_tasks_option_runs_only_the_named_tasks(tasks, tiny, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nsampling: {max_tokens: 4}\ntasks:\n  - {task: match}\n  - {task: size}\n")
     out = tmp_path / "out"
-    assert main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--tasks", "size",
-                 "--no-progress"]) == 0
+    assert (
+        main(["eval", str(tiny / "m0"), "--suite", str(suite), "--out", str(out), "--tasks", "size", "--no-progress"])
+        == 0
+    )
     saved = res.load(out / "results.json")
     assert list(saved["tasks"]) == ["size"] and saved["engine"]["name"] == "hf"  # no generation task: no engine
     assert saved["tasks"]["size"]["n"] == len(json.loads((tiny / "m0" / "config.json").read_text()))

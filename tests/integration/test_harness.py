@@ -12,8 +12,8 @@ import pytest
 from evals.harness import packing
 from evals.harness.taskdir import write_task_dir
 from evals.tasks import get_task
-from foundation.errors import FactoryError
 from factory.sources.tiny import TinyLlamaSpec, build_tiny
+from foundation.errors import FactoryError
 
 TOL = 1e-4
 
@@ -65,14 +65,16 @@ def test_rows_split_when_continuations_overflow_and_batches_fill_by_tokens():
 
 
 def test_mask_lets_a_continuation_see_the_context_and_itself_only():
-    seg = packing.collate([packing.Row(tokens=[1] * 5, positions=[0, 1, 2, 2, 2], segments=[0, 0, 1, 2, 2]),
-                           packing.Row(tokens=[1] * 2, positions=[0, 1], segments=[0, 0])], 0, "cpu")["segments"]
+    seg = packing.collate(
+        [
+            packing.Row(tokens=[1] * 5, positions=[0, 1, 2, 2, 2], segments=[0, 0, 1, 2, 2]),
+            packing.Row(tokens=[1] * 2, positions=[0, 1], segments=[0, 0]),
+        ],
+        0,
+        "cpu",
+    )["segments"]
     mask = packing.attention_mask(seg)[:, 0].int().tolist()
-    assert mask[0] == [[1, 0, 0, 0, 0],
-                       [1, 1, 0, 0, 0],
-                       [1, 1, 1, 0, 0],
-                       [1, 1, 0, 1, 0],
-                       [1, 1, 0, 1, 1]]
+    assert mask[0] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
     assert mask[1][4] == [1, 1, 0, 0, 1]  # padding: context and itself, never an empty row
 
 
@@ -83,10 +85,17 @@ def test_fast_lm_loglikelihoods_equal_hflm_on_tiny_model(tiny):
     from evals.harness import FastLM
 
     ctx = "Question: which is heavier, a feather or a brick?\nAnswer:"
-    pairs = [(ctx, " a brick"), (ctx, " a feather"), (ctx, " neither, they weigh the same"), (ctx, " a"),
-             ("The sky is", " blue."), ("The sky is ", "green."), ("Sarah was taller than Maria so Sarah",
-             " reached the shelf."), ("Sarah was taller than Maria so Maria", " reached the shelf."),
-             ("x" * 60, " long context, cut from the left")]
+    pairs = [
+        (ctx, " a brick"),
+        (ctx, " a feather"),
+        (ctx, " neither, they weigh the same"),
+        (ctx, " a"),
+        ("The sky is", " blue."),
+        ("The sky is ", "green."),
+        ("Sarah was taller than Maria so Sarah", " reached the shelf."),
+        ("Sarah was taller than Maria so Maria", " reached the shelf."),
+        ("x" * 60, " long context, cut from the left"),
+    ]
     kw = dict(pretrained=tiny, dtype="float32", device="cpu", max_length=48)
     ref = HFLM(batch_size=3, **kw).loglikelihood(_instances(pairs), disable_tqdm=True)
     lm = FastLM(batch_size=2, max_batch_tokens=64, **kw)
@@ -130,7 +139,7 @@ def test_fast_lm_store_resumes_an_interrupted_run(tiny, tmp_path):
     lm = FastLM(store=LoglikStore(CompletionCache(path), {"model": "m1"}), **kw)
     scored = []
     real = lm._score_batch
-    lm._score_batch = lambda batch: (scored.extend(r for r in batch) or real(batch))
+    lm._score_batch = lambda batch: scored.extend(r for r in batch) or real(batch)
     got = lm.loglikelihood(_instances(pairs), disable_tqdm=True)
     assert sum(len(r.reads) for r in scored) == len(pairs) - kept
     assert all(_close(a, b) and ga == gb for (a, ga), (b, gb) in zip(want, got))
@@ -148,20 +157,30 @@ def _write_jsonl(path: Path, docs: list[dict]) -> str:
 
 ARC_DOCS = [
     {"id": f"q{i}", "question": q, "choices": {"text": c, "label": ["A", "B", "C", "D"][: len(c)]}, "answerKey": k}
-    for i, (q, c, k) in enumerate([
-        ("Which is a liquid at room temperature?", ["water", "iron", "salt", "sand"], "A"),
-        ("What do plants need to make food?", ["sunlight", "darkness", "plastic"], "A"),
-        ("Which planet is closest to the Sun?", ["Venus", "Mercury", "Mars", "Earth"], "B"),
-        ("What gas do humans breathe out?", ["oxygen", "helium", "carbon dioxide", "neon"], "C"),
-        ("Which tool measures temperature?", ["ruler", "scale", "clock", "thermometer"], "D"),
-        ("What is frozen water called?", ["steam", "ice"], "B"),
-    ])
+    for i, (q, c, k) in enumerate(
+        [
+            ("Which is a liquid at room temperature?", ["water", "iron", "salt", "sand"], "A"),
+            ("What do plants need to make food?", ["sunlight", "darkness", "plastic"], "A"),
+            ("Which planet is closest to the Sun?", ["Venus", "Mercury", "Mars", "Earth"], "B"),
+            ("What gas do humans breathe out?", ["oxygen", "helium", "carbon dioxide", "neon"], "C"),
+            ("Which tool measures temperature?", ["ruler", "scale", "clock", "thermometer"], "D"),
+            ("What is frozen water called?", ["steam", "ice"], "B"),
+        ]
+    )
 ]
 WINO_DOCS = [
-    {"sentence": "Sarah was a better surgeon than Maria so _ got the easy cases.", "option1": "Sarah",
-     "option2": "Maria", "answer": "2"},
-    {"sentence": "The trophy did not fit in the case because _ was too big.", "option1": "the trophy",
-     "option2": "the case", "answer": "1"},
+    {
+        "sentence": "Sarah was a better surgeon than Maria so _ got the easy cases.",
+        "option1": "Sarah",
+        "option2": "Maria",
+        "answer": "2",
+    },
+    {
+        "sentence": "The trophy did not fit in the case because _ was too big.",
+        "option1": "the trophy",
+        "option2": "the case",
+        "answer": "1",
+    },
     {"sentence": "Tom lent Bill money because _ was broke.", "option1": "Tom", "option2": "Bill", "answer": "2"},
 ]
 
@@ -169,8 +188,10 @@ WINO_DOCS = [
 @pytest.fixture(scope="module")
 def local_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
-    return {"arc_easy": _write_jsonl(tmp / "arc.jsonl", ARC_DOCS),
-            "winogrande": _write_jsonl(tmp / "wino.jsonl", WINO_DOCS)}
+    return {
+        "arc_easy": _write_jsonl(tmp / "arc.jsonl", ARC_DOCS),
+        "winogrande": _write_jsonl(tmp / "wino.jsonl", WINO_DOCS),
+    }
 
 
 def test_harness_task_fast_equals_hf_on_local_json(tiny, local_data):
@@ -181,7 +202,7 @@ def test_harness_task_fast_equals_hf_on_local_json(tiny, local_data):
     ours = task.evaluate_model(tiny, progress=False)
     assert task.metrics == ("acc", "acc_norm") and task.name == "harness"
     assert [s.id for s, _, _ in ours] == [f"arc_easy/{i}" for i in range(6)] + [f"winogrande/{i}" for i in range(3)]
-    for (s_ref, out_ref, sc_ref), (s, out, sc) in zip(ref, ours):
+    for (_s_ref, out_ref, sc_ref), (s, out, sc) in zip(ref, ours):
         lls_ref, lls = sc_ref.details["loglikelihoods"], sc.details["loglikelihoods"]
         assert all(_close(a, b) for a, b in zip(lls_ref, lls, strict=True)), (s.id, lls_ref, lls)
         assert sc.metrics == sc_ref.metrics and out == out_ref
@@ -214,14 +235,17 @@ def test_task_yamls_point_at_local_files(tmp_path, local_data):
 
 
 # -- one-line errors -------------------------------------------------------------------------
-@pytest.mark.parametrize("options, message", [
-    ({"tasks": ["arc_easy", "boolq_x"]}, "harness: unknown harness task 'boolq_x'"),
-    ({"tasks": []}, "harness: `tasks` is empty"),
-    ({"num_fewshot": -1}, "harness.num_fewshot: must be an integer >= 0"),
-    ({"backend": "vllm"}, "harness.backend: expected one of fast, hf, got 'vllm'"),
-    ({"device": "tpu"}, "harness.device: expected auto, cpu, cuda or cuda:N"),
-    ({"shots": 5}, "task harness: unknown option 'shots'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"tasks": ["arc_easy", "boolq_x"]}, "harness: unknown harness task 'boolq_x'"),
+        ({"tasks": []}, "harness: `tasks` is empty"),
+        ({"num_fewshot": -1}, "harness.num_fewshot: must be an integer >= 0"),
+        ({"backend": "vllm"}, "harness.backend: expected one of fast, hf, got 'vllm'"),
+        ({"device": "tpu"}, "harness.device: expected auto, cpu, cuda or cuda:N"),
+        ({"shots": 5}, "task harness: unknown option 'shots'"),
+    ],
+)
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(FactoryError) as e:
         get_task("harness", **options)
@@ -267,17 +291,24 @@ def test_records_are_keyed_by_the_code_they_depend_on(monkeypatch):
 @pytest.mark.slow
 def test_packaged_data_all_tasks_tiny_model_parity(tiny):
     """Every task's packaged data loads, fast equals hf, and MMLU aggregates as a group."""
-    opts = dict(tasks=["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"], num_fewshot=1,
-                device="cpu", dtype="float32")
+    opts = dict(
+        tasks=["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"],
+        num_fewshot=1,
+        device="cpu",
+        dtype="float32",
+    )
     ref_task, task = get_task("harness", backend="hf", batch_size=8, **opts), get_task("harness", **opts)
-    ref, ours = ref_task.evaluate_model(tiny, limit=3, progress=False), task.evaluate_model(tiny, limit=3,
-                                                                                             progress=False)
+    ref, ours = (
+        ref_task.evaluate_model(tiny, limit=3, progress=False),
+        task.evaluate_model(tiny, limit=3, progress=False),
+    )
     assert len(ours) == len(ref) == 5 * 3 + 57 * 3
     for (_, _, a), (s, _, b) in zip(ref, ours):
         assert all(_close(x, y) for x, y in zip(a.details["loglikelihoods"], b.details["loglikelihoods"])), s.id
         assert a.metrics == b.metrics
     assert task.last_results["mmlu"]["acc,none"] == pytest.approx(
-        sum(sc.metrics["acc"] for s, _, sc in ours if s.id.startswith("mmlu_")) / (57 * 3))
+        sum(sc.metrics["acc"] for s, _, sc in ours if s.id.startswith("mmlu_")) / (57 * 3)
+    )
     assert ours[0][0].data["doc"]["id"] == "MCAS_2000_4_6"  # ARC-Easy validation, first document
 
 
@@ -288,10 +319,15 @@ def test_arc_easy_smollm2_fast_equals_hf():
     model = str(materialize(ModelSpec(packaged="smollm2-135m-instruct"), Path(".")))
     opts = dict(tasks="arc_easy", device="cpu", dtype="float32")
     ref_task, task = get_task("harness", backend="hf", batch_size=8, **opts), get_task("harness", **opts)
-    ref, ours = ref_task.evaluate_model(model, limit=40, progress=False), task.evaluate_model(model, limit=40,
-                                                                                              progress=False)
-    worst = max(abs(x - y) for (_, _, a), (_, _, b) in zip(ref, ours)
-                for x, y in zip(a.details["loglikelihoods"], b.details["loglikelihoods"], strict=True))
+    ref, ours = (
+        ref_task.evaluate_model(model, limit=40, progress=False),
+        task.evaluate_model(model, limit=40, progress=False),
+    )
+    worst = max(
+        abs(x - y)
+        for (_, _, a), (_, _, b) in zip(ref, ours)
+        for x, y in zip(a.details["loglikelihoods"], b.details["loglikelihoods"], strict=True)
+    )
     assert worst < TOL
     assert [sc.metrics for _, _, sc in ref] == [sc.metrics for _, _, sc in ours]
     assert task.last_results["arc_easy"]["acc,none"] == ref_task.last_results["arc_easy"]["acc,none"]

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("cpu_only")  # gloo on the CPU, wherever th
 
 def _losses(runs, stage):
     rows = [json.loads(x) for x in (runs / "smoke" / stage / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r], [r["eval_" + k] for r in rows for k in ("loss", "kl")
-                                                     if "eval_" + k in r]
+    return [r["loss"] for r in rows if "loss" in r], [
+        r["eval_" + k] for r in rows for k in ("loss", "kl") if "eval_" + k in r
+    ]
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -30,8 +31,18 @@ FSDP = ["stages.correct.parallel=fsdp", "stages.distill.parallel=fsdp"]
 
 
 def _run_cmd(runs, *extra):
-    return ["-m", "factory.cli", "run", str(SMOKE), *extra, "--until", "distill", "--runs-dir", str(runs),
-            "--no-progress"]
+    return [
+        "-m",
+        "factory.cli",
+        "run",
+        str(SMOKE),
+        *extra,
+        "--until",
+        "distill",
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -39,8 +50,13 @@ def test_two_processes_match_one(tmp_path, parallel):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, *_run_cmd(one)], check=True, env=env, capture_output=True)
-    proc = subprocess.run([*TORCHRUN, *_run_cmd(two, *(FSDP if parallel == "fsdp" else []))],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*TORCHRUN, *_run_cmd(two, *(FSDP if parallel == "fsdp" else []))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("correct", "distill"):
         a, ea = _losses(one, stage)
@@ -52,8 +68,13 @@ def test_two_processes_match_one(tmp_path, parallel):
     m2 = json.loads((two / "smoke" / "prune" / "manifest.json").read_text())
     assert m2["target_shape"] == m1["target_shape"]
     # only rank 0 published: one artifact per stage, no rank scratch left behind
-    assert sorted(p.name for p in (two / "smoke").iterdir() if not p.name.startswith(".")) == \
-        ["correct", "distill", "events.jsonl", "prune", "recipe.resolved.json"]
+    assert sorted(p.name for p in (two / "smoke").iterdir() if not p.name.startswith(".")) == [
+        "correct",
+        "distill",
+        "events.jsonl",
+        "prune",
+        "recipe.resolved.json",
+    ]
     # the released weights (gathered from shards under fsdp) are the single-process ones, up to float order
     for stage in ("correct", "distill"):
         a = load_file(one / "smoke" / stage / "model.safetensors")
@@ -90,8 +111,13 @@ def test_sigkill_under_torchrun_resumes_to_the_same_weights(tmp_path):
     ref, runs = tmp_path / "ref", tmp_path / "runs"
     args = [*FSDP, "stages.distill.max_tokens=32768"]  # 128 steps, a checkpoint every 4: time to kill it
     subprocess.run([*TORCHRUN, *_run_cmd(ref, *args)], check=True, env=env, capture_output=True, timeout=900)
-    job = subprocess.Popen([*TORCHRUN, *_run_cmd(runs, *args)], env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        [*TORCHRUN, *_run_cmd(runs, *args)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 900
     while not list((runs / "smoke" / ".work").glob("distill-*/checkpoint.pt")):
         assert job.poll() is None and time.time() < deadline, "the job ended before distill wrote a checkpoint"
@@ -116,8 +142,28 @@ def test_sigkill_under_torchrun_resumes_to_the_same_weights(tmp_path):
 
 def test_batch_must_split_over_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-                           "-m", "factory.cli", "run", str(SMOKE), "--only", "correct", "--runs-dir", str(tmp_path),
-                           "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "3",
+            "-m",
+            "factory.cli",
+            "run",
+            str(SMOKE),
+            "--only",
+            "correct",
+            "--runs-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert "batch_size 4 does not split over 3 processes" in proc.stderr

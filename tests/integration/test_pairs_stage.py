@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from factory.stages.pairs import PairsConfig, choose_pair
+from foundation.artifacts import read_manifest
 
 RECIPE = """
 name: pairs

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 from tests.conftest import RECIPES, ROOT
 
 SMOKE = RECIPES / "smoke.yaml"
@@ -48,8 +48,16 @@ def _ran(runs, name, since=0):
 def test_smoke_run_writes_hf_artifacts_and_rerun_is_cached(runs, capsys):
     assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--no-progress"]) == 0
     art = runs / "smoke" / "correct"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json", "chat_template.jinja", "metrics.jsonl", "manifest.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "metrics.jsonl",
+        "manifest.json",
+    ):
         assert (art / name).is_file(), name
     m = read_manifest(art)
     for key in ("kind", "config", "config_hash", "inputs", "files", "versions", "tokens", "wall_s", "metrics"):
@@ -104,14 +112,39 @@ def test_change_invalidates_only_dependents(chain, runs, capsys):
     assert main(["plan", str(chain), "stages.first.lr=2e-3", "stages.second.lr=2e-3", "--runs-dir", str(runs)]) == 0
     plan = capsys.readouterr().out
     assert "first" in plan and "config changed" in plan and "upstream stage 'first' will run" in plan
-    assert main(["run", str(chain), "stages.first.lr=2e-3", "stages.second.lr=2e-3", "--runs-dir", str(runs),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(chain),
+                "stages.first.lr=2e-3",
+                "stages.second.lr=2e-3",
+                "--runs-dir",
+                str(runs),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert _ran(runs, "chain", n) == ["first", "second"]
     n = len(_events(runs, "chain"))
     # a knob that cannot change results (checkpoint cadence) reruns nothing
     # (overrides may also follow the options)
-    assert main(["run", str(chain), "--runs-dir", str(runs), "--no-progress", "stages.first.lr=2e-3",
-                 "stages.second.lr=2e-3", "stages.first.checkpoint_every=3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(chain),
+                "--runs-dir",
+                str(runs),
+                "--no-progress",
+                "stages.first.lr=2e-3",
+                "stages.second.lr=2e-3",
+                "stages.first.checkpoint_every=3",
+            ]
+        )
+        == 0
+    )
     assert _ran(runs, "chain", n) == []
 
 
@@ -147,7 +180,10 @@ def test_corrupted_artifact_is_reported_not_reused(runs, capsys):
     err = capsys.readouterr().err
     assert "model.safetensors does not match its sha256" in err and "--force correct" in err
     assert main(["show", str(runs / "smoke" / "correct")]) == 1
-    assert main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--force", "correct", "--no-progress"]) == 0
+    assert (
+        main(["run", str(SMOKE), "--until", "distill", "--runs-dir", str(runs), "--force", "correct", "--no-progress"])
+        == 0
+    )
     fixed = load_file(weights)
     assert all(torch.equal(good[k], fixed[k]) for k in good)
 
@@ -156,8 +192,9 @@ def test_source_change_reruns(tmp_path, runs):
     corpus = tmp_path / "c.txt"
     shutil.copy(RECIPES / "data" / "smoke.txt", corpus)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(SMOKE.read_text().replace("data/smoke.txt", str(corpus))
-                      .replace("path: data/", f"path: {RECIPES / 'data'}/"))
+    recipe.write_text(
+        SMOKE.read_text().replace("data/smoke.txt", str(corpus)).replace("path: data/", f"path: {RECIPES / 'data'}/")
+    )
     p = Pipeline(load_recipe(recipe), runs, progress=False)
     p.run(until="distill")
     assert {d.action for d in Pipeline(load_recipe(recipe), runs).plan()[:3]} == {"cached"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from foundation.artifacts import read_manifest
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 from tests.conftest import RECIPES, ROOT
 
 SMOKE = RECIPES / "smoke.yaml"
@@ -44,8 +44,14 @@ def test_pruned_artifact_loads_generates_and_reports(runs):
 def test_changing_only_the_target_reuses_importance(runs):
     Pipeline(load_recipe(SMOKE), runs, progress=False).run(until="distill")
     n = len(_events(runs))
-    recipe = load_recipe(SMOKE, ["stages.prune.target_ffn_hidden_size=32", "stages.prune.target_num_query_groups=1",
-                                 "stages.prune.target_num_attention_heads=2"])
+    recipe = load_recipe(
+        SMOKE,
+        [
+            "stages.prune.target_ffn_hidden_size=32",
+            "stages.prune.target_num_query_groups=1",
+            "stages.prune.target_num_attention_heads=2",
+        ],
+    )
     Pipeline(recipe, runs, progress=False).run(until="distill")
     # prune and what depends on it; correct stays cached
     assert [e["stage"] for e in _events(runs)[n:] if e["event"] == "start"] == ["prune", "distill"]
@@ -55,10 +61,18 @@ def test_changing_only_the_target_reuses_importance(runs):
 
 
 def test_budget_search_and_depth_pruning(runs):
-    recipe = load_recipe(SMOKE, ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-                                 "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
-                                 "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
-                                 "models.teacher.tiny.num_hidden_layers=4"])
+    recipe = load_recipe(
+        SMOKE,
+        [
+            "stages.prune.target_hidden_size=null",
+            "stages.prune.target_ffn_hidden_size=null",
+            "stages.prune.target_num_attention_heads=null",
+            "stages.prune.target_num_query_groups=null",
+            "stages.prune.target_params=60k",
+            "stages.prune.candidate_multiple=16",
+            "models.teacher.tiny.num_hidden_layers=4",
+        ],
+    )
     Pipeline(recipe, runs, progress=False).run(until="prune")
     m = read_manifest(runs / "smoke" / "prune")
     cands = m["candidates"]
@@ -76,12 +90,21 @@ def test_budget_search_and_depth_pruning(runs):
 def test_rank_by_short_distillation(runs):
     """rank_by: distill distils the best `top` candidates briefly from the source and
     keeps the one with the lowest loss after it; a rerun reuses what was measured."""
-    budget = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
-              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
-              "models.teacher.tiny.num_hidden_layers=4"]
-    ranked = budget + ["stages.prune.rank_by=distill", "stages.prune.rank_distill.top=3",
-                       "stages.prune.rank_distill.max_tokens=512", "stages.prune.rank_distill.lr=5e-3"]
+    budget = [
+        "stages.prune.target_hidden_size=null",
+        "stages.prune.target_ffn_hidden_size=null",
+        "stages.prune.target_num_attention_heads=null",
+        "stages.prune.target_num_query_groups=null",
+        "stages.prune.target_params=60k",
+        "stages.prune.candidate_multiple=16",
+        "models.teacher.tiny.num_hidden_layers=4",
+    ]
+    ranked = budget + [
+        "stages.prune.rank_by=distill",
+        "stages.prune.rank_distill.top=3",
+        "stages.prune.rank_distill.max_tokens=512",
+        "stages.prune.rank_distill.lr=5e-3",
+    ]
     Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune")
     m = read_manifest(runs / "smoke" / "prune")
     cands = m["candidates"]
@@ -107,16 +130,24 @@ def test_rank_by_short_distillation(runs):
 def test_rank_distill_keep_releases_the_short_distilled_winner(runs):
     """With rank_distill.keep the ranking is the same and the released weights are the
     winner's short distillation: their held-out loss is the one measured after it."""
-    ranked = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
-              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
-              "stages.prune.rank_by=distill", "stages.prune.rank_distill.top=2",
-              "stages.prune.rank_distill.max_tokens=512", "stages.prune.rank_distill.lr=5e-3",
-              "models.teacher.tiny.num_hidden_layers=4"]
+    ranked = [
+        "stages.prune.target_hidden_size=null",
+        "stages.prune.target_ffn_hidden_size=null",
+        "stages.prune.target_num_attention_heads=null",
+        "stages.prune.target_num_query_groups=null",
+        "stages.prune.target_params=60k",
+        "stages.prune.candidate_multiple=16",
+        "stages.prune.rank_by=distill",
+        "stages.prune.rank_distill.top=2",
+        "stages.prune.rank_distill.max_tokens=512",
+        "stages.prune.rank_distill.lr=5e-3",
+        "models.teacher.tiny.num_hidden_layers=4",
+    ]
     got = {}
     for keep in ("false", "true"):
-        Pipeline(load_recipe(SMOKE, ranked + [f"stages.prune.rank_distill.keep={keep}"]), runs,
-                 progress=False).run(until="prune")
+        Pipeline(load_recipe(SMOKE, ranked + [f"stages.prune.rank_distill.keep={keep}"]), runs, progress=False).run(
+            until="prune"
+        )
         weights = AutoModelForCausalLM.from_pretrained(runs / "smoke" / "prune").state_dict()
         got[keep] = (read_manifest(runs / "smoke" / "prune"), weights)
     (pruned, w0), (kept, w1) = got["false"], got["true"]
@@ -136,11 +167,17 @@ def test_rank_by_distill_resumes_after_a_kill(runs, monkeypatch):
     the candidates still missing and ends with the uninterrupted ranking."""
     import factory.training.loop as loop
 
-    ranked = ["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-              "stages.prune.target_num_attention_heads=null", "stages.prune.target_num_query_groups=null",
-              "stages.prune.target_params=60k", "stages.prune.candidate_multiple=16",
-              "stages.prune.rank_by=distill", "stages.prune.rank_distill.top=3",
-              "stages.prune.rank_distill.max_tokens=256"]
+    ranked = [
+        "stages.prune.target_hidden_size=null",
+        "stages.prune.target_ffn_hidden_size=null",
+        "stages.prune.target_num_attention_heads=null",
+        "stages.prune.target_num_query_groups=null",
+        "stages.prune.target_params=60k",
+        "stages.prune.candidate_multiple=16",
+        "stages.prune.rank_by=distill",
+        "stages.prune.rank_distill.top=3",
+        "stages.prune.rank_distill.max_tokens=256",
+    ]
     Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune")
     want = read_manifest(runs / "smoke" / "prune")["candidates"]
 
@@ -161,7 +198,8 @@ def test_rank_by_distill_resumes_after_a_kill(runs, monkeypatch):
         Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune", force=["prune"])
     rank = next((runs / "smoke" / ".work").glob("prune-*")) / "rank"
     assert [d.name for d in rank.iterdir() if (d / "result.json").is_file()] == [
-        re.sub(r"[^A-Za-z0-9]+", "-", min(want, key=lambda c: c["heldout_loss"])["candidate"])]  # measured first
+        re.sub(r"[^A-Za-z0-9]+", "-", min(want, key=lambda c: c["heldout_loss"])["candidate"])
+    ]  # measured first
     calls.clear()
     Pipeline(load_recipe(SMOKE, ranked), runs, progress=False).run(until="prune", force=["prune"])
     assert len(calls) == 2  # the first candidate's measurement was kept

@@ -19,8 +19,19 @@ OVERRIDES = ["stages.correct.max_tokens=76800", "stages.correct.checkpoint_every
 
 
 def _cmd(runs):
-    return [sys.executable, "-m", "factory.cli", "run", str(RECIPES / "smoke.yaml"), *OVERRIDES, "--until", "distill",
-            "--runs-dir", str(runs), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "run",
+        str(RECIPES / "smoke.yaml"),
+        *OVERRIDES,
+        "--until",
+        "distill",
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.usefixtures("cpu_only")

@@ -3,11 +3,10 @@
 import json
 import random
 
-
-from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 
 RECIPE = """
 name: sft
@@ -25,13 +24,14 @@ stages:
 def _chats(path, n=120, bad_line=None):
     rng = random.Random(0)
     lines = []
-    for i in range(n):
+    for _i in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         msgs = [{"role": "user", "content": f"add {a} and {b}"}, {"role": "assistant", "content": f"{a + b}"}]
         lines.append(json.dumps({"messages": msgs}))
     if bad_line is not None:
-        lines[bad_line - 1] = json.dumps({"messages": [{"role": "user", "content": "x"},
-                                                       {"role": "assistant", "content": ""}]})
+        lines[bad_line - 1] = json.dumps(
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}
+        )
     path.write_text("\n".join(lines) + "\n")
 
 

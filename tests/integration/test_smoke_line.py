@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from foundation.artifacts import read_manifest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 from tests.conftest import RECIPES
 
 SMOKE = RECIPES / "smoke.yaml"
@@ -32,8 +32,9 @@ def test_smoke_line_end_to_end(runs, capsys):
     release = run / "release"
     model = AutoModelForCausalLM.from_pretrained(release)
     tok = AutoTokenizer.from_pretrained(release)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}], add_generation_prompt=True,
-                                  return_tensors="pt")
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
     assert model.config.hidden_size == 48 and model.config.intermediate_size == 64  # the pruned shape
@@ -71,13 +72,15 @@ def test_sigkill_anywhere_then_rerun_gives_the_same_release(tmp_path):
     subprocess.run(_cmd(tmp_path / "ref"), check=True, env=env, capture_output=True)
     full = time.time() - t0
     runs = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(runs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(runs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     time.sleep(random.Random(os.getpid()).uniform(0.2, 0.8) * full)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     again = subprocess.run(_cmd(runs), env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
-        assert (runs / "smoke" / "release" / name).read_bytes() == (tmp_path / "ref" / "smoke" / "release" /
-                                                                    name).read_bytes(), name
+        assert (runs / "smoke" / "release" / name).read_bytes() == (
+            tmp_path / "ref" / "smoke" / "release" / name
+        ).read_bytes(), name

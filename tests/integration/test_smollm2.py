@@ -21,8 +21,14 @@ def smollm2():
 def test_shapes_and_tokenizer(smollm2):
     model, tok = smollm2
     c = model.config
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
-            c.intermediate_size, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert (
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.intermediate_size,
+        c.vocab_size,
+    ) == (30, 576, 9, 3, 1536, 49152)
     assert c.tie_word_embeddings and getattr(c, "quantization_config", None) is None
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 == model.generation_config.eos_token_id
     assert tok.pad_token_id is not None
@@ -38,7 +44,7 @@ def test_greedy_chat_answer(smollm2):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=40, do_sample=False)
-    new = out[0, enc["input_ids"].shape[1]:]
+    new = out[0, enc["input_ids"].shape[1] :]
     text = tok.decode(new, skip_special_tokens=True)
     assert "Paris" in text
     assert new[-1].item() == tok.eos_token_id  # stops at <|im_end|>

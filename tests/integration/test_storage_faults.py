@@ -20,8 +20,12 @@ TRAINED = ["correct", "prune", "distill", "sft", "dpo"]
 
 
 def _factory(runs, *args):
-    return subprocess.run([sys.executable, "-m", "factory.cli", "run", str(SMOKE), "--runs-dir", str(runs),
-                           "--no-progress", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", "run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def _hashes(run_dir, stages):
@@ -45,7 +49,8 @@ def test_a_truncated_importance_cache_is_recomputed_and_the_forced_prune_reprodu
     assert "Traceback" not in again.stderr
     assert _warnings(again.stderr) == [
         f"warning: {cache}: importance cache discarded, it has 100 bytes, {cache.stat().st_size} were written; "
-        "recomputing the importance"]
+        "recomputing the importance"
+    ]
     assert storage.problem(cache) is None  # rebuilt, with its sha256 recorded
     assert _hashes(run, ["prune", "distill"]) == before  # same scores, same bytes: distill stays cached
     assert f"[factory] distill: cached ({run / 'distill'})" in again.stderr
@@ -76,12 +81,16 @@ def test_a_truncated_distill_checkpoint_is_reported_and_the_stage_starts_over(tm
     ckpt.write_bytes(ckpt.read_bytes()[: size // 2])
     capsys.readouterr()
 
-    assert main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", "--force", "distill",
-                 "--until", "distill"]) == 0
+    assert (
+        main(["run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", "--force", "distill", "--until", "distill"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err and "resumed from" not in err
-    assert _warnings(err) == [f"warning: {ckpt}: training checkpoint discarded, it has {size // 2} bytes, "
-                              f"{size} were written; distill (distill) starts over from step 0"]
+    assert _warnings(err) == [
+        f"warning: {ckpt}: training checkpoint discarded, it has {size // 2} bytes, "
+        f"{size} were written; distill (distill) starts over from step 0"
+    ]
     assert _hashes(runs / "smoke", ["distill"]) == _hashes(reference / "smoke", ["distill"])
 
 
@@ -91,8 +100,9 @@ def _can_mount(tmp_path) -> str:
         return "unshare is not installed"
     probe = tmp_path / "probe"
     probe.mkdir()
-    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"], capture_output=True, text=True
+    )
     return "" if r.returncode == 0 else f"mounting a tmpfs is not permitted here ({r.stderr.strip()[:100]})"
 
 
@@ -110,14 +120,17 @@ def test_a_full_disk_stops_in_one_line_leaves_no_partial_file_and_resumes_once_f
     cmd = f"{sys.executable} -m factory.cli run {SMOKE} --no-progress --until dpo"
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     out.mkdir()
-    _in_namespace(tmp_path, f"""
+    _in_namespace(
+        tmp_path,
+        f"""
         mount -t tmpfs -o size=1200k tmpfs {mnt}
         rc=0; {cmd} --runs-dir {mnt} 2> {out}/full.err || rc=$?; echo $rc > {out}/full.rc
         cp -a {mnt} {out}/after-full
         mount -o remount,size=300m {mnt}
         rc=0; {cmd} --runs-dir {mnt} 2> {out}/freed.err || rc=$?; echo $rc > {out}/freed.rc
         cp -a {mnt} {out}/after-freed
-    """)
+    """,
+    )
     assert (out / "full.rc").read_text().strip() == "2"
     err = (out / "full.err").read_text()
     assert "Traceback" not in err
@@ -144,13 +157,16 @@ def test_a_read_only_runs_dir_is_one_line(tmp_path):
         pytest.skip(why)
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     out.mkdir()
-    _in_namespace(tmp_path, f"""
+    _in_namespace(
+        tmp_path,
+        f"""
         mount -t tmpfs -o size=1m,ro tmpfs {mnt}
         rc=0; {sys.executable} -m factory.cli run {SMOKE} --no-progress --runs-dir {mnt} 2> {out}/err || rc=$?
         echo $rc > {out}/rc
-    """)
+    """,
+    )
     assert (out / "rc").read_text().strip() == "2"
     assert (out / "err").read_text().splitlines() == [
         f"error: cannot write {mnt}/smoke: read-only file system (1.0 MiB free there); "
-        "remount it writable or use another --runs-dir, then rerun"]
-
+        "remount it writable or use another --runs-dir, then rerun"
+    ]

@@ -104,18 +104,28 @@ def test_nemo2_job_objects_build(path, run_dir):
     t, o, s = n["trainer"], objs["optim"].config, objs["optim"].lr_scheduler
     assert objs["trainer"].max_steps == t["max_steps"] == s.max_steps
     assert (o.lr, o.min_lr, o.weight_decay, o.adam_beta2, o.clip_grad) == (
-        n["optimizer"]["lr"], n["optimizer"]["min_lr"], n["optimizer"]["weight_decay"],
-        n["optimizer"]["adam_beta2"], n["optimizer"]["clip_grad"])
+        n["optimizer"]["lr"],
+        n["optimizer"]["min_lr"],
+        n["optimizer"]["weight_decay"],
+        n["optimizer"]["adam_beta2"],
+        n["optimizer"]["clip_grad"],
+    )
     assert (s.warmup_steps, s.min_lr, s.constant_steps) == (n["scheduler"]["warmup_steps"], n["scheduler"]["min_lr"], 0)
     strategy = objs["trainer"].strategy
     assert strategy.tensor_model_parallel_size == t["tensor_model_parallel_size"]
     data = objs["data"]
     assert (data.seq_length, data.global_batch_size, data.micro_batch_size) == (
-        n["data"]["seq_length"], n["data"]["global_batch_size"], n["data"]["micro_batch_size"])
+        n["data"]["seq_length"],
+        n["data"]["global_batch_size"],
+        n["data"]["micro_batch_size"],
+    )
     if n["api"] == "llm.distill":
         kd = objs["distillation"]
         assert (kd.skip_lm_loss, kd.kd_loss_scale, tuple(kd.logit_layers)) == (
-            n["distillation"]["skip_lm_loss"], n["distillation"]["kd_loss_scale"], ("output_layer", "output_layer"))
+            n["distillation"]["skip_lm_loss"],
+            n["distillation"]["kd_loss_scale"],
+            ("output_layer", "output_layer"),
+        )
 
 
 def _llm_calls() -> dict[str, set[str]]:
@@ -123,9 +133,13 @@ def _llm_calls() -> dict[str, set[str]]:
     tree = ast.parse(Path(nemo2_job.__file__).read_text())
     calls: dict[str, set[str]] = {}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "llm"
-                and node.func.attr[0].islower()):  # classes are built for real by build()
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "llm"
+            and node.func.attr[0].islower()
+        ):  # classes are built for real by build()
             calls.setdefault(node.func.attr, set()).update(k.arg for k in node.keywords)
     return calls
 
@@ -175,14 +189,21 @@ def _aligner_names() -> tuple[set[str], dict[str, set[str]]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute):
                 names.add(node.attr)
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                  and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 names.add(node.args[0].value)
             elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
                 names.add(str(node.slice.value))
             elif isinstance(node, ast.Compare):
-                strings.update(c.value for c in node.comparators if isinstance(c, ast.Constant)
-                               and isinstance(c.value, str))
+                strings.update(
+                    c.value for c in node.comparators if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                )
     return names, compared
 
 
@@ -203,8 +224,10 @@ def _authority(key: str, aligner: set[str]) -> tuple[set[str], str]:
     if key.startswith("model.optim."):
         import torch
 
-        return (fields(optimizers.AdamParams) | set(inspect.signature(torch.optim.AdamW).parameters),
-                "NeMo's AdamParams / torch.optim.AdamW")
+        return (
+            fields(optimizers.AdamParams) | set(inspect.signature(torch.optim.AdamW).parameters),
+            "NeMo's AdamParams / torch.optim.AdamW",
+        )
     if key.count(".") == 1 and key.startswith("trainer."):
         import lightning.pytorch as pl
 
@@ -241,9 +264,13 @@ def test_aligner_overrides_are_read_by_the_real_code(path):
 def test_a_renamed_key_is_caught():
     names, _ = _aligner_names()
     spec = load(ALIGNER[0])
-    spec["steps"]["train"] = spec["steps"]["train"] + ["model.dpo.beta=0.1", "exp_manager.log_dir=/x",
-                                                       "model.optim.sched.warmup_fraction=0.1"]
-    assert unknown_keys(spec, names) == ["model.dpo.beta (not in NeMo-Aligner 0.7.0 sources)",
-                                         "exp_manager.log_dir (not in nemo.utils.exp_manager.ExpManagerConfig)",
-                                         "model.optim.sched.warmup_fraction (not in "
-                                         "nemo.core.config.schedulers.CosineAnnealingParams)"]
+    spec["steps"]["train"] = spec["steps"]["train"] + [
+        "model.dpo.beta=0.1",
+        "exp_manager.log_dir=/x",
+        "model.optim.sched.warmup_fraction=0.1",
+    ]
+    assert unknown_keys(spec, names) == [
+        "model.dpo.beta (not in NeMo-Aligner 0.7.0 sources)",
+        "exp_manager.log_dir (not in nemo.utils.exp_manager.ExpManagerConfig)",
+        "model.optim.sched.warmup_fraction (not in nemo.core.config.schedulers.CosineAnnealingParams)",
+    ]

@@ -16,14 +16,13 @@ import json
 import shlex
 from pathlib import Path
 
-from foundation import artifacts
-from foundation.errors import FactoryError
-from factory.engines.base import (Outcome, SourceHashes, StageRun, describe_sources, handles,
-                                  input_fields, manifest_head)
+from factory.engines.base import Outcome, SourceHashes, StageRun, describe_sources, handles, input_fields, manifest_head
 from factory.engines.nemo import launchers, prepare, render, specs
 from factory.engines.nemo.capabilities import JOBS
 from factory.recipe import Recipe
 from factory.shapes import stage_shapes
+from foundation import artifacts
+from foundation.errors import FactoryError
 
 
 class NemoExecutor:
@@ -72,8 +71,10 @@ class NemoExecutor:
             job.say(f"[factory] {stage}: submitted Slurm job {job_id} ({job_dir}/job.sbatch)")
             return Outcome(job_id=job_id)
         if artifacts.read_manifest(run_dir / stage) is None:
-            raise FactoryError(f"{stage}: the job ended without an artifact at {run_dir / stage}; "
-                               f"see its output, or rerun one step by hand: bash {job_dir}/run.sh finish")
+            raise FactoryError(
+                f"{stage}: the job ended without an artifact at {run_dir / stage}; "
+                f"see its output, or rerun one step by hand: bash {job_dir}/run.sh finish"
+            )
         job.say(f"[factory] {stage}: done -> {run_dir / stage}")
         return Outcome()
 
@@ -84,10 +85,16 @@ def manifest_template(recipe: Recipe, stage: str, spec: dict, fingerprint) -> di
     refs = {}
     for _, (kind, name) in recipe.stage_inputs(stage).items():
         refs[name] = {"artifact": name} if name in recipe.stages else {"hash": fingerprint(kind, name)}
-    return {**manifest_head(recipe, stage), "input_fields": input_fields(recipe, stage),
-            "sources": describe_sources(recipe, stage), "input_refs": refs, "tokens": spec.get("tokens"),
-            "export": f"{spec['work']}/hf", "output": stage,
-            "job": {"backend": spec["backend"], "image": spec["image"], "resources": spec["resources"]}}
+    return {
+        **manifest_head(recipe, stage),
+        "input_fields": input_fields(recipe, stage),
+        "sources": describe_sources(recipe, stage),
+        "input_refs": refs,
+        "tokens": spec.get("tokens"),
+        "export": f"{spec['work']}/hf",
+        "output": stage,
+        "job": {"backend": spec["backend"], "image": spec["image"], "resources": spec["resources"]},
+    }
 
 
 def native_command(reproduce: list[str], stage: str) -> str:
@@ -104,8 +111,15 @@ def dry_run(recipe: Recipe, runs_dir: Path, reproduce: list[str]) -> list[Path]:
     for stage in recipe.stages:
         if handles(NemoExecutor, recipe, stage):
             spec, job_dir = nemo.render(stage, run_dir, fingerprint)
-            plan.append({"stage": stage, "engine": "nemo", "backend": spec["backend"], "job_dir": str(job_dir),
-                         "launch": (job_dir / "launch.sh").read_text().splitlines()[-1][len("exec "):]})
+            plan.append(
+                {
+                    "stage": stage,
+                    "engine": "nemo",
+                    "backend": spec["backend"],
+                    "job_dir": str(job_dir),
+                    "launch": (job_dir / "launch.sh").read_text().splitlines()[-1][len("exec ") :],
+                }
+            )
             written.append(job_dir)
         else:
             plan.append({"stage": stage, "engine": "native", "command": native_command(reproduce, stage)})
@@ -119,9 +133,13 @@ def dry_run(recipe: Recipe, runs_dir: Path, reproduce: list[str]) -> list[Path]:
 
 
 def _launch_all(recipe: Recipe, plan: list[dict], launcher: str) -> str:
-    lines = ["#!/usr/bin/env bash", f"# Recipe {recipe.name}, stage by stage ({launcher} launcher). Sources and",
-             "# data are prepared by `factory run ... --engine nemo` (without --dry-run), which also",
-             "# skips cached stages; this script is the plan spelled out.", "set -euo pipefail"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Recipe {recipe.name}, stage by stage ({launcher} launcher). Sources and",
+        "# data are prepared by `factory run ... --engine nemo` (without --dry-run), which also",
+        "# skips cached stages; this script is the plan spelled out.",
+        "set -euo pipefail",
+    ]
     ids: dict[str, str] = {}
     for p in plan:
         lines.append(f"# {p['stage']} ({p['engine']})")

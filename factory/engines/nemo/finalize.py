@@ -39,11 +39,29 @@ def finalize(template_path: Path) -> Path:
         raise ArtifactError(f"{out}: the export left no HF checkpoint (no config.json)")
     started = job_dir / ".started"
     wall = time.time() - float(started.read_text()) if started.is_file() else None
-    body = {k: template[k] for k in ("kind", "stage", "recipe", "recipe_file", "engine", "seed", "config",
-                                     "config_hash", "input_fields", "sources", "tokens")}
-    body.update(inputs=input_hashes(template["input_refs"], run_dir),
-                wall_s=round(wall, 3) if wall is not None else None, metrics=template.get("metrics", {}),
-                job=template["job"], host=host.describe())
+    body = {
+        k: template[k]
+        for k in (
+            "kind",
+            "stage",
+            "recipe",
+            "recipe_file",
+            "engine",
+            "seed",
+            "config",
+            "config_hash",
+            "input_fields",
+            "sources",
+            "tokens",
+        )
+    }
+    body.update(
+        inputs=input_hashes(template["input_refs"], run_dir),
+        wall_s=round(wall, 3) if wall is not None else None,
+        metrics=template.get("metrics", {}),
+        job=template["job"],
+        host=host.describe(),
+    )
     artifacts.write_manifest(out, body)
     target = run_dir / template["output"]
     artifacts.replace_dir(out, target)

@@ -16,8 +16,22 @@ ENV_PASSED = ("HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
 
 
 def docker_command(spec: dict, job_dir: Path, run_dir: Path) -> list[str]:
-    cmd = ["docker", "run", "--rm", "--gpus", "all", "--ipc=host", "--ulimit", "memlock=-1",
-           "--ulimit", "stack=67108864", "-v", f"{run_dir}:{run_dir}", "-w", str(run_dir)]
+    cmd = [
+        "docker",
+        "run",
+        "--rm",
+        "--gpus",
+        "all",
+        "--ipc=host",
+        "--ulimit",
+        "memlock=-1",
+        "--ulimit",
+        "stack=67108864",
+        "-v",
+        f"{run_dir}:{run_dir}",
+        "-w",
+        str(run_dir),
+    ]
     for var in ENV_PASSED:
         cmd += ["-e", var]
     return cmd + [spec["image"], "bash", str(job_dir / "run.sh"), "all"]
@@ -30,23 +44,33 @@ def torchrun_command(spec: dict, job_dir: Path, run_dir: Path) -> list[str]:
 def sbatch_script(spec: dict, job_dir: Path, run_dir: Path, slurm, time: str) -> str:
     """One sbatch job: prepare and finish on one task, train on every GPU of every node."""
     res = spec["resources"]
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=factory-{spec['recipe']}-{spec['stage']}",
-             f"#SBATCH --nodes={res['nodes']}", f"#SBATCH --ntasks-per-node={res['gpus_per_node']}",
-             f"#SBATCH --gpus-per-node={res['gpus_per_node']}", f"#SBATCH --time={time}",
-             f"#SBATCH --output={job_dir}/slurm-%j.out"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=factory-{spec['recipe']}-{spec['stage']}",
+        f"#SBATCH --nodes={res['nodes']}",
+        f"#SBATCH --ntasks-per-node={res['gpus_per_node']}",
+        f"#SBATCH --gpus-per-node={res['gpus_per_node']}",
+        f"#SBATCH --time={time}",
+        f"#SBATCH --output={job_dir}/slurm-%j.out",
+    ]
     if slurm.account:
         lines.append(f"#SBATCH --account={slurm.account}")
     if slurm.partition:
         lines.append(f"#SBATCH --partition={slurm.partition}")
     lines += [f"#SBATCH {extra}" for extra in slurm.extra_sbatch]
     mounts = ",".join([f"{run_dir}:{run_dir}"] + list(slurm.mounts))
-    container = (f"--container-image={shlex.quote(spec['image'])} --container-mounts={shlex.quote(mounts)} "
-                 f"--container-workdir={shlex.quote(str(run_dir))}")
+    container = (
+        f"--container-image={shlex.quote(spec['image'])} --container-mounts={shlex.quote(mounts)} "
+        f"--container-workdir={shlex.quote(str(run_dir))}"
+    )
     run_sh = shlex.quote(str(job_dir / "run.sh"))
-    lines += ["set -euo pipefail",
-              f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} prepare",
-              f"srun {container} env DIST=python bash {run_sh} train",
-              f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} finish", ""]
+    lines += [
+        "set -euo pipefail",
+        f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} prepare",
+        f"srun {container} env DIST=python bash {run_sh} train",
+        f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} finish",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -80,8 +104,11 @@ def start(settings, job_dir: Path, run_dir: Path, spec: dict, after: list[str] =
     if settings.launcher == "slurm":
         out = _call(sbatch_command(job_dir, after), capture=True)
         return out.strip().split(";")[0]
-    cmd = docker_command(spec, job_dir, run_dir) if settings.launcher == "docker" else \
-        torchrun_command(spec, job_dir, run_dir)
+    cmd = (
+        docker_command(spec, job_dir, run_dir)
+        if settings.launcher == "docker"
+        else torchrun_command(spec, job_dir, run_dir)
+    )
     _call(cmd)
     return None
 
@@ -90,10 +117,14 @@ def _call(cmd: list[str], capture: bool = False) -> str:
     try:
         done = subprocess.run(cmd, check=False, text=True, capture_output=capture)
     except FileNotFoundError:
-        raise FactoryError(f"cannot launch: {cmd[0]!r} is not installed on this machine "
-                           "(choose another launcher with --launcher or nemo.launcher=...)") from None
+        raise FactoryError(
+            f"cannot launch: {cmd[0]!r} is not installed on this machine "
+            "(choose another launcher with --launcher or nemo.launcher=...)"
+        ) from None
     if done.returncode != 0:
         detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
-        raise FactoryError(f"{shlex.join(cmd[:3])} ... failed with exit status {done.returncode}"
-                           + (f": {detail[0]}" if detail else "; see the job's output above"))
+        raise FactoryError(
+            f"{shlex.join(cmd[:3])} ... failed with exit status {done.returncode}"
+            + (f": {detail[0]}" if detail else "; see the job's output above")
+        )
     return done.stdout or ""

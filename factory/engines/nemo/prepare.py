@@ -18,12 +18,12 @@ import random
 import shutil
 from pathlib import Path
 
-from foundation.errors import FactoryError
 from factory.alignment.records import iter_conversations, iter_preferences
 from factory.recipe import Recipe
 from factory.sources import models as model_sources
 from factory.sources.documents import iter_documents
 from factory.sources.produced import dataset_from_artifact
+from foundation.errors import FactoryError
 
 CHARS_PER_TOKEN = 4  # held-out text is cut by characters before tokenisation: an estimate
 
@@ -47,7 +47,7 @@ def link_tree(src: Path, dst: Path) -> None:
 
 
 def materialize_sources(recipe: Recipe, stage: str, run_dir: Path, fingerprint) -> None:
-    for field, (kind, name) in recipe.stage_inputs(stage).items():
+    for _field, (kind, name) in recipe.stage_inputs(stage).items():
         if kind != "model" or name in recipe.stages:
             continue
         dst = run_dir / ".sources" / name
@@ -106,13 +106,19 @@ def export_data(recipe: Recipe, spec: dict, run_dir: Path) -> dict[str, int]:
             train_recs = train_recs[: data["max_records"]]
     if not train_recs:
         raise FactoryError(f"{where}: dataset {data['dataset']!r} left no training records")
-    counts = {"train": _write(run_dir / data["train"], train_recs), "valid": _write(run_dir / data["valid"], valid_recs)}
+    counts = {
+        "train": _write(run_dir / data["train"], train_recs),
+        "valid": _write(run_dir / data["valid"], valid_recs),
+    }
     return counts
 
 
 def _records(ds, base: Path, fmt: str) -> list[dict]:
     if fmt == "chat":
-        return [{"messages": c.messages, **({"tools": c.tools} if c.tools else {})}
-                for c in iter_conversations(ds, base)]
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **({"tools": p.tools} if p.tools else {})}
-            for p in iter_preferences(ds, base)]
+        return [
+            {"messages": c.messages, **({"tools": c.tools} if c.tools else {})} for c in iter_conversations(ds, base)
+        ]
+    return [
+        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **({"tools": p.tools} if p.tools else {})}
+        for p in iter_preferences(ds, base)
+    ]

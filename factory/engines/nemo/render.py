@@ -18,8 +18,10 @@ from pathlib import Path
 import yaml
 
 SCRIPTS = Path(__file__).parent / "scripts"
-FILES = {"nemo2": {"job.py": "nemo2_job.py", "job_tools.py": "job_tools.py"},
-         "aligner": {"render_chat.py": "render_chat.py", "job_tools.py": "job_tools.py"}}
+FILES = {
+    "nemo2": {"job.py": "nemo2_job.py", "job_tools.py": "job_tools.py"},
+    "aligner": {"render_chat.py": "render_chat.py", "job_tools.py": "job_tools.py"},
+}
 _VAR = re.compile(r"\$[A-Z_]+")
 
 
@@ -59,7 +61,7 @@ def run_script(spec: dict) -> str:
         return "\n".join("  " + shell_line(c).replace("\n", "\n  ") for c in cmds) or "  :"
 
     return f"""#!/usr/bin/env bash
-# Stage {spec['stage']} ({spec['kind']}) of recipe {spec['recipe']}: a {spec['backend']} job of the factory's
+# Stage {spec["stage"]} ({spec["kind"]}) of recipe {spec["recipe"]}: a {spec["backend"]} job of the factory's
 # nemo engine. Edit config.yaml and rerun rather than editing this file.
 #   bash run.sh all                      prepare, train, finish
 #   bash run.sh prepare|train|finish     one step (Slurm runs train on every task with DIST=python)
@@ -68,21 +70,21 @@ JOB_DIR=$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)
 RUN_DIR=${{FACTORY_RUN_DIR:-$(cd "$JOB_DIR/../.." && pwd)}}
 NEMO_DIR=${{NEMO_DIR:-/opt/NeMo}}
 ALIGNER_DIR=${{ALIGNER_DIR:-/opt/NeMo-Aligner}}
-DIST=${{DIST:-torchrun --nproc-per-node={res['gpus_per_node']} --nnodes={res['nodes']}}}
+DIST=${{DIST:-torchrun --nproc-per-node={res["gpus_per_node"]} --nnodes={res["nodes"]}}}
 export JOB_DIR RUN_DIR NEMO_DIR ALIGNER_DIR
 export PYTHONPATH="$JOB_DIR${{PYTHONPATH:+:$PYTHONPATH}}"
 
 prepare() {{
   date +%s > "$JOB_DIR/.started"
-{body(steps['prepare'])}
+{body(steps["prepare"])}
 }}
 
 train() {{
-{body([steps['train']])}
+{body([steps["train"]])}
 }}
 
 finish() {{
-{body(steps['finish'])}
+{body(steps["finish"])}
 }}
 
 case "${{1:-all}}" in

@@ -48,9 +48,14 @@ class Resources:
         return self.world // (self.tensor_parallel * self.pipeline_parallel)
 
     def as_dict(self) -> dict:
-        return {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node, "tensor_parallel": self.tensor_parallel,
-                "pipeline_parallel": self.pipeline_parallel, "data_parallel": self.data_parallel,
-                "micro_batch_size": self.micro_batch_size}
+        return {
+            "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "tensor_parallel": self.tensor_parallel,
+            "pipeline_parallel": self.pipeline_parallel,
+            "data_parallel": self.data_parallel,
+            "micro_batch_size": self.micro_batch_size,
+        }
 
 
 @dataclass
@@ -64,21 +69,28 @@ class SlurmSettings:
 
 @dataclass
 class NeMoSettings:
-    image: str = field("minitron-factory-nemo:latest",
-                       help="image for NeMo 2 / ModelOpt jobs (correct, prune, distill): containers/Dockerfile.nemo "
-                            "built on an NGC NeMo image")
-    aligner_image: str = field("minitron-factory-aligner:latest",
-                               help="image for NeMo-Aligner jobs (sft, dpo): containers/Dockerfile.nemo built on an "
-                                    "NGC NeMo image that ships /opt/NeMo-Aligner")
+    image: str = field(
+        "minitron-factory-nemo:latest",
+        help="image for NeMo 2 / ModelOpt jobs (correct, prune, distill): containers/Dockerfile.nemo "
+        "built on an NGC NeMo image",
+    )
+    aligner_image: str = field(
+        "minitron-factory-aligner:latest",
+        help="image for NeMo-Aligner jobs (sft, dpo): containers/Dockerfile.nemo built on an "
+        "NGC NeMo image that ships /opt/NeMo-Aligner",
+    )
     launcher: Literal["docker", "torchrun", "slurm"] = field(
-        "docker", help="docker: one node, in the image; torchrun: one node, NeMo installed on the host; "
-                       "slurm: sbatch + pyxis/enroot containers")
+        "docker",
+        help="docker: one node, in the image; torchrun: one node, NeMo installed on the host; "
+        "slurm: sbatch + pyxis/enroot containers",
+    )
     nodes: int = field(1, help="nodes per job")
     gpus_per_node: int = field(8, help="GPUs per node")
     tensor_parallel: int = field(1, help="tensor-parallel size")
     pipeline_parallel: int = field(1, help="pipeline-parallel size")
-    micro_batch_size: int = field(1, help="sequences per GPU per forward pass (the recipe's batch_size x "
-                                          "grad_accum is the global batch)")
+    micro_batch_size: int = field(
+        1, help="sequences per GPU per forward pass (the recipe's batch_size x grad_accum is the global batch)"
+    )
     precision: Literal["bf16-mixed", "16-mixed", "32"] = field("bf16-mixed", help="training precision")
     workers: int = field(8, help="CPU workers for data preprocessing")
     slurm: SlurmSettings = field(factory=SlurmSettings, help="Slurm submission settings")
@@ -95,6 +107,11 @@ class NeMoSettings:
             value = getattr(o, key)
             return getattr(self, key) if value is None else value
 
-        return Resources(nodes=pick("nodes"), gpus_per_node=pick("gpus_per_node"),
-                         tensor_parallel=pick("tensor_parallel"), pipeline_parallel=pick("pipeline_parallel"),
-                         micro_batch_size=pick("micro_batch_size"), time=o.time or self.slurm.time)
+        return Resources(
+            nodes=pick("nodes"),
+            gpus_per_node=pick("gpus_per_node"),
+            tensor_parallel=pick("tensor_parallel"),
+            pipeline_parallel=pick("pipeline_parallel"),
+            micro_batch_size=pick("micro_batch_size"),
+            time=o.time or self.slurm.time,
+        )

@@ -38,48 +38,83 @@ def _base(recipe: Recipe, stage: str, backend: str) -> dict:
     cfg = recipe.stages[stage]
     settings = recipe.engine_settings["nemo"]
     res = settings.resources(stage)
-    return {"stage": stage, "kind": cfg.kind, "recipe": recipe.name, "engine": "nemo", "backend": backend,
-            "image": settings.aligner_image if backend == "aligner" else settings.image,
-            "resources": res.as_dict(), "seed": recipe.seed, "precision": settings.precision,
-            "inputs": {f: model_dir(recipe, t) for f, (k, t) in recipe.stage_inputs(stage).items() if k == "model"},
-            "work": work_dir(stage), "output": stage}
+    return {
+        "stage": stage,
+        "kind": cfg.kind,
+        "recipe": recipe.name,
+        "engine": "nemo",
+        "backend": backend,
+        "image": settings.aligner_image if backend == "aligner" else settings.image,
+        "resources": res.as_dict(),
+        "seed": recipe.seed,
+        "precision": settings.precision,
+        "inputs": {f: model_dir(recipe, t) for f, (k, t) in recipe.stage_inputs(stage).items() if k == "model"},
+        "work": work_dir(stage),
+        "output": stage,
+    }
 
 
 def _data(recipe: Recipe, stage: str, field: str, fmt: str, eval_amount: dict) -> dict:
     """The dataset a job reads: exported by the host to jsonl before launch."""
     _, name = recipe.stage_inputs(stage)[field]
     work = work_dir(stage)
-    return {"field": field, "dataset": name, "format": fmt, "train": f"{work}/data/train.jsonl",
-            "valid": f"{work}/data/valid.jsonl", **eval_amount}
+    return {
+        "field": field,
+        "dataset": name,
+        "format": fmt,
+        "train": f"{work}/data/train.jsonl",
+        "valid": f"{work}/data/valid.jsonl",
+        **eval_amount,
+    }
 
 
 # -- NeMo 2 (correct, distill: Megatron training; prune: ModelOpt) -----------------------------------
 
+
 def _schedule(cfg) -> dict:
     steps = cfg.total_steps
-    return {"max_steps": steps, "warmup_steps": int(cfg.warmup_ratio * steps), "lr": cfg.lr,
-            "min_lr": cfg.lr * cfg.min_lr_ratio}
+    return {
+        "max_steps": steps,
+        "warmup_steps": int(cfg.warmup_ratio * steps),
+        "lr": cfg.lr,
+        "min_lr": cfg.lr * cfg.min_lr_ratio,
+    }
 
 
 def _trainer(cfg, res, precision: str) -> dict:
     gbs = cfg.batch_size * cfg.grad_accum
     steps = cfg.total_steps
-    return {"devices": res.gpus_per_node, "num_nodes": res.nodes, "max_steps": steps,
-            "val_check_interval": cfg.eval_every or steps,
-            "limit_val_batches": max(1, math.ceil(cfg.eval_tokens / (cfg.seq_len * gbs))),
-            "log_every_n_steps": cfg.log_every, "precision": precision,
-            "tensor_model_parallel_size": res.tensor_parallel, "pipeline_model_parallel_size": res.pipeline_parallel,
-            "sequence_parallel": res.tensor_parallel > 1,
-            "checkpoint_every_n_steps": cfg.checkpoint_every or steps}
+    return {
+        "devices": res.gpus_per_node,
+        "num_nodes": res.nodes,
+        "max_steps": steps,
+        "val_check_interval": cfg.eval_every or steps,
+        "limit_val_batches": max(1, math.ceil(cfg.eval_tokens / (cfg.seq_len * gbs))),
+        "log_every_n_steps": cfg.log_every,
+        "precision": precision,
+        "tensor_model_parallel_size": res.tensor_parallel,
+        "pipeline_model_parallel_size": res.pipeline_parallel,
+        "sequence_parallel": res.tensor_parallel > 1,
+        "checkpoint_every_n_steps": cfg.checkpoint_every or steps,
+    }
 
 
 def _optimizer(cfg, precision: str) -> dict:
     """megatron.core.optimizer.OptimizerConfig fields (Adam with decoupled weight decay = AdamW)."""
     sched = _schedule(cfg)
-    return {"optimizer": "adam", "lr": cfg.lr, "min_lr": sched["min_lr"], "weight_decay": cfg.weight_decay,
-            "adam_beta1": cfg.adam_beta1, "adam_beta2": cfg.adam_beta2, "adam_eps": cfg.adam_eps,
-            "clip_grad": cfg.grad_clip, "bf16": precision == "bf16-mixed", "fp16": precision == "16-mixed",
-            "use_distributed_optimizer": True}
+    return {
+        "optimizer": "adam",
+        "lr": cfg.lr,
+        "min_lr": sched["min_lr"],
+        "weight_decay": cfg.weight_decay,
+        "adam_beta1": cfg.adam_beta1,
+        "adam_beta2": cfg.adam_beta2,
+        "adam_eps": cfg.adam_eps,
+        "clip_grad": cfg.grad_clip,
+        "bf16": precision == "bf16-mixed",
+        "fp16": precision == "16-mixed",
+        "use_distributed_optimizer": True,
+    }
 
 
 def _scheduler(cfg) -> dict:
@@ -90,33 +125,57 @@ def _scheduler(cfg) -> dict:
 
 def _pretraining_data(cfg, res, seed: int, tokens_prefix: str) -> dict:
     """llm.PreTrainingDataModule arguments over Megatron-indexed train/validation splits."""
-    return {"paths": {"train": [1.0, f"$RUN_DIR/{tokens_prefix}/train_text_document"],
-                      "validation": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"],
-                      "test": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"]},
-            "split": None,  # the three splits are given: no split of one blend
-            "seq_length": cfg.seq_len, "micro_batch_size": res.micro_batch_size,
-            "global_batch_size": cfg.batch_size * cfg.grad_accum, "seed": seed,
-            "index_mapping_dir": f"$RUN_DIR/{tokens_prefix}/index"}
+    return {
+        "paths": {
+            "train": [1.0, f"$RUN_DIR/{tokens_prefix}/train_text_document"],
+            "validation": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"],
+            "test": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"],
+        },
+        "split": None,  # the three splits are given: no split of one blend
+        "seq_length": cfg.seq_len,
+        "micro_batch_size": res.micro_batch_size,
+        "global_batch_size": cfg.batch_size * cfg.grad_accum,
+        "seed": seed,
+        "index_mapping_dir": f"$RUN_DIR/{tokens_prefix}/index",
+    }
 
 
 def _tokenize(data: dict, tokenizer_dir: str, work: str, workers: int) -> list[list[str]]:
     """NeMo's Megatron preprocessing of both splits with the model's own HF tokenizer."""
     steps = []
     for split in ("train", "valid"):
-        steps.append(["python", f"{NEMO_SCRIPTS}/nlp_language_modeling/preprocess_data_for_megatron.py",
-                      "--input", f"$RUN_DIR/{data[split]}", "--json-keys", "text",
-                      "--tokenizer-library", "huggingface", "--tokenizer-type", f"$RUN_DIR/{tokenizer_dir}",
-                      "--dataset-impl", "mmap", "--append-eod", "--workers", str(workers),
-                      "--output-prefix", f"$RUN_DIR/{work}/tokens/{split}"])
+        steps.append(
+            [
+                "python",
+                f"{NEMO_SCRIPTS}/nlp_language_modeling/preprocess_data_for_megatron.py",
+                "--input",
+                f"$RUN_DIR/{data[split]}",
+                "--json-keys",
+                "text",
+                "--tokenizer-library",
+                "huggingface",
+                "--tokenizer-type",
+                f"$RUN_DIR/{tokenizer_dir}",
+                "--dataset-impl",
+                "mmap",
+                "--append-eod",
+                "--workers",
+                str(workers),
+                "--output-prefix",
+                f"$RUN_DIR/{work}/tokens/{split}",
+            ]
+        )
     return steps
 
 
 def _nemo2_steps(spec: dict, tokenize: list) -> dict:
     """prepare and finish run once; train runs under the launcher's distributed
     prefix ($DIST: torchrun on one node, one task per GPU under srun)."""
-    return {"prepare": tokenize + [["python", JOB, "import", "$JOB_DIR/config.yaml"]],
-            "train": ["$DIST", JOB, "run", "$JOB_DIR/config.yaml"],
-            "finish": [["python", JOB, "export", "$JOB_DIR/config.yaml"], FINALIZE]}
+    return {
+        "prepare": tokenize + [["python", JOB, "import", "$JOB_DIR/config.yaml"]],
+        "train": ["$DIST", JOB, "run", "$JOB_DIR/config.yaml"],
+        "finish": [["python", JOB, "export", "$JOB_DIR/config.yaml"], FINALIZE],
+    }
 
 
 def _imports(spec: dict) -> dict:
@@ -138,10 +197,18 @@ def distill_spec(recipe: Recipe, stage: str) -> dict:
     spec["data"] = _data(recipe, stage, "data", "text", {"eval_tokens": cfg.eval_tokens})
     pairs = [[f"decoder.layers.{s}", f"decoder.layers.{t}"] for s, t in (cfg.intermediate_layer_pairs or [])]
     spec["nemo2"] = {
-        "api": "llm.distill", "imports": _imports(spec), "student": "student", "teacher": "teacher",
+        "api": "llm.distill",
+        "imports": _imports(spec),
+        "student": "student",
+        "teacher": "teacher",
         # nemo.collections.llm.modelopt.distill.utils.DistillationConfig, read from distillation_config_path
-        "distillation": {"logit_layers": ["output_layer", "output_layer"], "intermediate_layer_pairs": pairs,
-                         "skip_lm_loss": cfg.skip_lm_loss, "kd_loss_scale": cfg.kd_loss_scale}}
+        "distillation": {
+            "logit_layers": ["output_layer", "output_layer"],
+            "intermediate_layer_pairs": pairs,
+            "skip_lm_loss": cfg.skip_lm_loss,
+            "kd_loss_scale": cfg.kd_loss_scale,
+        },
+    }
     return _nemo2_training(spec, recipe, stage, tokenizer="teacher")
 
 
@@ -152,13 +219,19 @@ def _nemo2_training(spec: dict, recipe: Recipe, stage: str, tokenizer: str) -> d
     cfg = recipe.stages[stage]
     settings = recipe.engine_settings["nemo"]
     res = settings.resources(stage)
-    spec["nemo2"].update({
-        "trainer": _trainer(cfg, res, settings.precision), "optimizer": _optimizer(cfg, settings.precision),
-        "scheduler": _scheduler(cfg), "data": _pretraining_data(cfg, res, recipe.seed, f"{spec['work']}/tokens"),
-        "checkpoints": f"{spec['work']}/train"})
+    spec["nemo2"].update(
+        {
+            "trainer": _trainer(cfg, res, settings.precision),
+            "optimizer": _optimizer(cfg, settings.precision),
+            "scheduler": _scheduler(cfg),
+            "data": _pretraining_data(cfg, res, recipe.seed, f"{spec['work']}/tokens"),
+            "checkpoints": f"{spec['work']}/train",
+        }
+    )
     spec["tokens"] = cfg.total_steps * cfg.tokens_per_step
-    spec["steps"] = _nemo2_steps(spec, _tokenize(spec["data"], spec["inputs"][tokenizer], spec["work"],
-                                                 settings.workers))
+    spec["steps"] = _nemo2_steps(
+        spec, _tokenize(spec["data"], spec["inputs"][tokenizer], spec["work"], settings.workers)
+    )
     return spec
 
 
@@ -191,19 +264,34 @@ def prune_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
     pc = pruning_config(recipe, stage, src)
     c = cfg.calibration
     needs_data = "drop_layers" not in pc
-    nemo2 = {"api": "llm.prune", "imports": _imports(spec), "model": "model", "pruning_config": pc,
-             "devices": res.gpus_per_node, "num_nodes": res.nodes, "tp_size": res.tensor_parallel,
-             "pp_size": res.pipeline_parallel, "num_train_samples": c.samples,
-             "save_path": f"{spec['work']}/pruned"}
+    nemo2 = {
+        "api": "llm.prune",
+        "imports": _imports(spec),
+        "model": "model",
+        "pruning_config": pc,
+        "devices": res.gpus_per_node,
+        "num_nodes": res.nodes,
+        "tp_size": res.tensor_parallel,
+        "pp_size": res.pipeline_parallel,
+        "num_train_samples": c.samples,
+        "save_path": f"{spec['work']}/pruned",
+    }
     tokenize = []
     if needs_data:
         spec["data"] = _data(recipe, stage, "calibration.data", "text", {"eval_tokens": 0})
-        nemo2["data"] = {"paths": {"train": [1.0, f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
-                                   "validation": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
-                                   "test": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"]},
-                         "split": None, "seq_length": c.seq_len, "micro_batch_size": c.batch_size,
-                         "global_batch_size": c.batch_size, "seed": recipe.seed,
-                         "index_mapping_dir": f"$RUN_DIR/{spec['work']}/tokens/index"}
+        nemo2["data"] = {
+            "paths": {
+                "train": [1.0, f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
+                "validation": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
+                "test": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
+            },
+            "split": None,
+            "seq_length": c.seq_len,
+            "micro_batch_size": c.batch_size,
+            "global_batch_size": c.batch_size,
+            "seed": recipe.seed,
+            "index_mapping_dir": f"$RUN_DIR/{spec['work']}/tokens/index",
+        }
         tokenize = _tokenize(spec["data"], spec["inputs"]["model"], spec["work"], settings.workers)[:1]
     spec["nemo2"] = nemo2
     spec["tokens"] = c.samples * c.seq_len if needs_data else 0
@@ -213,36 +301,65 @@ def prune_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
 
 # -- NeMo-Aligner (sft, dpo) ---------------------------------------------------------------------------
 
+
 def _aligner_common(cfg, res, spec: dict, trainer_key: str, settings) -> list[str]:
     work = spec["work"]
-    return [f"trainer.num_nodes={res.nodes}", f"trainer.devices={res.gpus_per_node}",
-            f"trainer.precision={'bf16' if settings.precision == 'bf16-mixed' else settings.precision}",
-            f"trainer.{trainer_key}.gradient_clip_val={cfg.grad_clip}",
-            f"trainer.{trainer_key}.save_interval={cfg.checkpoint_every or 1000000}",
-            f"exp_manager.explicit_log_dir=$RUN_DIR/{work}/aligner",
-            "exp_manager.create_wandb_logger=False",
-            "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=True",
-            f"model.optim.lr={cfg.lr}", f"model.optim.weight_decay={cfg.weight_decay}",
-            f"model.optim.betas=[{cfg.adam_beta1},{cfg.adam_beta2}]",
-            f"model.optim.sched.min_lr={cfg.lr * cfg.min_lr_ratio}", "model.optim.sched.constant_steps=0",
-            # NeMo's WarmupPolicy takes a ratio of max_steps instead of a step count (not both)
-            "model.optim.sched.warmup_steps=null", f"++model.optim.sched.warmup_ratio={cfg.warmup_ratio}"]
+    return [
+        f"trainer.num_nodes={res.nodes}",
+        f"trainer.devices={res.gpus_per_node}",
+        f"trainer.precision={'bf16' if settings.precision == 'bf16-mixed' else settings.precision}",
+        f"trainer.{trainer_key}.gradient_clip_val={cfg.grad_clip}",
+        f"trainer.{trainer_key}.save_interval={cfg.checkpoint_every or 1000000}",
+        f"exp_manager.explicit_log_dir=$RUN_DIR/{work}/aligner",
+        "exp_manager.create_wandb_logger=False",
+        "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=True",
+        f"model.optim.lr={cfg.lr}",
+        f"model.optim.weight_decay={cfg.weight_decay}",
+        f"model.optim.betas=[{cfg.adam_beta1},{cfg.adam_beta2}]",
+        f"model.optim.sched.min_lr={cfg.lr * cfg.min_lr_ratio}",
+        "model.optim.sched.constant_steps=0",
+        # NeMo's WarmupPolicy takes a ratio of max_steps instead of a step count (not both)
+        "model.optim.sched.warmup_steps=null",
+        f"++model.optim.sched.warmup_ratio={cfg.warmup_ratio}",
+    ]
 
 
 def _aligner_steps(spec: dict, converter: str, script: str, overrides: list[str], render: list[str]) -> dict:
     work = spec["work"]
     src = spec["inputs"]["model"]
     return {
-        "prepare": [["python", f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_hf_to_nemo.py",
-                     "--input_name_or_path", f"$RUN_DIR/{src}", "--output_path", f"$RUN_DIR/{work}/model.nemo",
-                     "--precision", "bf16"], render],
+        "prepare": [
+            [
+                "python",
+                f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_hf_to_nemo.py",
+                "--input_name_or_path",
+                f"$RUN_DIR/{src}",
+                "--output_path",
+                f"$RUN_DIR/{work}/model.nemo",
+                "--precision",
+                "bf16",
+            ],
+            render,
+        ],
         "train": ["$DIST", f"{ALIGNER_SCRIPTS}/{script}", *overrides],
-        "finish": [["python", TOOLS, "find-nemo", f"$RUN_DIR/{work}/aligner", f"$RUN_DIR/{work}/trained.nemo"],
-                   ["python", f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_nemo_to_hf.py",
-                    "--input_name_or_path", f"$RUN_DIR/{work}/trained.nemo",
-                    "--output_path", f"$RUN_DIR/{work}/hf-weights/pytorch_model.bin",
-                    "--hf_input_path", f"$RUN_DIR/{src}", "--hf_output_path", f"$RUN_DIR/{work}/hf"],
-                   ["python", TOOLS, "carry-tokenizer", f"$RUN_DIR/{src}", f"$RUN_DIR/{work}/hf"], FINALIZE]}
+        "finish": [
+            ["python", TOOLS, "find-nemo", f"$RUN_DIR/{work}/aligner", f"$RUN_DIR/{work}/trained.nemo"],
+            [
+                "python",
+                f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_nemo_to_hf.py",
+                "--input_name_or_path",
+                f"$RUN_DIR/{work}/trained.nemo",
+                "--output_path",
+                f"$RUN_DIR/{work}/hf-weights/pytorch_model.bin",
+                "--hf_input_path",
+                f"$RUN_DIR/{src}",
+                "--hf_output_path",
+                f"$RUN_DIR/{work}/hf",
+            ],
+            ["python", TOOLS, "carry-tokenizer", f"$RUN_DIR/{src}", f"$RUN_DIR/{work}/hf"],
+            FINALIZE,
+        ],
+    }
 
 
 def _converter(src: dict | None) -> str:
@@ -261,20 +378,26 @@ def sft_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
     # a token budget becomes a step budget over padded sequences (an upper bound on tokens seen)
     steps = -1 if epochs else cfg.total_steps
     overrides = _aligner_common(cfg, res, spec, "sft", settings) + [
-        f"trainer.sft.max_epochs={math.ceil(epochs) if epochs else 1000}", f"trainer.sft.max_steps={steps}",
+        f"trainer.sft.max_epochs={math.ceil(epochs) if epochs else 1000}",
+        f"trainer.sft.max_steps={steps}",
         f"trainer.sft.val_check_interval={cfg.eval_every or (steps if steps > 0 else 1000000)}",
         "trainer.sft.limit_val_batches=1.0",
         f"model.restore_from_path=$RUN_DIR/{work}/model.nemo",
         f"model.tensor_model_parallel_size={res.tensor_parallel}",
-        f"model.pipeline_model_parallel_size={res.pipeline_parallel}", f"model.seed={recipe.seed}",
+        f"model.pipeline_model_parallel_size={res.pipeline_parallel}",
+        f"model.seed={recipe.seed}",
         "model.data.chat=False",
         f"model.data.train_ds.file_path=$RUN_DIR/{work}/data/train.aligner.jsonl",
         f"model.data.validation_ds.file_path=$RUN_DIR/{work}/data/valid.aligner.jsonl",
-        f"model.data.train_ds.global_batch_size={gbs}", f"model.data.train_ds.micro_batch_size={res.micro_batch_size}",
+        f"model.data.train_ds.global_batch_size={gbs}",
+        f"model.data.train_ds.micro_batch_size={res.micro_batch_size}",
         f"model.data.train_ds.max_seq_length={cfg.seq_len}",
-        "model.data.train_ds.prompt_template='{input}{output}'", "model.data.train_ds.label_key=output",
-        "model.data.train_ds.truncation_field=input", "model.data.train_ds.add_eos=False",
-        "model.data.train_ds.add_bos=False"]
+        "model.data.train_ds.prompt_template='{input}{output}'",
+        "model.data.train_ds.label_key=output",
+        "model.data.train_ds.truncation_field=input",
+        "model.data.train_ds.add_eos=False",
+        "model.data.train_ds.add_bos=False",
+    ]
     render = ["python", CHAT, "sft", f"$RUN_DIR/{spec['inputs']['model']}", f"$RUN_DIR/{work}/data"]
     spec["aligner"] = {"script": "train_gpt_sft.py", "config": "gpt_sft.yaml"}
     spec["tokens"] = steps * gbs * cfg.seq_len if steps > 0 else None
@@ -291,25 +414,31 @@ def dpo_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
     res = settings.resources(stage)
     spec = _base(recipe, stage, "aligner")
     work = spec["work"]
-    spec["data"] = _data(recipe, stage, "data", "preference",
-                         {"eval_records": cfg.eval_pairs, "max_records": cfg.max_pairs})
+    spec["data"] = _data(
+        recipe, stage, "data", "preference", {"eval_records": cfg.eval_pairs, "max_records": cfg.max_pairs}
+    )
     epochs = cfg.epochs
     overrides = _aligner_common(cfg, res, spec, "dpo", settings) + [
-        f"trainer.dpo.max_epochs={max(1, math.ceil(epochs))}", "trainer.dpo.max_steps=-1",
+        f"trainer.dpo.max_epochs={max(1, math.ceil(epochs))}",
+        "trainer.dpo.max_steps=-1",
         f"trainer.dpo.limit_train_batches={epochs if epochs < 1 else 1.0}",
         f"trainer.dpo.val_check_interval={cfg.eval_every or 1.0}",
         f"pretrained_checkpoint.restore_from_path=$RUN_DIR/{work}/model.nemo",
         f"++model.tensor_model_parallel_size={res.tensor_parallel}",
-        f"++model.pipeline_model_parallel_size={res.pipeline_parallel}", f"model.seed={recipe.seed}",
-        f"model.global_batch_size={cfg.batch_size * cfg.grad_accum}", f"model.micro_batch_size={res.micro_batch_size}",
+        f"++model.pipeline_model_parallel_size={res.pipeline_parallel}",
+        f"model.seed={recipe.seed}",
+        f"model.global_batch_size={cfg.batch_size * cfg.grad_accum}",
+        f"model.micro_batch_size={res.micro_batch_size}",
         f"model.dpo.ref_policy_kl_penalty={cfg.ref_policy_kl_penalty}",
         f"model.dpo.preference_loss={_PREFERENCE_LOSS[cfg.preference_loss]}",
         f"model.dpo.sft_loss_weight={cfg.sft_loss_weight if cfg.preference_loss == 'rpo' else 0}",
         "model.dpo.preference_loss_weight=1",
         f"model.dpo.preference_average_log_probs={cfg.preference_average_log_probs}",
-        "model.data.data_impl=jsonl", f"model.data.seq_length={cfg.seq_len}",
+        "model.data.data_impl=jsonl",
+        f"model.data.seq_length={cfg.seq_len}",
         f"model.data.data_prefix={{train:[$RUN_DIR/{work}/data/train.aligner.jsonl],"
-        f"validation:[$RUN_DIR/{work}/data/valid.aligner.jsonl],test:[$RUN_DIR/{work}/data/valid.aligner.jsonl]}}"]
+        f"validation:[$RUN_DIR/{work}/data/valid.aligner.jsonl],test:[$RUN_DIR/{work}/data/valid.aligner.jsonl]}}",
+    ]
     render = ["python", CHAT, "dpo", f"$RUN_DIR/{spec['inputs']['model']}", f"$RUN_DIR/{work}/data"]
     spec["aligner"] = {"script": "train_gpt_dpo.py", "config": "gpt_dpo.yaml"}
     spec["tokens"] = None  # pairs, not a token budget: the manifest records the pairs seen
@@ -322,7 +451,11 @@ def job_spec(recipe: Recipe, stage: str, shapes: dict) -> dict:
 
     cfg = recipe.stages[stage]
     src = input_shape(first_model(cfg), recipe.stages, recipe.models, shapes, recipe.base)
-    builders = {"correct": lambda: correct_spec(recipe, stage), "distill": lambda: distill_spec(recipe, stage),
-                "prune": lambda: prune_spec(recipe, stage, src), "sft": lambda: sft_spec(recipe, stage, src),
-                "dpo": lambda: dpo_spec(recipe, stage, src)}
+    builders = {
+        "correct": lambda: correct_spec(recipe, stage),
+        "distill": lambda: distill_spec(recipe, stage),
+        "prune": lambda: prune_spec(recipe, stage, src),
+        "sft": lambda: sft_spec(recipe, stage, src),
+        "dpo": lambda: dpo_spec(recipe, stage, src),
+    }
     return builders[cfg.kind]()

@@ -18,8 +18,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("foundation", "evals", "factory")
 # Which packages each package may import at all.
-ALLOWED = {"foundation": {"foundation"}, "evals": {"foundation", "evals"},
-           "factory": {"foundation", "evals", "factory"}}
+ALLOWED = {
+    "foundation": {"foundation"},
+    "evals": {"foundation", "evals"},
+    "factory": {"foundation", "evals", "factory"},
+}
 MAX_FUNCTION_LINES = 60
 
 
@@ -38,8 +41,13 @@ MODULES = _modules()
 def _imports(name: str, path: Path):
     """(imported module, line, is_function_local) for every import of a project module."""
     tree = ast.parse(path.read_text(), str(path))
-    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    local = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -49,7 +57,7 @@ def _imports(name: str, path: Path):
                 parts = name.split(".")
                 if path.name != "__init__.py":
                     parts = parts[:-1]
-                parts = parts[:len(parts) - node.level + 1]
+                parts = parts[: len(parts) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
@@ -85,8 +93,11 @@ def test_no_module_level_import_cycle():
                 # importing a.b.c runs a/__init__.py and a/b/__init__.py first
                 parts = mod.split(".")
                 # (a module's own ancestors are already loading when it runs: no edge)
-                graph[name].update(p for p in (".".join(parts[:i]) for i in range(1, len(parts)))
-                                   if p != name and not name.startswith(p + "."))
+                graph[name].update(
+                    p
+                    for p in (".".join(parts[:i]) for i in range(1, len(parts)))
+                    if p != name and not name.startswith(p + ".")
+                )
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles = []
@@ -96,7 +107,7 @@ def test_no_module_level_import_cycle():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -119,7 +130,7 @@ def test_function_local_imports_say_why():
             if not is_local or id(node) in seen:
                 continue
             seen.add(id(node))
-            text = " ".join(lines[node.lineno - 1:node.end_lineno])
+            text = " ".join(lines[node.lineno - 1 : node.end_lineno])
             if "#" not in text:
                 silent.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert silent == []
@@ -139,10 +150,12 @@ def test_functions_are_short_or_say_why():
 
 @pytest.mark.parametrize("package,forbidden", [("foundation", ("factory", "evals")), ("evals", ("factory",))])
 def test_importing_a_package_loads_nothing_above_it(package, forbidden):
-    code = ("import importlib, pkgutil, sys, {p}\n"
-            "for m in pkgutil.walk_packages({p}.__path__, '{p}.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "print(sorted(k for k in sys.modules if k.split('.')[0] in {f!r}))").format(p=package, f=forbidden)
+    code = (
+        f"import importlib, pkgutil, sys, {package}\n"
+        f"for m in pkgutil.walk_packages({package}.__path__, '{package}.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"print(sorted(k for k in sys.modules if k.split('.')[0] in {forbidden!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

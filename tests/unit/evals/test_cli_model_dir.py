@@ -12,18 +12,22 @@ from foundation.errors import FactoryError
 @pytest.fixture
 def no_tasks(monkeypatch):
     """Loading the suite (and so its tasks) is the first thing a valid eval does: here it must not happen."""
+
     def refuse(*_a, **_k):
         raise AssertionError("the suite was loaded before the model dir was checked")
 
     monkeypatch.setattr(evals.cli, "load_suite", refuse)
 
 
-@pytest.mark.parametrize("files,missing", [
-    ((), "no config.json, no weights (*.safetensors, *.bin), no tokenizer (tokenizer.json, tokenizer_config.json)"),
-    (("config.json",), "no weights (*.safetensors, *.bin), no tokenizer (tokenizer.json, tokenizer_config.json)"),
-    (("config.json", "tokenizer.json"), "no weights (*.safetensors, *.bin)"),
-    (("config.json", "model.safetensors"), "no tokenizer (tokenizer.json, tokenizer_config.json)"),
-])
+@pytest.mark.parametrize(
+    "files,missing",
+    [
+        ((), "no config.json, no weights (*.safetensors, *.bin), no tokenizer (tokenizer.json, tokenizer_config.json)"),
+        (("config.json",), "no weights (*.safetensors, *.bin), no tokenizer (tokenizer.json, tokenizer_config.json)"),
+        (("config.json", "tokenizer.json"), "no weights (*.safetensors, *.bin)"),
+        (("config.json", "model.safetensors"), "no tokenizer (tokenizer.json, tokenizer_config.json)"),
+    ],
+)
 def test_eval_of_a_dir_without_a_model_fails_fast(tmp_path, capsys, no_tasks, files, missing):
     model = tmp_path / "model"
     model.mkdir()

@@ -11,8 +11,9 @@ def test_keys_follow_what_decides_the_output(tmp_path):
     assert served["model"] == "m" and served["base_url"] == "http://x/v1"
     r = Request(messages=[{"role": "user", "content": "hi"}], sampling=Sampling(max_tokens=8))
     key = CompletionCache.request_key(hf, r)
-    assert key == CompletionCache.request_key(hf, Request(messages=[{"role": "user", "content": "hi"}],
-                                                          sampling=Sampling(max_tokens=8)))
+    assert key == CompletionCache.request_key(
+        hf, Request(messages=[{"role": "user", "content": "hi"}], sampling=Sampling(max_tokens=8))
+    )
     assert key != CompletionCache.request_key(hf, Request(messages=r.messages, sampling=Sampling(max_tokens=9)))
     assert key != CompletionCache.request_key(hf, Request(messages=r.messages, sampling=Sampling(max_tokens=8, seed=1)))
     assert key != CompletionCache.request_key({**hf, "model": "abd"}, r)
@@ -21,10 +22,12 @@ def test_keys_follow_what_decides_the_output(tmp_path):
 def test_round_trip_and_damaged_lines(tmp_path):
     path = tmp_path / "c.jsonl"
     cache = CompletionCache(path)
-    cache.add_completions(["a", "b"], [Completion(["x"], [1], ["stop"]), Completion(["y", "z"], [2, 3], ["length"] * 2)])
+    cache.add_completions(
+        ["a", "b"], [Completion(["x"], [1], ["stop"]), Completion(["y", "z"], [2, 3], ["length"] * 2)]
+    )
     cache.add_records("t", [{"id": "1", "metrics": {"acc": 1.0}}])
     with open(path, "a") as f:
-        f.write("not json\n{\"no_key\": 1}\n[1, 2]\n")
+        f.write('not json\n{"no_key": 1}\n[1, 2]\n')
     cache.add_completions(["c"], [Completion(["w"], [1], ["stop"])])
     with open(path, "a") as f:
         f.write('{"key": "d", "texts": ["half')  # killed mid-write
@@ -36,7 +39,6 @@ def test_round_trip_and_damaged_lines(tmp_path):
     assert path.read_text().endswith('"finish": ["stop"]}\n')  # the torn tail is gone
     again.add_completions(["d"], [Completion(["v"], [1], ["stop"])])
     assert CompletionCache(path).completion("d").texts == ["v"]
-
 
 
 def test_loglik_keys_follow_model_settings_and_token_split(tmp_path):
@@ -125,8 +127,11 @@ def test_writer_lock_is_exclusive_and_released(tmp_path):
         with pytest.raises(FactoryError) as e:
             with writer_lock(path):
                 pass
-        assert re.fullmatch(rf".*c\.jsonl: another eval \(pid {os.getpid()}\) is writing it; wait for it, "
-                            r"use another --out, or read what it has so far with --cached-only", str(e.value))
+        assert re.fullmatch(
+            rf".*c\.jsonl: another eval \(pid {os.getpid()}\) is writing it; wait for it, "
+            r"use another --out, or read what it has so far with --cached-only",
+            str(e.value),
+        )
     with writer_lock(path):  # released on exit, also after the failed attempt
         pass
 
@@ -142,13 +147,16 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     digest = content_hash(hash_tree(model))
-    requests = [Request(messages=[{"role": "user", "content": str(i)}], sampling=Sampling(max_tokens=4))
-                for i in range(1000)]
+    requests = [
+        Request(messages=[{"role": "user", "content": str(i)}], sampling=Sampling(max_tokens=4)) for i in range(1000)
+    ]
     untagged = {"engine": "vllm", "dtype": "float32", "model": digest}  # rows from before rows named it
     path = tmp_path / "c.jsonl"
     cache = CompletionCache(path)
-    cache.add_completions([cache.request_key(untagged, requests[i]) for i in (1, 2, 3)],
-                          [Completion(["x"], [1], ["stop"])] * 3)
+    cache.add_completions(
+        [cache.request_key(untagged, requests[i]) for i in (1, 2, 3)], [Completion(["x"], [1], ["stop"])] * 3
+    )
+
     def found(model, engine=None):
         ident, got = cached_identity(CompletionCache(path, readonly=True), requests, model, engine)
         assert len(got) == len(requests)
@@ -157,8 +165,9 @@ def test_cached_identity_finds_a_few_rows_the_probe_skips(tmp_path):
     assert found(str(model)) == (untagged, [1, 2, 3], {"x"})
     assert found(str(model), engine="hf") == (None, [], set())
     tagged = {"engine": "openai", "dtype": None, "model": "served", "base_url": "http://h/v1"}
-    cache.add_completions([cache.request_key(tagged, r) for r in requests[::2]], [Completion(["y"], [1], ["stop"])] * 500,
-                          tagged)
+    cache.add_completions(
+        [cache.request_key(tagged, r) for r in requests[::2]], [Completion(["y"], [1], ["stop"])] * 500, tagged
+    )
     assert found("served") == (tagged, list(range(0, 1000, 2)), {"y"})
 
 

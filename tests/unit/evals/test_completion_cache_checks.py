@@ -36,8 +36,10 @@ def test_an_edited_completion_is_reported_not_used_and_made_again(tmp_path, caps
     later = RecordingEngine()
     got = CachedEngine(later, CompletionCache(path)).generate(_requests("one", "two", "three"))
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == (f"warning: {path}: 1 of its lines discarded, line 2 does not match its checksum; "
-                      "their entries are computed again")
+    assert err[0] == (
+        f"warning: {path}: 1 of its lines discarded, line 2 does not match its checksum; "
+        "their entries are computed again"
+    )
     assert later.calls == [["two"]] and [c.texts[0] for c in got] == ["eno", "owt", "eerht"]
     assert "forged" not in path.read_text()  # dropped by the writer: reported once
     CompletionCache(path)
@@ -56,8 +58,10 @@ def test_unchecked_damaged_and_foreign_lines_are_counted_in_one_line(tmp_path, c
     capsys.readouterr()
     again = CompletionCache(path)
     err = capsys.readouterr().err
-    assert err == (f"warning: {path}: 4 of its lines discarded, line 1 does not match its checksum (3 more lines "
-                   "fail their check); their entries are computed again\n")
+    assert err == (
+        f"warning: {path}: 4 of its lines discarded, line 1 does not match its checksum (3 more lines "
+        "fail their check); their entries are computed again\n"
+    )
     assert len(again) == 1 and again.completion("b").texts == ["x"]
     assert again.completion("a") is None and again.completion("old") is None
 
@@ -82,7 +86,8 @@ def test_a_reader_reports_but_leaves_the_file_alone(tmp_path, capsys):
     before = path.read_bytes()
     capsys.readouterr()
     reader = CompletionCache(path, readonly=True)
-    assert capsys.readouterr().err == (f"warning: {path}: 1 of its lines discarded, line 1 does not match its "
-                                       "checksum; not used by this read\n")
+    assert capsys.readouterr().err == (
+        f"warning: {path}: 1 of its lines discarded, line 1 does not match its checksum; not used by this read\n"
+    )
     assert reader.completion("a") is None and reader.completion("b").texts == ["x"]
     assert path.read_bytes() == before

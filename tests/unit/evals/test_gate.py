@@ -1,4 +1,5 @@
 """Suite YAML validation (one-line errors naming file and key) and the gate's verdicts and exit codes."""
+
 import json
 
 import pytest
@@ -10,13 +11,28 @@ from factory.cli import main
 
 def _results(per_task: dict[str, list[float]], path=None) -> dict:
     """A results file whose tasks have one 'accuracy' metric over samples 0..n-1."""
-    samples = [{"task": t, "id": str(i), "metrics": {"accuracy": v}, "outputs": [], "reason": None}
-               for t, values in per_task.items() for i, v in enumerate(values)]
-    tasks = {t: {"task": t, "headline": "accuracy", "n": len(v),
-                 "metrics": res.summarize([s for s in samples if s["task"] == t], ("accuracy",))}
-             for t, v in per_task.items()}
-    data = {"format": res.FORMAT, "model": {"label": "m"}, "engine": {"name": "hf"},
-            "suite": {"name": "s"}, "tasks": tasks, "samples": samples}
+    samples = [
+        {"task": t, "id": str(i), "metrics": {"accuracy": v}, "outputs": [], "reason": None}
+        for t, values in per_task.items()
+        for i, v in enumerate(values)
+    ]
+    tasks = {
+        t: {
+            "task": t,
+            "headline": "accuracy",
+            "n": len(v),
+            "metrics": res.summarize([s for s in samples if s["task"] == t], ("accuracy",)),
+        }
+        for t, v in per_task.items()
+    }
+    data = {
+        "format": res.FORMAT,
+        "model": {"label": "m"},
+        "engine": {"name": "hf"},
+        "suite": {"name": "s"},
+        "tasks": tasks,
+        "samples": samples,
+    }
     if path is not None:
         res.write(data, path)
     return data
@@ -35,6 +51,7 @@ def files(tmp_path):
         _results(base, b)
         _results(cand, c)
         return str(c), str(b)
+
     return make
 
 
@@ -81,13 +98,16 @@ def test_missing_task_fails(files, capsys):
     assert "mbpp/accuracy missing" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--max-drop", "gsm8k/accuracy"], "--max-drop 'gsm8k/accuracy': expected task/metric=DROP"),
-    (["--max-drop", "gsm8k/accuracy=-1"], "expected task/metric=DROP with DROP >= 0"),
-    (["--max-drop", "gsm8k/acc=0.1"], "--max-drop gsm8k/acc: no such task or task/metric"),
-    (["--default-max-drop", "-0.1"], "--default-max-drop -0.1: must be >= 0"),
-    (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--max-drop", "gsm8k/accuracy"], "--max-drop 'gsm8k/accuracy': expected task/metric=DROP"),
+        (["--max-drop", "gsm8k/accuracy=-1"], "expected task/metric=DROP with DROP >= 0"),
+        (["--max-drop", "gsm8k/acc=0.1"], "--max-drop gsm8k/acc: no such task or task/metric"),
+        (["--default-max-drop", "-0.1"], "--default-max-drop -0.1: must be >= 0"),
+        (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
+    ],
+)
 def test_bad_gate_arguments_exit_2(files, capsys, args, expected):
     same = {"gsm8k": _acc(20, 10)}
     assert main(["gate", *files(same, same), *args]) == 2
@@ -100,10 +120,11 @@ def test_bad_gate_files_exit_2(tmp_path, capsys):
     _results({"gsm8k": _acc(10, 5)}, good)
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text('{"format": 99}')
-    for path, expected in ((tmp_path / "nope.json", "nope.json: no such results file"),
-                           (tmp_path / "bad.json", "bad.json:1: not valid JSON"),
-                           (tmp_path / "other.json", "other.json: not a results file")):
+    for path, expected in (
+        (tmp_path / "nope.json", "nope.json: no such results file"),
+        (tmp_path / "bad.json", "bad.json:1: not valid JSON"),
+        (tmp_path / "other.json", "other.json: not a results file"),
+    ):
         assert main(["gate", str(path), str(good)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
-

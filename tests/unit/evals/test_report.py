@@ -14,21 +14,34 @@ def cell(value, lo, hi, n):
 
 
 def result(tasks, name="m", wall_s=12.4, missing=None):
-    out = {"model": {"path": f"runs/{name}", "hash": "abcdef0123456789"}, "suite": {"name": "quick"},
-           "engine": {"engine": "hf"}, "wall_s": wall_s, "tasks": tasks}
+    out = {
+        "model": {"path": f"runs/{name}", "hash": "abcdef0123456789"},
+        "suite": {"name": "quick"},
+        "engine": {"engine": "hf"},
+        "wall_s": wall_s,
+        "tasks": tasks,
+    }
     if missing:
         out["missing"] = missing
     return out
 
 
-TEACHER = result({
-    "gsm8k": {"headline": "exact_match", "metrics": {"exact_match": cell(0.5, 0.25, 0.75, 8),
-                                                     "format": cell(1.0, 1.0, 1.0, 8)}},
-    "ifeval": {"headline": "prompt_acc", "metrics": {"prompt_acc": cell(0.3333, 0.1, 0.6, 9)}},
-}, name="teacher")
-STUDENT = result({
-    "gsm8k": {"headline": "exact_match", "metrics": {"exact_match": cell(0.125, 0.0, 0.375, 8)}},
-}, name="student", wall_s=3.0, missing={"ifeval": {"have": 4, "of": 9}, "bfcl": {}})
+TEACHER = result(
+    {
+        "gsm8k": {
+            "headline": "exact_match",
+            "metrics": {"exact_match": cell(0.5, 0.25, 0.75, 8), "format": cell(1.0, 1.0, 1.0, 8)},
+        },
+        "ifeval": {"headline": "prompt_acc", "metrics": {"prompt_acc": cell(0.3333, 0.1, 0.6, 9)}},
+    },
+    name="teacher",
+)
+STUDENT = result(
+    {"gsm8k": {"headline": "exact_match", "metrics": {"exact_match": cell(0.125, 0.0, 0.375, 8)}}},
+    name="student",
+    wall_s=3.0,
+    missing={"ifeval": {"have": 4, "of": 9}, "bfcl": {}},
+)
 RUNS = [("teacher", TEACHER), ("student <b>", STUDENT)]
 
 
@@ -53,7 +66,8 @@ def test_markdown_lists_models_table_gaps_and_chart():
     md = markdown(RUNS, chart="report.png")
     lines = md.splitlines()
     assert lines[:4] == [
-        "# Evaluation report", "",
+        "# Evaluation report",
+        "",
         "- **teacher**: runs/teacher (hash abcdef012345), suite quick, engine hf, 12 s",
         "- **student <b>**: runs/student (hash abcdef012345), suite quick, engine hf, 3 s",
     ]
@@ -61,8 +75,7 @@ def test_markdown_lists_models_table_gaps_and_chart():
     assert "|---|---|---|---|" in lines
     assert "| gsm8k | exact_match | 0.500 [0.250, 0.750] | 0.125 [0.000, 0.375] |" in lines
     assert "| ifeval | prompt_acc | 0.333 [0.100, 0.600] | - |" in lines
-    assert ("Not scored for student <b> (scored from an incomplete completions file): ifeval (4/9), bfcl."
-            in lines)
+    assert "Not scored for student <b> (scored from an incomplete completions file): ifeval (4/9), bfcl." in lines
     assert lines[-1] == "![headline metrics](report.png)"
     assert md.endswith("\n")
     assert "![" not in markdown(RUNS)

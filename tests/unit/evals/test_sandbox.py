@@ -50,21 +50,24 @@ def _hostile_programs(tmp: Path, port: int) -> dict[str, str]:
         "loop": "while True:\n    pass\n",
         "sleep": "import time\ntime.sleep(60)\n",
         "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-        "escape_group": ("import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n        os.setsid()\n"
-                         "        time.sleep(60)\n        os._exit(0)\ntime.sleep(60)\n"),
+        "escape_group": (
+            "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n        os.setsid()\n"
+            "        time.sleep(60)\n        os._exit(0)\ntime.sleep(60)\n"
+        ),
         "memory_bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))\n",
         "huge_file": "with open('big.bin', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * (1 << 20))\n",
         "write_parent_tmp": f"open({str(tmp / 'outside.txt')!r}, 'w').write('gotcha')\n",
         "write_repo": f"open({str(ROOT / 'SANDBOX_ESCAPE.txt')!r}, 'w').write('gotcha')\n",
         "write_tmp": f"open('/tmp/sandbox-escape-{me}.txt', 'w').write('gotcha')\n",
         "write_root_home": f"open('/root/.sandbox-escape-{me}', 'w').write('gotcha')\n",
-        "read_env": ("import os\nseen = set(os.environ)\nfor pid in os.listdir('/proc'):\n    try:\n"
-                     "        data = open(f'/proc/{pid}/environ', 'rb').read()\n    except (OSError, ValueError):\n"
-                     "        continue\n    seen |= {kv.split(b'=')[0].decode(errors='replace') "
-                     "for kv in data.split(b'\\0') if kv}\nprint(sorted(seen))\n"),
+        "read_env": (
+            "import os\nseen = set(os.environ)\nfor pid in os.listdir('/proc'):\n    try:\n"
+            "        data = open(f'/proc/{pid}/environ', 'rb').read()\n    except (OSError, ValueError):\n"
+            "        continue\n    seen |= {kv.split(b'=')[0].decode(errors='replace') "
+            "for kv in data.split(b'\\0') if kv}\nprint(sorted(seen))\n"
+        ),
         "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
-        "raw_socket": (f"import _socket\ns = _socket.socket()\ns.settimeout(3)\n"
-                       f"s.connect(('127.0.0.1', {port}))\n"),
+        "raw_socket": (f"import _socket\ns = _socket.socket()\ns.settimeout(3)\ns.connect(('127.0.0.1', {port}))\n"),
         "kill_parent": f"import os, signal\nos.kill({me}, signal.SIGKILL)\n",
         "kill_parent_group": f"import os, signal\nos.killpg({group}, signal.SIGKILL)\n",
         "kill_launcher": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
@@ -140,8 +143,12 @@ def test_huge_file_is_stopped(hostile):
 def _escapes(tmp: Path) -> list[Path]:
     """Host paths the write_* programs aimed at; none may exist afterwards."""
     me = os.getpid()
-    targets = [tmp / "outside.txt", ROOT / "SANDBOX_ESCAPE.txt", Path(f"/tmp/sandbox-escape-{me}.txt"),
-               Path(f"/root/.sandbox-escape-{me}")]
+    targets = [
+        tmp / "outside.txt",
+        ROOT / "SANDBOX_ESCAPE.txt",
+        Path(f"/tmp/sandbox-escape-{me}.txt"),
+        Path(f"/root/.sandbox-escape-{me}"),
+    ]
     return [p for p in targets if p.exists()]
 
 
@@ -190,7 +197,8 @@ def test_kill_everything_reaches_nothing(isolation, tmp_path):
     if not _contains_signals(isolation):
         pytest.skip("no pid namespace or landlock signal scoping here: kill(-1) would hit our processes")
     result = Sandbox(FAST, tmp_root=str(tmp_path)).run(
-        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('alive')\n")
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('alive')\n"
+    )
     assert result.passed and result.stdout == "alive\n"
 
 
@@ -201,8 +209,16 @@ def test_weaker_modes_still_contain(mode, tmp_path, server, monkeypatch):
     if text is None or (mode == "none" and "no signals out of the box" not in text):
         pytest.skip(f"isolation {mode!r} is not contained on this machine: {text}")
     monkeypatch.setenv(SECRET_NAME, "hunter2")
-    failing = ["write_parent_tmp", "write_repo", "write_root_home", "socket", "raw_socket",
-               "kill_parent", "kill_parent_group", "kill_launcher"]
+    failing = [
+        "write_parent_tmp",
+        "write_repo",
+        "write_root_home",
+        "socket",
+        "raw_socket",
+        "kill_parent",
+        "kill_parent_group",
+        "kill_launcher",
+    ]
     names = failing + ["read_env", "huge_file", "sleep", "write_tmp"]
     results = _run_hostile(mode, tmp_path, server.getsockname()[1], names)
     if str(ROOT).startswith("/tmp/"):
@@ -210,13 +226,17 @@ def test_weaker_modes_still_contain(mode, tmp_path, server, monkeypatch):
         # write lands there and vanishes with the box; _escapes below checks the host.
         failing.remove("write_repo")
     assert {n: results[n].status for n in failing + ["huge_file", "sleep"]} == {
-        **{n: "failed" for n in failing}, "huge_file": "limit", "sleep": "timeout"}
+        **{n: "failed" for n in failing},
+        "huge_file": "limit",
+        "sleep": "timeout",
+    }
     assert results["read_env"].passed and SECRET_NAME not in results["read_env"].stdout
     assert _escapes(tmp_path) == []
     _no_connection(server)
 
 
 # ------------------------------------------------------------ known programs
+
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
@@ -225,13 +245,22 @@ def box(tmp_path_factory):
 
 KNOWN = {
     "passing": ("def f(x):\n    return 2 * x\n\nassert f(3) == 6\nprint('ok')\n", "passed", None),
-    "failing": ("def f(x):\n    return x\n\nassert f(3) == 6\n", "failed",
-                "AssertionError at line 4: assert f(3) == 6"),
-    "assert_message": ("assert 1 + 1 == 3, 'math is broken'\n", "failed",
-                       "AssertionError: math is broken at line 1: assert 1 + 1 == 3, 'math is broken'"),
+    "failing": (
+        "def f(x):\n    return x\n\nassert f(3) == 6\n",
+        "failed",
+        "AssertionError at line 4: assert f(3) == 6",
+    ),
+    "assert_message": (
+        "assert 1 + 1 == 3, 'math is broken'\n",
+        "failed",
+        "AssertionError: math is broken at line 1: assert 1 + 1 == 3, 'math is broken'",
+    ),
     "syntax_error": ("def f(:\n    pass\n", "failed", "SyntaxError: invalid syntax at line 1: def f(:"),
-    "name_error": ("print(undefined_name)\n", "failed",
-                   "NameError: name 'undefined_name' is not defined at line 1: print(undefined_name)"),
+    "name_error": (
+        "print(undefined_name)\n",
+        "failed",
+        "NameError: name 'undefined_name' is not defined at line 1: print(undefined_name)",
+    ),
     "segfault": ("import ctypes\nctypes.string_at(0)\n", "crashed", "killed by SIGSEGV"),
     "early_exit": ("import sys\nsys.exit(0)\nassert False\n", "failed", "exited with code 0 before the end"),
     "hard_exit": ("import os\nos._exit(0)\n", "failed", "exited before the end (exit code 0)"),
@@ -261,8 +290,10 @@ def test_output_keeps_a_capped_tail(tmp_path):
 
 
 def test_workdir_is_private_and_writable(box):
-    result = box.run("import os\nopen('a.txt', 'w').write('x' * 10)\nprint(os.path.getsize('a.txt'), "
-                     "os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'])\n")
+    result = box.run(
+        "import os\nopen('a.txt', 'w').write('x' * 10)\nprint(os.path.getsize('a.txt'), "
+        "os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'])\n"
+    )
     assert result.passed and result.stdout == "10 True\n"
 
 

@@ -21,7 +21,7 @@ SLOW_HUNT = Limits(wall_s=10.0, memory_mb=512, file_mb=4, processes=8)
 # Collects every string or bytes that could be a token, from anything it is
 # given, and prints each the way a runner prints its pass line: old style (hex)
 # and new (16 raw bytes as colon-separated hex), then exits 0 before the tests.
-HUNT = r'''
+HUNT = r"""
 import os, re, marshal
 _found = []
 _write, _exit = os.write, os._exit
@@ -77,10 +77,12 @@ def _forge():
     except OSError:
         pass
     _exit(0)
-'''
+"""
 
-ATTACKS = {name: textwrap.dedent(source) for name, source in {
-    "proc_cmdline": """
+ATTACKS = {
+    name: textwrap.dedent(source)
+    for name, source in {
+        "proc_cmdline": """
         for pid in ['self'] + [p for p in os.listdir('/proc') if p.isdigit()]:
             try:
                 _keep(open('/proc/%s/cmdline' % pid, 'rb').read())
@@ -88,22 +90,22 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
                 pass
         _forge()
         """,
-    "sys_argv": """
+        "sys_argv": """
         import sys
         _keep(sys.argv)
         _keep(getattr(sys, 'orig_argv', []))
         _forge()
         """,
-    "main_globals": """
+        "main_globals": """
         import sys
         _keep(vars(sys.modules['__main__']))
         _forge()
         """,
-    "frames": """
+        "frames": """
         _frames()
         _forge()
         """,
-    "gc_objects": """
+        "gc_objects": """
         import gc
         for o in gc.get_objects():
             _keep(o, 3)
@@ -112,10 +114,10 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
                     _keep(r)
         _forge()
         """,
-    "exit_before_tests": """
+        "exit_before_tests": """
         os._exit(0)
         """,
-    "atexit_hook": """
+        "atexit_hook": """
         import atexit, sys
 
         def hook():
@@ -126,7 +128,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
         atexit.register(hook)
         raise SystemExit(0)
         """,
-    "forked_child": """
+        "forked_child": """
         import sys
         child = os.fork()
         if child == 0:
@@ -136,7 +138,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
         os.waitpid(child, 0)
         os._exit(0)
         """,
-    "orphan_after_exit": """
+        "orphan_after_exit": """
         import sys
         _keep(vars(sys.modules['__main__']))
         _frames()
@@ -147,7 +149,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
             _forge()
         os._exit(0)
         """,
-    "patched_builtins": """
+        "patched_builtins": """
         import builtins, sys
         names = ('isinstance', 'getattr', 'type', 'str', 'len', '__import__')
         real = {n: getattr(builtins, n) for n in names}
@@ -165,7 +167,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
         for n in names:
             setattr(builtins, n, spy)
         """,
-    "patched_os": """
+        "patched_os": """
         def write(fd, data):  # whatever the runner writes carries its marks
             _keep(data)
             _forge()
@@ -173,7 +175,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
         os.write = write
         os._exit = lambda code: _exit(0)
         """,
-    "fds_and_environment": """
+        "fds_and_environment": """
         _keep(dict(os.environ))
         for pid in ['self'] + os.listdir('/proc'):
             try:
@@ -197,7 +199,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
                 pass
         _forge()
         """,
-    "status_pipe": """
+        "status_pipe": """
         fake = '00' + ':00' * 15
         for pid in os.listdir('/proc'):
             try:
@@ -213,7 +215,7 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
         _found.append(fake)
         _forge()
         """,
-    "own_memory": """
+        "own_memory": """
         pattern = re.compile(rb'[0-9a-f]{32}|[0-9a-f]{2}(?::[0-9a-f]{2}){15}')
         try:
             maps = open('/proc/self/maps').read().splitlines()
@@ -233,7 +235,8 @@ ATTACKS = {name: textwrap.dedent(source) for name, source in {
             _found.extend(m.group().decode() for m in pattern.finditer(chunk))
         _forge()
         """,
-}.items()}
+    }.items()
+}
 
 
 @pytest.fixture(scope="module")
@@ -310,22 +313,38 @@ def test_no_pass_without_the_runners_announcement():
 
 # ----------------------------------------------- what pairs refuse to trust
 
-@pytest.mark.parametrize("code", [
-    "import os\nos._exit(0)\n", "import sys\n", "from os import path\n", "import gc\n", "import builtins\n",
-    "import ctypes\n", "import posix\n", "x = __import__('o' + 's')\n", "__builtins__['print']\n",
-    "open('/proc/self/mem')\n", "def f():\n    raise E\n    e.__traceback__.tb_frame.f_back\n",
-    "import importlib\nimportlib.import_module('os')\n", "import os.path as p\n",
-])
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nos._exit(0)\n",
+        "import sys\n",
+        "from os import path\n",
+        "import gc\n",
+        "import builtins\n",
+        "import ctypes\n",
+        "import posix\n",
+        "x = __import__('o' + 's')\n",
+        "__builtins__['print']\n",
+        "open('/proc/self/mem')\n",
+        "def f():\n    raise E\n    e.__traceback__.tb_frame.f_back\n",
+        "import importlib\nimportlib.import_module('os')\n",
+        "import os.path as p\n",
+    ],
+)
 def test_runtime_access_flags_code_that_can_reach_the_runner(code):
     assert runtime_access(code) is not None
 
 
-@pytest.mark.parametrize("code", [
-    "import math\n\ndef f(x):\n    return math.sqrt(x)\n",
-    "from collections import Counter\n\ndef most(xs):\n    return Counter(xs).most_common(1)[0][0]\n",
-    "def cost(items):\n    return sum(i.cost for i in items)  # a 'sys' word in a comment\n",
-    "import re\n\ndef words(s):\n    return re.findall(r'[a-z]+', s.lower())\n",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import math\n\ndef f(x):\n    return math.sqrt(x)\n",
+        "from collections import Counter\n\ndef most(xs):\n    return Counter(xs).most_common(1)[0][0]\n",
+        "def cost(items):\n    return sum(i.cost for i in items)  # a 'sys' word in a comment\n",
+        "import re\n\ndef words(s):\n    return re.findall(r'[a-z]+', s.lower())\n",
+    ],
+)
 def test_runtime_access_passes_ordinary_solutions(code):
     assert runtime_access(code) is None
 
@@ -343,15 +362,20 @@ def test_pairs_do_not_trust_code_answers_that_reach_the_runner():
     from factory.alignment.verifiers import Verifiable
     from factory.stages.pairs import PairsConfig, choose_pair, trusted_scores
 
-    honest, forger, wrong = ("def f(x):\n    return 2 * x\n", "import os\nprint('x')\nos._exit(0)\n",
-                             "def f(x):\n    return x\n")
+    honest, forger, wrong = (
+        "def f(x):\n    return 2 * x\n",
+        "import os\nprint('x')\nos._exit(0)\n",
+        "def f(x):\n    return x\n",
+    )
     code_task = Verifiable("code-0", [], lambda a: 1.0, runs_code=True)
     scores = trusted_scores(code_task, [forger, honest, wrong], [1.0, 1.0, 0.0])
     assert scores[1:] == [1.0, 0.0] and scores[0] != scores[0]  # NaN: neither passing nor failing
     cfg = PairsConfig(model="m")
     assert choose_pair([forger, honest, wrong], scores, cfg, random.Random(0)) == (honest, wrong)
-    assert choose_pair([forger, wrong], trusted_scores(code_task, [forger, wrong], [1.0, 0.0]), cfg,
-                       random.Random(0)) is None
+    assert (
+        choose_pair([forger, wrong], trusted_scores(code_task, [forger, wrong], [1.0, 0.0]), cfg, random.Random(0))
+        is None
+    )
     prose = Verifiable("constraints-0", [], lambda a: 1.0)
     assert trusted_scores(prose, ["import os", "ok"], [1.0, 0.0]) == [1.0, 0.0]
 

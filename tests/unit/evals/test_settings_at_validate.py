@@ -20,21 +20,34 @@ def _validate(capsys, *args) -> tuple[int, list[str]]:
 def test_an_unknown_engine_setting_fails_validation(capsys):
     code, err = _validate(capsys, "recipes/smoke.yaml", "stages.evaluate.engine_settings.bogus_key=1")
     assert code == 2
-    assert err == ["error: recipes/smoke.yaml: stages.evaluate.engine_settings.bogus_key: unknown setting of "
-                   f"engine hf (known: {HF_SETTINGS})"]
+    assert err == [
+        "error: recipes/smoke.yaml: stages.evaluate.engine_settings.bogus_key: unknown setting of "
+        f"engine hf (known: {HF_SETTINGS})"
+    ]
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("stages.evaluate.engine_settings.max_batch=0",
-     "stages.evaluate.engine_settings: engine hf: setting 'max_batch' must be a positive integer (got 0)"),
-    ("stages.evaluate.engine_settings.dtype=fp8",
-     "stages.evaluate.engine_settings: engine hf: setting 'dtype' must be one of float32, bfloat16, float16"),
-    ("stages.evaluate.suite.engine_settings.hf.batch=4",
-     "stages.evaluate.suite.engine_settings.hf.batch: unknown setting of engine hf"),
-    ("stages.evaluate.suite.engine_settings.vllm.max_num_seqs=0",
-     "stages.evaluate.suite.engine_settings.vllm: engine vllm: setting 'max_num_seqs' must be a positive integer"),
-    ("stages.evaluate.engine=vllm", None),  # the smoke suite's settings hold for vllm too
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "stages.evaluate.engine_settings.max_batch=0",
+            "stages.evaluate.engine_settings: engine hf: setting 'max_batch' must be a positive integer (got 0)",
+        ),
+        (
+            "stages.evaluate.engine_settings.dtype=fp8",
+            "stages.evaluate.engine_settings: engine hf: setting 'dtype' must be one of float32, bfloat16, float16",
+        ),
+        (
+            "stages.evaluate.suite.engine_settings.hf.batch=4",
+            "stages.evaluate.suite.engine_settings.hf.batch: unknown setting of engine hf",
+        ),
+        (
+            "stages.evaluate.suite.engine_settings.vllm.max_num_seqs=0",
+            "stages.evaluate.suite.engine_settings.vllm: engine vllm: setting 'max_num_seqs' must be a positive integer",
+        ),
+        ("stages.evaluate.engine=vllm", None),  # the smoke suite's settings hold for vllm too
+    ],
+)
 def test_nested_engine_settings_fail_validation(capsys, override, expected):
     code, err = _validate(capsys, "recipes/smoke.yaml", override)
     if expected is None:
@@ -53,16 +66,25 @@ stages:
 """
 
 
-@pytest.mark.parametrize("suite,expected", [
-    ("{name: s, tasks: [{task: gsm8k, shots: 3}]}",
-     "r.yaml: stages.evaluate.suite.tasks[0]: task gsm8k: shots must be 0 or 8, got 3"),
-    ("{name: s, tasks: [{task: bfcl, category: nope}]}",
-     "r.yaml: stages.evaluate.suite.tasks[0]: task bfcl: unknown category 'nope'"),
-    ("{name: s, tasks: [{task: harness, tasks: [arc_easy], num_fewshot: -1}]}",
-     "r.yaml: stages.evaluate.suite.tasks[0]: "),
-    ("suite.yaml", "suite.yaml: engine_settings.hf.bogus: unknown setting of engine hf"),
-    ("nowhere.yaml", "r.yaml: stages.evaluate.suite: "),
-])
+@pytest.mark.parametrize(
+    "suite,expected",
+    [
+        (
+            "{name: s, tasks: [{task: gsm8k, shots: 3}]}",
+            "r.yaml: stages.evaluate.suite.tasks[0]: task gsm8k: shots must be 0 or 8, got 3",
+        ),
+        (
+            "{name: s, tasks: [{task: bfcl, category: nope}]}",
+            "r.yaml: stages.evaluate.suite.tasks[0]: task bfcl: unknown category 'nope'",
+        ),
+        (
+            "{name: s, tasks: [{task: harness, tasks: [arc_easy], num_fewshot: -1}]}",
+            "r.yaml: stages.evaluate.suite.tasks[0]: ",
+        ),
+        ("suite.yaml", "suite.yaml: engine_settings.hf.bogus: unknown setting of engine hf"),
+        ("nowhere.yaml", "r.yaml: stages.evaluate.suite: "),
+    ],
+)
 def test_task_options_and_suite_files_fail_validation(tmp_path, capsys, suite, expected):
     (tmp_path / "suite.yaml").write_text("name: s\nengine_settings: {hf: {bogus: 1}}\ntasks: [{task: gsm8k}]\n")
     (tmp_path / "r.yaml").write_text(RECIPE % suite)
@@ -75,12 +97,15 @@ def test_a_suite_file_engine_settings_over_it_are_checked(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(RECIPE % "suite.yaml")
     assert _validate(capsys, tmp_path / "r.yaml") == (0, [])
     code, err = _validate(capsys, tmp_path / "r.yaml", "stages.evaluate.engine_settings.max_batch=8")
-    assert code == 2 and err == [f"error: {tmp_path / 'r.yaml'}: stages.evaluate.engine_settings.max_batch: "
-                                 "unknown setting of engine vllm (known: dtype, tensor_parallel_size, "
-                                 "data_parallel_size, max_num_seqs, max_model_len, gpu_memory_utilization, "
-                                 "kv_cache_memory_bytes, enforce_eager, seed, trust_remote_code, engine_args)"]
-    code, err = _validate(capsys, tmp_path / "r.yaml", "stages.evaluate.engine=hf",
-                          "stages.evaluate.engine_settings.max_batch=8")
+    assert code == 2 and err == [
+        f"error: {tmp_path / 'r.yaml'}: stages.evaluate.engine_settings.max_batch: "
+        "unknown setting of engine vllm (known: dtype, tensor_parallel_size, "
+        "data_parallel_size, max_num_seqs, max_model_len, gpu_memory_utilization, "
+        "kv_cache_memory_bytes, enforce_eager, seed, trust_remote_code, engine_args)"
+    ]
+    code, err = _validate(
+        capsys, tmp_path / "r.yaml", "stages.evaluate.engine=hf", "stages.evaluate.engine_settings.max_batch=8"
+    )
     assert (code, err) == (0, [])
 
 
@@ -91,12 +116,15 @@ def test_check_engine_settings_names_the_setting():
     assert e.value.where == "concurency" and "unknown setting of engine openai" in e.value.message
     with pytest.raises(ConfigError) as e:
         check_engine_settings("openai", {"retries": -1})
-    assert e.value.where == "" and e.value.message == "engine openai: setting 'retries' must be an integer >= 0 (got -1)"
+    assert (
+        e.value.where == "" and e.value.message == "engine openai: setting 'retries' must be an integer >= 0 (got -1)"
+    )
 
 
 def test_check_suite_is_separate_from_parsing():
-    suite = parse_suite({"name": "s", "engine_settings": {"hf": {"batch_size": 4}}, "tasks": [{"task": "gsm8k"}]},
-                        "s.yaml")
+    suite = parse_suite(
+        {"name": "s", "engine_settings": {"hf": {"batch_size": 4}}, "tasks": [{"task": "gsm8k"}]}, "s.yaml"
+    )
     assert suite.settings_for("hf") == {"batch_size": 4}  # parsed as written
     with pytest.raises(ConfigError) as e:
         check_suite(suite)

@@ -18,13 +18,16 @@ def _failing_run(monkeypatch, err: BaseException) -> None:
     monkeypatch.setattr(pipeline_module.Pipeline, "run", run)
 
 
-@pytest.mark.parametrize("code, says, fix", [
-    (errno.EACCES, "access {}: permission denied", "make it writable and rerun the same command to resume"),
-    (errno.EPERM, "access {}: permission denied", "make it writable and rerun the same command to resume"),
-    (errno.EROFS, "write {}: read-only file system", "remount it writable or use another --runs-dir, then rerun"),
-    (errno.ENOSPC, "write {}: no space left on device", "free some space and rerun the same command to resume"),
-    (errno.EDQUOT, "write {}: disk quota exceeded", "free some space and rerun the same command to resume"),
-])
+@pytest.mark.parametrize(
+    "code, says, fix",
+    [
+        (errno.EACCES, "access {}: permission denied", "make it writable and rerun the same command to resume"),
+        (errno.EPERM, "access {}: permission denied", "make it writable and rerun the same command to resume"),
+        (errno.EROFS, "write {}: read-only file system", "remount it writable or use another --runs-dir, then rerun"),
+        (errno.ENOSPC, "write {}: no space left on device", "free some space and rerun the same command to resume"),
+        (errno.EDQUOT, "write {}: disk quota exceeded", "free some space and rerun the same command to resume"),
+    ],
+)
 def test_an_oserror_naming_its_file_is_one_line(tmp_path, monkeypatch, capsys, code, says, fix):
     lock = tmp_path / "smoke" / ".lock"
     _failing_run(monkeypatch, OSError(code, "injected", str(lock)))
@@ -49,7 +52,8 @@ def test_a_command_without_a_runs_dir_still_says_what_failed(tmp_path, monkeypat
     monkeypatch.setattr(cli, "cmd_validate", full)
     assert main(["validate", str(SMOKE)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: cannot write a file: no space left on device; free some space and rerun the same command to resume"]
+        "error: cannot write a file: no space left on device; free some space and rerun the same command to resume"
+    ]
 
 
 def test_other_errors_are_not_disguised(tmp_path, monkeypatch):

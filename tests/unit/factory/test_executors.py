@@ -34,7 +34,10 @@ def test_a_stage_pinned_to_nemo_gets_the_nemo_executor_and_the_others_native(tmp
     (tmp_path / "corpus.txt").write_text("\n\n".join(f"paragraph {i} " * 20 for i in range(10)))
     recipe = load_recipe(write(tmp_path / "r.yaml", ONE_NEMO_STAGE))
     assert {s: executor_name(recipe, s) for s in recipe.stages} == {
-        "correct": "native", "distill": "nemo", "again": "native"}
+        "correct": "native",
+        "distill": "nemo",
+        "again": "native",
+    }
     assert engines_used(recipe) == {"native", "nemo"}
     pipe = Pipeline(recipe, tmp_path / "runs", progress=False)
     assert isinstance(pipe.executor("distill"), NemoExecutor)
@@ -43,11 +46,20 @@ def test_a_stage_pinned_to_nemo_gets_the_nemo_executor_and_the_others_native(tmp
 
 
 def test_kinds_without_a_nemo_job_run_natively_under_the_nemo_engine():
-    recipe = load_recipe(RECIPES / "smollm2-minitron.yaml", ["engine=nemo", "engines.prune=native",
-                                                             "nemo.gpus_per_node=4"])
+    recipe = load_recipe(
+        RECIPES / "smollm2-minitron.yaml", ["engine=nemo", "engines.prune=native", "nemo.gpus_per_node=4"]
+    )
     chosen = {s: executor_name(recipe, s) for s in recipe.stages}
-    assert chosen == {"correct": "nemo", "prune": "native", "distill": "nemo", "sft": "nemo", "dpo": "nemo",
-                      "evaluate": "native", "gate": "native", "release": "native"}
+    assert chosen == {
+        "correct": "nemo",
+        "prune": "native",
+        "distill": "nemo",
+        "sft": "nemo",
+        "dpo": "nemo",
+        "evaluate": "native",
+        "gate": "native",
+        "release": "native",
+    }
     assert recipe.engine_of("evaluate") == "nemo"  # the recipe's engine, which its manifest records
 
 

@@ -30,19 +30,32 @@ def _validate(tmp_path, capsys, max_tokens="64", lr="2.0e-5", overrides=()):
     return code, capsys.readouterr()
 
 
-@pytest.mark.parametrize("max_tokens,lr,message", [
-    # the integer 10^30 once validated and trained "forever" at a learning rate of ~1e-27
-    ("1000000000000000000000000000000", "2.0e-5",
-     "r.yaml: stages.correct.max_tokens: 1000000000000000000000000000000 is out of range: "
-     "it does not fit a 64-bit integer"),
-    ("1000000000000000000", "2.0e-5",
-     "r.yaml: stages.correct.max_tokens: 1000000000000000000 tokens at 64 tokens per step make 1.56e+16 "
-     "optimizer steps, more than the 1e+09 a run can take"),
-    ("64", ".inf", "r.yaml: stages.correct.lr: expected a finite number, got float inf"),
-    ("64", ".nan", "r.yaml: stages.correct.lr: expected a finite number, got float nan"),
-    ("640", "1.0e-40", "r.yaml: stages.correct.lr: the schedule's smallest learning rate, 1e-41 (lr 1e-40 over 10 "
-                      "steps), underflows float32 (below 1.18e-38)"),
-])
+@pytest.mark.parametrize(
+    "max_tokens,lr,message",
+    [
+        # the integer 10^30 once validated and trained "forever" at a learning rate of ~1e-27
+        (
+            "1000000000000000000000000000000",
+            "2.0e-5",
+            "r.yaml: stages.correct.max_tokens: 1000000000000000000000000000000 is out of range: "
+            "it does not fit a 64-bit integer",
+        ),
+        (
+            "1000000000000000000",
+            "2.0e-5",
+            "r.yaml: stages.correct.max_tokens: 1000000000000000000 tokens at 64 tokens per step make 1.56e+16 "
+            "optimizer steps, more than the 1e+09 a run can take",
+        ),
+        ("64", ".inf", "r.yaml: stages.correct.lr: expected a finite number, got float inf"),
+        ("64", ".nan", "r.yaml: stages.correct.lr: expected a finite number, got float nan"),
+        (
+            "640",
+            "1.0e-40",
+            "r.yaml: stages.correct.lr: the schedule's smallest learning rate, 1e-41 (lr 1e-40 over 10 "
+            "steps), underflows float32 (below 1.18e-38)",
+        ),
+    ],
+)
 def test_insane_numbers_fail_validate(tmp_path, capsys, max_tokens, lr, message):
     code, out = _validate(tmp_path, capsys, max_tokens, lr)
     assert code == 2 and out.out == ""
@@ -77,8 +90,11 @@ def test_the_rank_distill_budget_of_prune_is_checked_too(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(
         "name: r\nmodels:\n  teacher: {tiny: {num_hidden_layers: 2}}\ndatasets:\n  corpus: {path: corpus.txt}\n"
         "stages:\n  prune:\n    kind: prune\n    model: teacher\n    target_params: 1M\n    rank_by: distill\n"
-        "    calibration: {data: corpus, seq_len: 16}\n    rank_distill: {max_tokens: 1T, batch_size: 4}\n")
+        "    calibration: {data: corpus, seq_len: 16}\n    rank_distill: {max_tokens: 1T, batch_size: 4}\n"
+    )
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {tmp_path / 'r.yaml'}: stages.prune.rank_distill.max_tokens: 1000000000000 tokens at "
-                   "64 tokens per step make 1.56e+10 optimizer steps, more than the 1e+09 a run can take")
+    assert err == (
+        f"error: {tmp_path / 'r.yaml'}: stages.prune.rank_distill.max_tokens: 1000000000000 tokens at "
+        "64 tokens per step make 1.56e+10 optimizer steps, more than the 1e+09 a run can take"
+    )

@@ -23,22 +23,38 @@ def stage(run, name, kind, inputs, metrics=None, tokens=None, wall_s=1.0, files=
     d.mkdir(parents=True)
     for rel, data in (files or {}).items():
         (d / rel).write_bytes(data) if isinstance(data, bytes) else (d / rel).write_text(data)
-    manifest = {"format": 1, "kind": kind, "stage": name, "config_hash": "c" * 64,
-                "inputs": {n: "h" * 64 for n in inputs.values()}, "input_fields": inputs,
-                "sources": {n: (f"stage {n}" if n not in SOURCES else SOURCES[n]) for n in inputs.values()},
-                "tokens": tokens, "wall_s": wall_s, "host": HOST, "metrics": metrics or {},
-                "files": {}, "hash": "f" * 64}
+    manifest = {
+        "format": 1,
+        "kind": kind,
+        "stage": name,
+        "config_hash": "c" * 64,
+        "inputs": {n: "h" * 64 for n in inputs.values()},
+        "input_fields": inputs,
+        "sources": {n: (f"stage {n}" if n not in SOURCES else SOURCES[n]) for n in inputs.values()},
+        "tokens": tokens,
+        "wall_s": wall_s,
+        "host": HOST,
+        "metrics": metrics or {},
+        "files": {},
+        "hash": "f" * 64,
+    }
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
 
 
-METRICS = "\n".join(json.dumps(r) for r in [
-    {"step": 1, "tokens": 100, "loss": 3.0},
-    {"step": 2, "tokens": 200, "loss": 2.5},
-    {"step": 2, "tokens": 200, "eval_kl": 0.9, "eval_loss": 2.7},
-    {"step": 3, "tokens": 300, "loss": 2.0},
-    {"step": 3, "tokens": 300, "eval_kl": 0.6},
-]) + "\n\n"
+METRICS = (
+    "\n".join(
+        json.dumps(r)
+        for r in [
+            {"step": 1, "tokens": 100, "loss": 3.0},
+            {"step": 2, "tokens": 200, "loss": 2.5},
+            {"step": 2, "tokens": 200, "eval_kl": 0.9, "eval_loss": 2.7},
+            {"step": 3, "tokens": 300, "loss": 2.0},
+            {"step": 3, "tokens": 300, "eval_kl": 0.6},
+        ]
+    )
+    + "\n\n"
+)
 
 
 @pytest.fixture
@@ -48,13 +64,27 @@ def run(tmp_path):
     run = tmp_path / "runs" / "smoke"
     stage(run, "release", "release", {"model": "distill"}, files={"README.md": "# Card <script>x</script>\n"})
     stage(run, "gate", "gate", {"results": "evaluate"}, metrics={"passed": False, "verdict": "fail"})
-    stage(run, "evaluate", "evaluate", {"model": "distill"},
-          files={"report.png": PNG, "report.md": "| gsm8k | 0.125 |\n"})
-    stage(run, "distill", "distill", {"student": "prune", "teacher": "teacher", "data": "web"},
-          metrics={"kl_after": 0.123456, "loss_after": 2, "kl_before": 1.5, "steps": 3}, tokens=12345,
-          wall_s=61.6, files={"metrics.jsonl": METRICS})
-    stage(run, "prune", "prune", {"model": "teacher", "data": "web"}, metrics={"params": 1000000},
-          files={"importance.png": PNG})
+    stage(
+        run, "evaluate", "evaluate", {"model": "distill"}, files={"report.png": PNG, "report.md": "| gsm8k | 0.125 |\n"}
+    )
+    stage(
+        run,
+        "distill",
+        "distill",
+        {"student": "prune", "teacher": "teacher", "data": "web"},
+        metrics={"kl_after": 0.123456, "loss_after": 2, "kl_before": 1.5, "steps": 3},
+        tokens=12345,
+        wall_s=61.6,
+        files={"metrics.jsonl": METRICS},
+    )
+    stage(
+        run,
+        "prune",
+        "prune",
+        {"model": "teacher", "data": "web"},
+        metrics={"params": 1000000},
+        files={"importance.png": PNG},
+    )
     (run / "half-done").mkdir()  # no manifest: not an artifact
     (run / ".cache").mkdir()
     stage(run / ".cache", "hidden", "prune", {})  # under a dot directory: never read
@@ -66,9 +96,13 @@ def test_write_report_in_dependency_order(run):
     out = run / "report"
     assert paths == {"html": out / "report.html", "md": out / "report.md", "svg": out / "pipeline.svg"}
     md = paths["md"].read_text().splitlines()
-    assert md[:4] == ["# Run report: smoke", "",
-                      "Ran on: Test CPU, 2 torch threads of 4 CPUs; fp32 matmul probe 50 GFLOP/s", ""]
-    table = md[md.index("| stage | kind | tokens | seconds | result |") + 2:][:5]
+    assert md[:4] == [
+        "# Run report: smoke",
+        "",
+        "Ran on: Test CPU, 2 torch threads of 4 CPUs; fp32 matmul probe 50 GFLOP/s",
+        "",
+    ]
+    table = md[md.index("| stage | kind | tokens | seconds | result |") + 2 :][:5]
     assert table == [
         "| prune | prune | - | 1 | params=1000000 |",
         "| distill | distill | 12,345 | 62 | kl_after=0.1235, loss_after=2 |",
@@ -104,7 +138,8 @@ def test_html_embeds_images_and_escapes_text(run):
 
 def test_a_passing_gate_and_another_output_directory(run, tmp_path):
     (run / "gate" / "manifest.json").write_text(
-        (run / "gate" / "manifest.json").read_text().replace('"passed": false', '"passed": true'))
+        (run / "gate" / "manifest.json").read_text().replace('"passed": false', '"passed": true')
+    )
     paths = write_report(run, tmp_path / "elsewhere")
     assert paths["md"] == tmp_path / "elsewhere" / "report.md"
     assert "Verdict: **PASS**" in paths["md"].read_text()
@@ -117,11 +152,25 @@ def test_diagram_places_sources_left_and_stages_by_depth(run):
     assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg" width="990" height="160"')  # 5 columns, 2 rows
     boxes = re.findall(r'<rect x="(\d+)" y="(\d+)"[^>]*fill="(#e\w\w)"', svg)
     labels = re.findall(r'font-weight="bold">([^<]+)</text><text[^>]*>([^<]+)</text>', svg)
-    assert labels == [("teacher", "source"), ("web", "source"), ("prune", "prune"), ("distill", "distill"),
-                      ("evaluate", "evaluate"), ("gate", "gate"), ("release", "release")]
+    assert labels == [
+        ("teacher", "source"),
+        ("web", "source"),
+        ("prune", "prune"),
+        ("distill", "distill"),
+        ("evaluate", "evaluate"),
+        ("gate", "gate"),
+        ("release", "release"),
+    ]
     # column = 1 + the deepest input's column; a second box in a column goes below the first
-    assert [(int(x), int(y)) for x, y, _ in boxes] == [(40, 24), (40, 92), (230, 24), (420, 24), (610, 24),
-                                                      (800, 24), (610, 92)]
+    assert [(int(x), int(y)) for x, y, _ in boxes] == [
+        (40, 24),
+        (40, 92),
+        (230, 24),
+        (420, 24),
+        (610, 24),
+        (800, 24),
+        (610, 92),
+    ]
     assert [fill for _, _, fill in boxes] == ["#efe", "#efe"] + ["#eef"] * 5
     assert svg.count("<line ") == 8  # prune: 2 inputs, distill: 3, evaluate, gate, release: 1 each
     assert svg.endswith("</svg>")
@@ -142,9 +191,11 @@ def test_loss_curves_plot_training_and_held_out_metrics(run, tmp_path, monkeypat
     (fig,) = figures
     (ax,) = fig.axes
     lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
-    assert lines == {"train loss": ([100, 200, 300], [3.0, 2.5, 2.0]),
-                     "held-out loss": ([200], [2.7]),
-                     "held-out kl": ([200, 300], [0.9, 0.6])}
+    assert lines == {
+        "train loss": ([100, 200, 300], [3.0, 2.5, 2.0]),
+        "held-out loss": ([200], [2.7]),
+        "held-out kl": ([200, 300], [0.9, 0.6]),
+    }
     assert ax.get_title() == "distill (distill)"
 
 

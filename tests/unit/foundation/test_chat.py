@@ -9,9 +9,14 @@ import pytest
 
 from foundation.chat import for_template, inline_tools, template_supports_tools
 
-TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                         "parameters": {"type": "object",
-                                                        "properties": {"city": {"type": "string"}}}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}
 CONVERSATION = [
     {"role": "user", "content": "Weather in Zürich?"},
@@ -30,14 +35,17 @@ def tokenizer(template):
     return SimpleNamespace(chat_template=template)
 
 
-@pytest.mark.parametrize("template, supports", [
-    (WITH_TOOLS, True),
-    (CHATML, False),
-    ("{{ tools }}", False),  # renders definitions but would drop the calls
-    ("{{ m.tool_calls }}", False),  # renders calls but not the definitions
-    (None, False),
-    ({"default": WITH_TOOLS}, False),  # a mapping of named templates is not read
-])
+@pytest.mark.parametrize(
+    "template, supports",
+    [
+        (WITH_TOOLS, True),
+        (CHATML, False),
+        ("{{ tools }}", False),  # renders definitions but would drop the calls
+        ("{{ m.tool_calls }}", False),  # renders calls but not the definitions
+        (None, False),
+        ({"default": WITH_TOOLS}, False),  # a mapping of named templates is not read
+    ],
+)
 def test_template_supports_tools(template, supports):
     assert template_supports_tools(tokenizer(template)) is supports
 
@@ -80,13 +88,15 @@ def test_inline_tools_appends_to_an_existing_system_turn():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     out = inline_tools(messages, [TOOL, TOOL])
     two = "\n".join([json.dumps(TOOL, ensure_ascii=False)] * 2)
-    assert out == [{"role": "system", "content": f"Be brief.\n\nYou can call these tools:\n<tools>\n{two}\n</tools>"},
-                   {"role": "user", "content": "hi"}]
+    assert out == [
+        {"role": "system", "content": f"Be brief.\n\nYou can call these tools:\n<tools>\n{two}\n</tools>"},
+        {"role": "user", "content": "hi"},
+    ]
     assert messages[0]["content"] == "Be brief."
 
 
 def test_inline_tools_writes_several_calls_after_the_text():
-    second = {"function": {"name": "get_time", "arguments": "{\"tz\": \"CET\"}"}}  # arguments as a JSON string
+    second = {"function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}  # arguments as a JSON string
     out = inline_tools([{"role": "assistant", "content": "Checking.", "tool_calls": [CALL, second]}], None)
     second_text = '<tool_call>{"name": "get_time", "arguments": "{\\"tz\\": \\"CET\\"}"}</tool_call>'
     assert out == [{"role": "assistant", "content": "Checking." + CALL_TEXT + second_text}]

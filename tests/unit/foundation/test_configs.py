@@ -25,7 +25,9 @@ class Cfg:
     every: int = field(5, hashed=False)
 
 
-@pytest.mark.parametrize("text,value", [("70M", 70_000_000), ("1.5k", 1500), ("4096", 4096), (12, 12), ("2B", 2 * 10**9)])
+@pytest.mark.parametrize(
+    "text,value", [("70M", 70_000_000), ("1.5k", 1500), ("4096", 4096), (12, 12), ("2B", 2 * 10**9)]
+)
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
@@ -41,18 +43,21 @@ def test_build_coerces_and_defaults():
     assert cfg.items == [1, 2] and cfg.inner.width == 8 and cfg.mode == "a"
 
 
-@pytest.mark.parametrize("data,where,msg", [
-    ({"steps": 1}, "s.name", "missing required key"),
-    ({"name": "x", "stpes": 1}, "s.stpes", "unknown key"),
-    ({"name": "x", "steps": "abc"}, "s.steps", "expected int, got 'abc'"),
-    ({"name": "x", "steps": True}, "s.steps", "expected int, got bool True"),
-    ({"name": "x", "lr": "fast"}, "s.lr", "expected float"),
-    ({"name": "x", "mode": "c"}, "s.mode", "expected one of 'a', 'b'"),
-    ({"name": "x", "items": 3}, "s.items", "expected a list"),
-    ({"name": "x", "items": [1, "z"]}, "s.items[1]", "expected int"),
-    ({"name": "x", "inner": {"w": 1}}, "s.inner.w", "unknown key"),
-    ({"name": 5}, "s.name", "expected str, got int 5"),
-])
+@pytest.mark.parametrize(
+    "data,where,msg",
+    [
+        ({"steps": 1}, "s.name", "missing required key"),
+        ({"name": "x", "stpes": 1}, "s.stpes", "unknown key"),
+        ({"name": "x", "steps": "abc"}, "s.steps", "expected int, got 'abc'"),
+        ({"name": "x", "steps": True}, "s.steps", "expected int, got bool True"),
+        ({"name": "x", "lr": "fast"}, "s.lr", "expected float"),
+        ({"name": "x", "mode": "c"}, "s.mode", "expected one of 'a', 'b'"),
+        ({"name": "x", "items": 3}, "s.items", "expected a list"),
+        ({"name": "x", "items": [1, "z"]}, "s.items[1]", "expected int"),
+        ({"name": "x", "inner": {"w": 1}}, "s.inner.w", "unknown key"),
+        ({"name": 5}, "s.name", "expected str, got int 5"),
+    ],
+)
 def test_build_errors_name_the_path(data, where, msg):
     with pytest.raises(ConfigError) as e:
         build(Cfg, data, "s")

@@ -16,19 +16,25 @@ class Knobs:
     scale: float | None = field(None)
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"lr": float("inf")}, "s.lr: expected a finite number, got float inf"),
-    ({"lr": float("-inf")}, "s.lr: expected a finite number, got float -inf"),
-    ({"lr": float("nan")}, "s.lr: expected a finite number, got float nan"),
-    ({"lr": "inf"}, "s.lr: expected a finite number, got 'inf'"),
-    ({"lr": "NaN"}, "s.lr: expected a finite number, got 'NaN'"),
-    ({"lr": 10**400}, f"s.lr: expected a finite number, got int {10**400}"),
-    ({"scale": float("inf")}, "s.scale: expected a finite number, got float inf"),
-    ({"steps": 10**30}, "s.steps: 1000000000000000000000000000000 is out of range: it does not fit a 64-bit integer"),
-    ({"steps": -(10**30)}, "s.steps: -1000000000000000000000000000000 is out of range"),
-    ({"steps": "100000000000T"}, "s.steps: 100000000000T is out of range: it does not fit a 64-bit integer"),
-    ({"steps": "9" * 400}, "s.steps: expected int, got '999"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"lr": float("inf")}, "s.lr: expected a finite number, got float inf"),
+        ({"lr": float("-inf")}, "s.lr: expected a finite number, got float -inf"),
+        ({"lr": float("nan")}, "s.lr: expected a finite number, got float nan"),
+        ({"lr": "inf"}, "s.lr: expected a finite number, got 'inf'"),
+        ({"lr": "NaN"}, "s.lr: expected a finite number, got 'NaN'"),
+        ({"lr": 10**400}, f"s.lr: expected a finite number, got int {10**400}"),
+        ({"scale": float("inf")}, "s.scale: expected a finite number, got float inf"),
+        (
+            {"steps": 10**30},
+            "s.steps: 1000000000000000000000000000000 is out of range: it does not fit a 64-bit integer",
+        ),
+        ({"steps": -(10**30)}, "s.steps: -1000000000000000000000000000000 is out of range"),
+        ({"steps": "100000000000T"}, "s.steps: 100000000000T is out of range: it does not fit a 64-bit integer"),
+        ({"steps": "9" * 400}, "s.steps: expected int, got '999"),
+    ],
+)
 def test_insane_numbers_are_one_line_errors(data, message):
     with pytest.raises(ConfigError) as e:
         build(Knobs, data, "s")

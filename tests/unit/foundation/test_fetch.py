@@ -63,8 +63,10 @@ def served(monkeypatch, tmp_path):
         def download(package, version, sdist=False):
             calls.append((package, version, sdist))
             return archive
+
         monkeypatch.setattr(fetch, "download_distribution", download)
         return calls
+
     return serve
 
 
@@ -94,8 +96,11 @@ def test_sdist_members_are_extracted(cache, served, tmp_path):
     calls = served(make_sdist(tmp_path / "pkg-1.0.tar.gz"))
     paths = extract_members("pkg", "1.0", "pkg-1.0/pkg/data/*", sdist=True)
     root = cache / "members" / "pkg-1.0"
-    assert paths == [root / "pkg-1.0/pkg/data/a.json", root / "pkg-1.0/pkg/data/b.json",
-                     root / "pkg-1.0/pkg/data/notes.txt"]
+    assert paths == [
+        root / "pkg-1.0/pkg/data/a.json",
+        root / "pkg-1.0/pkg/data/b.json",
+        root / "pkg-1.0/pkg/data/notes.txt",
+    ]
     assert paths[2].read_bytes() == b"not json\n"
     assert calls == [("pkg", "1.0", True)]
 
@@ -145,6 +150,7 @@ def test_a_vanished_cached_member_is_an_error_then_fetched_anew(cache, served, t
 
 # ---- download_distribution -------------------------------------------------------------------
 
+
 def no_pip(*args, **kwargs):
     raise AssertionError("pip must not run")
 
@@ -163,8 +169,10 @@ def test_pip_failure_is_one_line_with_pips_last_words(cache, monkeypatch):
 
     def failing(cmd, **kwargs):
         seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, stdout=None,
-                                           stderr="Looking in indexes\nERROR: No matching distribution for pkg==1.0\n")
+        return subprocess.CompletedProcess(
+            cmd, 1, stdout=None, stderr="Looking in indexes\nERROR: No matching distribution for pkg==1.0\n"
+        )
+
     monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(FactoryError) as e:
         download_distribution("pkg", "1.0")
@@ -190,11 +198,22 @@ class FakeIndex:
         url = getattr(request, "full_url", request)
         self.urls.append(url)
         if url.endswith("/pkg/"):
-            body = json.dumps({"files": [
-                {"filename": "pkg-1.0-py3-none-any.whl", "url": "https://files.test/pkg.whl",
-                 "hashes": {"sha256": "0"}},
-                {"filename": "pkg-1.0.tar.gz", "url": "https://files.test/pkg-1.0.tar.gz",
-                 "hashes": {"sha256": self.digest}}]}).encode()
+            body = json.dumps(
+                {
+                    "files": [
+                        {
+                            "filename": "pkg-1.0-py3-none-any.whl",
+                            "url": "https://files.test/pkg.whl",
+                            "hashes": {"sha256": "0"},
+                        },
+                        {
+                            "filename": "pkg-1.0.tar.gz",
+                            "url": "https://files.test/pkg-1.0.tar.gz",
+                            "hashes": {"sha256": self.digest},
+                        },
+                    ]
+                }
+            ).encode()
         else:
             body = self.data
         return io.BytesIO(body)

@@ -1,5 +1,3 @@
-
-
 def test_source_digests_name_files_by_part_and_skip_compiled_caches(tmp_path):
     from foundation.hashing import sha256_file, source_digests
 
@@ -11,4 +9,3 @@ def test_source_digests_name_files_by_part_and_skip_compiled_caches(tmp_path):
     assert source_digests(tmp_path) == {"pkg/a.py": want_a, "top.py": want_top}
     assert source_digests(tmp_path, ("pkg", "top.py")) == {"pkg/a.py": want_a, "top.py": want_top}
     assert source_digests(tmp_path / "pkg") == {"a.py": want_a}
-

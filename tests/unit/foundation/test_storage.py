@@ -62,11 +62,16 @@ def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
     assert _only(target) == ["a.json"]
 
 
-@pytest.mark.parametrize("code, says", [(errno.ENOSPC, "no space left on device"),
-                                        (errno.EDQUOT, "disk quota exceeded"),
-                                        (errno.EACCES, "permission denied"),
-                                        (errno.EPERM, "permission denied"),
-                                        (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize(
+    "code, says",
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+    ],
+)
 def test_a_failed_write_is_one_line_naming_the_path_and_leaves_the_old_file(tmp_path, monkeypatch, code, says):
     target = tmp_path / "ckpt.bin"
     storage.write_bytes(target, b"previous", "a checkpoint", checked=True)
@@ -171,18 +176,22 @@ def test_storage_error_reads_safetensors_and_torch_messages(tmp_path):
 
 # -- checked files ------------------------------------------------------------
 
+
 def _checked(tmp_path, data=b"0123456789" * 100):
     path = tmp_path / "cache.bin"
     storage.write_bytes(path, data, "a cache", checked=True)
     return path
 
 
-@pytest.mark.parametrize("damage, why", [
-    (lambda p: p.write_bytes(p.read_bytes()[:100]), "it has 100 bytes, 1000 were written"),
-    (lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]), "does not match the sha256 recorded"),
-    (lambda p: storage.sidecar(p).unlink(), "no sha256 was recorded"),
-    (lambda p: storage.sidecar(p).write_text("{"), "unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "it has 100 bytes, 1000 were written"),
+        (lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]), "does not match the sha256 recorded"),
+        (lambda p: storage.sidecar(p).unlink(), "no sha256 was recorded"),
+        (lambda p: storage.sidecar(p).write_text("{"), "unreadable"),
+    ],
+)
 def test_a_damaged_checked_file_is_reported_in_one_line_and_discarded(tmp_path, capsys, damage, why):
     path = _checked(tmp_path)
     assert storage.problem(path) is None
@@ -222,8 +231,13 @@ def test_only_the_owner_reports_and_removes(tmp_path, capsys):
 
 # -- byte-reproducible safetensors --------------------------------------------
 
-TENSORS = {"b": torch.arange(15, dtype=torch.float64).reshape(3, 5), "a": torch.arange(7, dtype=torch.int32),
-           "c": torch.tensor(True), "d": torch.linspace(0, 1, 4).to(torch.bfloat16), "e": torch.zeros(0, 3)}
+TENSORS = {
+    "b": torch.arange(15, dtype=torch.float64).reshape(3, 5),
+    "a": torch.arange(7, dtype=torch.int32),
+    "c": torch.tensor(True),
+    "d": torch.linspace(0, 1, 4).to(torch.bfloat16),
+    "e": torch.zeros(0, 3),
+}
 META = {f"k{i}": str(i) for i in range(8)}  # eight keys: a hash map's order would almost never repeat
 
 
@@ -252,6 +266,5 @@ def test_importance_files_are_byte_identical_across_processes(tmp_path):
     for p in paths:  # fresh processes: the hash maps' seeds differ
         subprocess.run([sys.executable, "-c", _WRITE, str(p)], check=True, cwd=ROOT)
     assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
-    header = json.loads(paths[0].read_bytes()[8:8 + int.from_bytes(paths[0].read_bytes()[:8], "little")])
+    header = json.loads(paths[0].read_bytes()[8 : 8 + int.from_bytes(paths[0].read_bytes()[:8], "little")])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
-

@@ -1,7 +1,7 @@
 """Small file steps of nemo engine jobs (copied into the job dir as job_tools.py).
 
-    python job_tools.py find-nemo LOG_DIR OUT.nemo      # NeMo-Aligner's final .nemo -> a fixed path
-    python job_tools.py carry-tokenizer SRC_HF DST_HF   # tokenizer, chat template, generation config"""
+python job_tools.py find-nemo LOG_DIR OUT.nemo      # NeMo-Aligner's final .nemo -> a fixed path
+python job_tools.py carry-tokenizer SRC_HF DST_HF   # tokenizer, chat template, generation config"""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import shutil
 import sys
 from pathlib import Path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 def carry_tokenizer(src: Path, dst: Path) -> list[str]:

@@ -74,7 +74,9 @@ def data_module(spec: dict, args: dict, tokenizer=None):
     from nemo.collections import llm  # only inside the NeMo container
 
     if tokenizer is None:
-        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer  # only inside the NeMo container
+        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import (
+            AutoTokenizer,
+        )  # only inside the NeMo container
 
         tokenizer = AutoTokenizer(str(at(spec["inputs"][spec["nemo2"].get("tokenizer_from", _first_input(spec))])))
     return llm.PreTrainingDataModule(tokenizer=tokenizer, **expand(args))
@@ -97,26 +99,51 @@ def build(spec: dict, tokenizer=None, accelerator: str = "gpu") -> dict:
         return objs
     from megatron.core.optimizer import OptimizerConfig  # only inside the NeMo container
     from nemo import lightning as nl  # only inside the NeMo container
-    from nemo.lightning.pytorch.optim import CosineAnnealingScheduler, MegatronOptimizerModule  # only inside the NeMo container
+    from nemo.lightning.pytorch.optim import (
+        CosineAnnealingScheduler,
+        MegatronOptimizerModule,
+    )  # only inside the NeMo container
 
     t = n["trainer"]
-    strategy = nl.MegatronStrategy(tensor_model_parallel_size=t["tensor_model_parallel_size"],
-                                   pipeline_model_parallel_size=t["pipeline_model_parallel_size"],
-                                   sequence_parallel=t["sequence_parallel"], ckpt_async_save=False)
+    strategy = nl.MegatronStrategy(
+        tensor_model_parallel_size=t["tensor_model_parallel_size"],
+        pipeline_model_parallel_size=t["pipeline_model_parallel_size"],
+        sequence_parallel=t["sequence_parallel"],
+        ckpt_async_save=False,
+    )
     objs = {
-        "trainer": nl.Trainer(devices=t["devices"], num_nodes=t["num_nodes"], max_steps=t["max_steps"],
-                              accelerator=accelerator, strategy=strategy,
-                              plugins=nl.MegatronMixedPrecision(precision=t["precision"]),
-                              val_check_interval=t["val_check_interval"], limit_val_batches=t["limit_val_batches"],
-                              log_every_n_steps=t["log_every_n_steps"], num_sanity_val_steps=0),
-        "optim": MegatronOptimizerModule(config=OptimizerConfig(**n["optimizer"]),
-                                         lr_scheduler=CosineAnnealingScheduler(**n["scheduler"])),
-        "log": nl.NeMoLogger(name=spec["stage"], log_dir=str(at(n["checkpoints"])), use_datetime_version=False,
-                             ckpt=nl.ModelCheckpoint(save_last=True, save_top_k=1, monitor="reduced_train_loss",
-                                                     every_n_train_steps=t["checkpoint_every_n_steps"])),
+        "trainer": nl.Trainer(
+            devices=t["devices"],
+            num_nodes=t["num_nodes"],
+            max_steps=t["max_steps"],
+            accelerator=accelerator,
+            strategy=strategy,
+            plugins=nl.MegatronMixedPrecision(precision=t["precision"]),
+            val_check_interval=t["val_check_interval"],
+            limit_val_batches=t["limit_val_batches"],
+            log_every_n_steps=t["log_every_n_steps"],
+            num_sanity_val_steps=0,
+        ),
+        "optim": MegatronOptimizerModule(
+            config=OptimizerConfig(**n["optimizer"]), lr_scheduler=CosineAnnealingScheduler(**n["scheduler"])
+        ),
+        "log": nl.NeMoLogger(
+            name=spec["stage"],
+            log_dir=str(at(n["checkpoints"])),
+            use_datetime_version=False,
+            ckpt=nl.ModelCheckpoint(
+                save_last=True,
+                save_top_k=1,
+                monitor="reduced_train_loss",
+                every_n_train_steps=t["checkpoint_every_n_steps"],
+            ),
+        ),
         # a rerun resumes from the last checkpoint of this job; the first run starts from the import
-        "resume": nl.AutoResume(resume_if_exists=True, resume_ignore_no_checkpoint=True,
-                                restore_config=nl.RestoreConfig(path=str(at(n["imports"][_trained(n)])))),
+        "resume": nl.AutoResume(
+            resume_if_exists=True,
+            resume_ignore_no_checkpoint=True,
+            restore_config=nl.RestoreConfig(path=str(at(n["imports"][_trained(n)]))),
+        ),
         "data": data_module(spec, n["data"], tokenizer),
     }
     if n["api"] == "llm.distill":
@@ -136,20 +163,40 @@ def cmd_run(spec: dict) -> None:
     n = spec["nemo2"]
     objs = build(spec)
     if n["api"] == "llm.prune":
-        llm.prune(nemo_checkpoint=str(at(n["imports"]["model"])), save_path=str(at(n["save_path"])),
-                  pruning_config=objs["pruning_config"], devices=n["devices"], num_nodes=n["num_nodes"],
-                  tp_size=n["tp_size"], pp_size=n["pp_size"], num_train_samples=n["num_train_samples"],
-                  data=objs.get("data"))
+        llm.prune(
+            nemo_checkpoint=str(at(n["imports"]["model"])),
+            save_path=str(at(n["save_path"])),
+            pruning_config=objs["pruning_config"],
+            devices=n["devices"],
+            num_nodes=n["num_nodes"],
+            tp_size=n["tp_size"],
+            pp_size=n["pp_size"],
+            num_train_samples=n["num_train_samples"],
+            data=objs.get("data"),
+        )
     elif n["api"] == "llm.distill":
         kd_yaml = at(spec["work"]) / "distillation.yaml"
         kd_yaml.write_text(yaml.safe_dump(n["distillation"], sort_keys=False))
-        llm.distill(student_model_path=str(at(n["imports"]["student"])),
-                    teacher_model_path=str(at(n["imports"]["teacher"])), data=objs["data"],
-                    trainer=objs["trainer"], distillation_config_path=str(kd_yaml), log=objs["log"],
-                    resume=objs["resume"], optim=objs["optim"])
+        llm.distill(
+            student_model_path=str(at(n["imports"]["student"])),
+            teacher_model_path=str(at(n["imports"]["teacher"])),
+            data=objs["data"],
+            trainer=objs["trainer"],
+            distillation_config_path=str(kd_yaml),
+            log=objs["log"],
+            resume=objs["resume"],
+            optim=objs["optim"],
+        )
     else:  # llm.train: full-parameter causal-LM fine-tuning (teacher correction)
-        llm.train(model=str(at(n["imports"]["model"])), data=objs["data"], trainer=objs["trainer"],
-                  log=objs["log"], resume=objs["resume"], optim=objs["optim"], tokenizer="model")
+        llm.train(
+            model=str(at(n["imports"]["model"])),
+            data=objs["data"],
+            trainer=objs["trainer"],
+            log=objs["log"],
+            resume=objs["resume"],
+            optim=objs["optim"],
+            tokenizer="model",
+        )
 
 
 def last_checkpoint(root: Path) -> Path:

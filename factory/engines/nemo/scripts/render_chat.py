@@ -30,7 +30,7 @@ def completion(tok, prefix: list[dict], turn: list[dict], tools) -> tuple[str, s
     whole = _text(tok, prefix + turn, tools, False)
     if not whole.startswith(prompt) or len(whole) == len(prompt):
         return None
-    return prompt, whole[len(prompt):]
+    return prompt, whole[len(prompt) :]
 
 
 def sft_records(tok, record: dict):

@@ -51,8 +51,10 @@ def test_a_repeated_request_is_answered_from_the_cache(tmp_path, streams):
     again = eng.generate(_requests("abc", "hello"))
     assert inner.calls == [["abc", "hello"]]  # the inner engine was not asked again
     assert eng.reused == 2 and eng.wall_s >= 0
-    assert [(c.texts, c.tokens, c.finish_reasons) for c in again] == [(["cba"], [3], ["stop"]),
-                                                                        (["olleh"], [5], ["stop"])]
+    assert [(c.texts, c.tokens, c.finish_reasons) for c in again] == [
+        (["cba"], [3], ["stop"]),
+        (["olleh"], [5], ["stop"]),
+    ]
 
     # a new request and a changed sampling are forwarded; the known one is not
     mixed = eng.generate(_requests("abc", "new") + _requests("abc", max_tokens=9))
@@ -130,8 +132,13 @@ def test_without_an_inner_engine_only_the_cache_answers(tmp_path):
     got = reader.generate(_requests("kept", "never made"))
     assert got[0].texts == ["tpek"] and got[1] is None and reader.reused == 1 and reader.wall_s == 0.0
     assert reader.name == "none"
-    assert reader.describe() == {"engine": "hf", "dtype": "float32", "cached_only": True, "cache": str(path),
-                                 "model_hash": digest}
+    assert reader.describe() == {
+        "engine": "hf",
+        "dtype": "float32",
+        "cached_only": True,
+        "cache": str(path),
+        "model_hash": digest,
+    }
     assert CachedEngine(None, CompletionCache(path, readonly=True), engine="vllm").name == "vllm"
 
 

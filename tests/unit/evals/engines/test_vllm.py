@@ -4,8 +4,10 @@ host) and caps sequences and KV cache; on a GPU unset settings stay vLLM's."""
 
 from evals.engines.vllm import CPU_KV_CACHE_BYTES, CPU_MAX_NUM_SEQS, cpu_has_native_bf16, platform_args
 
-EPYC_AVX2 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
-             "flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 sha_ni\n")
+EPYC_AVX2 = (
+    "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+    "flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 sha_ni\n"
+)
 XEON_AVX512 = "flags\t\t: fpu sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni\n"
 SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve bf16 i8mm\n"
@@ -23,8 +25,16 @@ def test_unknown_cpu_leaves_vllm_to_choose():
     assert cpu_has_native_bf16("processor\t: 0\nmodel name\t: something\n") is True
 
 
-SETTINGS = {"dtype": "auto", "tensor_parallel_size": 1, "data_parallel_size": 1, "max_num_seqs": None,
-            "max_model_len": None, "gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None, "seed": 0}
+SETTINGS = {
+    "dtype": "auto",
+    "tensor_parallel_size": 1,
+    "data_parallel_size": 1,
+    "max_num_seqs": None,
+    "max_model_len": None,
+    "gpu_memory_utilization": 0.9,
+    "kv_cache_memory_bytes": None,
+    "seed": 0,
+}
 
 
 def test_gpu_leaves_unset_settings_to_vllm(monkeypatch):

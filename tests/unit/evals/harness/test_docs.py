@@ -36,8 +36,12 @@ def test_hellaswag_one_fold_pass_only():
     assert doc["choices"] == ["a  b", "z", "", "c"]  # four spaces fold to two, as lm-eval's does
 
 
-WINO = {"sentence": "The trophy did not fit in the suitcase because _ was too big.",
-        "option1": "the trophy", "option2": "the suitcase", "answer": "1"}
+WINO = {
+    "sentence": "The trophy did not fit in the suitcase because _ was too big.",
+    "option1": "the trophy",
+    "option2": "the suitcase",
+    "answer": "1",
+}
 
 
 def test_winogrande_gold_is_zero_based():

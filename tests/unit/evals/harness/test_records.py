@@ -6,29 +6,39 @@ import pytest
 from evals.api import Request, Sample, Score
 from evals.harness.records import answer_texts, to_record, to_records
 
-ARC_DOC = {"question": "Which is a gas at room temperature?",
-           "choices": {"text": ["iron", "oxygen", "salt", "wood"], "label": ["A", "B", "C", "D"]},
-           "answerKey": "B"}
+ARC_DOC = {
+    "question": "Which is a gas at room temperature?",
+    "choices": {"text": ["iron", "oxygen", "salt", "wood"], "label": ["A", "B", "C", "D"]},
+    "answerKey": "B",
+}
 
 
 def logged(doc_id, doc, lls, target, acc, acc_norm=None, prompt="Question: ...\nAnswer:"):
     """One sample as ``simple_evaluate(log_samples=True)`` keeps it in memory."""
-    out = {"doc_id": doc_id, "doc": doc, "target": target,
-           "arguments": [(prompt, f" {i}") for i in range(len(lls))],
-           "filtered_resps": [(ll, i == 0) for i, ll in enumerate(lls)], "acc": acc}
+    out = {
+        "doc_id": doc_id,
+        "doc": doc,
+        "target": target,
+        "arguments": [(prompt, f" {i}") for i in range(len(lls))],
+        "filtered_resps": [(ll, i == 0) for i, ll in enumerate(lls)],
+        "acc": acc,
+    }
     if acc_norm is not None:
         out["acc_norm"] = acc_norm
     return out
 
 
-@pytest.mark.parametrize("task, doc, answers", [
-    ("arc_easy", ARC_DOC, ["iron", "oxygen", "salt", "wood"]),
-    ("arc_challenge", ARC_DOC, ["iron", "oxygen", "salt", "wood"]),
-    ("hellaswag", {"choices": ["a", "b", "c", "d"]}, ["a", "b", "c", "d"]),
-    ("piqa", {"sol1": "boil it", "sol2": "freeze it"}, ["boil it", "freeze it"]),
-    ("winogrande", {"option1": "Ann", "option2": "Bo"}, ["Ann", "Bo"]),
-    ("mmlu_anatomy", {"choices": ["liver", "lung", "heart", "skin"]}, ["liver", "lung", "heart", "skin"]),
-])
+@pytest.mark.parametrize(
+    "task, doc, answers",
+    [
+        ("arc_easy", ARC_DOC, ["iron", "oxygen", "salt", "wood"]),
+        ("arc_challenge", ARC_DOC, ["iron", "oxygen", "salt", "wood"]),
+        ("hellaswag", {"choices": ["a", "b", "c", "d"]}, ["a", "b", "c", "d"]),
+        ("piqa", {"sol1": "boil it", "sol2": "freeze it"}, ["boil it", "freeze it"]),
+        ("winogrande", {"option1": "Ann", "option2": "Bo"}, ["Ann", "Bo"]),
+        ("mmlu_anatomy", {"choices": ["liver", "lung", "heart", "skin"]}, ["liver", "lung", "heart", "skin"]),
+    ],
+)
 def test_answer_texts(task, doc, answers):
     assert answer_texts(task, doc) == answers
 
@@ -39,18 +49,22 @@ def test_answer_texts_of_an_unknown_task_is_a_key_error():
 
 
 def test_a_right_answer():
-    sample, chosen, score = to_record("arc_easy", logged(7, ARC_DOC, [-4.0, -1.25, -3.0, -9.5], 1, 1.0, 1.0,
-                                                         prompt="Question: Which is a gas?\nAnswer:"))
+    sample, chosen, score = to_record(
+        "arc_easy",
+        logged(7, ARC_DOC, [-4.0, -1.25, -3.0, -9.5], 1, 1.0, 1.0, prompt="Question: Which is a gas?\nAnswer:"),
+    )
     assert isinstance(sample, Sample) and isinstance(score, Score)
     assert sample.id == "arc_easy/7"
     assert sample.request == Request(prompt="Question: Which is a gas?\nAnswer:")
-    assert sample.data == {"task": "arc_easy", "doc": ARC_DOC, "answers": ["iron", "oxygen", "salt", "wood"],
-                           "gold": 1}
+    assert sample.data == {"task": "arc_easy", "doc": ARC_DOC, "answers": ["iron", "oxygen", "salt", "wood"], "gold": 1}
     assert chosen == ["oxygen"]
     assert score.metrics == {"acc": 1.0, "acc_norm": 1.0}
     assert score.reason is None
-    assert score.details == {"loglikelihoods": [-4.0, -1.25, -3.0, -9.5], "chosen": 1,
-                             "is_greedy": [True, False, False, False]}
+    assert score.details == {
+        "loglikelihoods": [-4.0, -1.25, -3.0, -9.5],
+        "chosen": 1,
+        "is_greedy": [True, False, False, False],
+    }
 
 
 def test_a_wrong_answer_says_what_was_chosen_and_what_was_right():

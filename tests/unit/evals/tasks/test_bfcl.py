@@ -11,18 +11,35 @@ from evals.tasks.bfcl import BFCL, parse_calls, to_json_schema, to_tool
 from evals.tasks.bfcl_match import OFFICIAL, OMIT, Call, Miss, PyTuple, Rules, match_calls, normalise
 from foundation.errors import FactoryError
 
-AREA = {"name": "geometry.area", "description": "Area of a triangle.",
-        "parameters": {"type": "dict", "required": ["base", "height"], "properties": {
+AREA = {
+    "name": "geometry.area",
+    "description": "Area of a triangle.",
+    "parameters": {
+        "type": "dict",
+        "required": ["base", "height"],
+        "properties": {
             "base": {"type": "integer", "description": "base"},
             "height": {"type": "float", "description": "height"},
             "unit": {"type": "string", "description": "unit, default 'cm'"},
-            "shape": {"type": "dict", "description": "extra", "properties": {
-                "kind": {"type": "string"}, "sides": {"type": "integer"}}},
+            "shape": {
+                "type": "dict",
+                "description": "extra",
+                "properties": {"kind": {"type": "string"}, "sides": {"type": "integer"}},
+            },
             "data": {"type": "array", "items": {"type": "float"}, "description": "samples"},
-            "mod": {"type": "float", "description": "default None"}}}}
-PLAY = {"name": "spotify.play", "description": "Play an artist.",
-        "parameters": {"type": "dict", "required": ["artist", "duration"], "properties": {
-            "artist": {"type": "string"}, "duration": {"type": "integer"}}}}
+            "mod": {"type": "float", "description": "default None"},
+        },
+    },
+}
+PLAY = {
+    "name": "spotify.play",
+    "description": "Play an artist.",
+    "parameters": {
+        "type": "dict",
+        "required": ["artist", "duration"],
+        "properties": {"artist": {"type": "string"}, "duration": {"type": "integer"}},
+    },
+}
 
 
 def _sample(category, functions, truth=None, **options):
@@ -44,78 +61,117 @@ def _kind(truth, output, functions, rules=OFFICIAL):
     return match_calls(parse_calls(output), truth, functions, rules).kind
 
 
-AREA_TRUTH = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm", OMIT],
-                                 "shape": [OMIT, {"kind": ["Right Angled"], "sides": [3, OMIT]}],
-                                 "data": [OMIT, [1.5, 2.0], "data['x']"], "mod": [OMIT, None]}}]
+AREA_TRUTH = [
+    {
+        "geometry.area": {
+            "base": [10],
+            "height": [5.0],
+            "unit": ["cm", OMIT],
+            "shape": [OMIT, {"kind": ["Right Angled"], "sides": [3, OMIT]}],
+            "data": [OMIT, [1.5, 2.0], "data['x']"],
+            "mod": [OMIT, None],
+        }
+    }
+]
 
 
-@pytest.mark.parametrize("output, verdict", [
-    ("geometry.area(base=10, height=5.0)", (1.0, None)),                      # optional ones omitted
-    ("[geometry.area(base=10, height=5)]", (1.0, None)),                      # int for float
-    ("geometry.area(base=10, height=5.0, unit='CM ')", (1.0, None)),          # string normalised
-    ("geometry_area(base=10, height=5.0)",                                    # not the name it was shown
-     (0.0, "wrong function: got geometry_area expected geometry.area")),
-    ("geometry.area(base=10, height=5.0, shape={'kind': 'right-angled'})", (1.0, None)),
-    ("geometry.area(base=10, height=5.0, data=[1.5, 2])", (1.0, None)),
-    ("geometry.area(base=10, height=5.0, data=data['x'])", (1.0, None)),     # a variable, as BFCL spells it
-    ("geometry.area(base=10, height=5.0, mod=None)", (1.0, None)),           # null default
-    ("geometry.area(base=3, height=5.0)", (0.0, "param base: value 3 not in [10]")),
-    ("geometry.area(base=10, height=5.0, color='red')", (0.0, "unexpected param color")),
-    ("geometry.area(base=10)", (0.0, "missing required param height")),
-    ("geometry.volume(base=10, height=5.0)", (0.0, "wrong function: got geometry.volume expected geometry.area")),
-    ("geometry.area(base='10', height=5.0)", (0.0, "param base: expected integer, got string")),
-    ("geometry.area(base=10.0, height=5.0)", (0.0, "param base: expected integer, got float")),
-    ("geometry.area(base=True, height=5.0)", (0.0, "param base: expected integer, got boolean")),
-    ("geometry.area(base=10, height=5.0, unit='mm')", (0.0, "param unit: value 'mm' not in ['cm']")),
-    ("geometry.area(base=10, height=5.0, data=[2.0, 1.5])",
-     (0.0, "param data: value [2.0, 1.5] not in [[1.5, 2.0], \"data['x']\"]")),
-    ("geometry.area(base=10, height=5.0, shape={'kind': 'round'})",
-     (0.0, "param shape: key 'kind': value 'round' not in ['Right Angled']")),
-    ("geometry.area(base=10, height=5.0, shape={'sides': 3})", (0.0, "param shape: missing key 'kind'")),
-    ("geometry.area(10, 5.0)", (0.0, "2 positional argument(s): parameters must be named")),
-    ("[geometry.area(base=10, height=5.0), geometry.area(base=10, height=5.0)]",
-     (0.0, "1 call expected, 2 produced")),
-    ("The area is 25.", (0.0, "no call parsed")),
-])
+@pytest.mark.parametrize(
+    "output, verdict",
+    [
+        ("geometry.area(base=10, height=5.0)", (1.0, None)),  # optional ones omitted
+        ("[geometry.area(base=10, height=5)]", (1.0, None)),  # int for float
+        ("geometry.area(base=10, height=5.0, unit='CM ')", (1.0, None)),  # string normalised
+        (
+            "geometry_area(base=10, height=5.0)",  # not the name it was shown
+            (0.0, "wrong function: got geometry_area expected geometry.area"),
+        ),
+        ("geometry.area(base=10, height=5.0, shape={'kind': 'right-angled'})", (1.0, None)),
+        ("geometry.area(base=10, height=5.0, data=[1.5, 2])", (1.0, None)),
+        ("geometry.area(base=10, height=5.0, data=data['x'])", (1.0, None)),  # a variable, as BFCL spells it
+        ("geometry.area(base=10, height=5.0, mod=None)", (1.0, None)),  # null default
+        ("geometry.area(base=3, height=5.0)", (0.0, "param base: value 3 not in [10]")),
+        ("geometry.area(base=10, height=5.0, color='red')", (0.0, "unexpected param color")),
+        ("geometry.area(base=10)", (0.0, "missing required param height")),
+        ("geometry.volume(base=10, height=5.0)", (0.0, "wrong function: got geometry.volume expected geometry.area")),
+        ("geometry.area(base='10', height=5.0)", (0.0, "param base: expected integer, got string")),
+        ("geometry.area(base=10.0, height=5.0)", (0.0, "param base: expected integer, got float")),
+        ("geometry.area(base=True, height=5.0)", (0.0, "param base: expected integer, got boolean")),
+        ("geometry.area(base=10, height=5.0, unit='mm')", (0.0, "param unit: value 'mm' not in ['cm']")),
+        (
+            "geometry.area(base=10, height=5.0, data=[2.0, 1.5])",
+            (0.0, "param data: value [2.0, 1.5] not in [[1.5, 2.0], \"data['x']\"]"),
+        ),
+        (
+            "geometry.area(base=10, height=5.0, shape={'kind': 'round'})",
+            (0.0, "param shape: key 'kind': value 'round' not in ['Right Angled']"),
+        ),
+        ("geometry.area(base=10, height=5.0, shape={'sides': 3})", (0.0, "param shape: missing key 'kind'")),
+        ("geometry.area(10, 5.0)", (0.0, "2 positional argument(s): parameters must be named")),
+        (
+            "[geometry.area(base=10, height=5.0), geometry.area(base=10, height=5.0)]",
+            (0.0, "1 call expected, 2 produced"),
+        ),
+        ("The area is 25.", (0.0, "no call parsed")),
+    ],
+)
 def test_simple_verdicts(output, verdict):
     assert _verdict("simple", [AREA], AREA_TRUTH, output) == verdict
 
 
 def test_optional_param_without_blank_must_be_given():
     truth = [{"geometry.area": {"base": [10], "height": [5.0], "unit": ["cm"]}}]
-    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0)") == \
-        (0.0, "missing param unit (expected one of ['cm'])")
+    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0)") == (
+        0.0,
+        "missing param unit (expected one of ['cm'])",
+    )
     assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0, unit='cm')") == (1.0, None)
 
 
 def test_param_in_schema_but_not_in_answer_is_unexpected():
     truth = [{"geometry.area": {"base": [10], "height": [5.0]}}]
-    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0, unit='cm')") == \
-        (0.0, "unexpected param unit")
+    assert _verdict("simple", [AREA], truth, "geometry.area(base=10, height=5.0, unit='cm')") == (
+        0.0,
+        "unexpected param unit",
+    )
 
 
 def test_multiple_picks_the_right_function():
     truth = [{"spotify.play": {"artist": ["Taylor Swift"], "duration": [20]}}]
     assert _verdict("multiple", [AREA, PLAY], truth, "spotify.play(artist='taylor swift', duration=20)") == (1.0, None)
-    assert _verdict("multiple", [AREA, PLAY], truth, "geometry.area(base=1, height=2.0)") == \
-        (0.0, "wrong function: got geometry.area expected spotify.play")
+    assert _verdict("multiple", [AREA, PLAY], truth, "geometry.area(base=1, height=2.0)") == (
+        0.0,
+        "wrong function: got geometry.area expected spotify.play",
+    )
 
 
-PAR_TRUTH = [{"spotify.play": {"artist": ["Taylor Swift"], "duration": [20]}},
-             {"spotify.play": {"artist": ["Maroon 5"], "duration": [15]}}]
+PAR_TRUTH = [
+    {"spotify.play": {"artist": ["Taylor Swift"], "duration": [20]}},
+    {"spotify.play": {"artist": ["Maroon 5"], "duration": [15]}},
+]
 
 
-@pytest.mark.parametrize("output, verdict", [
-    ("[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=15)]",
-     (1.0, None)),
-    ("[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Taylor Swift', duration=20)]",
-     (1.0, None)),
-    ("[spotify.play(artist='Maroon 5', duration=15)]", (0.0, "2 calls expected, 1 produced")),
-    ("[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Maroon 5', duration=15)]",
-     (0.0, "spotify.play: param artist: value 'Maroon 5' not in ['Taylor Swift']")),
-    ("[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=30)]",
-     (0.0, "spotify.play: param duration: value 30 not in [15]")),
-])
+@pytest.mark.parametrize(
+    "output, verdict",
+    [
+        (
+            "[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=15)]",
+            (1.0, None),
+        ),
+        (
+            "[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Taylor Swift', duration=20)]",
+            (1.0, None),
+        ),
+        ("[spotify.play(artist='Maroon 5', duration=15)]", (0.0, "2 calls expected, 1 produced")),
+        (
+            "[spotify.play(artist='Maroon 5', duration=15), spotify.play(artist='Maroon 5', duration=15)]",
+            (0.0, "spotify.play: param artist: value 'Maroon 5' not in ['Taylor Swift']"),
+        ),
+        (
+            "[spotify.play(artist='Taylor Swift', duration=20), spotify.play(artist='Maroon 5', duration=30)]",
+            (0.0, "spotify.play: param duration: value 30 not in [15]"),
+        ),
+    ],
+)
 def test_parallel_verdicts(output, verdict):
     assert _verdict("parallel", [PLAY], PAR_TRUTH, output) == verdict
 
@@ -124,39 +180,56 @@ def test_parallel_matching_is_greedy_as_in_bfcl():
     # BFCL gives each expected call, in order, the first free produced call that
     # fits: the first takes 'Adele' and leaves 'Bono' to the second, which wants
     # 'Adele'. The best assignment would pass; BFCL fails it, and so do we.
-    truth = [{"spotify.play": {"artist": ["Adele", "Bono"], "duration": [1]}},
-             {"spotify.play": {"artist": ["Adele"], "duration": [1]}}]
+    truth = [
+        {"spotify.play": {"artist": ["Adele", "Bono"], "duration": [1]}},
+        {"spotify.play": {"artist": ["Adele"], "duration": [1]}},
+    ]
     out = "[spotify.play(artist='Adele', duration=1), spotify.play(artist='Bono', duration=1)]"
-    assert _verdict("parallel", [PLAY], truth, out) == \
-        (0.0, "spotify.play: param artist: value 'Bono' not in ['Adele']")
+    assert _verdict("parallel", [PLAY], truth, out) == (
+        0.0,
+        "spotify.play: param artist: value 'Bono' not in ['Adele']",
+    )
     assert _kind(truth, out, [PLAY]) == "cannot_find_match"
     assert _verdict("parallel", [PLAY], truth, out, lenient=True) == (1.0, None)
 
 
 def test_parallel_reasons_name_the_missing_call():
-    truth = [{"spotify.play": {"artist": ["Adele"], "duration": [1]}},
-             {"geometry.area": {"base": [2], "height": [3.0]}}]
+    truth = [
+        {"spotify.play": {"artist": ["Adele"], "duration": [1]}},
+        {"geometry.area": {"base": [2], "height": [3.0]}},
+    ]
     out = "[spotify.play(artist='Adele', duration=1), spotify.play(artist='Adele', duration=1)]"
     assert _verdict("parallel_multiple", [AREA, PLAY], truth, out) == (0.0, "no call to geometry.area")
 
 
 def test_parallel_multiple_mixes_functions():
-    truth = [{"geometry.area": {"base": [2], "height": [3.0]}},
-             {"spotify.play": {"artist": ["Adele"], "duration": [5]}}]
-    out = ('<tool_call>{"name": "spotify.play", "arguments": {"artist": "Adele", "duration": 5}}</tool_call>\n'
-           '<tool_call>{"name": "geometry.area", "arguments": {"base": 2, "height": 3}}</tool_call>')
+    truth = [
+        {"geometry.area": {"base": [2], "height": [3.0]}},
+        {"spotify.play": {"artist": ["Adele"], "duration": [5]}},
+    ]
+    out = (
+        '<tool_call>{"name": "spotify.play", "arguments": {"artist": "Adele", "duration": 5}}</tool_call>\n'
+        '<tool_call>{"name": "geometry.area", "arguments": {"base": 2, "height": 3}}</tool_call>'
+    )
     assert _verdict("parallel_multiple", [AREA, PLAY], truth, out) == (1.0, None)
-    assert _verdict("parallel_multiple", [AREA, PLAY], truth, out.split("\n")[0]) == \
-        (0.0, "2 calls expected, 1 produced")
+    assert _verdict("parallel_multiple", [AREA, PLAY], truth, out.split("\n")[0]) == (
+        0.0,
+        "2 calls expected, 1 produced",
+    )
 
 
-@pytest.mark.parametrize("output, verdict", [
-    ("I cannot compute a BMI from a triangle.", (1.0, None)),
-    ("[]", (1.0, None)),
-    ("geometry.area(base=10, height=5.0)", (0.0, "expected no call, got geometry.area(base=10, height=5.0)")),
-    ('<tool_call>{"name": "spotify.play", "arguments": {"artist": "x"}}</tool_call>',
-     (0.0, "expected no call, got spotify.play(artist='x')")),
-])
+@pytest.mark.parametrize(
+    "output, verdict",
+    [
+        ("I cannot compute a BMI from a triangle.", (1.0, None)),
+        ("[]", (1.0, None)),
+        ("geometry.area(base=10, height=5.0)", (0.0, "expected no call, got geometry.area(base=10, height=5.0)")),
+        (
+            '<tool_call>{"name": "spotify.play", "arguments": {"artist": "x"}}</tool_call>',
+            (0.0, "expected no call, got spotify.play(artist='x')"),
+        ),
+    ],
+)
 def test_irrelevance(output, verdict):
     assert _verdict("irrelevance", [AREA, PLAY], None, output) == verdict
 
@@ -172,32 +245,75 @@ def test_accuracy_averages_outputs_and_reason_is_the_first():
 
 # ---------------------------------------------------------------- where BFCL's checker is strict
 
-MEAN = {"name": "stats.mean", "description": "Weighted mean.",
-        "parameters": {"type": "dict", "required": ["values"], "properties": {
+MEAN = {
+    "name": "stats.mean",
+    "description": "Weighted mean.",
+    "parameters": {
+        "type": "dict",
+        "required": ["values"],
+        "properties": {
             "values": {"type": "array", "items": {"type": "integer"}},
             "weights": {"type": "array", "items": {"type": "float"}},
             "span": {"type": "tuple", "items": {"type": "integer"}},
-            "label": {"type": "string"}}}}
-MEAN_TRUTH = [{"stats.mean": {"values": [[1, 2]], "weights": [[0.5, 2.0], OMIT], "span": [[1, 5], OMIT],
-                              "label": ["New York", OMIT]}}]
+            "label": {"type": "string"},
+        },
+    },
+}
+MEAN_TRUTH = [
+    {
+        "stats.mean": {
+            "values": [[1, 2]],
+            "weights": [[0.5, 2.0], OMIT],
+            "span": [[1, 5], OMIT],
+            "label": ["New York", OMIT],
+        }
+    }
+]
 WEIGHTED = [{"stats.mean": {"values": [[1, 2]], "weights": [[0.5, 2.0]]}}]  # weights without the blank
-FACT = {"name": "math.factorial", "description": "n!",
-        "parameters": {"type": "dict", "required": ["number"], "properties": {"number": {"type": "integer"}}}}
+FACT = {
+    "name": "math.factorial",
+    "description": "n!",
+    "parameters": {"type": "dict", "required": ["number"], "properties": {"number": {"type": "integer"}}},
+}
 FACT_TRUTH = [{"math.factorial": {"number": [5]}}]
 
 # One output per looser reading: BFCL's verdict and the kind of check that fails.
 STRICT_CASES = [
-    ("tuple for an array", MEAN_TRUTH, "stats.mean(values=(1, 2))", "param values: expected array, got tuple",
-     "type_error:simple"),
-    ("tab for a space", MEAN_TRUTH, "stats.mean(values=[1, 2], label='New\tYork')",
-     "param label: value 'New\\tYork' not in ['New York']", "value_error:string"),
-    ("newline for a space", MEAN_TRUTH, '<tool_call>{"name": "stats.mean", "arguments": {"values": [1, 2], '
-     '"label": "New\\nYork"}}</tool_call>', "param label: value 'New\\nYork' not in ['New York']",
-     "value_error:string"),
-    ("float among integers", MEAN_TRUTH, "stats.mean(values=[1.0, 2.0])",
-     "param values: item 0: expected integer, got float", "type_error:nested"),
-    ("int among floats", WEIGHTED, "stats.mean(values=[1, 2], weights=[0.5, 2])",
-     "param weights: item 1: expected float, got integer", "type_error:nested"),
+    (
+        "tuple for an array",
+        MEAN_TRUTH,
+        "stats.mean(values=(1, 2))",
+        "param values: expected array, got tuple",
+        "type_error:simple",
+    ),
+    (
+        "tab for a space",
+        MEAN_TRUTH,
+        "stats.mean(values=[1, 2], label='New\tYork')",
+        "param label: value 'New\\tYork' not in ['New York']",
+        "value_error:string",
+    ),
+    (
+        "newline for a space",
+        MEAN_TRUTH,
+        '<tool_call>{"name": "stats.mean", "arguments": {"values": [1, 2], "label": "New\\nYork"}}</tool_call>',
+        "param label: value 'New\\nYork' not in ['New York']",
+        "value_error:string",
+    ),
+    (
+        "float among integers",
+        MEAN_TRUTH,
+        "stats.mean(values=[1.0, 2.0])",
+        "param values: item 0: expected integer, got float",
+        "type_error:nested",
+    ),
+    (
+        "int among floats",
+        WEIGHTED,
+        "stats.mean(values=[1, 2], weights=[0.5, 2])",
+        "param weights: item 1: expected float, got integer",
+        "type_error:nested",
+    ),
 ]
 
 
@@ -208,9 +324,11 @@ def test_bfcl_verdicts_where_a_loose_reading_would_pass(what, truth, output, rea
 
 
 def test_what_bfcl_accepts_around_those():
-    for out in ("stats.mean(values=[1, 2], label='new  york')",   # spaces and case still ignored
-                "stats.mean(values=[1, 2], span=(1, 5))",         # a tuple is right for a tuple
-                "stats.mean(values=[1, 2], weights=[0.5, 2.0])"):
+    for out in (
+        "stats.mean(values=[1, 2], label='new  york')",  # spaces and case still ignored
+        "stats.mean(values=[1, 2], span=(1, 5))",  # a tuple is right for a tuple
+        "stats.mean(values=[1, 2], weights=[0.5, 2.0])",
+    ):
         assert _verdict("simple", [MEAN], MEAN_TRUTH, out) == (1.0, None), out
     # Items are held against each allowed list; an allowed value that is no list
     # (the blank, a variable name) asks nothing of them, and an allowed list's own
@@ -226,10 +344,11 @@ def test_the_function_is_named_as_shown(functions_in):
     task, sample = _sample("simple", [FACT], FACT_TRUTH, functions_in=functions_in)
     if sample.request.tools:
         assert sample.request.tools[0]["function"]["name"] == "math.factorial"
-    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", functions_in=functions_in) == \
-        (1.0, None)
-    assert _verdict("simple", [FACT], FACT_TRUTH, "math_factorial(number=5)", functions_in=functions_in) == \
-        (0.0, "wrong function: got math_factorial expected math.factorial")
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", functions_in=functions_in) == (1.0, None)
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math_factorial(number=5)", functions_in=functions_in) == (
+        0.0,
+        "wrong function: got math_factorial expected math.factorial",
+    )
     assert _kind(FACT_TRUTH, "math_factorial(number=5)", [FACT]) == "wrong_func_name"
 
 
@@ -238,8 +357,10 @@ def test_function_calling_with_underscore_names_accepts_only_those():
     _, sample = _sample("simple", [FACT], FACT_TRUTH, **options)
     assert sample.request.tools[0]["function"]["name"] == "math_factorial"
     assert _verdict("simple", [FACT], FACT_TRUTH, "math_factorial(number=5)", **options) == (1.0, None)
-    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", **options) == \
-        (0.0, "wrong function: got math.factorial expected math_factorial")
+    assert _verdict("simple", [FACT], FACT_TRUTH, "math.factorial(number=5)", **options) == (
+        0.0,
+        "wrong function: got math.factorial expected math_factorial",
+    )
     assert _kind(FACT_TRUTH, "math.factorial(number=5)", [FACT], Rules(underscore_names=True)) == "wrong_func_name"
 
 
@@ -249,8 +370,10 @@ def test_lenient_restores_the_looser_readings():
         assert match_calls(parse_calls(out), truth, [MEAN], Rules(lenient=True)) is None
     for options in ({"functions_in": "system"}, {}, {"tool_names": "underscore"}):
         for name in ("math_factorial", "math.factorial"):
-            assert _verdict("simple", [FACT], FACT_TRUTH, f"{name}(number=5)", lenient=True, **options) == \
-                (1.0, None), (name, options)
+            assert _verdict("simple", [FACT], FACT_TRUTH, f"{name}(number=5)", lenient=True, **options) == (
+                1.0,
+                None,
+            ), (name, options)
     assert normalise("New\tYork", lenient=True) == normalise("New York")
     # the greedy case: see test_parallel_matching_is_greedy_as_in_bfcl
 
@@ -292,45 +415,60 @@ def _calls(text):
     return None if got is None else [(c.name, c.args, c.positional) for c in got]
 
 
-@pytest.mark.parametrize("text, calls", [
-    ('<tool_call>\n{"name": "f", "arguments": {"a": 1, "b": 2.5}}\n</tool_call>', [("f", {"a": 1, "b": 2.5}, [])]),
-    ('Sure.\n<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
-     '<tool_call>{"name": "g.h", "arguments": {}}</tool_call> done', [("f", {"a": 1}, []), ("g.h", {}, [])]),
-    ('<tool_call>[{"name": "f", "arguments": {"a": true}}, {"name": "g", "arguments": {"b": null}}]</tool_call>',
-     [("f", {"a": True}, []), ("g", {"b": None}, [])]),
-    ('<tool_call>{"name": "f", "arguments": {"a": 1}}', [("f", {"a": 1}, [])]),            # unclosed at the end
-    ('{"name": "f", "parameters": {"a": "x"}}', [("f", {"a": "x"}, [])]),                  # Llama style
-    ('[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {"b": 2}}]',
-     [("f", {"a": 1}, []), ("g", {"b": 2}, [])]),
-    ('{"name": "f", "arguments": "{\\"a\\": [1, 2]}"}', [("f", {"a": [1, 2]}, [])]),       # OpenAI: a JSON string
-    ('{"type": "function", "function": {"name": "f", "arguments": "{}"}}', [("f", {}, [])]),
-    ('{"tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}', [("f", {"a": 1}, [])]),
-    ('{"name": "f", "arguments": {"a": 1}}; {"name": "g", "arguments": {}}', [("f", {"a": 1}, []), ("g", {}, [])]),
-    ("[func(a=1, b='x'), other(c=2)]", [("func", {"a": 1, "b": "x"}, []), ("other", {"c": 2}, [])]),
-    ("math.factorial(number=5)", [("math.factorial", {"number": 5}, [])]),
-    ("a.b.c(x=-1.5e3, y=(1, 2), z={'k': [True, None]})",
-     [("a.b.c", {"x": -1500.0, "y": [1, 2], "z": {"k": [True, None]}}, [])]),
-    ("f(x=data['sales'], y=some_var, z=[1, n])", [("f", {"x": "data['sales']", "y": "some_var", "z": [1, "n"]}, [])]),
-    ("f(1, 'two', k=3)", [("f", {"k": 3}, [1, "two"])]),
-    ("f(a=1)\ng(b=2)", [("f", {"a": 1}, []), ("g", {"b": 2}, [])]),
-    ("Here you go:\n```python\n[f(a=1)]\n```", [("f", {"a": 1}, [])]),
-    ('```json\n{"name": "f", "arguments": {"a": 1}}\n```', [("f", {"a": 1}, [])]),
-    ("{'name': 'f', 'arguments': {'a': 1}}", [("f", {"a": 1}, [])]),                       # a Python literal
-    ('<think>maybe f(a=2)?</think>[f(a=1)]', [("f", {"a": 1}, [])]),
-    ('<|python_tag|>{"name": "f", "parameters": {}}', [("f", {}, [])]),
-    ("[]", []),
-    ("", None),
-    ("I don't know.", None),
-    ("Use f(x) to compute it.", None),  # a call inside prose is not an answer
-    ("f(", None),
-    ("f(**kw)", None),
-    ("x = f(a=1)", None),
-    ("42", None),
-    ('{"name": 3, "arguments": {}}', None),
-    ('{"name": "f", "arguments": "{not json"}', None),
-    ('<tool_call>garbage</tool_call>', None),
-    ("[" * 5000 + "]" * 5000, None),
-])
+@pytest.mark.parametrize(
+    "text, calls",
+    [
+        ('<tool_call>\n{"name": "f", "arguments": {"a": 1, "b": 2.5}}\n</tool_call>', [("f", {"a": 1, "b": 2.5}, [])]),
+        (
+            'Sure.\n<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
+            '<tool_call>{"name": "g.h", "arguments": {}}</tool_call> done',
+            [("f", {"a": 1}, []), ("g.h", {}, [])],
+        ),
+        (
+            '<tool_call>[{"name": "f", "arguments": {"a": true}}, {"name": "g", "arguments": {"b": null}}]</tool_call>',
+            [("f", {"a": True}, []), ("g", {"b": None}, [])],
+        ),
+        ('<tool_call>{"name": "f", "arguments": {"a": 1}}', [("f", {"a": 1}, [])]),  # unclosed at the end
+        ('{"name": "f", "parameters": {"a": "x"}}', [("f", {"a": "x"}, [])]),  # Llama style
+        (
+            '[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {"b": 2}}]',
+            [("f", {"a": 1}, []), ("g", {"b": 2}, [])],
+        ),
+        ('{"name": "f", "arguments": "{\\"a\\": [1, 2]}"}', [("f", {"a": [1, 2]}, [])]),  # OpenAI: a JSON string
+        ('{"type": "function", "function": {"name": "f", "arguments": "{}"}}', [("f", {}, [])]),
+        ('{"tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}', [("f", {"a": 1}, [])]),
+        ('{"name": "f", "arguments": {"a": 1}}; {"name": "g", "arguments": {}}', [("f", {"a": 1}, []), ("g", {}, [])]),
+        ("[func(a=1, b='x'), other(c=2)]", [("func", {"a": 1, "b": "x"}, []), ("other", {"c": 2}, [])]),
+        ("math.factorial(number=5)", [("math.factorial", {"number": 5}, [])]),
+        (
+            "a.b.c(x=-1.5e3, y=(1, 2), z={'k': [True, None]})",
+            [("a.b.c", {"x": -1500.0, "y": [1, 2], "z": {"k": [True, None]}}, [])],
+        ),
+        (
+            "f(x=data['sales'], y=some_var, z=[1, n])",
+            [("f", {"x": "data['sales']", "y": "some_var", "z": [1, "n"]}, [])],
+        ),
+        ("f(1, 'two', k=3)", [("f", {"k": 3}, [1, "two"])]),
+        ("f(a=1)\ng(b=2)", [("f", {"a": 1}, []), ("g", {"b": 2}, [])]),
+        ("Here you go:\n```python\n[f(a=1)]\n```", [("f", {"a": 1}, [])]),
+        ('```json\n{"name": "f", "arguments": {"a": 1}}\n```', [("f", {"a": 1}, [])]),
+        ("{'name': 'f', 'arguments': {'a': 1}}", [("f", {"a": 1}, [])]),  # a Python literal
+        ("<think>maybe f(a=2)?</think>[f(a=1)]", [("f", {"a": 1}, [])]),
+        ('<|python_tag|>{"name": "f", "parameters": {}}', [("f", {}, [])]),
+        ("[]", []),
+        ("", None),
+        ("I don't know.", None),
+        ("Use f(x) to compute it.", None),  # a call inside prose is not an answer
+        ("f(", None),
+        ("f(**kw)", None),
+        ("x = f(a=1)", None),
+        ("42", None),
+        ('{"name": 3, "arguments": {}}', None),
+        ('{"name": "f", "arguments": "{not json"}', None),
+        ("<tool_call>garbage</tool_call>", None),
+        ("[" * 5000 + "]" * 5000, None),
+    ],
+)
 def test_parse_calls(text, calls):
     assert _calls(text) == calls
 
@@ -343,18 +481,28 @@ def test_parsed_calls_are_data():
 
 
 def test_schema_conversion():
-    schema = {"type": "dict", "required": ["a"], "properties": {
-        "a": {"type": "float", "description": "x", "default": {"type": "dict"}},
-        "b": {"type": "tuple", "items": {"type": "float"}, "optional": True},
-        "type": {"type": "string", "enum": ["dict", "float"]},
-        "c": {"type": "array", "items": {"type": "dict", "properties": {"d": {"type": "any"}}}},
-        "e": {"type": "dict", "additionalProperties": {"type": "integer"}}}}
-    assert to_json_schema(schema) == {"type": "object", "required": ["a"], "properties": {
-        "a": {"type": "number", "description": "x", "default": {"type": "dict"}},
-        "b": {"type": "array", "items": {"type": "number"}},
-        "type": {"type": "string", "enum": ["dict", "float"]},
-        "c": {"type": "array", "items": {"type": "object", "properties": {"d": {}}}},
-        "e": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+    schema = {
+        "type": "dict",
+        "required": ["a"],
+        "properties": {
+            "a": {"type": "float", "description": "x", "default": {"type": "dict"}},
+            "b": {"type": "tuple", "items": {"type": "float"}, "optional": True},
+            "type": {"type": "string", "enum": ["dict", "float"]},
+            "c": {"type": "array", "items": {"type": "dict", "properties": {"d": {"type": "any"}}}},
+            "e": {"type": "dict", "additionalProperties": {"type": "integer"}},
+        },
+    }
+    assert to_json_schema(schema) == {
+        "type": "object",
+        "required": ["a"],
+        "properties": {
+            "a": {"type": "number", "description": "x", "default": {"type": "dict"}},
+            "b": {"type": "array", "items": {"type": "number"}},
+            "type": {"type": "string", "enum": ["dict", "float"]},
+            "c": {"type": "array", "items": {"type": "object", "properties": {"d": {}}}},
+            "e": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    }
     assert schema["type"] == "dict"  # the input is left as it was
     tool = to_tool(AREA)
     assert tool["type"] == "function" and tool["function"]["name"] == "geometry.area"
@@ -369,8 +517,12 @@ def test_requests():
     assert [t["function"]["name"] for t in sample.request.tools] == ["geometry.area", "spotify.play"]
     assert sample.request.sampling.max_tokens == 512
     sys_task = BFCL("live_simple", max_tokens=64, functions_in="system")
-    item = {"id": "x", "function": [PLAY], "ground_truth": PAR_TRUTH[:1],
-            "question": [[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Play."}]]}
+    item = {
+        "id": "x",
+        "function": [PLAY],
+        "ground_truth": PAR_TRUTH[:1],
+        "question": [[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Play."}]],
+    }
     s = sys_task.sample(item)
     assert s.request.tools is None and s.request.sampling.max_tokens == 64
     assert [m["role"] for m in s.request.messages] == ["system", "user"]
@@ -393,12 +545,14 @@ TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nTools:\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
     "<|im_end|>\n{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _render(tok, sample):
-    return tok.apply_chat_template(sample.request.messages, tools=sample.request.tools, tokenize=False,
-                                   add_generation_prompt=True)
+    return tok.apply_chat_template(
+        sample.request.messages, tools=sample.request.tools, tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_renders_through_a_chat_template_with_tools():
@@ -415,8 +569,14 @@ def test_renders_through_a_chat_template_with_tools():
 
 # ---------------------------------------------------------------- real data (downloads bfcl-eval once)
 
-COUNTS = {"simple": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200,
-          "irrelevance": 240, "live_simple": 258}
+COUNTS = {
+    "simple": 400,
+    "multiple": 200,
+    "parallel": 200,
+    "parallel_multiple": 200,
+    "irrelevance": 240,
+    "live_simple": 258,
+}
 
 
 def _concrete(value):
@@ -437,7 +597,7 @@ def _answer(sample):
     schemas = {f["name"]: f["parameters"] for f in sample.data["function"]}
     calls = []
     for expected in sample.data["ground_truth"]:
-        (name, params), = expected.items()
+        ((name, params),) = expected.items()
         required, props = schemas[name].get("required", []), schemas[name]["properties"]
         args = {}
         for p, allowed in params.items():
@@ -483,8 +643,11 @@ def test_real_data_is_self_consistent(category):
             if score.metrics["accuracy"] != 1.0:
                 failures.append((s.id, score.reason, out[:200]))
         # and the checker is not blind: drop a call, or break the function name
-        broken = task.score(s, [_as_python(calls[:-1])]) if len(calls) > 1 else \
-            task.score(s, [_as_python([(calls[0][0] + "_x", calls[0][1])])])
+        broken = (
+            task.score(s, [_as_python(calls[:-1])])
+            if len(calls) > 1
+            else task.score(s, [_as_python([(calls[0][0] + "_x", calls[0][1])])])
+        )
         assert broken.metrics["accuracy"] == 0.0, s.id
     assert failures == []
 

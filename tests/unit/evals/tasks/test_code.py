@@ -48,27 +48,40 @@ def test_pass_at_k_known_values_and_large_n():
 # --------------------------------------------------------- code extraction
 
 CHAT_REPLIES = {
-    "fenced": ("Here is the solution:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt adds.",
-               "def add(a, b):\n    return a + b"),
+    "fenced": (
+        "Here is the solution:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt adds.",
+        "def add(a, b):\n    return a + b",
+    ),
     "no_language": ("```\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a + b"),
-    "py_tag_and_trailing_spaces": ("```py  \ndef add(a, b):\n    return a + b\n   ```\n",
-                                   "def add(a, b):\n    return a + b"),
-    "unterminated": ("Sure!\n```python\ndef add(a, b):\n    return a + b\n",
-                     "def add(a, b):\n    return a + b"),
-    "prose_only": ("The function is:\ndef add(a, b):\n    return a + b\nThis returns the sum of a and b.",
-                   "def add(a, b):\n    return a + b"),
-    "raw_code": ("import math\n\ndef add(a, b):\n    return math.fsum([a, b])\n",
-                 "import math\n\ndef add(a, b):\n    return math.fsum([a, b])"),
-    "indented_block": ("1. Write it:\n\n    ```python\n    def add(a, b):\n        return a + b\n    ```\n",
-                       "def add(a, b):\n    return a + b"),
-    "main_guard": ("```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
-                   "    print(add(int(input()), 2))\n```", "def add(a, b):\n    return a + b"),
+    "py_tag_and_trailing_spaces": (
+        "```py  \ndef add(a, b):\n    return a + b\n   ```\n",
+        "def add(a, b):\n    return a + b",
+    ),
+    "unterminated": ("Sure!\n```python\ndef add(a, b):\n    return a + b\n", "def add(a, b):\n    return a + b"),
+    "prose_only": (
+        "The function is:\ndef add(a, b):\n    return a + b\nThis returns the sum of a and b.",
+        "def add(a, b):\n    return a + b",
+    ),
+    "raw_code": (
+        "import math\n\ndef add(a, b):\n    return math.fsum([a, b])\n",
+        "import math\n\ndef add(a, b):\n    return math.fsum([a, b])",
+    ),
+    "indented_block": (
+        "1. Write it:\n\n    ```python\n    def add(a, b):\n        return a + b\n    ```\n",
+        "def add(a, b):\n    return a + b",
+    ),
+    "main_guard": (
+        "```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
+        "    print(add(int(input()), 2))\n```",
+        "def add(a, b):\n    return a + b",
+    ),
     "helpers_drafts_and_examples": (
         "First a helper:\n```python\nimport math\n\ndef sq(x):\n    return x * x\n```\n"
         "A first try:\n```python\ndef add(a, b):\n    return a - b\n```\n"
         "Fixed:\n```python\ndef add(a, b):\n    return sq(a) * 0 + a + b\n```\n"
         "Example:\n```python\nprint(add(1, 2))\n```\nOutput:\n```text\n3\n```",
-        "import math\n\ndef sq(x):\n    return x * x\n\ndef add(a, b):\n    return sq(a) * 0 + a + b"),
+        "import math\n\ndef sq(x):\n    return x * x\n\ndef add(a, b):\n    return sq(a) * 0 + a + b",
+    ),
 }
 
 
@@ -106,16 +119,25 @@ def test_mbpp_entry_point_from_the_first_test():
 
 # ------------------------------------------------------- scoring, known verdicts
 
-PROMPT = ('from typing import List\n\n\ndef total(xs: List[int]) -> int:\n'
-          '    """Sum of the numbers in xs.\n    >>> total([1, 2])\n    3\n    """\n')
+PROMPT = (
+    "from typing import List\n\n\ndef total(xs: List[int]) -> int:\n"
+    '    """Sum of the numbers in xs.\n    >>> total([1, 2])\n    3\n    """\n'
+)
 TEST = "\n\ndef check(candidate):\n    assert candidate([1, 2, 3]) == 6\n    assert candidate([]) == 0\n"
-HE_RECORD = {"task_id": "Toy/0", "prompt": PROMPT, "entry_point": "total", "test": TEST,
-             "canonical_solution": "    return sum(xs)\n"}
-MBPP_DOC = {"task_id": 900, "text": "Write a function to make a stack of two items.",
-            "code": ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
-                     "def two(a, b):\n    return [a, b]"),
-            "test_list": ["assert two(1, 2) == [1, 2]", "assert s.items == []", "assert two(0, 0) == [0, 0]"],
-            "test_setup_code": "s = Stack()"}
+HE_RECORD = {
+    "task_id": "Toy/0",
+    "prompt": PROMPT,
+    "entry_point": "total",
+    "test": TEST,
+    "canonical_solution": "    return sum(xs)\n",
+}
+MBPP_DOC = {
+    "task_id": 900,
+    "text": "Write a function to make a stack of two items.",
+    "code": ("class Stack:\n    def __init__(self):\n        self.items = []\n\ndef two(a, b):\n    return [a, b]"),
+    "test_list": ["assert two(1, 2) == [1, 2]", "assert s.items == []", "assert two(0, 0) == [0, 0]"],
+    "test_setup_code": "s = Stack()",
+}
 
 
 def _humaneval(monkeypatch, **options):
@@ -132,12 +154,21 @@ HUMANEVAL_CHAT = {
     "passing": (_fence("def total(xs: List[int]) -> int:\n    return sum(xs)"), "passed", None),
     "body_only": (_fence("    return sum(xs)"), "passed", None),
     "method_in_class": (_fence("class Solution:\n    def total(self, xs):\n        return sum(xs)"), "passed", None),
-    "wrong": (_fence("def total(xs):\n    return len(xs)"), "failed",
-              "failed: AssertionError at line 17: assert candidate([1, 2, 3]) == 6"),
-    "syntax_error": (_fence("def total(xs):\n    return sum(xs"), "failed",
-                     "failed: SyntaxError: '(' was never closed at line 12: return sum(xs"),
-    "crashing": (_fence("def total(xs):\n    return total(xs)"), "failed",
-                 "failed: RecursionError: maximum recursion depth exceeded at line 12: return total(xs)"),
+    "wrong": (
+        _fence("def total(xs):\n    return len(xs)"),
+        "failed",
+        "failed: AssertionError at line 17: assert candidate([1, 2, 3]) == 6",
+    ),
+    "syntax_error": (
+        _fence("def total(xs):\n    return sum(xs"),
+        "failed",
+        "failed: SyntaxError: '(' was never closed at line 12: return sum(xs",
+    ),
+    "crashing": (
+        _fence("def total(xs):\n    return total(xs)"),
+        "failed",
+        "failed: RecursionError: maximum recursion depth exceeded at line 12: return total(xs)",
+    ),
     "hanging": (_fence("def total(xs):\n    while True:\n        pass"), "timeout", "timeout: timed out after 3 s"),
     "no_code": ("I cannot help with that.", "no_code", "no_code: no code in the output"),
 }
@@ -158,8 +189,9 @@ def test_humaneval_chat_verdicts(monkeypatch):
     scores = [scored[n] for n in names]
     got = {n: (s.details["statuses"][0], s.reason) for n, s in zip(names, scores)}
     assert got == {n: (status, reason) for n, (_, status, reason) in HUMANEVAL_CHAT.items()}
-    assert [s.metrics for s in scores] == [{"pass@1": 1.0 if n in ("passing", "body_only", "method_in_class")
-                                            else 0.0} for n in names]
+    assert [s.metrics for s in scores] == [
+        {"pass@1": 1.0 if n in ("passing", "body_only", "method_in_class") else 0.0} for n in names
+    ]
 
 
 def test_humaneval_request_shapes(monkeypatch):
@@ -178,10 +210,12 @@ def test_humaneval_completion_pass_at_k(monkeypatch):
     """Completion mode: prompt + continuation (cut at a stop), n=4 with 2 passing."""
     task = _humaneval(monkeypatch, mode="completion", n=4, k=[1, 2])
     (sample,) = task.samples()
-    outputs = ["    return sum(xs)\n\n\ndef unrelated():\n    raise SystemExit(0)\n",  # cut at "\ndef "
-               "    return sum(reversed(xs))\n",
-               "    return max(xs) * 2\n",
-               "    return sum(xs) +\n"]
+    outputs = [
+        "    return sum(xs)\n\n\ndef unrelated():\n    raise SystemExit(0)\n",  # cut at "\ndef "
+        "    return sum(reversed(xs))\n",
+        "    return max(xs) * 2\n",
+        "    return sum(xs) +\n",
+    ]
     score = task.score(sample, outputs)
     assert score.metrics == {"pass@1": 0.5, "pass@2": pytest.approx(5 / 6, abs=1e-15)}
     assert score.details["statuses"] == ["passed", "passed", "failed", "failed"]
@@ -217,8 +251,11 @@ def test_mbpp_completion_mode(monkeypatch):
 
 
 def test_options_are_checked():
-    with pytest.raises(FactoryError, match=r"task humaneval: pass@k needs 1 <= k <= n samples per problem "
-                                           r"\(k=\[1, 10\], n=5\)"):
+    with pytest.raises(
+        FactoryError,
+        match=r"task humaneval: pass@k needs 1 <= k <= n samples per problem "
+        r"\(k=\[1, 10\], n=5\)",
+    ):
         HumanEval(n=5, k=[1, 10])
     with pytest.raises(FactoryError, match="task mbpp: mode must be 'chat' or 'completion', got 'fim'"):
         MBPP(mode="fim")
@@ -238,6 +275,7 @@ def test_empty_outputs_fail_with_a_reason():
 
 
 # ----------------------------------------------------------- the real data
+
 
 @pytest.mark.slow
 def test_real_data_loads_and_canonical_solutions_pass():

@@ -22,66 +22,115 @@ from evals.tasks.math import (
 from foundation.errors import FactoryError
 
 
-@pytest.mark.parametrize("text,expected", [
-    (r"so $x = \boxed{\frac{1}{\sqrt{2}}}$.", r"\frac{1}{\sqrt{2}}"),
-    (r"\boxed{1} then \boxed{\{a, \{b\}\}}", r"\{a, \{b\}\}"),
-    (r"\boxed {42}", "42"),
-    (r"the answer is \boxed 5.", "5."),
-    (r"\fbox{7}", "7"),
-    (r"\boxed{\frac{1}{2}", None),  # cut off inside the box
-    ("no box here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (r"so $x = \boxed{\frac{1}{\sqrt{2}}}$.", r"\frac{1}{\sqrt{2}}"),
+        (r"\boxed{1} then \boxed{\{a, \{b\}\}}", r"\{a, \{b\}\}"),
+        (r"\boxed {42}", "42"),
+        (r"the answer is \boxed 5.", "5."),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{\frac{1}{2}", None),  # cut off inside the box
+        ("no box here", None),
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("She has 3 apples. 3 + 15 = 18. The answer is 18.", "18"),
-    ("Reasoning... #### 1,234", "1,234"),
-    ("#### Step 1\nWe add 2 and 3 to get 5.", "5"),  # a markdown heading is not an answer
-    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
-    ("So the final answer is: **42**.", "42"),
-    ("The answer is $18 a day, $126 a week.", "$18 a day, $126 a week"),
-    ("The answer is \\(3\\sqrt{2}\\).", "3\\sqrt{2}"),
-    ("First 3.5, then 7, finally 1,234,567 apples", "1,234,567"),
-    ("It costs -4 degrees", "-4"),
-    ("x = 5", "x = 5"),
-    ("Lots of words but no digits", None),
-    ("Thus \\boxed{12}. The answer is 13.", "12"),  # a box beats a phrase
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("She has 3 apples. 3 + 15 = 18. The answer is 18.", "18"),
+        ("Reasoning... #### 1,234", "1,234"),
+        ("#### Step 1\nWe add 2 and 3 to get 5.", "5"),  # a markdown heading is not an answer
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+        ("So the final answer is: **42**.", "42"),
+        ("The answer is $18 a day, $126 a week.", "$18 a day, $126 a week"),
+        ("The answer is \\(3\\sqrt{2}\\).", "3\\sqrt{2}"),
+        ("First 3.5, then 7, finally 1,234,567 apples", "1,234,567"),
+        ("It costs -4 degrees", "-4"),
+        ("x = 5", "x = 5"),
+        ("Lots of words but no digits", None),
+        ("Thus \\boxed{12}. The answer is 13.", "12"),  # a box beats a phrase
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
-@pytest.mark.parametrize("span,expected", [
-    ("18 dollars", "18"), ("5 + 3 = 8", "8"), ("$1,234.50", "$1,234.50"),
-    ("$18 a day, $126 a week", "18"), (None, None),
-])
+@pytest.mark.parametrize(
+    "span,expected",
+    [
+        ("18 dollars", "18"),
+        ("5 + 3 = 8", "8"),
+        ("$1,234.50", "$1,234.50"),
+        ("$18 a day, $126 a week", "18"),
+        (None, None),
+    ],
+)
 def test_gsm8k_number(span, expected):
     assert gsm8k_number(span) == expected
 
 
-@pytest.mark.parametrize("text,value", [
-    ("1,234", 1234), ("-0.5", -0.5), ("$18", 18), ("\\$18.50", 18.5), ("25%", 25), ("25\\%", 25),
-    ("90^\\circ", 90), ("3/4", 0.75), ("\\frac{3}{4}", 0.75), ("\\dfrac34", 0.75), ("-\\frac12", -0.5),
-    ("12 \\text{ cm}", 12), ("18 dollars", 18), ("10,\\!080", 10080), (".5", 0.5),
-    ("3, 5, 7", None), ("x", None), ("1/0", None), ("\\frac{\\sqrt{3}}{3}", None),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("1,234", 1234),
+        ("-0.5", -0.5),
+        ("$18", 18),
+        ("\\$18.50", 18.5),
+        ("25%", 25),
+        ("25\\%", 25),
+        ("90^\\circ", 90),
+        ("3/4", 0.75),
+        ("\\frac{3}{4}", 0.75),
+        ("\\dfrac34", 0.75),
+        ("-\\frac12", -0.5),
+        ("12 \\text{ cm}", 12),
+        ("18 dollars", 18),
+        ("10,\\!080", 10080),
+        (".5", 0.5),
+        ("3, 5, 7", None),
+        ("x", None),
+        ("1/0", None),
+        ("\\frac{\\sqrt{3}}{3}", None),
+    ],
+)
 def test_to_number(text, value):
     got = to_number(text)
     assert (got is None) if value is None else float(got) == value
 
 
-@pytest.mark.parametrize("pred,gold,same", [
-    ("1/2", "0.5", True), ("0.5", "\\frac{1}{2}", True), ("\\dfrac12", "1/2", True),
-    ("\\frac12", "\\frac{1}{2}", True), ("\\dfrac12", "0.5", True),
-    ("1,234", "1234", True), ("$18", "18", True), ("18.00", "18", True), ("25%", "25", True),
-    ("90^\\circ", "90", True), ("10080", "10,\\!080", True), ("Evelyn", "\\text{Evelyn}", True),
-    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True), ("(3,\\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
-    ("x^2+2x+1", "(x+1)^2", True), ("2\\sqrt{2}", "\\sqrt{8}", True), ("x=5", "5", True),
-    ("2", "3", False), ("0.333", "\\frac{1}{3}", False), ("-18", "18", False), ("(1,2)", "(2,1)", False),
-    ("\\sqrt{2}", "2", False), (None, "5", False), ("", "5", False),
-])
+@pytest.mark.parametrize(
+    "pred,gold,same",
+    [
+        ("1/2", "0.5", True),
+        ("0.5", "\\frac{1}{2}", True),
+        ("\\dfrac12", "1/2", True),
+        ("\\frac12", "\\frac{1}{2}", True),
+        ("\\dfrac12", "0.5", True),
+        ("1,234", "1234", True),
+        ("$18", "18", True),
+        ("18.00", "18", True),
+        ("25%", "25", True),
+        ("90^\\circ", "90", True),
+        ("10080", "10,\\!080", True),
+        ("Evelyn", "\\text{Evelyn}", True),
+        ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
+        ("(3,\\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("x^2+2x+1", "(x+1)^2", True),
+        ("2\\sqrt{2}", "\\sqrt{8}", True),
+        ("x=5", "5", True),
+        ("2", "3", False),
+        ("0.333", "\\frac{1}{3}", False),
+        ("-18", "18", False),
+        ("(1,2)", "(2,1)", False),
+        ("\\sqrt{2}", "2", False),
+        (None, "5", False),
+        ("", "5", False),
+    ],
+)
 def test_answers_match(pred, gold, same):
     assert answers_match(pred, gold) is same
 
@@ -92,14 +141,18 @@ def test_text_after_an_invented_next_problem_is_ignored():
 
 
 def _sample(task, gold, question="How many?"):
-    return Sample(id="0", request=Request(messages=[{"role": "user", "content": question}]),
-                  data={"answer": gold, "question": question})
+    return Sample(
+        id="0",
+        request=Request(messages=[{"role": "user", "content": question}]),
+        data={"answer": gold, "question": question},
+    )
 
 
 def test_gsm8k_score_and_reason():
     task = GSM8K()
     assert task.score(_sample(task, "2,125"), ["So she pays $2,125 in total. The answer is $2,125."]).metrics == {
-        "exact_match": 1.0}
+        "exact_match": 1.0
+    }
     assert task.score(_sample(task, "25"), ["That is 25% of the class. The answer is 25%."]).reason is None
     wrong = task.score(_sample(task, "8"), ["3 + 4 = 7. The answer is 7 apples."])
     assert wrong.metrics == {"exact_match": 0.0}
@@ -117,15 +170,19 @@ def test_math500_score_and_reason():
     assert wrong.reason == "extracted '(3, \\\\pi)', gold '\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)'"
 
 
-CONTEXT = ("Question: Ann has 2 cats and gets 3 more. How many cats?\nAnswer: 2 + 3 = 5. So the answer is 5.\n\n"
-           "Question: Bob had 9 eggs and ate 4. How many are left?\nAnswer: 9 - 4 = 5. So the answer is 5.\n\n"
-           "Question: The test problem?\nAnswer:")
+CONTEXT = (
+    "Question: Ann has 2 cats and gets 3 more. How many cats?\nAnswer: 2 + 3 = 5. So the answer is 5.\n\n"
+    "Question: Bob had 9 eggs and ate 4. How many are left?\nAnswer: 9 - 4 = 5. So the answer is 5.\n\n"
+    "Question: The test problem?\nAnswer:"
+)
 
 
 def test_parse_exemplars_skips_the_open_question():
     pairs = parse_exemplars(CONTEXT)
-    assert [q for q, _ in pairs] == ["Ann has 2 cats and gets 3 more. How many cats?",
-                                     "Bob had 9 eggs and ate 4. How many are left?"]
+    assert [q for q, _ in pairs] == [
+        "Ann has 2 cats and gets 3 more. How many cats?",
+        "Bob had 9 eggs and ate 4. How many are left?",
+    ]
     assert pairs[1][1] == "9 - 4 = 5. So the answer is 5."
 
 
@@ -162,6 +219,7 @@ def test_gsm8k_options():
 
 # -------------------------------------------------------------- real data
 
+
 @pytest.mark.slow
 def test_gsm8k_real_data_counts_shots_and_gold():
     zero = GSM8K(shots=0).samples()
@@ -186,20 +244,26 @@ def test_math500_real_data_counts_and_gold():
     task = Math500()
     for s in samples:
         gold = s.data["answer"]
-        for response in (f"So \\boxed{{{gold}}}.", f"Final Answer: The final answer is ${gold}$. I hope it is correct.",
-                         gold):
+        for response in (
+            f"So \\boxed{{{gold}}}.",
+            f"Final Answer: The final answer is ${gold}$. I hope it is correct.",
+            gold,
+        ):
             assert task.score(s, [response]).metrics["exact_match"] == 1.0, (s.id, response)
 
 
 def test_shipped_exemplars_come_first_and_the_reserve_fills_in():
-    docs = [{"question": "Ann has 2 cats and gets 3 more. How many cats?",
-             "choices": ["2 + 3 = 5. So the answer is 5."]},
-            {"question": "Cy has 4 hats.", "choices": ["So the answer is 4."]}]
+    docs = [
+        {"question": "Ann has 2 cats and gets 3 more. How many cats?", "choices": ["2 + 3 = 5. So the answer is 5."]},
+        {"question": "Cy has 4 hats.", "choices": ["So the answer is 4."]},
+    ]
     records = [("f: record 1", {"request": {"context": CONTEXT}}, docs[0]), ("f: record 2", {}, docs[1])]
     task = GSM8K(shots=8)
     pool = task._pool(records)
-    assert [q for q, _ in pool[:2]] == ["Ann has 2 cats and gets 3 more. How many cats?",
-                                        "Bob had 9 eggs and ate 4. How many are left?"]
+    assert [q for q, _ in pool[:2]] == [
+        "Ann has 2 cats and gets 3 more. How many cats?",
+        "Bob had 9 eggs and ate 4. How many are left?",
+    ]
     msgs = task.messages(docs[0]["question"], pool)
     shots = [m["content"] for m in msgs[:-1:2]]
     assert len(shots) == 2  # Bob (shipped) and Cy (reserve); Ann is the item itself

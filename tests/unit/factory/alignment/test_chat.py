@@ -10,9 +10,13 @@ from factory.sources.tiny import byte_tokenizer
 from factory.training.losses import IGNORE_INDEX
 from foundation.errors import FactoryError
 
-CONVO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
-         {"role": "assistant", "content": "4"}]
+CONVO = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def _segments(tok, r):
@@ -58,14 +62,20 @@ def test_mask_on_smollm2_template():
     assert "SmolLM" in r.text and [tok.decode(s) for s in _segments(tok, r)] == ["Hello!<|im_end|>", "4<|im_end|>"]
 
 
-@pytest.mark.parametrize("messages,msg", [
-    ([], "empty conversation"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "message 1: empty assistant turn"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "message 1: two user turns in a row"),
-    ([{"role": "bot", "content": "a"}], "message 0: unknown role 'bot'"),
-    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "message 1: a system message may only come first"),
-    ([{"role": "user", "content": "a"}], "no assistant turn"),
-])
+@pytest.mark.parametrize(
+    "messages,msg",
+    [
+        ([], "empty conversation"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "message 1: empty assistant turn"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "message 1: two user turns in a row"),
+        ([{"role": "bot", "content": "a"}], "message 0: unknown role 'bot'"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "message 1: a system message may only come first",
+        ),
+        ([{"role": "user", "content": "a"}], "no assistant turn"),
+    ],
+)
 def test_bad_conversations(messages, msg):
     with pytest.raises(FactoryError, match=f"data.jsonl:3: {msg}"):
         check_conversation(messages, "data.jsonl:3")

@@ -14,14 +14,16 @@ def _sig(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@pytest.mark.parametrize("loss_type,eps,w", [("dpo", 0.0, 0.0), ("dpo", 0.2, 0.0), ("ipo", 0.0, 0.0),
-                                             ("rpo", 0.0, 0.5)])
+@pytest.mark.parametrize(
+    "loss_type,eps,w", [("dpo", 0.0, 0.0), ("dpo", 0.2, 0.0), ("ipo", 0.0, 0.0), ("rpo", 0.0, 0.5)]
+)
 def test_loss_equals_hand_computation(loss_type, eps, w):
     pc, pr, rc, rr, n = -10.0, -14.0, -11.0, -12.5, 5.0
     beta = 0.1
     spec = PreferenceLoss(loss_type, beta=beta, label_smoothing=eps, sft_loss_weight=w)
-    losses, rewards = preference_loss(*(torch.tensor([v]) for v in (pc, pr, rc, rr)), spec,
-                                      chosen_tokens=torch.tensor([n]))
+    losses, rewards = preference_loss(
+        *(torch.tensor([v]) for v in (pc, pr, rc, rr)), spec, chosen_tokens=torch.tensor([n])
+    )
     h = (pc - rc) - (pr - rr)  # 1 + 1.5 = 2.5
     if loss_type == "ipo":
         want = (h - 1 / (2 * beta)) ** 2  # (2.5 - 5)^2 = 6.25
@@ -66,10 +68,17 @@ def _batch(seed=0, pairs=3, t=9, hdim=16, vocab=50):
     return hidden, weight, labels, ref
 
 
-@pytest.mark.parametrize("spec", [PreferenceLoss("dpo", beta=0.1), PreferenceLoss("dpo", beta=0.5, label_smoothing=0.1),
-                                  PreferenceLoss("ipo", beta=0.1, average_log_probs=True),
-                                  PreferenceLoss("ipo", beta=0.3), PreferenceLoss("rpo", beta=0.1, sft_loss_weight=1.0),
-                                  PreferenceLoss("rpo", beta=0.1, sft_loss_weight=0.5, average_log_probs=True)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreferenceLoss("dpo", beta=0.1),
+        PreferenceLoss("dpo", beta=0.5, label_smoothing=0.1),
+        PreferenceLoss("ipo", beta=0.1, average_log_probs=True),
+        PreferenceLoss("ipo", beta=0.3),
+        PreferenceLoss("rpo", beta=0.1, sft_loss_weight=1.0),
+        PreferenceLoss("rpo", beta=0.1, sft_loss_weight=0.5, average_log_probs=True),
+    ],
+)
 def test_fused_matches_full_logits_autograd(spec):
     hidden, weight, labels, ref = _batch()
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()

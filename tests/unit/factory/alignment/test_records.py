@@ -38,8 +38,11 @@ TOOL_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 WEATHER_TOOL = {"type": "function", "function": WEATHER}
 
 
@@ -68,30 +71,43 @@ def _prefs(tmp_path, name, **kw):
 
 # ---- formats -------------------------------------------------------------------------------------
 
+
 def test_chat_with_tools_and_tool_calls(tmp_path):
-    rec = {"messages": [
-        {"role": "system", "content": "Use tools."},
-        {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "content": '{"temp": -3}'},
-        {"role": "assistant", "content": "It is -3 C."}],
-        "tools": [WEATHER]}
+    rec = {
+        "messages": [
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+                ],
+            },
+            {"role": "tool", "content": '{"temp": -3}'},
+            {"role": "assistant", "content": "It is -3 C."},
+        ],
+        "tools": [WEATHER],
+    }
     _lines(tmp_path / "c.jsonl", [rec, dict(rec, tools=json.dumps([WEATHER_TOOL])), dict(rec, tools=None)])
     a, b, c = _convs(tmp_path, "c.jsonl", "chat")
     assert a.messages == [
-        {"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Oslo?"},
         {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", {"city": "Oslo"})]},
-        {"role": "tool", "content": '{"temp": -3}'}, {"role": "assistant", "content": "It is -3 C."}]
+        {"role": "tool", "content": '{"temp": -3}'},
+        {"role": "assistant", "content": "It is -3 C."},
+    ]
     assert a.tools == [WEATHER_TOOL] and b.tools == [WEATHER_TOOL] and c.tools is None
     assert b.messages == a.messages and a.where == f"{tmp_path / 'c.jsonl'}:1" and c.where.endswith("c.jsonl:3")
 
 
 def test_instruction_array_and_lines(tmp_path):
-    recs = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
-            {"instruction": "Greet.", "input": "", "output": "Hi!"},
-            {"instruction": "And now?", "output": "Still 5.", "system": "Be terse.",
-             "history": [["Add 2 and 3.", "5"]]}]
+    recs = [
+        {"instruction": "Add.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Greet.", "input": "", "output": "Hi!"},
+        {"instruction": "And now?", "output": "Still 5.", "system": "Be terse.", "history": [["Add 2 and 3.", "5"]]},
+    ]
     _array(tmp_path / "a.json", recs)
     _lines(tmp_path / "a.jsonl", recs)
     for name in ("a.json", "a.jsonl"):
@@ -99,9 +115,14 @@ def test_instruction_array_and_lines(tmp_path):
         assert [c.messages for c in convs] == [
             [{"role": "user", "content": "Add.\n\n2 and 3"}, {"role": "assistant", "content": "5"}],
             [{"role": "user", "content": "Greet."}, {"role": "assistant", "content": "Hi!"}],
-            [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Add 2 and 3."},
-             {"role": "assistant", "content": "5"}, {"role": "user", "content": "And now?"},
-             {"role": "assistant", "content": "Still 5."}]]
+            [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": "Add 2 and 3."},
+                {"role": "assistant", "content": "5"},
+                {"role": "user", "content": "And now?"},
+                {"role": "assistant", "content": "Still 5."},
+            ],
+        ]
         assert all(c.tools is None for c in convs)
     assert [c.where.rsplit(":", 1)[1] for c in _convs(tmp_path, "a.json", "instruction")] == ["2", "3", "4"]
 
@@ -114,52 +135,93 @@ def test_array_records_are_located_by_their_first_line(tmp_path):
     assert [c.where.rsplit(":", 1)[1] for c in _convs(tmp_path, "p.json", "instruction")] == starts
 
 
-GLAIVE = {"conversations": [
-    {"from": "human", "value": "Weather in Oslo?"},
-    {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'},
-    {"from": "observation", "value": '{"temp": -3}'},
-    {"from": "gpt", "value": "It is -3 C."},
-    {"from": "human", "value": "Thanks"},
-    {"from": "gpt", "value": "You're welcome."}],
-    "tools": json.dumps([WEATHER])}
+GLAIVE = {
+    "conversations": [
+        {"from": "human", "value": "Weather in Oslo?"},
+        {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'},
+        {"from": "observation", "value": '{"temp": -3}'},
+        {"from": "gpt", "value": "It is -3 C."},
+        {"from": "human", "value": "Thanks"},
+        {"from": "gpt", "value": "You're welcome."},
+    ],
+    "tools": json.dumps([WEATHER]),
+}
 
 
 def test_sharegpt_tool_calls(tmp_path):
-    plain = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Hi"},
-                               {"from": "gpt", "value": "Hello"}], "tools": ""}
+    plain = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+        ],
+        "tools": "",
+    }
     _array(tmp_path / "g.json", [GLAIVE, plain])
     a, b = _convs(tmp_path, "g.json", "sharegpt")
     assert a.messages == [
         {"role": "user", "content": "Weather in Oslo?"},
         {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", {"city": "Oslo"})]},
-        {"role": "tool", "content": '{"temp": -3}'}, {"role": "assistant", "content": "It is -3 C."},
-        {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome."}]
+        {"role": "tool", "content": '{"temp": -3}'},
+        {"role": "assistant", "content": "It is -3 C."},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You're welcome."},
+    ]
     assert a.tools == [WEATHER_TOOL]
-    assert b.messages == [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
-                          {"role": "assistant", "content": "Hello"}] and b.tools is None
+    assert (
+        b.messages
+        == [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+        and b.tools is None
+    )
 
 
 def test_preference_layouts(tmp_path):
     recs = [
         {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
         {"prompt": "2+2?", "system": "Be exact.", "chosen": "4", "rejected": "5"},
-        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Hi"},
-                           {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "2+2?"}],
-         "chosen": {"from": "gpt", "value": "4"}, "rejected": {"from": "gpt", "value": "5"}},
-        {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER],
-         "chosen": [{"role": "assistant", "content": "",
-                     "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}],
-         "rejected": [{"role": "assistant", "content": "No idea."}]},
-        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": {"role": "assistant", "content": "5"}},
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello"},
+                {"from": "human", "value": "2+2?"},
+            ],
+            "chosen": {"from": "gpt", "value": "4"},
+            "rejected": {"from": "gpt", "value": "5"},
+        },
+        {
+            "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            "tools": [WEATHER],
+            "chosen": [
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
+                }
+            ],
+            "rejected": [{"role": "assistant", "content": "No idea."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "2+2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}],
+            "rejected": {"role": "assistant", "content": "5"},
+        },
     ]
     _array(tmp_path / "p.json", recs)
     p = _prefs(tmp_path, "p.json")
     four, five = [{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]
     assert (p[0].prompt, p[0].chosen, p[0].rejected) == ([{"role": "user", "content": "2+2?"}], four, five)
     assert p[1].prompt == [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "2+2?"}]
-    assert p[2].prompt == [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
-                           {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2+2?"}]
+    assert p[2].prompt == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2+2?"},
+    ]
     assert (p[2].chosen, p[2].rejected) == (four, five)
     assert p[3].chosen == [{"role": "assistant", "content": "", "tool_calls": [_call("get_weather", {"city": "Oslo"})]}]
     assert p[3].tools == [WEATHER_TOOL] and p[0].tools is None
@@ -169,11 +231,14 @@ def test_preference_layouts(tmp_path):
 
 
 def test_bigbench_hhh_reader(tmp_path):
-    task = {"examples": [
-        {"input": "Help me.", "target_scores": {"Sure.": 1, "No.": 0}},
-        {"input": "Fix this.\n\nAssistant:  Show me.\n\nHuman:  Here: teh.", "target_scores": {"the": 1, "teh": 0}},
-        {"input": "Rank.", "target_scores": {"ok": 0.5, "best": 1, "bad": 0, "also best": 1}},
-        {"target_scores": {"a": 1}}]}
+    task = {
+        "examples": [
+            {"input": "Help me.", "target_scores": {"Sure.": 1, "No.": 0}},
+            {"input": "Fix this.\n\nAssistant:  Show me.\n\nHuman:  Here: teh.", "target_scores": {"the": 1, "teh": 0}},
+            {"input": "Rank.", "target_scores": {"ok": 0.5, "best": 1, "bad": 0, "also best": 1}},
+            {"target_scores": {"a": 1}},
+        ]
+    }
     (tmp_path / "helpful").mkdir()
     path = tmp_path / "helpful" / "task.json"
     path.write_text(json.dumps(task))
@@ -181,10 +246,16 @@ def test_bigbench_hhh_reader(tmp_path):
     assert isinstance(out[-1][1], RecordError) and out[-1][1].reason == "missing field"
     recs = [r for _, r in out[:-1]]
     assert [(r["chosen"], r["rejected"]) for r in recs] == [
-        ("Sure.", "No."), ("the", "teh"), ("best", "ok"), ("best", "bad")]
-    assert recs[1]["prompt"] == [{"role": "user", "content": "Fix this."},
-                                 {"role": "assistant", "content": "Show me."},
-                                 {"role": "user", "content": "Here: teh."}]
+        ("Sure.", "No."),
+        ("the", "teh"),
+        ("best", "ok"),
+        ("best", "bad"),
+    ]
+    assert recs[1]["prompt"] == [
+        {"role": "user", "content": "Fix this."},
+        {"role": "assistant", "content": "Show me."},
+        {"role": "user", "content": "Here: teh."},
+    ]
     assert [w for w, _ in out] == [f"{path}:example {k}" for k in (0, 1, 2, 2, 3)]
 
 
@@ -202,50 +273,148 @@ GOOD = {
 # (format, fault, bad record, reason counted when skipped, text of the one-line error)
 BAD = [
     ("chat", "missing field", {"text": "Hi"}, "missing field", "field 'messages' must be a non-empty list"),
-    ("chat", "missing field", {"messages": [U, {"role": "assistant"}]}, "missing field",
-     "message 1 needs string 'role' and 'content'"),
-    ("chat", "empty assistant", {"messages": [U, {"role": "assistant", "content": " "}]}, "empty assistant turn",
-     "message 1: empty assistant turn"),
+    (
+        "chat",
+        "missing field",
+        {"messages": [U, {"role": "assistant"}]},
+        "missing field",
+        "message 1 needs string 'role' and 'content'",
+    ),
+    (
+        "chat",
+        "empty assistant",
+        {"messages": [U, {"role": "assistant", "content": " "}]},
+        "empty assistant turn",
+        "message 1: empty assistant turn",
+    ),
     ("chat", "alternation", {"messages": [U, U, A]}, "roles do not alternate", "message 1: two user turns in a row"),
-    ("chat", "tool json", {"messages": [U, BAD_CALL, {"role": "tool", "content": "{}"}, A]},
-     "invalid tool call JSON", "message 1: tool call 0: arguments are not valid JSON"),
+    (
+        "chat",
+        "tool json",
+        {"messages": [U, BAD_CALL, {"role": "tool", "content": "{}"}, A]},
+        "invalid tool call JSON",
+        "message 1: tool call 0: arguments are not valid JSON",
+    ),
     ("instruction", "missing field", {"instruction": "Hi", "input": ""}, "missing field", "missing field 'output'"),
-    ("instruction", "empty assistant", {"instruction": "Hi", "input": "", "output": ""}, "empty assistant turn",
-     "message 1: empty assistant turn"),
-    ("instruction", "history shape", {"instruction": "Hi", "output": "Hello", "history": [["a", "b"], ["c"]]},
-     "wrong type", "history entry 1 must be a [user, assistant] pair"),
-    ("sharegpt", "missing field", {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt"}]},
-     "missing field", "message 1 needs string 'from' and 'value'"),
-    ("sharegpt", "empty assistant", {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]},
-     "empty assistant turn", "message 1: empty assistant turn"),
-    ("sharegpt", "alternation", {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "a"},
-                                                   {"from": "gpt", "value": "b"}]},
-     "roles do not alternate", "message 2: two assistant turns in a row"),
-    ("sharegpt", "alternation", {"conversations": [{"from": "human", "value": "Hi"},
-                                                   {"from": "observation", "value": "{}"},
-                                                   {"from": "gpt", "value": "b"}]},
-     "roles do not alternate", "message 1: a tool turn must answer an assistant tool call"),
-    ("sharegpt", "tool json", {"conversations": [{"from": "human", "value": "Hi"},
-                                                 {"from": "function_call", "value": '{"name": "f", "arguments": {'},
-                                                 {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "b"}]},
-     "invalid tool call JSON", "message 1: function_call is not valid JSON"),
+    (
+        "instruction",
+        "empty assistant",
+        {"instruction": "Hi", "input": "", "output": ""},
+        "empty assistant turn",
+        "message 1: empty assistant turn",
+    ),
+    (
+        "instruction",
+        "history shape",
+        {"instruction": "Hi", "output": "Hello", "history": [["a", "b"], ["c"]]},
+        "wrong type",
+        "history entry 1 must be a [user, assistant] pair",
+    ),
+    (
+        "sharegpt",
+        "missing field",
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt"}]},
+        "missing field",
+        "message 1 needs string 'from' and 'value'",
+    ),
+    (
+        "sharegpt",
+        "empty assistant",
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]},
+        "empty assistant turn",
+        "message 1: empty assistant turn",
+    ),
+    (
+        "sharegpt",
+        "alternation",
+        {
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "a"},
+                {"from": "gpt", "value": "b"},
+            ]
+        },
+        "roles do not alternate",
+        "message 2: two assistant turns in a row",
+    ),
+    (
+        "sharegpt",
+        "alternation",
+        {
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "observation", "value": "{}"},
+                {"from": "gpt", "value": "b"},
+            ]
+        },
+        "roles do not alternate",
+        "message 1: a tool turn must answer an assistant tool call",
+    ),
+    (
+        "sharegpt",
+        "tool json",
+        {
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "function_call", "value": '{"name": "f", "arguments": {'},
+                {"from": "observation", "value": "{}"},
+                {"from": "gpt", "value": "b"},
+            ]
+        },
+        "invalid tool call JSON",
+        "message 1: function_call is not valid JSON",
+    ),
     ("sharegpt", "tool json", dict(GLAIVE, tools="[{"), "invalid tools JSON", "field 'tools' is not valid JSON"),
     ("preference", "missing field", {"prompt": "Hi", "chosen": "Hello"}, "missing field", "missing field 'rejected'"),
-    ("preference", "missing field", {"chosen": "Hello", "rejected": "x"}, "missing field",
-     "field 'messages' must be a non-empty list"),
-    ("preference", "empty assistant", {"prompt": "Hi", "chosen": "", "rejected": "Go away"}, "empty assistant turn",
-     "message 1: empty assistant turn"),
-    ("preference", "alternation", {"messages": [U, A], "chosen": "a", "rejected": "b"}, "roles do not alternate",
-     "the prompt must end with a user turn"),
-    ("preference", "alternation", {"messages": [U, U], "chosen": "a", "rejected": "b"}, "roles do not alternate",
-     "message 1: two user turns in a row"),
-    ("preference", "tool json", {"prompt": "Hi", "chosen": [BAD_CALL], "rejected": "b"}, "invalid tool call JSON",
-     "message 1: tool call 0: arguments are not valid JSON"),
-    ("preference", "chosen == rejected", {"prompt": "Hi", "chosen": "Same", "rejected": " Same"},
-     "chosen equals rejected", "chosen is identical to rejected"),
+    (
+        "preference",
+        "missing field",
+        {"chosen": "Hello", "rejected": "x"},
+        "missing field",
+        "field 'messages' must be a non-empty list",
+    ),
+    (
+        "preference",
+        "empty assistant",
+        {"prompt": "Hi", "chosen": "", "rejected": "Go away"},
+        "empty assistant turn",
+        "message 1: empty assistant turn",
+    ),
+    (
+        "preference",
+        "alternation",
+        {"messages": [U, A], "chosen": "a", "rejected": "b"},
+        "roles do not alternate",
+        "the prompt must end with a user turn",
+    ),
+    (
+        "preference",
+        "alternation",
+        {"messages": [U, U], "chosen": "a", "rejected": "b"},
+        "roles do not alternate",
+        "message 1: two user turns in a row",
+    ),
+    (
+        "preference",
+        "tool json",
+        {"prompt": "Hi", "chosen": [BAD_CALL], "rejected": "b"},
+        "invalid tool call JSON",
+        "message 1: tool call 0: arguments are not valid JSON",
+    ),
+    (
+        "preference",
+        "chosen == rejected",
+        {"prompt": "Hi", "chosen": "Same", "rejected": " Same"},
+        "chosen equals rejected",
+        "chosen is identical to rejected",
+    ),
 ]
-LAYOUTS = {"chat": ["jsonl"], "instruction": ["json", "jsonl"], "sharegpt": ["json", "jsonl"],
-           "preference": ["json", "jsonl"]}
+LAYOUTS = {
+    "chat": ["jsonl"],
+    "instruction": ["json", "jsonl"],
+    "sharegpt": ["json", "jsonl"],
+    "preference": ["json", "jsonl"],
+}
 CASES = [(fmt, ext, fault, rec, reason, text) for fmt, fault, rec, reason, text in BAD for ext in LAYOUTS[fmt]]
 
 
@@ -256,8 +425,7 @@ def _read(tmp_path, fmt, name, **kw):
     return items, bad
 
 
-@pytest.mark.parametrize("fmt,ext,fault,rec,reason,text", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[4]}" for c in CASES])
+@pytest.mark.parametrize("fmt,ext,fault,rec,reason,text", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[4]}" for c in CASES])
 def test_bad_record_is_one_line_with_file_and_line(tmp_path, fmt, ext, fault, rec, reason, text):
     records = [GOOD[fmt], rec, GOOD[fmt]]
     path = (_array if ext == "json" else _lines)(tmp_path / f"d.{ext}", records)
@@ -285,18 +453,32 @@ def test_every_fault_is_covered_for_every_format():
 
 def test_skip_and_count(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps(GOOD["chat"]), "{not json", json.dumps({"text": "x"}), json.dumps([1]),
-             json.dumps({"messages": [U, U, A]}), json.dumps({"messages": [U, {"role": "assistant", "content": ""}]}),
-             json.dumps(GOOD["chat"]), json.dumps({"messages": [U]}),
-             json.dumps({"messages": [U, {"role": "assistant"}]}), json.dumps(GOOD["chat"])]
+    lines = [
+        json.dumps(GOOD["chat"]),
+        "{not json",
+        json.dumps({"text": "x"}),
+        json.dumps([1]),
+        json.dumps({"messages": [U, U, A]}),
+        json.dumps({"messages": [U, {"role": "assistant", "content": ""}]}),
+        json.dumps(GOOD["chat"]),
+        json.dumps({"messages": [U]}),
+        json.dumps({"messages": [U, {"role": "assistant"}]}),
+        json.dumps(GOOD["chat"]),
+    ]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(FactoryError, match=r"mixed.jsonl:2: invalid JSON"):
         _read(tmp_path, "chat", path.name)
     items, bad = _read(tmp_path, "chat", path.name, on_bad_record="skip")
     assert len(items) == 3 and [c.where.rsplit(":", 1)[1] for c in items] == ["1", "7", "10"]
     d = bad.as_dict()
-    assert d["reasons"] == {"empty assistant turn": 1, "invalid JSON": 1, "missing field": 2,
-                            "no assistant turn": 1, "not an object": 1, "roles do not alternate": 1}
+    assert d["reasons"] == {
+        "empty assistant turn": 1,
+        "invalid JSON": 1,
+        "missing field": 2,
+        "no assistant turn": 1,
+        "not an object": 1,
+        "roles do not alternate": 1,
+    }
     assert (d["seen"], d["kept"], d["skipped"]) == (10, 3, 7)
     assert d["first"]["missing field"].endswith("mixed.jsonl:3: field 'messages' must be a non-empty list of messages")
     # max_documents counts kept records
@@ -321,15 +503,28 @@ def test_wrong_format_for_the_reader(tmp_path):
         list(iter_conversations(DatasetSpec(path="i.jsonl", format="preference"), tmp_path))
 
 
-@pytest.mark.parametrize("messages,reason,text", [
-    ([U, {"role": "assistant", "content": "", "tool_calls": [_call("f", "[1]")]}], "invalid tool call JSON",
-     "message 1: tool call 0: arguments must be a JSON object"),
-    ([U, {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": "{}"}}]}], "missing field",
-     "message 1: tool call 0 needs a function 'name'"),
-    ([U, {"role": "assistant", "content": "", "tool_calls": []}], "empty assistant turn", "message 1: empty assistant"),
-    ([U, {"role": "user", "content": 3}], "wrong type", "message 1 needs string 'role' and 'content'"),
-    ([U, A, {"role": "tool", "content": "{}"}], "roles do not alternate", "message 2: a tool turn must answer"),
-])
+@pytest.mark.parametrize(
+    "messages,reason,text",
+    [
+        (
+            [U, {"role": "assistant", "content": "", "tool_calls": [_call("f", "[1]")]}],
+            "invalid tool call JSON",
+            "message 1: tool call 0: arguments must be a JSON object",
+        ),
+        (
+            [U, {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": "{}"}}]}],
+            "missing field",
+            "message 1: tool call 0 needs a function 'name'",
+        ),
+        (
+            [U, {"role": "assistant", "content": "", "tool_calls": []}],
+            "empty assistant turn",
+            "message 1: empty assistant",
+        ),
+        ([U, {"role": "user", "content": 3}], "wrong type", "message 1 needs string 'role' and 'content'"),
+        ([U, A, {"role": "tool", "content": "{}"}], "roles do not alternate", "message 2: a tool turn must answer"),
+    ],
+)
 def test_check_conversation_tool_rules(messages, reason, text):
     with pytest.raises(RecordError) as err:
         check_conversation(messages, "x.jsonl:4")
@@ -343,9 +538,14 @@ def test_check_conversation_accepts_parallel_calls_and_tool_results():
 
 # ---- catalog, specs, documents -------------------------------------------------------------------
 
+
 def test_catalog_entries_carry_format_and_licence():
-    want = {"alpaca-en-demo": "instruction", "glaive-toolcall-demo": "sharegpt", "dpo-en-demo": "preference",
-            "hhh-alignment": "preference"}
+    want = {
+        "alpaca-en-demo": "instruction",
+        "glaive-toolcall-demo": "sharegpt",
+        "dpo-en-demo": "preference",
+        "hhh-alignment": "preference",
+    }
     for name, fmt in want.items():
         spec = DatasetSpec(packaged=name)
         spec.check(f"datasets.{name}")
@@ -360,12 +560,18 @@ def test_catalog_entries_carry_format_and_licence():
 def test_fingerprint_follows_record_options(tmp_path):
     _lines(tmp_path / "c.jsonl", [GOOD["chat"]])
     base = DatasetSpec(path="c.jsonl", format="chat")
-    prints = {fingerprint(s, tmp_path) for s in (
-        base, DatasetSpec(path="c.jsonl", format="chat", on_bad_record="skip"),
-        DatasetSpec(path="c.jsonl", format="chat", tools_field="functions"))}
+    prints = {
+        fingerprint(s, tmp_path)
+        for s in (
+            base,
+            DatasetSpec(path="c.jsonl", format="chat", on_bad_record="skip"),
+            DatasetSpec(path="c.jsonl", format="chat", tools_field="functions"),
+        )
+    }
     assert len(prints) == 3
     assert fingerprint(DatasetSpec(packaged="dpo-en-demo"), tmp_path) != fingerprint(
-        DatasetSpec(packaged="dpo-en-demo", on_bad_record="skip"), tmp_path)
+        DatasetSpec(packaged="dpo-en-demo", on_bad_record="skip"), tmp_path
+    )
 
 
 def test_documents_of_record_datasets(tmp_path):
@@ -376,6 +582,7 @@ def test_documents_of_record_datasets(tmp_path):
 
 
 # ---- rendering tool conversations ----------------------------------------------------------------
+
 
 def _labelled(tok, r) -> list[str]:
     segs, cur = [], []
@@ -392,10 +599,14 @@ def _expected_answers(messages) -> list[str]:
     out = []
     for m in messages:
         if m["role"] == "assistant":
-            calls = "".join("<tool_call>" + json.dumps({"name": c["function"]["name"],
-                                                        "arguments": c["function"]["arguments"]},
-                                                       ensure_ascii=False) + "</tool_call>"
-                            for c in m.get("tool_calls", []))
+            calls = "".join(
+                "<tool_call>"
+                + json.dumps(
+                    {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False
+                )
+                + "</tool_call>"
+                for c in m.get("tool_calls", [])
+            )
             out.append(m["content"] + calls + "<|im_end|>")
     return out
 
@@ -425,22 +636,31 @@ def test_inline_tools_for_a_template_without_them(tmp_path):
     _array(tmp_path / "g.json", [GLAIVE])
     (conv,) = _convs(tmp_path, "g.json", "sharegpt")
     msgs = inline_tools(conv.messages, conv.tools)
-    assert msgs[0] == {"role": "system", "content": "You can call these tools:\n<tools>\n"
-                                                    + json.dumps(WEATHER_TOOL, ensure_ascii=False) + "\n</tools>"}
-    assert msgs[2] == {"role": "assistant", "content": '<tool_call>{"name": "get_weather", "arguments": '
-                                                       '{"city": "Oslo"}}</tool_call>'}
+    assert msgs[0] == {
+        "role": "system",
+        "content": "You can call these tools:\n<tools>\n" + json.dumps(WEATHER_TOOL, ensure_ascii=False) + "\n</tools>",
+    }
+    assert msgs[2] == {
+        "role": "assistant",
+        "content": '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
+    }
     assert "tool_calls" in conv.messages[1]  # the parsed conversation is left as it was
     tok = byte_tokenizer()
     r = render(tok, msgs)
-    assert _labelled(tok, r) == [msgs[2]["content"] + "<|im_end|>", "It is -3 C.<|im_end|>",
-                                 "You're welcome.<|im_end|>"]
+    assert _labelled(tok, r) == [
+        msgs[2]["content"] + "<|im_end|>",
+        "It is -3 C.<|im_end|>",
+        "You're welcome.<|im_end|>",
+    ]
 
 
 # ---- the packaged data (downloads) ---------------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name,count", [("alpaca-en-demo", 999), ("glaive-toolcall-demo", 300),
-                                        ("dpo-en-demo", 300), ("hhh-alignment", 221)])
+@pytest.mark.parametrize(
+    "name,count", [("alpaca-en-demo", 999), ("glaive-toolcall-demo", 300), ("dpo-en-demo", 300), ("hhh-alignment", 221)]
+)
 def test_catalog_entry_loads(name, count):
     spec = DatasetSpec(packaged=name)
     bad = BadRecords()
@@ -459,8 +679,9 @@ def test_alpaca_and_dpo_records_in_detail():
     assert sum(1 for p in dpo if len(p.prompt) > 1 and p.prompt[0]["role"] == "user") == 106
     assert all(len(p.chosen) == len(p.rejected) == 1 for p in dpo)
     hhh = list(iter_preferences(DatasetSpec(packaged="hhh-alignment"), Path(".")))
-    assert [sum(1 for p in hhh if f"/{s}/task.json" in p.where) for s in ("harmless", "helpful", "honest", "other")] \
-        == [58, 59, 61, 43]
+    assert [
+        sum(1 for p in hhh if f"/{s}/task.json" in p.where) for s in ("harmless", "helpful", "honest", "other")
+    ] == [58, 59, 61, 43]
     assert sum(1 for p in hhh if len(p.prompt) > 1) == 41
 
 

@@ -1,4 +1,5 @@
 """Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
+
 import tempfile
 from pathlib import Path
 
@@ -38,8 +39,7 @@ def shape(m):
 
 
 def test_block_influence_picks_identity_blocks():
-    m = tiny(num_hidden_layers=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=64)
+    m = tiny(num_hidden_layers=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
     with torch.no_grad():
         for i in (2, 3):  # residual stream passes these blocks unchanged
             m.model.layers[i].self_attn.o_proj.weight.zero_()
@@ -62,4 +62,3 @@ def test_block_influence_picks_identity_blocks():
     keep = [0, 1, 4, 5]
     plan = make_plan(imp, shape(m), keep, 64, 64, 4, 2)
     assert torch.allclose(logits(m, x), logits(apply(m, plan), x), atol=1e-5)
-

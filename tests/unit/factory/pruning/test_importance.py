@@ -1,4 +1,5 @@
 """Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
+
 import tempfile
 from pathlib import Path
 
@@ -45,4 +46,3 @@ def test_importance_roundtrip(tmp_path):
     back, meta = Importance.load(tmp_path / "i.safetensors")
     assert meta == {"key": "k"} and back.samples == imp.samples
     assert torch.equal(back.hidden(), imp.hidden())
-

@@ -20,10 +20,16 @@ def importance() -> Importance:
     hidden_l2 = rows * torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
     ffn_l2 = torch.tensor([[1, 6, 2, 5, 3, 4], [6, 5, 4, 3, 2, 1], [2, 2, 2, 2, 2, 2]], dtype=torch.float64)
     return Importance(
-        ffn_sum=ffn_l2.clone(), ffn_sumsq=ffn_l2 ** 2,
-        heads_sum=torch.ones(L, H, dtype=torch.float64), heads_sumsq=torch.ones(L, H, dtype=torch.float64),
-        hidden_sum=hidden_l2.clone(), hidden_sumsq=hidden_l2 ** 2,
-        bi_sum=torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64), tokens=10, samples=2)
+        ffn_sum=ffn_l2.clone(),
+        ffn_sumsq=ffn_l2**2,
+        heads_sum=torch.ones(L, H, dtype=torch.float64),
+        heads_sumsq=torch.ones(L, H, dtype=torch.float64),
+        hidden_sum=hidden_l2.clone(),
+        hidden_sumsq=hidden_l2**2,
+        bi_sum=torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64),
+        tokens=10,
+        samples=2,
+    )
 
 
 @pytest.fixture

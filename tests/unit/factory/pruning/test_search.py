@@ -28,9 +28,18 @@ def search():
 
 
 def job(tmp_path, **kw) -> ShortDistill:
-    base = dict(packed=PackedData(token_blocks(n=8, seq=16), token_blocks(n=4, seq=16, seed=1), 1, 8 * 16),
-                heldout=token_blocks(n=4, seq=16, seed=1), work_dir=tmp_path, seq_len=16, max_tokens=64, lr=1e-3,
-                batch_size=2, eval_batch_size=4, device=torch.device("cpu"), progress=False)
+    base = dict(
+        packed=PackedData(token_blocks(n=8, seq=16), token_blocks(n=4, seq=16, seed=1), 1, 8 * 16),
+        heldout=token_blocks(n=4, seq=16, seed=1),
+        work_dir=tmp_path,
+        seq_len=16,
+        max_tokens=64,
+        lr=1e-3,
+        batch_size=2,
+        eval_batch_size=4,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     return ShortDistill(**{**base, **kw})
 
 
@@ -93,15 +102,29 @@ def test_a_measured_candidate_is_read_back_not_distilled_again(search, tmp_path)
 def test_keep_saves_the_distilled_weights(search, tmp_path):
     from factory.sources.tiny import byte_tokenizer
 
-    got = short_distill(job(tmp_path, keep=True, tokenizer=byte_tokenizer()), search.model,
-                        lambda: search.prune(NARROW, []), NARROW.label(), 3.0)
+    got = short_distill(
+        job(tmp_path, keep=True, tokenizer=byte_tokenizer()),
+        search.model,
+        lambda: search.prune(NARROW, []),
+        NARROW.label(),
+        3.0,
+    )
     saved = rank_dir(tmp_path, NARROW.label()) / "model"
     assert (saved / "model.safetensors").is_file()
     assert json.loads((saved.parent / "result.json").read_text()) == got
 
 
 def test_the_short_distillation_schedule():
-    cfg = ShortDistill(packed=None, heldout=None, work_dir=None, seq_len=16, max_tokens=100, lr=1e-3, batch_size=2,
-                       eval_batch_size=4, device=torch.device("cpu")).train_config()
+    cfg = ShortDistill(
+        packed=None,
+        heldout=None,
+        work_dir=None,
+        seq_len=16,
+        max_tokens=100,
+        lr=1e-3,
+        batch_size=2,
+        eval_batch_size=4,
+        device=torch.device("cpu"),
+    ).train_config()
     assert (cfg.warmup_ratio, cfg.eval_every, cfg.checkpoint_every, cfg.grad_accum) == (0.1, 0, 0, 1)
     assert (cfg.total_steps, cfg.tokens_per_step) == (4, 32)

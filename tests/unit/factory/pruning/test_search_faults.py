@@ -16,9 +16,18 @@ NARROW = Candidate(2, 48, 64, 4, 2)
 
 
 def _job(tmp_path) -> ShortDistill:
-    return ShortDistill(packed=PackedData(token_blocks(n=8, seq=16), token_blocks(n=4, seq=16, seed=1), 1, 8 * 16),
-                        heldout=token_blocks(n=4, seq=16, seed=1), work_dir=tmp_path, seq_len=16, max_tokens=64,
-                        lr=1e-3, batch_size=2, eval_batch_size=4, device=torch.device("cpu"), progress=False)
+    return ShortDistill(
+        packed=PackedData(token_blocks(n=8, seq=16), token_blocks(n=4, seq=16, seed=1), 1, 8 * 16),
+        heldout=token_blocks(n=4, seq=16, seed=1),
+        work_dir=tmp_path,
+        seq_len=16,
+        max_tokens=64,
+        lr=1e-3,
+        batch_size=2,
+        eval_batch_size=4,
+        device=torch.device("cpu"),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +50,13 @@ def test_a_measured_result_is_recorded_and_read_back(tmp_path, teacher):
     assert short_distill(_job(tmp_path), teacher, never, NARROW.label(), 3.0) == got
 
 
-@pytest.mark.parametrize("damage, why", [
-    (lambda p: p.write_text(p.read_text()[:10]), "bytes, "),  # recorded, then truncated
-    (lambda p: (storage.sidecar(p).unlink(), p.write_text('{"heldout_loss')), "it does not load"),
-])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_text(p.read_text()[:10]), "bytes, "),  # recorded, then truncated
+        (lambda p: (storage.sidecar(p).unlink(), p.write_text('{"heldout_loss')), "it does not load"),
+    ],
+)
 def test_a_damaged_result_is_reported_and_the_candidate_distilled_again(tmp_path, teacher, capsys, damage, why):
     got = short_distill(_job(tmp_path), teacher, _student, NARROW.label(), 3.0)
     done = rank_dir(tmp_path, NARROW.label()) / "result.json"

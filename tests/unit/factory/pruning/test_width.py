@@ -1,4 +1,5 @@
 """Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
+
 import tempfile
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def shape(m):
     return Shape.from_config(m.config.to_dict())
 
 
-GQA = dict(num_hidden_layers=3, hidden_size=72, num_attention_heads=9, num_key_value_heads=3,
-           intermediate_size=96, head_dim=8)
+GQA = dict(
+    num_hidden_layers=3, hidden_size=72, num_attention_heads=9, num_key_value_heads=3, intermediate_size=96, head_dim=8
+)
 
 
 def test_targets_equal_to_source_leave_logits_unchanged():
@@ -105,8 +107,14 @@ def test_gqa_shape_arithmetic(heads, groups):
     plan = make_plan(imp, s, [0, 2], 36, 48, heads, groups)
     p = apply(m, plan)
     c = p.config
-    assert (c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
-            c.head_dim) == (heads, groups, 2, 36, 48, 8)
+    assert (
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.head_dim,
+    ) == (heads, groups, 2, 36, 48, 8)
     attn = p.model.layers[0].self_attn
     assert attn.q_proj.weight.shape == (heads * 8, 36) and attn.k_proj.weight.shape == (groups * 8, 36)
     assert attn.o_proj.weight.shape == (36, heads * 8)
@@ -116,8 +124,14 @@ def test_gqa_shape_arithmetic(heads, groups):
 
 
 def test_untied_embeddings_are_pruned_too():
-    m = tiny(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=64, tie_word_embeddings=False)
+    m = tiny(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        tie_word_embeddings=False,
+    )
     imp = collect(m, ids(), progress=False)
     s = shape(m)
     p = apply(m, make_plan(imp, s, [0, 1], 32, 32, 4, 2))
@@ -126,7 +140,6 @@ def test_untied_embeddings_are_pruned_too():
 
 
 def test_select_heads_keeps_whole_groups():
-    scores = torch.tensor([1., 9., 2., 0., 0., 1., 5., 5., 5.])
+    scores = torch.tensor([1.0, 9.0, 2.0, 0.0, 0.0, 1.0, 5.0, 5.0, 5.0])
     heads, groups = select_heads(scores, groups=3, target_heads=4, target_groups=2)
     assert groups.tolist() == [0, 2] and heads.tolist() == [1, 2, 6, 7]
-

@@ -27,12 +27,15 @@ def test_local_formats(tmp_path):
     assert len(list(iter_documents(DatasetSpec(path="b.jsonl", max_documents=1), tmp_path))) == 1
 
 
-@pytest.mark.parametrize("content,msg", [
-    ('{"text": "ok"}\n{"text": "broken"\n', "b.jsonl:2: invalid JSON"),
-    ('{"text": "ok"}\n{"body": "x"}\n', "b.jsonl:2: missing field 'text'"),
-    ('{"text": 3}\n', "b.jsonl:1: field 'text' must be a string"),
-    ('[1, 2]\n', "b.jsonl:1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        ('{"text": "ok"}\n{"text": "broken"\n', "b.jsonl:2: invalid JSON"),
+        ('{"text": "ok"}\n{"body": "x"}\n', "b.jsonl:2: missing field 'text'"),
+        ('{"text": 3}\n', "b.jsonl:1: field 'text' must be a string"),
+        ("[1, 2]\n", "b.jsonl:1: expected a JSON object"),
+    ],
+)
 def test_bad_jsonl_names_file_and_line(tmp_path, content, msg):
     (tmp_path / "b.jsonl").write_text(content)
     with pytest.raises(FactoryError, match=msg):
@@ -67,4 +70,3 @@ def test_fingerprint_follows_content(tmp_path):
 def test_stdlib_corpus_is_local():
     docs = list(iter_documents(DatasetSpec(packaged="python-stdlib", max_documents=3), Path(".")))
     assert len(docs) == 3 and all(len(d) > 0 for d in docs)
-

@@ -37,19 +37,32 @@ def test_an_empty_file_in_a_recipe_fails_validate_in_one_line(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_bytes(b"")
     (tmp_path / "r.yaml").write_text(
         "name: r\nmodels:\n  teacher: {tiny: {num_hidden_layers: 1}}\ndatasets:\n  corpus: {path: corpus.txt}\n"
-        "stages:\n  correct: {kind: correct, model: teacher, data: corpus, seq_len: 16, max_tokens: 64}\n")
+        "stages:\n  correct: {kind: correct, model: teacher, data: corpus, seq_len: 16, max_tokens: 64}\n"
+    )
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'r.yaml'}: datasets.corpus.path: "
-                                               f"{tmp_path / 'corpus.txt'}: empty data file")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'r.yaml'}: datasets.corpus.path: {tmp_path / 'corpus.txt'}: empty data file"
+    )
 
 
-@pytest.mark.parametrize("name,content,fmt,where", [
-    ("c.jsonl", b'{"text": "fine"}\n{"text": "fine too"}\n{"text": "bad \xff\xfe"}\n', "auto", "c.jsonl:3: "
-     "not UTF-8 text (byte 0xff at column 15)"),
-    ("c.txt", b"first line\nsecond \xc3\x28 line\n", "auto", "c.txt:2: not UTF-8 text (byte 0xc3 at column 8)"),
-    ("c.jsonl", CHAT.encode() + b"\x00\x01\x02\x89PNG\r\n", "chat", "c.jsonl:2: not UTF-8 text (byte 0x89 at "
-     "column 4)"),
-])
+@pytest.mark.parametrize(
+    "name,content,fmt,where",
+    [
+        (
+            "c.jsonl",
+            b'{"text": "fine"}\n{"text": "fine too"}\n{"text": "bad \xff\xfe"}\n',
+            "auto",
+            "c.jsonl:3: not UTF-8 text (byte 0xff at column 15)",
+        ),
+        ("c.txt", b"first line\nsecond \xc3\x28 line\n", "auto", "c.txt:2: not UTF-8 text (byte 0xc3 at column 8)"),
+        (
+            "c.jsonl",
+            CHAT.encode() + b"\x00\x01\x02\x89PNG\r\n",
+            "chat",
+            "c.jsonl:2: not UTF-8 text (byte 0x89 at column 4)",
+        ),
+    ],
+)
 def test_a_binary_line_is_reported_as_file_and_line(tmp_path, name, content, fmt, where):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(FactoryError) as e:

@@ -20,13 +20,15 @@ def test_chat_records_render_with_the_chat_template(tmp_path):
     assert "<|im_start|>user" in text or "<|im_start|>assistant" in text or "<|im_end|>" in text
 
 
-@pytest.mark.parametrize("line,msg", [
-    ('{"messages": []}', "c.jsonl:1: field 'messages' must be a non-empty list"),
-    ('{"messages": [{"role": "user"}]}', "c.jsonl:1: message 0 needs string 'role' and 'content'"),
-    ('{"text": "x"}', "c.jsonl:1: field 'messages' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ('{"messages": []}', "c.jsonl:1: field 'messages' must be a non-empty list"),
+        ('{"messages": [{"role": "user"}]}', "c.jsonl:1: message 0 needs string 'role' and 'content'"),
+        ('{"text": "x"}', "c.jsonl:1: field 'messages' must be a non-empty list"),
+    ],
+)
 def test_bad_chat_records(tmp_path, line, msg):
     (tmp_path / "c.jsonl").write_text(line + "\n")
     with pytest.raises(FactoryError, match=msg):
         list(iter_documents(DatasetSpec(path="c.jsonl", format="chat"), tmp_path))
-

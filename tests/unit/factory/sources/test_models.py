@@ -1,5 +1,3 @@
-
-
 def test_a_model_built_twice_at_once_keeps_the_first_copy(tmp_path, monkeypatch):
     """Two processes (ranks, parallel runs) build the same cached model: the one that
     publishes second must neither delete the first copy (a reader may be loading it) nor fail."""
@@ -28,4 +26,3 @@ def test_a_model_built_twice_at_once_keeps_the_first_copy(tmp_path, monkeypatch)
     monkeypatch.setattr(models, "build_tiny", real_build)
     again = models.materialize(spec, tmp_path)
     assert again == got and (again / ".complete").exists() and not (again / "being-read").exists()
-

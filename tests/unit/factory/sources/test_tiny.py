@@ -9,4 +9,3 @@ def test_byte_tokenizer_specials_and_chat():
     text = tok.apply_chat_template([{"role": "user", "content": "hé"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user\nhé<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(tok.encode("héllo wörld")) == "héllo wörld"
-

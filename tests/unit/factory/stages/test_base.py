@@ -23,8 +23,10 @@ def test_the_built_in_kinds_declare_what_their_manifests_hold():
     assert declared["prune"] == [("heldout_loss", "loss", None), ("params", "params", None)]
     assert declared["distill"] == [("heldout_kl", "kl", "eval_kl")]
     assert declared["sft"] == [("heldout_assistant_loss", None, "eval_assistant_loss")]
-    assert declared["dpo"] == [("heldout_loss", "loss", "eval_loss"),
-                               ("heldout_reward_accuracy", None, "eval_reward_accuracy")]
+    assert declared["dpo"] == [
+        ("heldout_loss", "loss", "eval_loss"),
+        ("heldout_reward_accuracy", None, "eval_reward_accuracy"),
+    ]
     assert declared["evaluate"] == declared["gate"] == declared["pairs"] == declared["release"] == []
 
 

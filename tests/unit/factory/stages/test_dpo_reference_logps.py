@@ -42,8 +42,9 @@ def test_truncated_or_edited_reference_logps_are_reported_and_computed_again(tmp
     capsys.readouterr()
     ref, ran = _reference(tmp_path, monkeypatch)
     assert ran == 1 and torch.equal(ref, HONEST)
-    assert capsys.readouterr().err == (f"warning: {path}: reference log-probs discarded, it has 100 bytes, "
-                                       f"{size} were written; computing them again\n")
+    assert capsys.readouterr().err == (
+        f"warning: {path}: reference log-probs discarded, it has 100 bytes, {size} were written; computing them again\n"
+    )
 
     torch.save(torch.zeros(3, 2), path)  # a forged reference: every pair looks equally likely
     ref, ran = _reference(tmp_path, monkeypatch)

@@ -12,14 +12,19 @@ def test_budget_at_the_limit_passes_and_beyond_it_fails():
     check_budget(MAX_STEPS * 64, 64, "s", "max_tokens")
     with pytest.raises(ConfigError) as e:
         check_budget(MAX_STEPS * 64 + 1, 64, "s", "max_tokens")
-    assert str(e.value) == ("s.max_tokens: 64000000001 tokens at 64 tokens per step make 1e+09 optimizer steps, "
-                            "more than the 1e+09 a run can take")
+    assert str(e.value) == (
+        "s.max_tokens: 64000000001 tokens at 64 tokens per step make 1e+09 optimizer steps, "
+        "more than the 1e+09 a run can take"
+    )
 
 
 def test_a_schedule_that_underflows_is_refused():
     check_schedule(2e-5, MAX_STEPS, 0.05, 0.1, "s")
-    with pytest.raises(ConfigError, match=r"^s\.lr: the schedule's smallest learning rate, 1e-39 \(lr 1e-33 over "
-                                          r"1000000000 steps\), underflows float32"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^s\.lr: the schedule's smallest learning rate, 1e-39 \(lr 1e-33 over "
+        r"1000000000 steps\), underflows float32",
+    ):
         check_schedule(1e-33, MAX_STEPS, 0.001, 0.0, "s")
 
 

@@ -31,18 +31,26 @@ def run(work, stop_at=None):
     def batch_fn(step, micro):
         if stop_at is not None and step == stop_at:
             raise Stop
-        return data[step * 2:(step + 1) * 2]
+        return data[step * 2 : (step + 1) * 2]
 
-    result = train(model, cfg, batch_fn, lambda m, b: (m(b).pow(2).mean(), 4),
-                   lambda: {"loss": float(model(data).detach().pow(2).mean())}, work,
-                   MetricsLog(work / "metrics.jsonl"), progress=False, desc="correct")
+    result = train(
+        model,
+        cfg,
+        batch_fn,
+        lambda m, b: (m(b).pow(2).mean(), 4),
+        lambda: {"loss": float(model(data).detach().pow(2).mean())},
+        work,
+        MetricsLog(work / "metrics.jsonl"),
+        progress=False,
+        desc="correct",
+    )
     return result, {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _flip(data: bytes) -> bytes:
     """``data`` with one bit of its middle byte flipped."""
     i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
 
 
 def _same(a, b):
@@ -55,11 +63,14 @@ def reference(tmp_path):
     return run(tmp_path / "ref")[1]
 
 
-@pytest.mark.parametrize("damage, why", [
-    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "bytes, "),
-    (lambda p: p.write_bytes(_flip(p.read_bytes())), "does not match the sha256"),
-    (lambda p: storage.sidecar(p).unlink(), "no sha256 was recorded"),
-])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "bytes, "),
+        (lambda p: p.write_bytes(_flip(p.read_bytes())), "does not match the sha256"),
+        (lambda p: storage.sidecar(p).unlink(), "no sha256 was recorded"),
+    ],
+)
 def test_a_damaged_checkpoint_is_reported_and_the_stage_starts_over(tmp_path, capsys, reference, damage, why):
     work = tmp_path / "w"
     work.mkdir()

@@ -25,4 +25,3 @@ def test_pack_is_deterministic_and_holds_out():
 def test_pack_too_small():
     with pytest.raises(FactoryError, match="need at least"):
         pack(["tiny"], byte_tokenizer(), seq_len=64, train_blocks=4, heldout_blocks=2, seed=0, source="stages.x.data")
-

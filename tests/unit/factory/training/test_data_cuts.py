@@ -14,15 +14,20 @@ class CharTokenizer:
         return {"input_ids": [[1] * len(t) for t in texts]}
 
 
-@pytest.mark.parametrize("docs,cuts", [
-    # a 2 MB document: the budget (3 blocks of 10) ends inside it; the rest is counted, not silent
-    (["x" * 2_000_000, "short", "tiny"], {"documents_cut": 1, "documents_unused": 2,
-                                          "tokens_unused": 2_000_001 + 6 + 5 - 30}),
-    # ten documents of 10 tokens (EOS included): three fill the blocks exactly, seven are left
-    (["a" * 9] * 10, {"documents_cut": 0, "documents_unused": 7, "tokens_unused": 70}),
-    # a small corpus (32 tokens): only the tail that does not fill a fourth block is left out
-    (["a" * 4] * 5 + ["b" * 6], {"documents_cut": 1, "documents_unused": 0, "tokens_unused": 2}),
-])
+@pytest.mark.parametrize(
+    "docs,cuts",
+    [
+        # a 2 MB document: the budget (3 blocks of 10) ends inside it; the rest is counted, not silent
+        (
+            ["x" * 2_000_000, "short", "tiny"],
+            {"documents_cut": 1, "documents_unused": 2, "tokens_unused": 2_000_001 + 6 + 5 - 30},
+        ),
+        # ten documents of 10 tokens (EOS included): three fill the blocks exactly, seven are left
+        (["a" * 9] * 10, {"documents_cut": 0, "documents_unused": 7, "tokens_unused": 70}),
+        # a small corpus (32 tokens): only the tail that does not fill a fourth block is left out
+        (["a" * 4] * 5 + ["b" * 6], {"documents_cut": 1, "documents_unused": 0, "tokens_unused": 2}),
+    ],
+)
 def test_pack_counts_what_the_budget_leaves_out(docs, cuts):
     packed = pack(docs, CharTokenizer(), seq_len=10, train_blocks=2, heldout_blocks=1, seed=0, source="s")
     assert packed.cuts() == cuts

@@ -20,13 +20,19 @@ def reference_kl(student, teacher, batch, temperature=1.0):
         t = teacher(batch).logits[:, :-1] / temperature
         s = student(batch).logits[:, :-1] / temperature
     logp, logq = t.log_softmax(-1), s.log_softmax(-1)
-    return float((logp.exp() * (logp - logq)).sum(-1).mean() * temperature ** 2)
+    return float((logp.exp() * (logp - logq)).sum(-1).mean() * temperature**2)
 
 
 def test_settings_default_to_the_minitron_recipe():
     kd = KDSettings()
     assert (kd.kind, kd.temperature, kd.top_k, kd.kd_scale, kd.lm_weight, kd.chunk) == (
-        "forward_kl", 1.0, None, 1.0, 0.0, 256)
+        "forward_kl",
+        1.0,
+        None,
+        1.0,
+        0.0,
+        256,
+    )
 
 
 def test_a_student_equal_to_its_teacher_has_zero_kl(tokens):
@@ -41,8 +47,9 @@ def test_a_student_equal_to_its_teacher_has_zero_kl(tokens):
 def test_kd_loss_is_the_forward_kl_of_the_logits(tokens, temperature):
     teacher, student = tiny_llama(seed=0), tiny_llama(seed=1)
     want = reference_kl(student, teacher, tokens, temperature)
-    loss, _, extras = kd_terms(KDStudent(student, None, 64, 64), teacher, tokens,
-                               KDSettings(temperature=temperature, chunk=5))
+    loss, _, extras = kd_terms(
+        KDStudent(student, None, 64, 64), teacher, tokens, KDSettings(temperature=temperature, chunk=5)
+    )
     assert want > 0.01
     assert extras["kd_loss"] == pytest.approx(want, rel=1e-4)
     assert loss.item() == pytest.approx(want, rel=1e-4)
@@ -53,8 +60,9 @@ def test_lm_weight_adds_the_students_own_next_token_loss(tokens):
     with torch.no_grad():
         logits = student(tokens).logits[:, :-1]
     ce = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
-    loss, _, extras = kd_terms(KDStudent(student, None, 64, 64), teacher, tokens,
-                               KDSettings(kd_scale=0.5, lm_weight=0.25))
+    loss, _, extras = kd_terms(
+        KDStudent(student, None, 64, 64), teacher, tokens, KDSettings(kd_scale=0.5, lm_weight=0.25)
+    )
     assert extras["lm_loss"] == pytest.approx(ce, rel=1e-4)
     assert loss.item() == pytest.approx(0.5 * extras["kd_loss"] + 0.25 * ce, rel=1e-4)
 

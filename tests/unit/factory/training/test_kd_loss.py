@@ -44,8 +44,9 @@ def _reference(h_s, w_s, h_t, w_t, labels, mask, T, kind, top_k, kd_scale, lm_we
 @pytest.mark.parametrize("lm_weight", [0.0, 0.7])
 def test_fused_kd_matches_reference(T, kind, top_k, lm_weight):
     h_s, w_s, h_t, w_t, labels, mask = _data()
-    loss, kd, lm = fused_kd_loss(h_s, w_s, h_t, w_t, labels, mask, T, kind, top_k, kd_scale=1.3,
-                                 lm_weight=lm_weight, chunk=7)
+    loss, kd, lm = fused_kd_loss(
+        h_s, w_s, h_t, w_t, labels, mask, T, kind, top_k, kd_scale=1.3, lm_weight=lm_weight, chunk=7
+    )
     (loss * 0.9).backward()
     gh, gw = h_s.grad.clone(), w_s.grad.clone()
     h_s.grad = w_s.grad = None

@@ -27,15 +27,16 @@ def run(tmp_path, stop_at=None, evals=None):
     def batch_fn(step, micro):
         if stop_at is not None and step == stop_at:
             raise Stop
-        return data[step * 2:(step + 1) * 2]
+        return data[step * 2 : (step + 1) * 2]
 
     def eval_fn():
         calls.append(1)
         with torch.no_grad():
             return {"loss": float(model(data).pow(2).mean()), "tokens": 64}
 
-    return train(model, cfg, batch_fn, loss_fn, eval_fn, tmp_path, MetricsLog(tmp_path / "metrics.jsonl"),
-                 progress=False)
+    return train(
+        model, cfg, batch_fn, loss_fn, eval_fn, tmp_path, MetricsLog(tmp_path / "metrics.jsonl"), progress=False
+    )
 
 
 def test_first_and_last_eval_are_the_logged_step_0_and_final_rows(tmp_path):

@@ -39,4 +39,3 @@ def test_fused_ce_bf16_close_to_fp32():
     got = fused_linear_cross_entropy(h.bfloat16(), w.bfloat16(), y)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(ref.item(), rel=2e-2)
-

@@ -41,7 +41,9 @@ def dry_run(recipe: Path, overrides: list[str], runs: Path, *flags: str) -> Path
 def golden_files(run_dir: Path) -> dict[str, str]:
     """What is pinned: each job's spec and run.sh (no absolute paths) and the engine of every stage."""
     plan = json.loads((run_dir / ".nemo" / "plan.json").read_text())
-    out = {"plan.json": json.dumps({p["stage"]: p.get("backend", p["engine"]) for p in plan["stages"]}, indent=2) + "\n"}
+    out = {
+        "plan.json": json.dumps({p["stage"]: p.get("backend", p["engine"]) for p in plan["stages"]}, indent=2) + "\n"
+    }
     for p in plan["stages"]:
         if p["engine"] == "nemo":
             job = Path(p["job_dir"])
@@ -74,33 +76,61 @@ def test_paper_numbers_reach_the_jobs(tmp_path):
     width = dry_run(RECIPES / "paper/llama31-minitron-4b-width.yaml", [], tmp_path)
     depth = dry_run(RECIPES / "paper/llama31-minitron-4b-depth.yaml", [], tmp_path)
     mn = dry_run(RECIPES / "paper/mn-minitron-8b.yaml", [], tmp_path)
-    assert spec_of(width, "prune")["nemo2"]["pruning_config"] == {"target_ffn_hidden_size": 9216,
-                                                                  "target_hidden_size": 3072}
-    assert spec_of(mn, "prune")["nemo2"]["pruning_config"] == {"target_ffn_hidden_size": 11520,
-                                                               "target_hidden_size": 4096}
+    assert spec_of(width, "prune")["nemo2"]["pruning_config"] == {
+        "target_ffn_hidden_size": 9216,
+        "target_hidden_size": 3072,
+    }
+    assert spec_of(mn, "prune")["nemo2"]["pruning_config"] == {
+        "target_ffn_hidden_size": 11520,
+        "target_hidden_size": 4096,
+    }
     # layers 16..31 counted from 1: the first 15 and the last survive
     assert spec_of(depth, "prune")["nemo2"]["pruning_config"] == {"drop_layers": list(range(16, 32))}
     d4, d8 = spec_of(width, "distill")["nemo2"], spec_of(mn, "distill")["nemo2"]
-    assert (d4["trainer"]["max_steps"], d4["scheduler"]["warmup_steps"], d4["data"]["global_batch_size"]) == (9961, 40, 1152)
-    assert (d8["trainer"]["max_steps"], d8["scheduler"]["warmup_steps"], d8["data"]["global_batch_size"]) == (60400, 60, 768)
+    assert (d4["trainer"]["max_steps"], d4["scheduler"]["warmup_steps"], d4["data"]["global_batch_size"]) == (
+        9961,
+        40,
+        1152,
+    )
+    assert (d8["trainer"]["max_steps"], d8["scheduler"]["warmup_steps"], d8["data"]["global_batch_size"]) == (
+        60400,
+        60,
+        768,
+    )
     assert d4["optimizer"]["lr"] == 1e-4 and d4["scheduler"]["min_lr"] == pytest.approx(1e-5)
     assert d8["scheduler"]["min_lr"] == pytest.approx(4.5e-7)
-    assert d4["distillation"] == {"logit_layers": ["output_layer", "output_layer"], "intermediate_layer_pairs": [],
-                                  "skip_lm_loss": True, "kd_loss_scale": 1.0}
+    assert d4["distillation"] == {
+        "logit_layers": ["output_layer", "output_layer"],
+        "intermediate_layer_pairs": [],
+        "skip_lm_loss": True,
+        "kd_loss_scale": 1.0,
+    }
     assert spec_of(width, "correct")["tokens"] == 13458 * 1152 * 8192  # ~127B
     plan = json.loads((width / ".nemo" / "plan.json").read_text())
     assert {p["stage"]: p["engine"] for p in plan["stages"]} == {
-        "correct": "nemo", "prune": "nemo", "distill": "nemo", "sft": "native", "dpo": "native", "evaluate": "native"}
+        "correct": "nemo",
+        "prune": "nemo",
+        "distill": "nemo",
+        "sft": "native",
+        "dpo": "native",
+        "evaluate": "native",
+    }
 
 
 def test_dpo_maps_to_aligner_keys(tmp_path):
-    run = dry_run(RECIPES / "paper/llama31-minitron-4b-depth.yaml",
-                  ["stages.dpo.preference_loss=rpo", "stages.dpo.sft_loss_weight=0.5",
-                   "stages.dpo.ref_policy_kl_penalty=0.05"], tmp_path)
+    run = dry_run(
+        RECIPES / "paper/llama31-minitron-4b-depth.yaml",
+        ["stages.dpo.preference_loss=rpo", "stages.dpo.sft_loss_weight=0.5", "stages.dpo.ref_policy_kl_penalty=0.05"],
+        tmp_path,
+    )
     train = spec_of(run, "dpo")["steps"]["train"]
     assert train[1] == "$ALIGNER_DIR/examples/nlp/gpt/train_gpt_dpo.py"
-    assert {"model.dpo.ref_policy_kl_penalty=0.05", "model.dpo.preference_loss=dpo",
-            "model.dpo.sft_loss_weight=0.5", "model.global_batch_size=64"} <= set(train)
+    assert {
+        "model.dpo.ref_policy_kl_penalty=0.05",
+        "model.dpo.preference_loss=dpo",
+        "model.dpo.sft_loss_weight=0.5",
+        "model.global_batch_size=64",
+    } <= set(train)
 
 
 # -- what the nemo engine cannot do: one line, naming the YAML path --------------------------------
@@ -118,22 +148,45 @@ def nemo_error(recipe: Path, overrides: list[str], native: list[str] = ("engine=
     return message
 
 
-@pytest.mark.parametrize("overrides, where, why", [
-    (["stages.prune.target_num_attention_heads=16", "stages.prune.target_num_query_groups=4"],
-     "stages.prune.target_num_query_groups", "no longer prunes query groups"),
-    (["stages.prune.target_hidden_size=3040"], "stages.prune.target_hidden_size", "not a multiple of 64"),
-    (["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-      "stages.prune.target_params=6B"], "stages.prune.target_params", "explicit targets"),
-    (["stages.prune.target_hidden_size=null", "stages.prune.target_ffn_hidden_size=null",
-      "stages.prune.target_num_layers=32"], "stages.prune.depth_criterion", "contiguous blocks"),
-    (["stages.distill.temperature=2.0"], "stages.distill.temperature", "no temperature"),
-    (["stages.distill.kd_loss=reverse_kl"], "stages.distill.kd_loss", "forward KL"),
-    (["stages.dpo.label_smoothing=0.1"], "stages.dpo.label_smoothing", "no label smoothing"),
-    (["stages.distill.batch_size=17", "stages.distill.grad_accum=47"], "stages.distill.batch_size",
-     "global batch 799"),
-    (["nemo.launcher=docker"], "nemo.launcher", "one node"),
-    (["nemo.stages.prune.pipeline_parallel=1"], "nemo.stages.prune", "pipeline_parallel to the GPU count"),
-])
+@pytest.mark.parametrize(
+    "overrides, where, why",
+    [
+        (
+            ["stages.prune.target_num_attention_heads=16", "stages.prune.target_num_query_groups=4"],
+            "stages.prune.target_num_query_groups",
+            "no longer prunes query groups",
+        ),
+        (["stages.prune.target_hidden_size=3040"], "stages.prune.target_hidden_size", "not a multiple of 64"),
+        (
+            [
+                "stages.prune.target_hidden_size=null",
+                "stages.prune.target_ffn_hidden_size=null",
+                "stages.prune.target_params=6B",
+            ],
+            "stages.prune.target_params",
+            "explicit targets",
+        ),
+        (
+            [
+                "stages.prune.target_hidden_size=null",
+                "stages.prune.target_ffn_hidden_size=null",
+                "stages.prune.target_num_layers=32",
+            ],
+            "stages.prune.depth_criterion",
+            "contiguous blocks",
+        ),
+        (["stages.distill.temperature=2.0"], "stages.distill.temperature", "no temperature"),
+        (["stages.distill.kd_loss=reverse_kl"], "stages.distill.kd_loss", "forward KL"),
+        (["stages.dpo.label_smoothing=0.1"], "stages.dpo.label_smoothing", "no label smoothing"),
+        (
+            ["stages.distill.batch_size=17", "stages.distill.grad_accum=47"],
+            "stages.distill.batch_size",
+            "global batch 799",
+        ),
+        (["nemo.launcher=docker"], "nemo.launcher", "one node"),
+        (["nemo.stages.prune.pipeline_parallel=1"], "nemo.stages.prune", "pipeline_parallel to the GPU count"),
+    ],
+)
 def test_nemo_refuses_with_one_line(overrides, where, why):
     message = nemo_error(PAPER_MN, overrides)
     assert f": {where}: " in message and why in message, message
@@ -157,10 +210,16 @@ def test_stage_kind_without_a_job(tmp_path):
 
     base.register("quantize", QuantizeConfig, "test-only kind")(lambda ctx: None)
     try:
-        recipe = write(tmp_path / "r.yaml", "name: q\nengine: nemo\nmodels: {m: {hub: meta-llama/Llama-3.1-8B}}\n"
-                                            "stages: {q: {kind: quantize, model: m}}\n")
-        with pytest.raises(ConfigError, match=r"stages\.q\.kind: the nemo engine has no job for stage kind "
-                                              r"'quantize' .*set engines\.q: native"):
+        recipe = write(
+            tmp_path / "r.yaml",
+            "name: q\nengine: nemo\nmodels: {m: {hub: meta-llama/Llama-3.1-8B}}\n"
+            "stages: {q: {kind: quantize, model: m}}\n",
+        )
+        with pytest.raises(
+            ConfigError,
+            match=r"stages\.q\.kind: the nemo engine has no job for stage kind "
+            r"'quantize' .*set engines\.q: native",
+        ):
             load_recipe(recipe)
         assert load_recipe(recipe, ["engines.q=native"]).engine_of("q") == "native"
     finally:
@@ -185,28 +244,51 @@ def test_engine_is_part_of_the_config_hash():
 
 # -- the CLI -------------------------------------------------------------------------------------------
 
+
 def test_dry_run_through_the_cli_writes_runnable_files(tmp_path, capsys):
-    rc = main(["run", str(RECIPES / "smollm2-minitron.yaml"), "engines.prune=native", "nemo.gpus_per_node=4",
-               "nemo.slurm.account=acct", "--engine", "nemo", "--dry-run", "--launcher", "slurm",
-               "--runs-dir", str(tmp_path / "runs")])
+    rc = main(
+        [
+            "run",
+            str(RECIPES / "smollm2-minitron.yaml"),
+            "engines.prune=native",
+            "nemo.gpus_per_node=4",
+            "nemo.slurm.account=acct",
+            "--engine",
+            "nemo",
+            "--dry-run",
+            "--launcher",
+            "slurm",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     run_dir = (tmp_path / "runs" / "smollm2-minitron").resolve()
     assert f"{run_dir}/.nemo/correct" in capsys.readouterr().out.splitlines()
     job = run_dir / ".nemo" / "correct"
-    assert {p.name for p in job.iterdir()} == {"config.yaml", "run.sh", "job.py", "job_tools.py", "launch.sh",
-                                                "job.sbatch", "manifest.template.json"}
+    assert {p.name for p in job.iterdir()} == {
+        "config.yaml",
+        "run.sh",
+        "job.py",
+        "job_tools.py",
+        "launch.sh",
+        "job.sbatch",
+        "manifest.template.json",
+    }
     for sh in (job / "run.sh", job / "launch.sh", run_dir / ".nemo" / "launch-all.sh"):
         assert subprocess.run(["bash", "-n", str(sh)]).returncode == 0, sh
     sbatch = (job / "job.sbatch").read_text()
-    assert "#SBATCH --nodes=1" in sbatch and "#SBATCH --gpus-per-node=4" in sbatch and "#SBATCH --account=acct" in sbatch
+    assert (
+        "#SBATCH --nodes=1" in sbatch and "#SBATCH --gpus-per-node=4" in sbatch and "#SBATCH --account=acct" in sbatch
+    )
     assert f"--container-mounts={run_dir}:{run_dir}" in sbatch and "env DIST=python bash" in sbatch
     all_sh = (run_dir / ".nemo" / "launch-all.sh").read_text()
     assert "--dependency=afterok:${job_correct}" in all_sh  # distill waits for correct
     assert "factory run" in all_sh and "--only prune" in all_sh  # the native stage in between
     template = json.loads((job / "manifest.template.json").read_text())
-    assert template["config_hash"] == load_recipe(RECIPES / "smollm2-minitron.yaml",
-                                                  ["engine=nemo", "engines.prune=native",
-                                                   "nemo.gpus_per_node=4"]).config_hash("correct")
+    assert template["config_hash"] == load_recipe(
+        RECIPES / "smollm2-minitron.yaml", ["engine=nemo", "engines.prune=native", "nemo.gpus_per_node=4"]
+    ).config_hash("correct")
     assert not (run_dir / "correct").exists()  # nothing ran
 
 
@@ -226,6 +308,7 @@ def test_docker_launch_command(tmp_path):
 
 # -- job-side pieces that run without NeMo --------------------------------------------------------------
 
+
 def test_render_chat_splits_exactly_at_the_assistant_turns(tmp_path):
     from transformers import AutoTokenizer
 
@@ -234,16 +317,25 @@ def test_render_chat_splits_exactly_at_the_assistant_turns(tmp_path):
 
     build_tiny(TinyLlamaSpec(), tmp_path / "tiny")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tiny")
-    conv = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-                         {"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6"}]}
+    conv = {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3+3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    }
     recs = list(render_chat.sft_records(tok, conv))
     assert len(recs) == 2
     whole = tok.apply_chat_template(conv["messages"], tokenize=False)
     assert recs[1]["input"] + recs[1]["output"] == whole
     assert recs[0]["output"].startswith("4") and recs[1]["output"].startswith("6")
     assert recs[1]["output"].rstrip("\n").endswith(tok.eos_token)  # one end-of-turn in the loss
-    pair = {"prompt": conv["messages"][:1], "chosen": [{"role": "assistant", "content": "4"}],
-            "rejected": [{"role": "assistant", "content": "5"}]}
+    pair = {
+        "prompt": conv["messages"][:1],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "5"}],
+    }
     (dpo,) = render_chat.dpo_records(tok, pair)
     assert dpo["prompt"] == recs[0]["input"] and dpo["chosen_response"] == recs[0]["output"]
     assert dpo["rejected_response"].startswith("5")
@@ -266,7 +358,9 @@ def test_finalized_nemo_artifact_is_cached_for_the_native_pipeline(tmp_path):
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
     (tmp_path / "corpus.txt").write_text("\n\n".join(f"paragraph {i} " * 20 for i in range(40)))
-    recipe_file = write(tmp_path / "mixed.yaml", """
+    recipe_file = write(
+        tmp_path / "mixed.yaml",
+        """
 name: mixed
 engine: nemo
 engines: {again: native}
@@ -277,14 +371,19 @@ datasets: {corpus: {path: corpus.txt, licence: CC0-1.0}}
 stages:
   correct: {kind: correct, model: teacher, data: corpus, seq_len: 32, batch_size: 2, max_tokens: 128}
   again: {kind: correct, model: correct, data: corpus, seq_len: 32, batch_size: 2, max_tokens: 128}
-""")
+""",
+    )
     recipe = load_recipe(recipe_file)
     runs = tmp_path / "runs"
     executor.dry_run(recipe, runs, [str(recipe_file)])
     run_dir = (runs / "mixed").resolve()
     job = run_dir / ".nemo" / "correct"
-    build_tiny(TinyLlamaSpec(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                             intermediate_size=128), job / "hf")  # what `job.py export` leaves
+    build_tiny(
+        TinyLlamaSpec(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+        ),
+        job / "hf",
+    )  # what `job.py export` leaves
     pipe = Pipeline(recipe, runs, progress=False)
     assert pipe.decide("correct").action == "run"
     assert finalize.main([str(job / "manifest.template.json")]) == 0
@@ -376,16 +475,22 @@ def test_local_run_prepares_launches_and_hands_over_to_native(tmp_path, monkeypa
         valid = (run_dir / spec["data"]["valid"]).read_text().splitlines()
         assert (len(train), len(valid)) == (39, 1)  # 64 held-out tokens: one ~260-character paragraph
         assert json.loads(train[0])["text"].startswith("paragraph")
-        build_tiny(TinyLlamaSpec(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                 intermediate_size=128), run_dir / spec["work"] / "hf")
+        build_tiny(
+            TinyLlamaSpec(
+                num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+            ),
+            run_dir / spec["work"] / "hf",
+        )
         assert finalize.main([str(job_dir / "manifest.template.json")]) == 0
 
     monkeypatch.setattr(launchers, "start", fake_start)
     runs = tmp_path / "runs"
     assert main(["run", str(recipe.file), "--runs-dir", str(runs), "--no-progress"]) == 0
     assert launched == ["correct", "distill"]
-    made = {stage: json.loads((runs / "mixed" / stage / "manifest.json").read_text())
-            for stage in ("correct", "distill", "again")}
+    made = {
+        stage: json.loads((runs / "mixed" / stage / "manifest.json").read_text())
+        for stage in ("correct", "distill", "again")
+    }
     assert [m["job"]["backend"] for m in (made["correct"], made["distill"])] == ["nemo2", "nemo2"]
     assert "job" not in made["again"] and made["again"]["inputs"]["correct"] == made["correct"]["hash"]
     launched.clear()
@@ -405,8 +510,10 @@ def test_slurm_chains_jobs_and_stops_before_native_work(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(launchers, "_call", fake_call)
     assert main(["run", str(recipe.file), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
-    assert [c[:3] for c in calls] == [["sbatch", "--parsable", calls[0][2]],
-                                      ["sbatch", "--parsable", "--dependency=afterok:1001"]]
+    assert [c[:3] for c in calls] == [
+        ["sbatch", "--parsable", calls[0][2]],
+        ["sbatch", "--parsable", "--dependency=afterok:1001"],
+    ]
     assert calls[0][2].endswith(".nemo/correct/job.sbatch") and calls[1][3].endswith(".nemo/distill/job.sbatch")
     err = capsys.readouterr().err
     assert "again: waits for Slurm jobs 1001 (correct); rerun this command when they have finished" in err
