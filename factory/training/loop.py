@@ -265,50 +265,18 @@ def train(
     those metrics without a pass (DPO: the policy starts as its reference)."""
     total = _steps(cfg, total_steps, desc)
     per_step = tokens_per_step if tokens_per_step is not None else cfg.tokens_per_step
-    warmup = int(cfg.warmup_ratio * total)
     ckpt = work_dir / "checkpoint.pt"
     rank, _ = dist.world()
     layout = _layout(model, cfg)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
-    resumed = _resume(ckpt, model, optimizer, layout, log, desc, total)
-    first_eval = None
-    if resumed is None:
-        log.truncate_after(-1)
-        first_eval = (initial_eval or eval_fn)()
-        log.write_evals(0, 0, first_eval)
-    start = resumed or 0
+    start, first_eval = _begin(ckpt, model, optimizer, layout, log, desc, total, eval_fn, initial_eval)
 
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
     bar = _progress(total, start, desc, progress and rank == 0)
     t0 = time.perf_counter()
-    step_time = 0.0  # optimizer steps only: evals and checkpoints are not training throughput
-    last_loss = float("nan")
-    for step in range(start, total):
-        ts = time.perf_counter()
-        lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
-        last_loss, parts, grad_norm = _optimizer_step(model, optimizer, params, cfg, batch_fn, loss_fn, step, lr)
-        done = step + 1
-        step_time += time.perf_counter() - ts
-        tps = (done - start) * per_step / max(step_time, 1e-9)
-        if done % cfg.log_every == 0 or done == total:
-            log.write(
-                {
-                    "step": done,
-                    "tokens": done * per_step,
-                    "loss": last_loss,
-                    **parts,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tps,
-                }
-            )
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-            log.write_evals(done, done * per_step, eval_fn())
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            _save_checkpoint(ckpt, model, optimizer, done, layout)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+    step_time, last_loss = _train_steps(
+        model, optimizer, cfg, batch_fn, loss_fn, eval_fn, log, bar, ckpt, layout, start, total, per_step
+    )
     bar.close()
     wall_s = time.perf_counter() - t0
     last_eval = eval_fn()
@@ -325,6 +293,82 @@ def train(
         first_eval=first_eval if first_eval is not None else log.evals_at(0),
         last_eval=last_eval,
     )
+
+
+def _begin(
+    ckpt: Path,
+    model,
+    optimizer,
+    layout: str,
+    log: MetricsLog,
+    desc: str,
+    total: int,
+    eval_fn: EvalFn,
+    initial_eval: EvalFn | None,
+) -> tuple[int, dict | None]:
+    """Where the run starts: (step, step-0 metrics). A resumed run starts at its checkpoint's
+    step (its step-0 metrics are in the log: None); a fresh one clears the log and evaluates step 0."""
+    resumed = _resume(ckpt, model, optimizer, layout, log, desc, total)
+    first_eval = None
+    if resumed is None:
+        log.truncate_after(-1)
+        first_eval = (initial_eval or eval_fn)()
+        log.write_evals(0, 0, first_eval)
+    return resumed or 0, first_eval
+
+
+def _train_steps(
+    model,
+    optimizer,
+    cfg: TrainConfig,
+    batch_fn: BatchFn,
+    loss_fn: LossFn,
+    eval_fn: EvalFn,
+    log: MetricsLog,
+    bar,
+    ckpt: Path,
+    layout: str,
+    start: int,
+    total: int,
+    per_step: int,
+) -> tuple[float, float]:
+    """Optimizer steps ``start`` to ``total``, with their metrics rows, periodic evals and
+    checkpoints: (seconds spent in optimizer steps, the last step's loss)."""
+    warmup = int(cfg.warmup_ratio * total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    step_time = 0.0  # optimizer steps only: evals and checkpoints are not training throughput
+    last_loss = float("nan")
+    for step in range(start, total):
+        ts = time.perf_counter()
+        lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
+        last_loss, parts, grad_norm = _optimizer_step(model, optimizer, params, cfg, batch_fn, loss_fn, step, lr)
+        done = step + 1
+        step_time += time.perf_counter() - ts
+        tps = (done - start) * per_step / max(step_time, 1e-9)
+        if done % cfg.log_every == 0 or done == total:
+            log.write(_step_row(done, per_step, last_loss, parts, lr, grad_norm, tps))
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+            log.write_evals(done, done * per_step, eval_fn())
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            _save_checkpoint(ckpt, model, optimizer, done, layout)
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+    return step_time, last_loss
+
+
+def _step_row(
+    done: int, per_step: int, loss: float, parts: dict[str, float], lr: float, grad_norm: float, tps: float
+) -> dict:
+    """The metrics row of optimizer step ``done``."""
+    return {
+        "step": done,
+        "tokens": done * per_step,
+        "loss": loss,
+        **parts,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": tps,
+    }
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
