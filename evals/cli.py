@@ -146,6 +146,13 @@ def cmd_report(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``eval``, ``gate`` and ``report`` on an argparse subparsers object."""
+    _add_eval(sub)
+    _add_gate(sub)
+    _add_report(sub)
+
+
+def _add_eval(sub) -> None:
+    """The ``eval`` command: run a suite on one model."""
     sp = sub.add_parser("eval", help="run an evaluation suite on a model; writes results.json and a report")
     sp.add_argument("model", help="HF checkpoint dir, or the model's name on an OpenAI-compatible server")
     sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
@@ -194,6 +201,9 @@ def add_commands(sub) -> None:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
 
+
+def _add_gate(sub) -> None:
+    """The ``gate`` command: fail on a significant regression against a baseline."""
     sp = sub.add_parser("gate", help="compare two results files; exit 1 on a significant regression")
     sp.add_argument("candidate", help="the candidate's results.json (or its dir)")
     sp.add_argument("baseline", help="the baseline's results.json (or its dir)")
@@ -221,6 +231,9 @@ def add_commands(sub) -> None:
     )
     sp.set_defaults(fn=cmd_gate)
 
+
+def _add_report(sub) -> None:
+    """The ``report`` command: compare results files in a table and a chart."""
     sp = sub.add_parser("report", help="compare results files: a table and a bar chart")
     sp.add_argument("results", nargs="+", help="results.json files (or their dirs)")
     sp.add_argument("--out", help="output dir")
