@@ -167,46 +167,63 @@ def build_parser() -> argparse.ArgumentParser:
         "correction, pruning, distillation, alignment and evaluation of LLMs.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    _add_recipe_commands(sub)
+    _add_artifact_commands(sub)
+    _add_eval_commands(sub)
+    return p
 
-    def recipe_cmd(name, help_):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("recipe", help="recipe YAML file")
-        sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.correct.max_tokens=5000")
-        sp.add_argument(
-            "--engine",
-            choices=("native", "nemo"),
-            help="run on this engine instead of the recipe's (stages pinned in its engines: keep theirs)",
-        )
-        return sp
 
-    sp = recipe_cmd("validate", "validate a recipe completely, without running anything")
+def _recipe_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    """A sub-command that takes a recipe file, its overrides and an engine choice."""
+    sp = sub.add_parser(name, help=help_)
+    sp.add_argument("recipe", help="recipe YAML file")
+    sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.correct.max_tokens=5000")
+    sp.add_argument(
+        "--engine",
+        choices=("native", "nemo"),
+        help="run on this engine instead of the recipe's (stages pinned in its engines: keep theirs)",
+    )
+    return sp
+
+
+def _add_recipe_commands(sub) -> None:
+    """``validate``, ``plan`` and ``run``: the commands that read a recipe."""
+    sp = _recipe_parser(sub, "validate", "validate a recipe completely, without running anything")
     sp.add_argument("--explain", action="store_true", help="list every config key of each stage with its help")
     sp.set_defaults(fn=cmd_validate)
     for name, fn, help_ in (
         ("plan", cmd_plan, "show which stages are cached and which would run, and why"),
         ("run", cmd_run, "run the recipe's stages, reusing cached artifacts"),
     ):
-        sp = recipe_cmd(name, help_)
+        sp = _recipe_parser(sub, name, help_)
         sp.add_argument(
             "--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"), help="where artifacts go (default runs/)"
         )
         sp.add_argument("--only", help="run only this stage (its inputs must be up to date)")
         sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
         if name == "run":
-            sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-            sp.add_argument("--until", metavar="STAGE", help="run STAGE and what it needs, nothing downstream")
-            sp.add_argument(
-                "--dry-run",
-                action="store_true",
-                help="nemo engine: write every stage's scripts, "
-                "configs and launch commands into the run dir, and run nothing",
-            )
-            sp.add_argument(
-                "--launcher",
-                choices=("docker", "torchrun", "slurm"),
-                help="nemo engine: how jobs start (default: the recipe's nemo.launcher)",
-            )
+            _add_run_options(sp)
         sp.set_defaults(fn=fn)
+
+
+def _add_run_options(sp: argparse.ArgumentParser) -> None:
+    """The options only ``run`` has, on top of those it shares with ``plan``."""
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("--until", metavar="STAGE", help="run STAGE and what it needs, nothing downstream")
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="nemo engine: write every stage's scripts, configs and launch commands into the run dir, and run nothing",
+    )
+    sp.add_argument(
+        "--launcher",
+        choices=("docker", "torchrun", "slurm"),
+        help="nemo engine: how jobs start (default: the recipe's nemo.launcher)",
+    )
+
+
+def _add_artifact_commands(sub) -> None:
+    """``ls`` and ``show``: the commands that read a runs directory."""
     sp = sub.add_parser("ls", help="list artifacts in a runs directory")
     sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"))
     sp.set_defaults(fn=cmd_ls)
@@ -214,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("artifact", help="artifact directory")
     sp.add_argument("--json", action="store_true", help="print the raw manifest")
     sp.set_defaults(fn=cmd_show)
+
+
+def _add_eval_commands(sub) -> None:
+    """``eval``, ``gate`` and ``report`` from the evaluation suite, ``report`` widened to run dirs."""
     from evals.cli import add_commands  # the suite's CLI loads its tasks: kept off `factory validate`'s path
 
     add_commands(sub)  # eval, gate, report: the evaluation suite's own commands
@@ -224,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
         "or results files: a comparison with a bar chart"
     )
     report.set_defaults(fn=cmd_report)
-    return p
 
 
 def _is_run_dir(path: str) -> bool:
