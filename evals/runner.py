@@ -324,24 +324,62 @@ def _run_suite(
         if owned:  # before the model tasks, which load the model again
             eng.close()
     identity = {**model_identity(model, described), "label": label or Path(model).name or model}
-    for p in planned:
-        if p.needs_model and cached_only:
-            found = kept.records(_model_task_key(p, identity["hash"]))
-            if found is None:
-                missing[p.entry.name] = {"have": 0, "of": p.limit}
-            else:
-                records[p.entry.name], walls[p.entry.name] = found, 0.0
-        elif p.needs_model:
-            t = time.perf_counter()
-            records[p.entry.name] = _model_task(p, model, identity["hash"], progress, kept)
-            walls[p.entry.name] = time.perf_counter() - t
+    _run_model_tasks(planned, model, identity["hash"], progress, kept, cached_only, records, walls, missing)
     planned = [p for p in planned if p.entry.name in records]
     if cached_only and not planned:
         raise FactoryError(
             f"{cache}: no task of suite {suite.name} has all it needs in this file "
             f"(the model or engine differ, or it is too early)"
         )
-    results = {
+    results = _results(identity, described, suite, limit, sampling, boot, planned, records, walls)
+    if missing:
+        results["missing"] = missing
+    results["wall_s"] = round(time.perf_counter() - t0, 3)
+    if out is not None:
+        res.write(results, Path(out))
+    return results
+
+
+def _run_model_tasks(
+    planned: list[Planned],
+    model: str,
+    digest: str | None,
+    progress: bool,
+    kept: CompletionCache | None,
+    cached_only: bool,
+    records: dict,
+    walls: dict,
+    missing: dict,
+) -> None:
+    """Run (or, with ``cached_only``, read back from the cache) every task that
+    needs the model itself; one the cache does not hold whole goes to ``missing``."""
+    for p in planned:
+        if p.needs_model and cached_only:
+            found = kept.records(_model_task_key(p, digest))
+            if found is None:
+                missing[p.entry.name] = {"have": 0, "of": p.limit}
+            else:
+                records[p.entry.name], walls[p.entry.name] = found, 0.0
+        elif p.needs_model:
+            t = time.perf_counter()
+            records[p.entry.name] = _model_task(p, model, digest, progress, kept)
+            walls[p.entry.name] = time.perf_counter() - t
+
+
+def _results(
+    identity: dict,
+    described: dict,
+    suite: Suite,
+    limit: int | None,
+    sampling: dict | None,
+    boot: dict,
+    planned: list[Planned],
+    records: dict,
+    walls: dict,
+) -> dict:
+    """The results document of the scored tasks (see evals.results), before
+    ``missing`` and the total wall time are added."""
+    return {
         "format": res.FORMAT,
         "model": identity,
         "engine": described,
@@ -354,9 +392,3 @@ def _run_suite(
         "tasks": {p.entry.name: _task_entry(p, records[p.entry.name], walls[p.entry.name], boot) for p in planned},
         "samples": [r for p in planned for r in records[p.entry.name]],
     }
-    if missing:
-        results["missing"] = missing
-    results["wall_s"] = round(time.perf_counter() - t0, 3)
-    if out is not None:
-        res.write(results, Path(out))
-    return results
