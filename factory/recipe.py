@@ -143,50 +143,14 @@ def _mapping(raw: dict, key: str) -> dict:
 
 
 def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise ConfigError(str(key), f"unknown key (known keys: {', '.join(_TOP_KEYS)})")
-    if "name" not in raw:
-        raise ConfigError("name", "missing required key")
-    name = coerce(str, raw["name"], "name")
-    if not _NAME.match(name):
-        raise ConfigError("name", f"{name!r} is not a valid run name (letters, digits, '.', '_', '-')")
-    engine = coerce(str, raw.get("engine", "native"), "engine")
-    if engine not in ENGINES:
-        raise ConfigError("engine", f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-    seed = coerce(int, raw.get("seed", 0), "seed")
-    description = coerce(str, raw.get("description", ""), "description")
-
+    name, engine, seed, description = _top_level(raw)
     models = {n: build(ModelSpec, v, f"models.{n}") for n, v in _mapping(raw, "models").items()}
     datasets = {n: build(DatasetSpec, v, f"datasets.{n}") for n, v in _mapping(raw, "datasets").items()}
-    raw_stages = _mapping(raw, "stages")
-    if not raw_stages:
-        raise ConfigError("stages", "a recipe needs at least one stage")
-
-    kinds = stage_kinds()
-    stages: dict[str, Any] = {}
-    for sname, body in raw_stages.items():
-        where = f"stages.{sname}"
-        if sname in models:
-            raise ConfigError(where, f"stage name clashes with models.{sname}")
-        if not isinstance(body, dict):
-            raise ConfigError(where, f"expected a mapping with a `kind`, got {type(body).__name__}")
-        if "kind" not in body:
-            raise ConfigError(f"{where}.kind", "missing required key")
-        kind = body["kind"]
-        if kind not in kinds:
-            raise ConfigError(f"{where}.kind", f"unknown stage kind {kind!r} (known: {', '.join(sorted(kinds))})")
-        stages[sname] = build(kinds[kind].config_cls, body, where)
-
+    stages = _stages(_mapping(raw, "stages"), models)
     _check_refs(stages, models, datasets)
     order = _topological(stages)
     if check_files:
-        for n, m in models.items():
-            m.check_files(f"models.{n}", path.parent)
-        for n, d in datasets.items():
-            d.check_files(f"datasets.{n}", path.parent)
-        for n, s in stages.items():  # files a stage names itself, e.g. an evaluate stage's suite file
-            getattr(s, "check_files", lambda *_: None)(f"stages.{n}", path.parent)
+        _check_files(models, datasets, stages, path.parent)
     ordered = {n: stages[n] for n in order}
     shapes = stage_shapes(ordered, models, path.parent)
     stage_engines = engines.parse_stage_engines(raw.get("engines"), order, engine)
@@ -205,6 +169,55 @@ def _validate(raw: dict, path: Path, check_files: bool) -> Recipe:
         stage_engines=stage_engines,
         engine_settings=settings,
     )
+
+
+def _top_level(raw: dict) -> tuple[str, str, int, str]:
+    """The recipe's known top-level keys checked, and its name, engine, seed and description."""
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(str(key), f"unknown key (known keys: {', '.join(_TOP_KEYS)})")
+    if "name" not in raw:
+        raise ConfigError("name", "missing required key")
+    name = coerce(str, raw["name"], "name")
+    if not _NAME.match(name):
+        raise ConfigError("name", f"{name!r} is not a valid run name (letters, digits, '.', '_', '-')")
+    engine = coerce(str, raw.get("engine", "native"), "engine")
+    if engine not in ENGINES:
+        raise ConfigError("engine", f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    seed = coerce(int, raw.get("seed", 0), "seed")
+    description = coerce(str, raw.get("description", ""), "description")
+    return name, engine, seed, description
+
+
+def _stages(raw_stages: dict, models: dict) -> dict[str, Any]:
+    """Each stage's config, built by its kind's config class, in the recipe's order."""
+    if not raw_stages:
+        raise ConfigError("stages", "a recipe needs at least one stage")
+    kinds = stage_kinds()
+    stages: dict[str, Any] = {}
+    for sname, body in raw_stages.items():
+        where = f"stages.{sname}"
+        if sname in models:
+            raise ConfigError(where, f"stage name clashes with models.{sname}")
+        if not isinstance(body, dict):
+            raise ConfigError(where, f"expected a mapping with a `kind`, got {type(body).__name__}")
+        if "kind" not in body:
+            raise ConfigError(f"{where}.kind", "missing required key")
+        kind = body["kind"]
+        if kind not in kinds:
+            raise ConfigError(f"{where}.kind", f"unknown stage kind {kind!r} (known: {', '.join(sorted(kinds))})")
+        stages[sname] = build(kinds[kind].config_cls, body, where)
+    return stages
+
+
+def _check_files(models: dict, datasets: dict, stages: dict, base: Path) -> None:
+    """Check every file the recipe names (its models, datasets and stages), relative to the recipe's directory."""
+    for n, m in models.items():
+        m.check_files(f"models.{n}", base)
+    for n, d in datasets.items():
+        d.check_files(f"datasets.{n}", base)
+    for n, s in stages.items():  # files a stage names itself, e.g. an evaluate stage's suite file
+        getattr(s, "check_files", lambda *_: None)(f"stages.{n}", base)
 
 
 def _check_refs(stages: dict, models: dict, datasets: dict) -> None:
