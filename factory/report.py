@@ -139,20 +139,39 @@ def _summary_row(m: dict) -> tuple[str, ...]:
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
+    """Write the run's report (report.html, report.md, pipeline.svg and the loss curves) into
+    ``out`` (default RUN_DIR/report) and return the paths of the page, the Markdown and the diagram."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FactoryError(f"{run_dir}: no such run directory")
-    stages = _artifacts(run_dir)
-    if not stages:
-        raise FactoryError(f"{run_dir}: no finished stage artifacts (is this a run dir, e.g. runs/<recipe name>?)")
+    stages = _finished_stages(run_dir)
     out = Path(out or run_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
     svg = diagram_svg(stages)
     (out / "pipeline.svg").write_text(svg)
     hosts = sorted({host.one_line(m["host"]) for m in stages if m.get("host")})
     ran_on = f"Ran on: {'; '.join(hosts)}" if hosts else ""
+    page, md = _overview(run_dir.name, ran_on, svg, stages)
+    for page_part, md_part in [_curves_section(stages, out), *(_stage_sections(m) for m in stages)]:
+        page += page_part
+        md += md_part
+    (out / "report.html").write_text("\n".join(page))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return {"html": out / "report.html", "md": out / "report.md", "svg": out / "pipeline.svg"}
+
+
+def _finished_stages(run_dir: Path) -> list[dict]:
+    """The manifests of the run's finished stages in dependency order; an error when there are none."""
+    if not run_dir.is_dir():
+        raise FactoryError(f"{run_dir}: no such run directory")
+    stages = _artifacts(run_dir)
+    if not stages:
+        raise FactoryError(f"{run_dir}: no finished stage artifacts (is this a run dir, e.g. runs/<recipe name>?)")
+    return stages
+
+
+def _overview(name: str, ran_on: str, svg: str, stages: list[dict]) -> tuple[list[str], list[str]]:
+    """The report's head as (HTML lines, Markdown lines): title, hosts, pipeline diagram and stage table."""
     md = [
-        f"# Run report: {run_dir.name}",
+        f"# Run report: {name}",
         "",
         *([ran_on, ""] if ran_on else []),
         "![pipeline](pipeline.svg)",
@@ -162,10 +181,10 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
     ]
     md += ["| " + " | ".join(_summary_row(m)) + " |" for m in stages]
     page = [
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>",
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style>",
-        f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+        f"<h1>Run report: {html.escape(name)}</h1>",
         *([f"<p>{html.escape(ran_on)}</p>"] if ran_on else []),
         "<h2>Pipeline</h2>",
         svg,
@@ -173,32 +192,45 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
     ]
     page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _summary_row(m)) + "</tr>" for m in stages]
     page.append("</table>")
+    return page, md
+
+
+def _curves_section(stages: list[dict], out: Path) -> tuple[list[str], list[str]]:
+    """The training curves of every stage with a metrics log, drawn into ``out``:
+    (HTML lines, Markdown lines), both empty when no stage trained."""
     curves = [m for m in stages if loss_curves(m, out / f"loss-{m['stage']}.png")]
-    if curves:
-        page.append("<h2>Training curves</h2>")
-        md += ["", "## Training curves", ""]
-        for m in curves:
-            page.append(_img(out / f"loss-{m['stage']}.png"))
-            md.append(f"![{m['stage']}](loss-{m['stage']}.png)")
-    for m in stages:
-        if (m["_dir"] / "importance.png").is_file():
-            page += [f"<h2>Pruning importance ({html.escape(m['stage'])})</h2>", _img(m["_dir"] / "importance.png")]
-            md += ["", f"## Pruning importance ({m['stage']})", "", f"![importance]({m['_dir'] / 'importance.png'})"]
-        if (m["_dir"] / "report.png").is_file():
-            page += [f"<h2>Evaluation ({html.escape(m['stage'])})</h2>", _img(m["_dir"] / "report.png")]
-            md += ["", f"## Evaluation ({m['stage']})", "", f"![eval]({m['_dir'] / 'report.png'})"]
-            if (m["_dir"] / "report.md").is_file():
-                md += ["", (m["_dir"] / "report.md").read_text()]
-        if m["kind"] == "gate":
-            verdict = "PASS" if m.get("metrics", {}).get("passed") else "FAIL"
-            page.append(f"<h2>Gate ({html.escape(m['stage'])})</h2><p>Verdict: <b>{html.escape(str(verdict))}</b></p>")
-            md += ["", f"## Gate ({m['stage']})", "", f"Verdict: **{verdict}**"]
-        if m["kind"] == "release" and (m["_dir"] / "README.md").is_file():
-            page += [
-                f"<h2>Release ({html.escape(m['stage'])})</h2>",
-                f"<pre style='white-space:pre-wrap'>{html.escape((m['_dir'] / 'README.md').read_text())}</pre>",
-            ]
-            md += ["", f"## Release ({m['stage']})", "", f"Model card: {m['_dir'] / 'README.md'}"]
-    (out / "report.html").write_text("\n".join(page))
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    return {"html": out / "report.html", "md": out / "report.md", "svg": out / "pipeline.svg"}
+    if not curves:
+        return [], []
+    page = ["<h2>Training curves</h2>"]
+    md = ["", "## Training curves", ""]
+    for m in curves:
+        page.append(_img(out / f"loss-{m['stage']}.png"))
+        md.append(f"![{m['stage']}](loss-{m['stage']}.png)")
+    return page, md
+
+
+def _stage_sections(m: dict) -> tuple[list[str], list[str]]:
+    """What one stage adds below the curves, as (HTML lines, Markdown lines): its pruning
+    importance plot, its evaluation chart and table, a gate's verdict, a release's model card."""
+    d = m["_dir"]
+    page: list[str] = []
+    md: list[str] = []
+    if (d / "importance.png").is_file():
+        page += [f"<h2>Pruning importance ({html.escape(m['stage'])})</h2>", _img(d / "importance.png")]
+        md += ["", f"## Pruning importance ({m['stage']})", "", f"![importance]({d / 'importance.png'})"]
+    if (d / "report.png").is_file():
+        page += [f"<h2>Evaluation ({html.escape(m['stage'])})</h2>", _img(d / "report.png")]
+        md += ["", f"## Evaluation ({m['stage']})", "", f"![eval]({d / 'report.png'})"]
+        if (d / "report.md").is_file():
+            md += ["", (d / "report.md").read_text()]
+    if m["kind"] == "gate":
+        verdict = "PASS" if m.get("metrics", {}).get("passed") else "FAIL"
+        page.append(f"<h2>Gate ({html.escape(m['stage'])})</h2><p>Verdict: <b>{html.escape(str(verdict))}</b></p>")
+        md += ["", f"## Gate ({m['stage']})", "", f"Verdict: **{verdict}**"]
+    if m["kind"] == "release" and (d / "README.md").is_file():
+        page += [
+            f"<h2>Release ({html.escape(m['stage'])})</h2>",
+            f"<pre style='white-space:pre-wrap'>{html.escape((d / 'README.md').read_text())}</pre>",
+        ]
+        md += ["", f"## Release ({m['stage']})", "", f"Model card: {d / 'README.md'}"]
+    return page, md
