@@ -91,59 +91,13 @@ def build(spec: dict, tokenizer=None, accelerator: str = "gpu") -> dict:
     the tests of tests/nemo_env build them with accelerator="cpu")."""
     n = spec["nemo2"]
     if n["api"] == "llm.prune":
-        from nemo.collections.llm.modelopt.prune import PruningConfig  # only inside the NeMo container
-
-        objs = {"pruning_config": PruningConfig(**n["pruning_config"])}
-        if "data" in n:
-            objs["data"] = data_module(spec, n["data"], tokenizer)
-        return objs
-    from megatron.core.optimizer import OptimizerConfig  # only inside the NeMo container
-    from nemo import lightning as nl  # only inside the NeMo container
-    from nemo.lightning.pytorch.optim import (
-        CosineAnnealingScheduler,
-        MegatronOptimizerModule,
-    )  # only inside the NeMo container
-
-    t = n["trainer"]
-    strategy = nl.MegatronStrategy(
-        tensor_model_parallel_size=t["tensor_model_parallel_size"],
-        pipeline_model_parallel_size=t["pipeline_model_parallel_size"],
-        sequence_parallel=t["sequence_parallel"],
-        ckpt_async_save=False,
-    )
+        return _prune_objects(spec, tokenizer)
     objs = {
-        "trainer": nl.Trainer(
-            devices=t["devices"],
-            num_nodes=t["num_nodes"],
-            max_steps=t["max_steps"],
-            accelerator=accelerator,
-            strategy=strategy,
-            plugins=nl.MegatronMixedPrecision(precision=t["precision"]),
-            val_check_interval=t["val_check_interval"],
-            limit_val_batches=t["limit_val_batches"],
-            log_every_n_steps=t["log_every_n_steps"],
-            num_sanity_val_steps=0,
-        ),
-        "optim": MegatronOptimizerModule(
-            config=OptimizerConfig(**n["optimizer"]), lr_scheduler=CosineAnnealingScheduler(**n["scheduler"])
-        ),
-        "log": nl.NeMoLogger(
-            name=spec["stage"],
-            log_dir=str(at(n["checkpoints"])),
-            use_datetime_version=False,
-            ckpt=nl.ModelCheckpoint(
-                save_last=True,
-                save_top_k=1,
-                monitor="reduced_train_loss",
-                every_n_train_steps=t["checkpoint_every_n_steps"],
-            ),
-        ),
+        "trainer": _trainer(n["trainer"], accelerator),
+        "optim": _optim(n),
+        "log": _logger(spec["stage"], n),
         # a rerun resumes from the last checkpoint of this job; the first run starts from the import
-        "resume": nl.AutoResume(
-            resume_if_exists=True,
-            resume_ignore_no_checkpoint=True,
-            restore_config=nl.RestoreConfig(path=str(at(n["imports"][_trained(n)]))),
-        ),
+        "resume": _auto_resume(n),
         "data": data_module(spec, n["data"], tokenizer),
     }
     if n["api"] == "llm.distill":
@@ -151,6 +105,82 @@ def build(spec: dict, tokenizer=None, accelerator: str = "gpu") -> dict:
 
         objs["distillation"] = DistillationConfig(**n["distillation"])
     return objs
+
+
+def _prune_objects(spec: dict, tokenizer) -> dict:
+    """The objects of an llm.prune job: its pruning config and, when it calibrates on data, the data module."""
+    from nemo.collections.llm.modelopt.prune import PruningConfig  # only inside the NeMo container
+
+    n = spec["nemo2"]
+    objs = {"pruning_config": PruningConfig(**n["pruning_config"])}
+    if "data" in n:
+        objs["data"] = data_module(spec, n["data"], tokenizer)
+    return objs
+
+
+def _trainer(t: dict, accelerator: str):
+    """The Lightning trainer of a training job, with Megatron's parallelism and mixed precision."""
+    from nemo import lightning as nl  # only inside the NeMo container
+
+    strategy = nl.MegatronStrategy(
+        tensor_model_parallel_size=t["tensor_model_parallel_size"],
+        pipeline_model_parallel_size=t["pipeline_model_parallel_size"],
+        sequence_parallel=t["sequence_parallel"],
+        ckpt_async_save=False,
+    )
+    return nl.Trainer(
+        devices=t["devices"],
+        num_nodes=t["num_nodes"],
+        max_steps=t["max_steps"],
+        accelerator=accelerator,
+        strategy=strategy,
+        plugins=nl.MegatronMixedPrecision(precision=t["precision"]),
+        val_check_interval=t["val_check_interval"],
+        limit_val_batches=t["limit_val_batches"],
+        log_every_n_steps=t["log_every_n_steps"],
+        num_sanity_val_steps=0,
+    )
+
+
+def _optim(n: dict):
+    """The Megatron optimizer with its cosine learning-rate schedule."""
+    from megatron.core.optimizer import OptimizerConfig  # only inside the NeMo container
+    from nemo.lightning.pytorch.optim import (
+        CosineAnnealingScheduler,
+        MegatronOptimizerModule,
+    )  # only inside the NeMo container
+
+    return MegatronOptimizerModule(
+        config=OptimizerConfig(**n["optimizer"]), lr_scheduler=CosineAnnealingScheduler(**n["scheduler"])
+    )
+
+
+def _logger(stage: str, n: dict):
+    """Where the job logs and checkpoints: the last and the best (by training loss) are kept."""
+    from nemo import lightning as nl  # only inside the NeMo container
+
+    return nl.NeMoLogger(
+        name=stage,
+        log_dir=str(at(n["checkpoints"])),
+        use_datetime_version=False,
+        ckpt=nl.ModelCheckpoint(
+            save_last=True,
+            save_top_k=1,
+            monitor="reduced_train_loss",
+            every_n_train_steps=n["trainer"]["checkpoint_every_n_steps"],
+        ),
+    )
+
+
+def _auto_resume(n: dict):
+    """Resume from this job's last checkpoint when there is one, else start from the imported model."""
+    from nemo import lightning as nl  # only inside the NeMo container
+
+    return nl.AutoResume(
+        resume_if_exists=True,
+        resume_ignore_no_checkpoint=True,
+        restore_config=nl.RestoreConfig(path=str(at(n["imports"][_trained(n)]))),
+    )
 
 
 def _trained(n: dict) -> str:
