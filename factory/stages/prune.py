@@ -156,13 +156,30 @@ def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate
             f"{cfg.target_params:,} is not below the source's {src.params():,} parameters",
         )
         return None, None
-    t = Candidate(
+    t = _explicit_targets(cfg, src)
+    _require_within_source(t, src, where)
+    t = _whole_query_groups(cfg, t, src, where)
+    _require_head_layout(t, src, where)
+    drop = cfg.drop_layers
+    if drop is not None:
+        t = _drop_layers(cfg, t, src, drop, where)
+    require(t.num_layers >= 1, where, "target_num_layers", "must keep at least one layer")
+    return t, sorted(drop) if drop is not None else None
+
+
+def _explicit_targets(cfg: PruneConfig, src: Shape) -> Candidate:
+    """The targets as set, the source's value for each one unset."""
+    return Candidate(
         num_layers=cfg.target_num_layers or src.num_layers,
         hidden_size=cfg.target_hidden_size or src.hidden_size,
         ffn_hidden_size=cfg.target_ffn_hidden_size or src.ffn_hidden_size,
         num_attention_heads=cfg.target_num_attention_heads or src.num_attention_heads,
         num_query_groups=cfg.target_num_query_groups or src.num_query_groups,
     )
+
+
+def _require_within_source(t: Candidate, src: Shape, where: str) -> None:
+    """Pruning only shrinks: no target may exceed the source's value."""
     pairs = (
         ("target_num_layers", t.num_layers, src.num_layers),
         ("target_hidden_size", t.hidden_size, src.hidden_size),
@@ -172,6 +189,10 @@ def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate
     )
     for key, value, have in pairs:
         require(value <= have, where, key, f"{value} is larger than the source's {have}")
+
+
+def _whole_query_groups(cfg: PruneConfig, t: Candidate, src: Shape, where: str) -> Candidate:
+    """``t`` with query groups derived from its heads when groups are unset and the source's no longer divide them."""
     if cfg.target_num_query_groups is None and t.num_attention_heads % t.num_query_groups:
         # fewer heads than the source, groups unset: keep heads-per-group, drop whole groups
         per_group = src.num_attention_heads // src.num_query_groups
@@ -185,6 +206,11 @@ def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate
         t = Candidate(
             t.num_layers, t.hidden_size, t.ffn_hidden_size, t.num_attention_heads, t.num_attention_heads // per_group
         )
+    return t
+
+
+def _require_head_layout(t: Candidate, src: Shape, where: str) -> None:
+    """Heads split evenly into the kept groups, no more per group than the source has, and divide the hidden size."""
     require(
         t.num_attention_heads % t.num_query_groups == 0,
         where,
@@ -205,23 +231,23 @@ def resolve_targets(cfg: PruneConfig, src: Shape, where: str) -> tuple[Candidate
         "target_hidden_size",
         f"{t.hidden_size} is not a multiple of {t.num_attention_heads} heads (HF Llama-family configs require it)",
     )
-    drop = cfg.drop_layers
-    if drop is not None:
-        bad = [i for i in drop if not 0 <= i < src.num_layers]
-        require(not bad, where, "drop_layers", f"layer {bad[0] if bad else ''} is out of range 0..{src.num_layers - 1}")
-        if cfg.target_num_layers is not None:
-            require(
-                src.num_layers - len(drop) == cfg.target_num_layers,
-                where,
-                "drop_layers",
-                f"drops {len(drop)} of {src.num_layers} layers, which contradicts "
-                f"target_num_layers {cfg.target_num_layers}",
-            )
-        t = Candidate(
-            src.num_layers - len(drop), t.hidden_size, t.ffn_hidden_size, t.num_attention_heads, t.num_query_groups
+
+
+def _drop_layers(cfg: PruneConfig, t: Candidate, src: Shape, drop: list[int], where: str) -> Candidate:
+    """``t`` keeping the layers ``drop_layers`` leaves, once they are checked against the source and the targets."""
+    bad = [i for i in drop if not 0 <= i < src.num_layers]
+    require(not bad, where, "drop_layers", f"layer {bad[0] if bad else ''} is out of range 0..{src.num_layers - 1}")
+    if cfg.target_num_layers is not None:
+        require(
+            src.num_layers - len(drop) == cfg.target_num_layers,
+            where,
+            "drop_layers",
+            f"drops {len(drop)} of {src.num_layers} layers, which contradicts "
+            f"target_num_layers {cfg.target_num_layers}",
         )
-    require(t.num_layers >= 1, where, "target_num_layers", "must keep at least one layer")
-    return t, sorted(drop) if drop is not None else None
+    return Candidate(
+        src.num_layers - len(drop), t.hidden_size, t.ffn_hidden_size, t.num_attention_heads, t.num_query_groups
+    )
 
 
 def output_shape(cfg: PruneConfig, model_config: dict, where: str) -> dict | None:

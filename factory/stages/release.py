@@ -168,7 +168,30 @@ def _eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[
 
 
 def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConfig) -> str:
+    """The README.md of the release: its sections in order, evaluation and gate only when configured."""
     top = chain[-1]
+    teacher_desc = _teacher_desc(ctx, chain)
+    config = json.loads((out / "config.json").read_text())
+    params = _params(out)
+    name = cfg.model_name or top.get("recipe", "model")
+    recipe_file = Path(top.get("recipe_file", ""))
+    recipe_hash = sha256_file(recipe_file)[:16] if recipe_file.is_file() else "unknown"
+    lines = [
+        *_card_intro(cfg.license, name, params, recipe_file),
+        *_lineage_section(teacher_desc, chain),
+        *_architecture_section(config, params),
+        *_data_section(chain),
+    ]
+    if cfg.results:
+        lines += _evaluation_section(ctx, cfg)
+    if cfg.gate:
+        lines += _gate_section(read_manifest(ctx.models["gate"]) or {})
+    lines += _closing_sections(name, recipe_file, recipe_hash)
+    return "\n".join(x for x in lines if x is not None)
+
+
+def _teacher_desc(ctx: StageContext, chain: list[dict]) -> str:
+    """The non-dataset sources of the chain's root stages (those with no earlier stage as input), or "unknown"."""
     roots = [
         m
         for m in chain
@@ -176,18 +199,17 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
             (ctx.models["model"].parent / n / "manifest.json").is_file() for n in m.get("input_fields", {}).values()
         )
     ]
-    teacher_desc = (
+    return (
         "; ".join(sorted({d for m in roots for n, d in m.get("sources", {}).items() if not d.startswith("dataset")}))
         or "unknown"
     )
-    config = json.loads((out / "config.json").read_text())
-    params = _params(out)
-    name = cfg.model_name or top.get("recipe", "model")
-    recipe_file = Path(top.get("recipe_file", ""))
-    recipe_hash = sha256_file(recipe_file)[:16] if recipe_file.is_file() else "unknown"
-    lines = [
+
+
+def _card_intro(licence: str, name: str, params: int | None, recipe_file: Path) -> list[str]:
+    """The front matter, the title and the one-sentence description."""
+    return [
         "---",
-        f"license: {cfg.license}",
+        f"license: {licence}",
         "library_name: transformers",
         "pipeline_tag: text-generation",
         "tags: [minitron, pruning, distillation, dpo]",
@@ -200,6 +222,12 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
         if params
         else f"A model made by the factory's recipe `{recipe_file.name}`.",
         "",
+    ]
+
+
+def _lineage_section(teacher_desc: str, chain: list[dict]) -> list[str]:
+    """The teacher and one table row per stage of the chain."""
+    return [
         "## Lineage",
         "",
         f"Teacher: {teacher_desc}.",
@@ -208,6 +236,12 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
         "|---|---|---|---|---|---|---|",
         *[_stage_row(m) for m in chain],
         "",
+    ]
+
+
+def _architecture_section(config: dict, params: int | None) -> list[str]:
+    """The released model's shape and, when known, its parameter count."""
+    return [
         "## Architecture",
         "",
         "| | value |",
@@ -215,46 +249,54 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
         *[f"| {k} | {v} |" for k, v in _shape(config).items()],
         f"| parameters | {params:,} |" if params else "",
         "",
-        "## Data and licences",
+    ]
+
+
+def _data_section(chain: list[dict]) -> list[str]:
+    """Every data source of the chain with its licence."""
+    return ["## Data and licences", "", "| source | licence |", "|---|---|", *_data_rows(chain), ""]
+
+
+def _evaluation_section(ctx: StageContext, cfg: ReleaseConfig) -> list[str]:
+    """The evaluate stage's scores of the candidate and the baseline."""
+    cand = cfg.candidate or cfg.model
+    return [
+        "## Evaluation",
         "",
-        "| source | licence |",
-        "|---|---|",
-        *_data_rows(chain),
+        f"Scores with bootstrap 95% confidence intervals; `{cand}` is this model"
+        + (f", `{cfg.baseline}` the reference." if cfg.baseline else "."),
+        "",
+        f"| task | metric | n | {cand} | {cfg.baseline or '-'} |",
+        "|---|---|---|---|---|",
+        *_eval_rows(ctx.models["results"], cand, cfg.baseline),
         "",
     ]
-    if cfg.results:
-        cand = cfg.candidate or cfg.model
-        lines += [
-            "## Evaluation",
-            "",
-            f"Scores with bootstrap 95% confidence intervals; `{cand}` is this model"
-            + (f", `{cfg.baseline}` the reference." if cfg.baseline else "."),
-            "",
-            f"| task | metric | n | {cand} | {cfg.baseline or '-'} |",
-            "|---|---|---|---|---|",
-            *_eval_rows(ctx.models["results"], cand, cfg.baseline),
-            "",
-        ]
-    if cfg.gate:
-        g = read_manifest(ctx.models["gate"]) or {}
-        gm = g.get("metrics", {})
-        gc = g.get("config", {})
-        verdict = "PASS" if gm.get("passed") else "FAIL"
-        lines += [
-            "## Regression gate",
-            "",
-            f"Verdict: **{verdict}** ({gm.get('metrics_failed', '?')} of {gm.get('metrics_gated', '?')} metrics "
-            f"regressed). `{gc.get('candidate')}` against `{gc.get('baseline')}`: a metric regresses when it "
-            f"drops by more than its allowance (default {gc.get('default_max_drop')}"
-            + (f"; per metric {gc.get('max_drop')}" if gc.get("max_drop") else "")
-            + f") and a paired bootstrap finds the drop significant (alpha {gc.get('alpha')}).",
-            "",
-            "| task/metric | candidate - baseline |",
-            "|---|---|",
-            *[f"| {k[len('delta/') :]} | {v:+.3f} |" for k, v in gm.items() if k.startswith("delta/")],
-            "",
-        ]
-    lines += [
+
+
+def _gate_section(g: dict) -> list[str]:
+    """The gate stage's verdict (from its manifest ``g``), its rule and each metric's delta."""
+    gm = g.get("metrics", {})
+    gc = g.get("config", {})
+    verdict = "PASS" if gm.get("passed") else "FAIL"
+    return [
+        "## Regression gate",
+        "",
+        f"Verdict: **{verdict}** ({gm.get('metrics_failed', '?')} of {gm.get('metrics_gated', '?')} metrics "
+        f"regressed). `{gc.get('candidate')}` against `{gc.get('baseline')}`: a metric regresses when it "
+        f"drops by more than its allowance (default {gc.get('default_max_drop')}"
+        + (f"; per metric {gc.get('max_drop')}" if gc.get("max_drop") else "")
+        + f") and a paired bootstrap finds the drop significant (alpha {gc.get('alpha')}).",
+        "",
+        "| task/metric | candidate - baseline |",
+        "|---|---|",
+        *[f"| {k[len('delta/') :]} | {v:+.3f} |" for k, v in gm.items() if k.startswith("delta/")],
+        "",
+    ]
+
+
+def _closing_sections(name: str, recipe_file: Path, recipe_hash: str) -> list[str]:
+    """How to use the model, how to make it again, and its limitations."""
+    return [
         "## Use",
         "",
         "```python",
@@ -280,7 +322,6 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
         "its own; check the scores above before relying on it.",
         "",
     ]
-    return "\n".join(x for x in lines if x is not None)
 
 
 def _generation_config(out: Path, tok, cfg: ReleaseConfig) -> None:

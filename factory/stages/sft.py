@@ -96,19 +96,14 @@ def bucketed_batches(lengths: list[int], batch_size: int, bucket_batches: int, s
     headline=(Headline("heldout_assistant_loss", "assistant loss", curve="eval_assistant_loss"),),
 )
 def run(ctx: StageContext) -> StageResult:
+    """Fine-tune ``model`` on the ``data`` conversations' assistant turns; the held-out ones give the eval loss."""
     cfg: SFTConfig = ctx.config
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
     model.to(device)
     bad, cuts = BadRecords(), Cuts()
-    convs = _conversations(ctx, tok, cfg, bad, cuts)
-    random.Random(ctx.seed).shuffle(convs)
-    heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations :]
-    if len(train_set) < cfg.batch_size:
-        raise FactoryError(
-            f"stages.{ctx.name}: {len(train_set)} training conversations, fewer than batch_size ({cfg.batch_size})"
-        )
+    heldout, train_set = _split(ctx, cfg, _conversations(ctx, tok, cfg, bad, cuts))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eval_batches = [
         {k: v.to(device) for k, v in collate(heldout[i : i + cfg.eval_batch_size], pad).items()}
@@ -116,36 +111,16 @@ def run(ctx: StageContext) -> StageResult:
     ]
     lengths = [len(r.input_ids) for r in train_set]
     per_epoch = len(train_set) // cfg.batch_size
-    epochs_cache: dict[int, list[list[int]]] = {}
-
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        if epoch not in epochs_cache:
-            epochs_cache.clear()
-            epochs_cache[epoch] = bucketed_batches(
-                lengths, cfg.batch_size, cfg.bucket_batches, ctx.seed * 1_000_003 + epoch
-            )
-        return epochs_cache[epoch]
-
-    def batch_fn(step: int, micro: int) -> dict:
-        epoch, k = divmod(step * cfg.grad_accum + micro, per_epoch)
-        picks = [train_set[i] for i in epoch_batches(epoch)[k]]
-        return {k: v.to(device) for k, v in collate(picks, pad).items()}
 
     def loss_fn(m, b):
         return causal_lm_loss(m, b["input_ids"], b["labels"], b["attention_mask"], chunk_size=cfg.loss_chunk)
 
-    # The budget counts real tokens (mean conversation length), not padded slots.
-    mean_len = sum(lengths) / len(lengths)
-    per_step = round(mean_len * cfg.batch_size * cfg.grad_accum)
-    if cfg.epochs is not None:
-        steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-    else:
-        steps = max(1, math.ceil(cfg.max_tokens / per_step))
+    steps, per_step = _schedule(cfg, lengths, per_epoch)
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
     result = train(
         model,
         cfg,
-        batch_fn,
+        _batch_fn(cfg, train_set, lengths, per_epoch, pad, device, ctx.seed),
         loss_fn,
         lambda: assistant_loss(model, eval_batches),
         ctx.work_dir,
@@ -170,3 +145,54 @@ def run(ctx: StageContext) -> StageResult:
         "resumed_from_step": result.resumed_from,
     }
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)
+
+
+def _split(ctx: StageContext, cfg: SFTConfig, convs: list[Rendered]) -> tuple[list[Rendered], list[Rendered]]:
+    """The conversations shuffled by the seed and split into held-out and training ones (enough for one batch)."""
+    random.Random(ctx.seed).shuffle(convs)
+    heldout, train_set = convs[: cfg.eval_conversations], convs[cfg.eval_conversations :]
+    if len(train_set) < cfg.batch_size:
+        raise FactoryError(
+            f"stages.{ctx.name}: {len(train_set)} training conversations, fewer than batch_size ({cfg.batch_size})"
+        )
+    return heldout, train_set
+
+
+def _batch_fn(
+    cfg: SFTConfig,
+    train_set: list[Rendered],
+    lengths: list[int],
+    per_epoch: int,
+    pad: int,
+    device: torch.device,
+    seed: int,
+):
+    """The training loop's ``batch_fn(step, micro)``: the bucketed batches of each epoch in turn, on ``device``."""
+    epochs_cache: dict[int, list[list[int]]] = {}
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        if epoch not in epochs_cache:
+            epochs_cache.clear()
+            epochs_cache[epoch] = bucketed_batches(
+                lengths, cfg.batch_size, cfg.bucket_batches, seed * 1_000_003 + epoch
+            )
+        return epochs_cache[epoch]
+
+    def batch_fn(step: int, micro: int) -> dict:
+        epoch, k = divmod(step * cfg.grad_accum + micro, per_epoch)
+        picks = [train_set[i] for i in epoch_batches(epoch)[k]]
+        return {k: v.to(device) for k, v in collate(picks, pad).items()}
+
+    return batch_fn
+
+
+def _schedule(cfg: SFTConfig, lengths: list[int], per_epoch: int) -> tuple[int, int]:
+    """The optimizer steps to run and the tokens per step, from ``epochs`` or else the token budget."""
+    # The budget counts real tokens (mean conversation length), not padded slots.
+    mean_len = sum(lengths) / len(lengths)
+    per_step = round(mean_len * cfg.batch_size * cfg.grad_accum)
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    else:
+        steps = max(1, math.ceil(cfg.max_tokens / per_step))
+    return steps, per_step
