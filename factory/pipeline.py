@@ -24,7 +24,7 @@ from factory.engines.base import Executor, Outcome, SourceHashes, StageRun, inpu
 from factory.executors import EXECUTORS, executor_name
 from factory.recipe import Recipe
 from factory.training import dist
-from foundation import artifacts
+from foundation import artifacts, storage
 from foundation.errors import ArtifactError, FactoryError
 from foundation.hashing import sha256_json
 
@@ -108,7 +108,11 @@ class Pipeline:
 
     def _resume_note(self, stage: str, inputs: dict[str, str]) -> str:
         ckpt = self.work_dir(stage, inputs) / "checkpoint.pt"
-        return " (will resume from its last checkpoint)" if ckpt.exists() else ""
+        if not ckpt.exists():
+            return ""
+        if (why := storage.quick_problem(ckpt)) is not None:  # the stage reports and discards it when it starts
+            return f" (its last checkpoint is unusable, {why}: it will start over)"
+        return " (will resume from its last checkpoint)"
 
     def plan(self, force: tuple[str, ...] = (), only: str | None = None) -> list[Decision]:
         """The decision for every stage, as ``run`` would take them; runs nothing."""
@@ -157,7 +161,12 @@ class Pipeline:
         dist.barrier()
         with self._lock():
             if dist.is_main():
-                (self.run_dir / "recipe.resolved.json").write_text(json.dumps(self.recipe.raw, indent=2) + "\n")
+                artifacts.sweep_trash(self.run_dir)
+                storage.write_text(
+                    self.run_dir / "recipe.resolved.json",
+                    json.dumps(self.recipe.raw, indent=2) + "\n",
+                    "the resolved recipe",
+                )
             done, queued = [], {}  # queued: stage -> id of its job, still unfinished
             for stage in self.recipe.stages:
                 if (only is not None and stage != only) or (wanted is not None and stage not in wanted):

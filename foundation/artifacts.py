@@ -115,3 +115,15 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_trash(parent: Path) -> list[str]:
+    """Remove what a kill between ``replace_dir``'s two renames left in ``parent`` (the
+    old copy, renamed aside); the caller holds the lock that makes it no one's. Returns
+    the names removed."""
+    removed = []
+    for trash in sorted(Path(parent).glob(".trash-*")):
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(trash.name)
+    return removed

@@ -283,6 +283,21 @@ def record_sha256(path: str | os.PathLike, digest: str) -> None:
     write_text(sidecar(path), _record_body(digest, Path(path).stat().st_size), "sha256 record")
 
 
+def quick_problem(path: str | os.PathLike) -> str | None:
+    """``problem`` without reading the file: its record and its size only (a plan looks
+    at checkpoints of many GB; the full check runs when the file is read)."""
+    path = Path(path)
+    try:
+        size = json.loads(sidecar(path).read_text())["bytes"]
+    except FileNotFoundError:
+        return "no sha256 was recorded for it (its write did not finish)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its sha256 record {sidecar(path).name} is unreadable"
+    if path.stat().st_size != size:
+        return f"it has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def problem(path: str | os.PathLike) -> str | None:
     """What is wrong with the checked file ``path``, or None when it matches the sha256
     recorded when it was written (``path`` itself must exist)."""

@@ -215,3 +215,35 @@ def test_lock_blocks_concurrent_runs(runs):
         fcntl.flock(f, fcntl.LOCK_EX)
         with pytest.raises(FactoryError, match="in use by another factory run"):
             p.run()
+
+
+def test_plan_says_a_damaged_checkpoint_means_starting_over(chain, runs):
+    """`factory plan` must not promise a resume that the stage will refuse: a checkpoint
+    whose sha256 record is missing or whose size differs is discarded when the stage starts."""
+    from foundation import storage
+
+    pipe = Pipeline(load_recipe(chain), runs)
+    inputs = pipe.plan()[0].inputs
+    work = pipe.work_dir("first", inputs)
+    work.mkdir(parents=True)
+    storage.write_bytes(work / "checkpoint.pt", b"x" * 100, "training checkpoint", checked=True)
+    assert pipe.plan()[0].reason.endswith("(will resume from its last checkpoint)")
+
+    with open(work / "checkpoint.pt", "r+b") as f:  # a kill or a full disk cut it short
+        f.truncate(40)
+    assert pipe.plan()[0].reason.endswith(
+        "(its last checkpoint is unusable, it has 40 bytes, 100 were written: it will start over)"
+    )
+    storage.sidecar(work / "checkpoint.pt").unlink()
+    assert "no sha256 was recorded for it" in pipe.plan()[0].reason
+
+
+def test_a_replaced_artifact_left_aside_by_a_kill_is_swept_at_the_next_run(chain, runs):
+    """A kill between replace_dir's two renames leaves `.trash-<stage>-*` (a full copy of the
+    old weights); the next run, holding the lock, removes it and still finishes."""
+    assert main(["run", str(chain), "--until", "first", "--runs-dir", str(runs), "--no-progress"]) == 0
+    trash = runs / "chain" / ".trash-first-123-456"
+    shutil.copytree(runs / "chain" / "first", trash)
+    assert main(["run", str(chain), "--until", "first", "--runs-dir", str(runs), "--no-progress"]) == 0
+    assert not trash.exists()
+    assert read_manifest(runs / "chain" / "first") is not None
