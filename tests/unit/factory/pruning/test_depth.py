@@ -1,41 +1,12 @@
-"""Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
-
-import tempfile
-from pathlib import Path
+"""Depth pruning: which block a criterion drops."""
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from factory.pruning import depth
-from factory.pruning.arch import Shape
 from factory.pruning.importance import collect
 from factory.pruning.width import apply, make_plan
-from factory.sources.tiny import TinyLlamaSpec, build_tiny
-
-_MODELS: dict = {}
-
-
-def tiny(**kw):
-    key = tuple(sorted(kw.items()))
-    if key not in _MODELS:
-        d = Path(tempfile.mkdtemp())
-        build_tiny(TinyLlamaSpec(**kw), d)
-        _MODELS[key] = d
-    return AutoModelForCausalLM.from_pretrained(_MODELS[key])
-
-
-def ids(n=4, s=24, seed=0):
-    return torch.randint(3, 259, (n, s), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(m, x):
-    with torch.no_grad():
-        return m(x).logits
-
-
-def shape(m):
-    return Shape.from_config(m.config.to_dict())
+from tests.unit.factory.pruning.models import ids, logits, shape, tiny
 
 
 def test_block_influence_picks_identity_blocks():

@@ -1,28 +1,9 @@
-"""Pruning on tiny random Llamas: exactness, inert structure, GQA shapes, depth choice."""
-
-import tempfile
-from pathlib import Path
+"""Activation importance: the aggregations against a direct computation, and its file round trip."""
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from factory.pruning.importance import Importance, collect
-from factory.sources.tiny import TinyLlamaSpec, build_tiny
-
-_MODELS: dict = {}
-
-
-def tiny(**kw):
-    key = tuple(sorted(kw.items()))
-    if key not in _MODELS:
-        d = Path(tempfile.mkdtemp())
-        build_tiny(TinyLlamaSpec(**kw), d)
-        _MODELS[key] = d
-    return AutoModelForCausalLM.from_pretrained(_MODELS[key])
-
-
-def ids(n=4, s=24, seed=0):
-    return torch.randint(3, 259, (n, s), generator=torch.Generator().manual_seed(seed))
+from tests.unit.factory.pruning.models import ids, tiny
 
 
 def test_importance_aggregations_match_a_direct_computation():
