@@ -46,11 +46,51 @@ def cmd_plan(args) -> int:
     from factory.pipeline import Pipeline  # torch: only the commands that plan or run stages load it
 
     recipe = _recipe(args)
+    if getattr(args, "resources", False):
+        return _plan_resources(args, recipe)
     decisions = Pipeline(recipe, args.runs_dir).plan(force=tuple(args.force), only=args.only)
     width = max(len(d.stage) for d in decisions)
     for d in decisions:
         label = {"cached": "cached", "run": "will run", "corrupted": "CORRUPTED", "skip": "skip"}[d.action]
         print(f"{d.stage:<{width}}  {recipe.stages[d.stage].kind:<10} {label:<9}  {d.reason}")
+    return 0
+
+
+def _plan_resources(args, recipe) -> int:
+    """``plan --resources``: each stage's parameters, FLOPs, memory per rank and time on
+    the given GPUs, calibrated by the manifests under the runs dir."""
+    from factory import planner  # loads the stage kinds (torch) for the shapes
+
+    if args.gpu == "cpu":
+        device = planner.cpu_device()
+    else:
+        device = planner.GPUS[args.gpu or ("h100-80gb" if recipe.engine == "nemo" else "h200")]
+    try:
+        limit = planner.parse_time(args.time_limit) if args.time_limit else None
+    except ValueError as e:
+        raise FactoryError(str(e)) from None
+    target = planner.Target(device, args.gpus, args.nodes, limit)
+    runs = Path(args.runs_dir)
+    measured = planner.find_measured([runs]) if runs.is_dir() else []
+    own = {m.stage: m.tokens for m in measured if m.path.parent.name == recipe.name}
+    plans = planner.plan_recipe(recipe, target, planner.fit_rates(measured), own)
+    print("\n".join(planner.format_plan(plans, target)))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """``calibrate``: the speed measured runs achieved, per stage kind and device."""
+    from factory import planner  # reads shapes through the pruning helpers
+
+    measured = planner.find_measured([Path(d) for d in args.runs_dirs])
+    if not measured:
+        raise FactoryError(f"no measured training or prune stages under {', '.join(args.runs_dirs)}")
+    print(f"{len(measured)} stage runs: efficiency = achieved FLOP/s / device peak; overhead = fixed seconds")
+    for r in planner.fit_rates(measured):
+        print(
+            f"  {r.device:<10} {r.kind:<8} {r.precision:<8} efficiency {r.efficiency:7.2%}  "
+            f"overhead {r.overhead_s:6.1f} s  ({r.runs} run{'s' if r.runs > 1 else ''})"
+        )
     return 0
 
 
@@ -203,7 +243,28 @@ def _add_recipe_commands(sub) -> None:
         sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
         if name == "run":
             _add_run_options(sp)
+        else:
+            _add_plan_options(sp)
         sp.set_defaults(fn=fn)
+    sp = sub.add_parser("calibrate", help="fit each stage kind's achieved speed from measured runs' manifests")
+    sp.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="runs dirs (or run dirs) holding artifacts")
+    sp.set_defaults(fn=cmd_calibrate)
+
+
+def _add_plan_options(sp: argparse.ArgumentParser) -> None:
+    """``plan --resources`` and the hardware it plans for."""
+    sp.add_argument("--resources", action="store_true", help="print each stage's FLOPs, memory per rank and time")
+    sp.add_argument("--gpu", choices=("h100-80gb", "h200", "a100-80gb", "cpu"), help="device kind to plan for")
+    sp.add_argument("--gpus", type=_positive, metavar="N", help="GPUs per node (default: nemo's gpus_per_node, or 1)")
+    sp.add_argument("--nodes", type=_positive, metavar="M", help="nodes (default: nemo's nodes, or 1)")
+    sp.add_argument("--time-limit", metavar="HH:MM:SS", help="Slurm time limit per job (default: nemo's)")
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_run_options(sp: argparse.ArgumentParser) -> None:
