@@ -224,9 +224,9 @@ def hashed_dict(obj) -> dict:
     inputs) and fields marked ``hashed=False``."""
     out = {}
     for f in dataclasses.fields(obj):
-        if f.metadata.get("ref") or not f.metadata.get("hashed", True):
+        value = getattr(obj, f.name)  # a reference field holding a config (a blend) hashes its non-reference parts
+        if (f.metadata.get("ref") and not dataclasses.is_dataclass(value)) or not f.metadata.get("hashed", True):
             continue
-        value = getattr(obj, f.name)
         out[f.name] = hashed_dict(value) if dataclasses.is_dataclass(value) else value
     return out
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from factory.sources.documents import iter_documents
+from factory.corpus.blend import Blend, check_data
+from factory.corpus.feed import training_data
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
-from factory.training.data import blocks_for, pack
+from factory.training.data import PackedData
 from factory.training.heldout import heldout_loss
 from factory.training.loop import TrainConfig, train
 from factory.training.losses import causal_lm_loss
@@ -25,11 +26,16 @@ from foundation.configs import field, require
 class CorrectConfig(TrainConfig):
     kind: str = field("correct", help="stage kind")
     model: str = field(None, ref="model", help="model to correct: a models: entry or an earlier stage")
-    data: str = field(None, ref="dataset", help="the distillation corpus: a datasets: entry")
+    data: str | Blend = field(
+        None,
+        ref="dataset",
+        help="the distillation corpus: a datasets: entry, a tokenize stage, or {blend: [[weight, corpus], ...]}",
+    )
 
     def check(self, where: str) -> None:
         require(self.model is not None, where, "model", "missing required key")
         require(self.data is not None, where, "data", "missing required key")
+        check_data(self.data, where)
         super().check(where)
 
 
@@ -42,20 +48,11 @@ class CorrectConfig(TrainConfig):
 def run(ctx: StageContext) -> StageResult:
     """Causal-LM fine-tuning of the model on the packed corpus, with held-out loss before and after."""
     cfg: CorrectConfig = ctx.config
-    data = ctx.datasets["data"]
     torch.manual_seed(ctx.seed)
     device = cfg.torch_device()
     model, tok = load_model(ctx.models["model"], cfg.torch_dtype())
     model.to(device)
-    packed = pack(
-        iter_documents(data, ctx.base),
-        tok,
-        cfg.seq_len,
-        train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
-        heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len),
-        seed=ctx.seed,
-        source=f"stages.{ctx.name}.data",
-    )
+    packed = training_data(ctx, tok, ctx.models["model"], cfg)
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
 
     def batch_fn(step: int, micro: int) -> torch.Tensor:
@@ -73,15 +70,16 @@ def run(ctx: StageContext) -> StageResult:
     metrics = stage_metrics(
         result, {"eval_loss": "loss", "eval_ppl": "ppl"}, rate=("train_tokens_per_s", cfg.tokens_per_step)
     )
-    extra = {
-        "data": {
+    if isinstance(packed, PackedData):
+        summary = {
             "documents_used": packed.documents_used,
             "train_blocks": int(packed.train.shape[0]),
             "heldout_blocks": int(packed.heldout.shape[0]),
             "epochs": result.tokens / max(1, packed.train.numel()),
-            "licence": data.licence_of(),
+            "licence": ctx.datasets["data"].licence_of(),
             **packed.cuts(),
-        },
-        "resumed_from_step": result.resumed_from,
-    }
+        }
+    else:
+        summary = packed.manifest(result.tokens)
+    extra = {"data": summary, "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

@@ -14,10 +14,11 @@ from typing import Literal
 
 import torch
 
-from factory.sources.documents import iter_documents
+from factory.corpus.blend import Blend, check_data
+from factory.corpus.feed import training_data
 from factory.stages.base import Headline, StageContext, StageResult, register
 from factory.training.checkpoints import load_model, save_checkpoint
-from factory.training.data import blocks_for, pack
+from factory.training.data import PackedData
 from factory.training.heldout import heldout_kd
 from factory.training.kd import KDSettings, KDStudent, kd_terms
 from factory.training.loop import TrainConfig, train
@@ -32,7 +33,11 @@ class DistillConfig(TrainConfig):
     kind: str = field("distill", help="stage kind")
     student: str = field(None, ref="model", help="the student: a models: entry or an earlier stage (e.g. prune)")
     teacher: str = field(None, ref="model", help="the teacher: a models: entry or an earlier stage (e.g. correct)")
-    data: str = field(None, ref="dataset", help="the distillation corpus: a datasets: entry")
+    data: str | Blend = field(
+        None,
+        ref="dataset",
+        help="the distillation corpus: a datasets: entry, a tokenize stage, or {blend: [[weight, corpus], ...]}",
+    )
     kd_loss: Literal["forward_kl", "reverse_kl"] = field("forward_kl", help="KL direction on the logits")
     temperature: float = field(1.0, help="softmax temperature of both models (the paper: 1)")
     top_k: int | None = field(None, help="distil only the teacher's top-k tokens (renormalised); null: full vocab")
@@ -50,6 +55,7 @@ class DistillConfig(TrainConfig):
     def check(self, where: str) -> None:
         for key in ("student", "teacher", "data"):
             require(getattr(self, key) is not None, where, key, "missing required key")
+        check_data(self.data, where)
         super().check(where)
         require(self.temperature > 0, where, "temperature", "must be positive")
         require(self.top_k is None or self.top_k > 0, where, "top_k", "must be positive")
@@ -128,15 +134,7 @@ def run(ctx: StageContext) -> StageResult:
     wrapper = KDStudent(
         student, cfg.intermediate_layer_pairs, student.config.hidden_size, teacher.config.hidden_size
     ).to(device)
-    packed = pack(
-        iter_documents(ctx.datasets["data"], ctx.base),
-        t_tok,
-        cfg.seq_len,
-        train_blocks=blocks_for(cfg.max_tokens, cfg.seq_len),
-        heldout_blocks=blocks_for(cfg.eval_tokens, cfg.seq_len),
-        seed=ctx.seed,
-        source=f"{where}.data",
-    )
+    packed = training_data(ctx, t_tok, ctx.models["student"], cfg)
     heldout = packed.heldout.to(device)
     kd = cfg.kd_settings()
     log = MetricsLog(ctx.work_dir / "metrics.jsonl")
@@ -156,12 +154,13 @@ def run(ctx: StageContext) -> StageResult:
     metrics = stage_metrics(
         result, {"heldout_kl": "kl", "heldout_lm_loss": "lm_loss"}, rate=("train_tokens_per_s", cfg.tokens_per_step)
     )
-    extra = {
-        "data": {
+    if isinstance(packed, PackedData):
+        summary = {
             "licence": ctx.datasets["data"].licence_of(),
             "train_blocks": int(packed.train.shape[0]),
             **packed.cuts(),
-        },
-        "resumed_from_step": result.resumed_from,
-    }
+        }
+    else:
+        summary = packed.manifest(result.tokens)
+    extra = {"data": summary, "resumed_from_step": result.resumed_from}
     return StageResult(metrics=metrics, tokens=result.tokens, extra=extra)

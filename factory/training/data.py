@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -30,6 +31,17 @@ class Cuts:
 
     def as_dict(self) -> dict:
         return {"records_cut": self.records, "tokens_cut": self.tokens}
+
+
+class TrainingBlocks(Protocol):
+    """What a training stage reads: ``PackedData`` (documents packed in memory) or a
+    tokenized corpus read from its shards (``factory.corpus.feed.CorpusData``)."""
+
+    heldout: torch.Tensor  # [n_heldout, seq_len] int64
+
+    def batch(self, step: int, micro: int, batch_size: int, grad_accum: int, seed: int) -> torch.Tensor:
+        """Micro-batch ``micro`` of step ``step``, a pure function of the arguments."""
+        ...
 
 
 @dataclass
