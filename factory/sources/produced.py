@@ -1,10 +1,13 @@
 """Datasets made by stages (e.g. verifier-built preference pairs): the artifact
-names its data file, format and licence in its manifest under ``dataset``."""
+names its data file, format and licence in its manifest under ``dataset``. A
+``tokenize`` stage's corpus becomes a spec of format ``megatron-indexed`` whose
+path is the artifact dir (read it with ``factory.corpus.load_corpus``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from factory.corpus.artifact import CORPUS_FORMAT
 from factory.sources.datasets import DatasetSpec
 from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
@@ -20,4 +23,6 @@ def dataset_from_artifact(artifact: Path, where: str) -> DatasetSpec:
     entry = (manifest or {}).get("dataset")
     if not entry:
         raise FactoryError(f"{where}: stage artifact {artifact} holds no dataset (it is not a data-producing stage)")
+    if entry["format"] == CORPUS_FORMAT:  # a tokenized corpus is read as a whole: factory.corpus.load_corpus(path)
+        return DatasetSpec(path=str(artifact), format=CORPUS_FORMAT, licence=entry["licence"])
     return DatasetSpec(path=str(artifact / entry["file"]), format=entry["format"], licence=entry["licence"])
