@@ -36,7 +36,7 @@ class FeistelPermutation:
     A balanced Feistel network over ``2k`` bits (``4**k >= n``, so the domain is
     under four times ``n``) permutes ``[0, 4**k)``; an index that lands at or past
     ``n`` is fed through again ("cycle walking") until it lands inside, which keeps
-    the map a bijection of ``[0, n)`` and takes under four rounds on average. The
+    the map a bijection of ``[0, n)`` and takes under four passes on average. The
     round function hashes (key, round, half) with SplitMix64, so each ``key`` gives
     an independent-looking permutation."""
 
