@@ -190,6 +190,15 @@ def test_calibration_fits_efficiency_and_overhead(tmp_path):
     assert planner.pick_rate([rate], planner.GPUS["h200"], "correct", "highest")[2] == "default"
 
 
+def test_repeated_work_counts_its_fastest_run(tmp_path):
+    for tokens, wall in ((3_200, 9.0), (32_000, 2.0 + 32_000 * 488_832 / 50e9)):
+        _fake_run(tmp_path, tokens, wall)
+    _fake_run(tmp_path / "again", 3_200, 2.0 + 3_200 * 488_832 / 50e9)  # the same work, uncontended
+    (rate,) = planner.calibrate([tmp_path])
+    assert rate.runs == 2
+    assert (rate.efficiency, rate.overhead_s) == (pytest.approx(0.5), pytest.approx(2.0))
+
+
 def test_one_run_calibrates_through_the_origin(tmp_path):
     _fake_run(tmp_path, 3_200, 3_200 * 488_832 / 100e9 / 0.25)
     (rate,) = planner.calibrate([tmp_path])
@@ -238,3 +247,15 @@ def test_calibrate_command_prints_the_fit(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 stage runs" in out
     assert "efficiency  50.00%" in out and "overhead    2.0 s" in out
+
+
+def test_validation_scripts_gpu_line_is_a_valid_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("planner_validation", ROOT / "bench/planner_validation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for device in ("cpu", "cuda"):
+        recipe = load_recipe(bench.SMOKE, bench._scale(4, device))
+        plans = planner.plan_recipe(recipe, planner.Target(planner.GPUS["h200"]))
+        assert all(p.time_s is not None for p in plans if p.kind in ("correct", "distill", "prune"))
