@@ -23,6 +23,7 @@ from factory.sources.produced import dataset_manifest_entry
 from factory.stages.base import StageContext, StageResult, register
 from foundation.configs import field, require
 from foundation.device import check_device, resolve_device
+from foundation.errors import FactoryError
 
 SOURCE_LICENCE = {
     "reasoning-gym": "Apache-2.0 (reasoning-gym generators)",
@@ -37,7 +38,7 @@ class PairsConfig:
     source: Literal["reasoning-gym", "constraints"] = field(
         "reasoning-gym", help="verifiable prompts: reasoning-gym generators or IFEval-style format constraints"
     )
-    tasks: list = field(factory=lambda: ["basic_arithmetic"], help="reasoning-gym task names")
+    tasks: list[str] = field(factory=lambda: ["basic_arithmetic"], help="reasoning-gym task names")
     prompts: int = field(64, help="verifiable prompts to sample from")
     samples_per_prompt: int = field(4, help="answers sampled per prompt")
     temperature: float = field(0.8, help="sampling temperature")
@@ -122,6 +123,11 @@ def run(ctx: StageContext) -> StageResult:
             continue
         both += 1
         lines.append(json.dumps({"id": it.id, "messages": it.messages, "chosen": pair[0], "rejected": pair[1]}))
+    if not lines:  # an empty dataset would only fail later, in the stage that reads it
+        raise FactoryError(
+            f"stages.{ctx.name}: no prompt got both a passing and a failing answer ({passed} of {total} "
+            f"samples passed): raise max_new_tokens, samples_per_prompt or temperature, or change the source"
+        )
     (ctx.out_dir / "pairs.jsonl").write_text("".join(x + "\n" for x in lines))
     metrics = {
         "prompts": len(items),

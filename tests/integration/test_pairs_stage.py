@@ -89,3 +89,18 @@ def test_reasoning_gym_items_score_their_own_answers():
     for it, entry in zip(items, ds):
         assert it.check(f"Some thinking.\nAnswer: {entry['answer']}") == 1.0
         assert it.check("Answer: 123456789") < 0.5
+
+
+def test_no_pair_at_all_is_one_line_not_an_empty_dataset(tmp_path):
+    """With one-token answers no prompt gets both a passing and a (non-empty) failing answer;
+    the stage says so instead of publishing an empty file that the dpo stage after it would reject."""
+    from foundation.errors import FactoryError
+
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("max_new_tokens: 16", "max_new_tokens: 1"))
+    runs = tmp_path / "runs"
+    with pytest.raises(
+        FactoryError,
+        match=r"stages.pairs: no prompt got both a passing and a failing answer \(\d+ of 64 samples passed\)",
+    ):
+        Pipeline(load_recipe(tmp_path / "r.yaml"), runs, progress=False).run()
+    assert read_manifest(runs / "pairs" / "pairs") is None
