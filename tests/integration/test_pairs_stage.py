@@ -60,8 +60,7 @@ seed: 0
 models:
   teacher: {packaged: smollm2-135m-instruct}
 stages:
-  pairs: {kind: pairs, model: teacher, source: reasoning-gym, tasks: [basic_arithmetic], prompts: 24,
-          samples_per_prompt: 4, max_new_tokens: 64}
+  pairs: {kind: pairs, model: teacher, source: constraints, prompts: 16, samples_per_prompt: 4, max_new_tokens: 64}
   dpo: {kind: dpo, model: teacher, data: pairs, seq_len: 256, batch_size: 2, epochs: 1, eval_pairs: 2, lr: 1.0e-6}
 """
 
