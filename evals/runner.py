@@ -115,7 +115,7 @@ def _check_model_tasks(planned: list[Planned], model: str) -> None:
             )
 
 
-def _model_task_key(p: Planned, digest: str | None) -> str:
+def model_task_key(p: Planned, digest: str | None) -> str:
     """A model task's records are keyed by the model's content and the code they depend
     on (the task's own ``code_hash`` when it has one, else all of evals)."""
     code = getattr(p.task, "code_hash", res.code_hash)()
@@ -130,7 +130,7 @@ def _model_task(
 ) -> list[dict]:
     """Records of a log-likelihood task; ``digest`` is the model's content hash (keys the cache)."""
     if cache is not None:
-        key = _model_task_key(p, digest)
+        key = model_task_key(p, digest)
         kept = cache.records(key)
         if kept is not None:
             print(f"[evals] {p.entry.name}: {len(kept)} records from {cache.path}", file=sys.stderr)
@@ -355,7 +355,7 @@ def _run_model_tasks(
     needs the model itself; one the cache does not hold whole goes to ``missing``."""
     for p in planned:
         if p.needs_model and cached_only:
-            found = kept.records(_model_task_key(p, digest))
+            found = kept.records(model_task_key(p, digest))
             if found is None:
                 missing[p.entry.name] = {"have": 0, "of": p.limit}
             else:

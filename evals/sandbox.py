@@ -916,11 +916,11 @@ def _verdict(streams: dict[str, bytes], timed_out: bool, limits: Limits) -> Resu
     pass_line, _, told_mark = events.get("runner", "").partition(" ")
     done = bool(_PASS_SHAPE.fullmatch(pass_line)) and f"\n{pass_line} done" in out
     forged = any(found != pass_line for found in _PASS_LINES.findall(out))
-    told = _find_told(err, told_mark) if told_mark else None
+    told = find_told(err, told_mark) if told_mark else None
     if pass_line:
-        out = _strip_token(out, pass_line)
+        out = strip_token(out, pass_line)
     if told_mark:
-        err = _strip_token(err, told_mark)
+        err = strip_token(err, told_mark)
 
     def result(passed, status, reason, code=None):
         return Result(passed, status, reason, out, err, exit_code=code, isolation=events.get("isolation", ""))
@@ -964,7 +964,7 @@ def _signalled(result, sig: int, limits: Limits) -> Result:
     return result(False, "killed" if sig == signal.SIGKILL else "crashed", f"killed by {name}", -sig)
 
 
-def _find_told(err: str, token: str) -> tuple[str, str] | None:
+def find_told(err: str, token: str) -> tuple[str, str] | None:
     """The runner's last ``TOKEN KIND TEXT`` line on stderr, as (kind, text)."""
     for line in reversed(err.splitlines()):
         if line.startswith(token + " "):
@@ -973,7 +973,7 @@ def _find_told(err: str, token: str) -> tuple[str, str] | None:
     return None
 
 
-def _strip_token(text: str, token: str) -> str:
+def strip_token(text: str, token: str) -> str:
     """The stream without the runner's token line (and the newline it added)."""
     at = text.rfind(f"\n{token} ")
     if at < 0:

@@ -145,7 +145,7 @@ def _data_rows(chain: list[dict]) -> list[str]:
     return [f"| {k} | {v} |" for k, v in rows.items()]
 
 
-def _eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[str]:
+def eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[str]:
     def load(label):
         p = results_dir / f"results-{label}.json"
         if not p.is_file():
@@ -268,7 +268,7 @@ def _evaluation_section(ctx: StageContext, cfg: ReleaseConfig) -> list[str]:
         "",
         f"| task | metric | n | {cand} | {cfg.baseline or '-'} |",
         "|---|---|---|---|---|",
-        *_eval_rows(ctx.models["results"], cand, cfg.baseline),
+        *eval_rows(ctx.models["results"], cand, cfg.baseline),
         "",
     ]
 

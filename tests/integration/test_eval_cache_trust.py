@@ -19,7 +19,7 @@ import pytest
 from factory.cli import main
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
-from factory.stages.release import _eval_rows
+from factory.stages.release import eval_rows
 from foundation import storage
 from foundation.artifacts import content_hash, read_manifest
 from foundation.errors import FactoryError
@@ -176,7 +176,7 @@ def test_a_forged_published_result_reaches_neither_gate_nor_card(honest, tmp_pat
     assert read_manifest(run / "gate")["metrics"] == before["gate"]
     assert (run / "release" / "README.md").read_text() == (honest / "release" / "README.md").read_text()
     with pytest.raises(FactoryError, match=r"results-aligned.json: tasks.arc_easy.metrics.acc is not what"):
-        _eval_rows(run / "evaluate", "aligned", "teacher")
+        eval_rows(run / "evaluate", "aligned", "teacher")
 
 
 # A run of the CLI that SIGKILLs itself at one moment (KILL_AT), standing in for a kill from outside at

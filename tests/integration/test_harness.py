@@ -268,21 +268,21 @@ def test_records_are_keyed_by_the_code_they_depend_on(monkeypatch):
     from importlib import metadata
 
     import evals.results as res
-    from evals.runner import Planned, _model_task_key
+    from evals.runner import Planned, model_task_key
     from evals.suite import TaskEntry
 
     task = get_task("harness", tasks="arc_easy")
     planned = Planned(TaskEntry("arc_easy", "harness", {"tasks": ["arc_easy"]}), task, None, {})
-    key = _model_task_key(planned, "m" * 16)
+    key = model_task_key(planned, "m" * 16)
     monkeypatch.setattr(res, "code_hash", lambda: "another evals package")
-    assert _model_task_key(planned, "m" * 16) == key
-    assert _model_task_key(planned, "n" * 16) != key
+    assert model_task_key(planned, "m" * 16) == key
+    assert model_task_key(planned, "n" * 16) != key
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "0.0" if name == "lm_eval" else real(name))
-    assert _model_task_key(planned, "m" * 16) == key  # read once per process, like the loaded code
+    assert model_task_key(planned, "m" * 16) == key  # read once per process, like the loaded code
     type(task).code_hash.cache_clear()
     try:
-        assert _model_task_key(planned, "m" * 16) != key
+        assert model_task_key(planned, "m" * 16) != key
     finally:
         type(task).code_hash.cache_clear()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.sandbox import Limits, Sandbox, _find_told, _strip_token
+from evals.sandbox import Limits, Sandbox, find_told, strip_token
 from foundation.errors import FactoryError
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository
@@ -307,7 +307,7 @@ def test_bad_limits_are_one_line_errors():
 def test_runner_lines_are_parsed_and_stripped():
     token = "0123abcd"
     err = "Traceback...\nValueError: x\n\n0123abcd failed ValueError: x at line 2: raise ValueError('x')\n"
-    assert _find_told(err, token) == ("failed", "ValueError: x at line 2: raise ValueError('x')")
-    assert _strip_token(err, token) == "Traceback...\nValueError: x\n"
-    assert _strip_token("out\n\n0123abcd done \n", token) == "out\n"
-    assert _find_told("no token here\n", token) is None
+    assert find_told(err, token) == ("failed", "ValueError: x at line 2: raise ValueError('x')")
+    assert strip_token(err, token) == "Traceback...\nValueError: x\n"
+    assert strip_token("out\n\n0123abcd done \n", token) == "out\n"
+    assert find_told("no token here\n", token) is None
