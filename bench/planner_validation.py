@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from factory import planner  # noqa: E402 (the repository root on sys.path first)
 from factory.recipe import load_recipe  # noqa: E402
+from foundation import host  # noqa: E402
 
 SMOKE = ROOT / "recipes/smoke.yaml"
 DEFAULT = ROOT / "recipes/smollm2-minitron.yaml"
@@ -221,7 +222,7 @@ def main() -> int:
     runtime = measure_runtime_gib() if args.device == "cpu" else 0.0
     if args.device == "cpu":
         planner.CPU_RUNTIME_GIB = runtime  # this host's measured constant, not the recorded default
-    result = {"device": args.device, "cpu_runtime_gib": round(runtime, 3),
+    result = {"device": args.device, "host": host.describe(), "cpu_runtime_gib": round(runtime, 3),
               "smoke": validate_smoke(Path(args.work), args.device, args.repeats, args.reuse)}  # fmt: skip
     if args.device == "cpu":
         result["default_line"] = validate_default_line()
