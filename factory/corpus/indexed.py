@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foundation import storage
 from foundation.errors import FactoryError
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -89,16 +90,11 @@ class IndexedWriter:
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        path = idx_path(self.prefix)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with storage.atomic_file(idx_path(self.prefix), "shard index") as f:
             f.write(HEADER.pack(MAGIC, VERSION, CODE_OF[self.dtype], len(lengths), len(lengths) + 1))
             f.write(lengths.astype("<i4").tobytes())
             f.write(pointers.astype("<i8").tobytes())
             f.write(np.arange(len(lengths) + 1, dtype="<i8").tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return {"documents": len(lengths), "tokens": self.tokens}
 
 

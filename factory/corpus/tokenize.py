@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import sys
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from factory.corpus.workers import encode, init_worker
 from factory.sources.datasets import RECORD_FORMATS, DatasetSpec, files_of, read_file, split_paragraphs
 from factory.sources.documents import iter_documents
 from factory.sources.models import resolve_path
+from foundation import storage
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_json
 
@@ -193,10 +193,7 @@ class _Shards:
 
 
 def _save_progress(work_dir: Path, state: _State) -> None:
-    path = work_dir / PROGRESS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(state)))
-    os.replace(tmp, path)
+    storage.write_text(work_dir / PROGRESS_FILE, json.dumps(asdict(state)), "tokenization progress")
 
 
 def _load_progress(work_dir: Path, key: str) -> _State:
