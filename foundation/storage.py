@@ -283,36 +283,43 @@ def record_sha256(path: str | os.PathLike, digest: str) -> None:
     write_text(sidecar(path), _record_body(digest, Path(path).stat().st_size), "sha256 record")
 
 
+def _record(path: Path) -> tuple[dict | None, str | None]:
+    """(the sha256 record of ``path``, None) or (None, why it cannot be used)."""
+    try:
+        saved = json.loads(sidecar(path).read_text())
+        record = {"sha256": saved["sha256"], "bytes": saved["bytes"]}
+    except FileNotFoundError:
+        return None, "no sha256 was recorded for it (its write did not finish)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"its sha256 record {sidecar(path).name} is unreadable"
+    return record, None
+
+
+def _size_problem(path: Path, record: dict) -> str | None:
+    if path.stat().st_size != record["bytes"]:
+        return f"it has {path.stat().st_size} bytes, {record['bytes']} were written"
+    return None
+
+
 def quick_problem(path: str | os.PathLike) -> str | None:
     """``problem`` without reading the file: its record and its size only (a plan looks
     at checkpoints of many GB; the full check runs when the file is read)."""
     path = Path(path)
-    try:
-        size = json.loads(sidecar(path).read_text())["bytes"]
-    except FileNotFoundError:
-        return "no sha256 was recorded for it (its write did not finish)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"its sha256 record {sidecar(path).name} is unreadable"
-    if path.stat().st_size != size:
-        return f"it has {path.stat().st_size} bytes, {size} were written"
-    return None
+    record, why = _record(path)
+    return why if record is None else _size_problem(path, record)
 
 
 def problem(path: str | os.PathLike) -> str | None:
     """What is wrong with the checked file ``path``, or None when it matches the sha256
     recorded when it was written (``path`` itself must exist)."""
     path = Path(path)
+    record, why = _record(path)
+    if record is None:
+        return why
     try:
-        record = json.loads(sidecar(path).read_text())
-        want, size = record["sha256"], record["bytes"]
-    except FileNotFoundError:
-        return "no sha256 was recorded for it (its write did not finish)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"its sha256 record {sidecar(path).name} is unreadable"
-    try:
-        if path.stat().st_size != size:
-            return f"it has {path.stat().st_size} bytes, {size} were written"
-        if sha256_file(path) != want:
+        if (why := _size_problem(path, record)) is not None:
+            return why
+        if sha256_file(path) != record["sha256"]:
             return "it does not match the sha256 recorded when it was written"
     except OSError as e:
         return f"it cannot be read ({e.strerror})"
