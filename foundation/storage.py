@@ -268,6 +268,15 @@ def write_text(path: str | os.PathLike, text: str, what: str, checked: bool = Fa
 # -- checked files -----------------------------------------------------------
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy of a large file), a copy where the
+    file system refuses links (another device, no link support)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def sidecar(path: str | os.PathLike) -> Path:
     """Where the sha256 of the checked file ``path`` is recorded."""
     path = Path(path)

@@ -55,6 +55,11 @@ def same_shape(cfg: Any, model_config: dict, where: str) -> dict:
     return model_config
 
 
+def no_model(cfg: Any, model_config: dict, where: str) -> None:
+    """The shape function of a stage whose output is not a model (results, a corpus)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Headline:
     """A before -> after pair of a stage's metrics that sums up what the stage did:

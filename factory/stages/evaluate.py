@@ -21,7 +21,7 @@ from evals.engines import ENGINES, check_engine_settings
 from evals.runner import run_suite
 from evals.suite import check_suite, is_file_ref, parse_sampling, parse_suite
 from evals.suite import load_suite as load_file
-from factory.stages.base import StageContext, StageResult, register
+from factory.stages.base import StageContext, StageResult, no_model, register
 from factory.training import dist
 from foundation.configs import field, require
 from foundation.errors import ConfigError, FactoryError
@@ -171,10 +171,6 @@ def _sweep(cache_dir: Path | None) -> None:
         return
     for tmp in cache_dir.glob(".results-*.json.*.tmp"):
         tmp.unlink(missing_ok=True)
-
-
-def no_model(cfg: Any, model_config: dict, where: str) -> None:
-    return None  # the output is a results directory, not a model
 
 
 @register(

@@ -7,16 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Literal
 
 from factory.corpus.artifact import CORPUS_FILE, CORPUS_FORMAT
 from factory.corpus.tokenize import TokenizeSettings, corpus_documents, tokenize_corpus
-from factory.stages.base import StageContext, StageResult, register
-from factory.stages.evaluate import no_model
+from factory.stages.base import StageContext, StageResult, no_model, register
+from foundation import storage
 from foundation.configs import field, require
 
 
@@ -43,14 +41,6 @@ class TokenizeConfig:
         require(self.heldout_tokens >= 0, where, "heldout_tokens", "must be zero or positive")
         require(self.workers is None or self.workers > 0, where, "workers", "must be positive")
         require(self.max_documents is None or self.max_documents > 0, where, "max_documents", "must be positive")
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` (no second copy of a large shard), a copy across file systems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 @register(
@@ -82,7 +72,7 @@ def run(ctx: StageContext) -> StageResult:
     (ctx.out_dir / "shards").mkdir()
     for shard in meta["heldout"] + meta["train"]:
         for ext in (".bin", ".idx"):
-            _link_or_copy(ctx.work_dir / f"{shard['prefix']}{ext}", ctx.out_dir / f"{shard['prefix']}{ext}")
+            storage.link_or_copy(ctx.work_dir / f"{shard['prefix']}{ext}", ctx.out_dir / f"{shard['prefix']}{ext}")
     (ctx.out_dir / CORPUS_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     counts = {
         split: [{k: s[k] for k in ("documents", "tokens")} for s in meta[split]] for split in ("train", "heldout")

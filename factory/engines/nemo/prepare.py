@@ -23,6 +23,7 @@ from factory.recipe import Recipe
 from factory.sources import models as model_sources
 from factory.sources.documents import iter_documents
 from factory.sources.produced import dataset_from_artifact
+from foundation import storage
 from foundation.errors import FactoryError
 
 CHARS_PER_TOKEN = 4  # held-out text is cut by characters before tokenisation: an estimate
@@ -34,13 +35,7 @@ def link_tree(src: Path, dst: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
 
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns(".complete"))
+    shutil.copytree(src, tmp, copy_function=storage.link_or_copy, ignore=shutil.ignore_patterns(".complete"))
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)

@@ -173,3 +173,17 @@ def test_tests_use_the_public_surface():
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
     assert private == []
+
+
+def test_no_stage_imports_another():
+    """Stages compose public components (training/, pruning/, corpus/, base); what two
+    stages share lives there, never in one of them."""
+    crossing = []
+    for name, path in MODULES.items():
+        if not name.startswith("factory.stages.") or name == "factory.stages.base":
+            continue
+        for target, node, _ in _imports(name, path):
+            mod = _project_target(target)
+            if mod and mod.startswith("factory.stages.") and mod not in ("factory.stages.base", name):
+                crossing.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {mod}")
+    assert crossing == []
