@@ -25,7 +25,7 @@ import numpy as np
 from factory.corpus.artifact import CORPUS_FORMAT, tokenizer_digest
 from factory.corpus.indexed import IndexedWriter, token_dtype
 from factory.corpus.workers import encode, init_worker
-from factory.sources.datasets import RECORD_FORMATS, DatasetSpec, files_of, read_file, split_paragraphs
+from factory.sources.datasets import RECORD_FORMATS, DatasetSpec, files_of, format_of, read_file, split_paragraphs
 from factory.sources.documents import iter_documents
 from factory.sources.models import resolve_path
 from foundation import storage
@@ -62,8 +62,6 @@ class _State:
 
 # ---- documents ------------------------------------------------------------------------------------------
 
-_SUFFIX_FORMAT = {".txt": "text", ".md": "text", ".text": "text", ".py": "text", ".jsonl": "jsonl", ".json": "jsonl"}
-
 
 def _utf8_lines(path: Path, bad: dict[str, int]) -> Iterator[str]:
     """The file's lines (a leading byte-order mark dropped), each one that is not UTF-8
@@ -82,7 +80,7 @@ def _skipping_file_documents(path: Path, spec: DatasetSpec, bad: dict[str, int])
     """A local file's documents with undecodable lines skipped and counted: a text
     file loses only those lines; a jsonl file with any is skipped whole (other formats
     are read as they are)."""
-    fmt = spec.format if spec.format != "auto" else _SUFFIX_FORMAT.get(path.suffix.lower())
+    fmt = format_of(path, spec.format, "format")
     if fmt == "text":
         yield from split_paragraphs("".join(_utf8_lines(path, bad)), spec.doc_chars)
         return

@@ -192,7 +192,7 @@ class DatasetSpec:
             p = resolve_path(self.path, base)
             require(p.exists(), where, "path", f"no such file or directory: {p}")
             if p.is_file():
-                _format_of(p, self.format, f"{where}.format")
+                format_of(p, self.format, f"{where}.format")
             empty = next((f for f in files_of(p) if f.stat().st_size == 0), None)
             require(empty is None, where, "path", f"{empty}: empty data file")
 
@@ -202,7 +202,8 @@ class DatasetSpec:
         return self.licence or "unknown (set `licence` in the recipe)"
 
 
-def _format_of(path: Path, fmt: str, where: str) -> str:
+def format_of(path: Path, fmt: str, where: str) -> str:
+    """``fmt``, or for ``auto`` the format a file's extension names (an unknown one is an error at ``where``)."""
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
@@ -401,7 +402,7 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
 
 
 def read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
-    fmt = _format_of(path, fmt, "format")
+    fmt = format_of(path, fmt, "format")
     if fmt == "text":
         return _read_text(path, spec.doc_chars)
     if fmt == "jsonl":
