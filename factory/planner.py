@@ -41,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from factory.pruning.arch import Shape
+from foundation.configs import to_dict
+from foundation.host import describe
 
 GIB = 2**30
 TRAINING_KINDS = ("correct", "distill", "sft", "dpo")
@@ -95,8 +97,6 @@ _GPU_NAMES = {"H100": "h100-80gb", "H200": "h200", "A100": "a100-80gb"}  # subst
 def cpu_device(host: dict | None = None) -> Device:
     """This CPU host (or the host a manifest recorded): RAM from /proc/meminfo, peak from the fp32 matmul probe."""
     if host is None:
-        from foundation.host import describe  # torch: the probe multiplies matrices
-
         host = describe()
     mem = 0.0
     try:
@@ -589,8 +589,6 @@ def stage_layout(recipe, stage: str, target: Target) -> tuple[Layout, float | No
 
 def plan_stage(recipe, stage: str, shapes: dict, target: Target, rates: list[Rate], measured_tokens: int | None = None):
     """One stage's plan: work, memory per rank, time and verdicts."""
-    from foundation.configs import to_dict  # plain data: the same arithmetic reads manifests' configs
-
     cfg_obj = recipe.stages[stage]
     cfg, kind = to_dict(cfg_obj), cfg_obj.kind
     layout, limit = stage_layout(recipe, stage, target)
