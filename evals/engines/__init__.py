@@ -20,8 +20,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from evals.registry import Registry
 from foundation.errors import ConfigError, FactoryError
+from foundation.registry import Registry
 
 ENGINES = ("hf", "vllm", "openai")  # module evals.engines.<name> registers engine <name>
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 
-from evals.registry import Registry
 from foundation.errors import FactoryError
+from foundation.registry import Registry
 
 BUILTIN: dict[str, str] = {  # task name -> module of evals.tasks that registers it
     "ifeval": "ifeval",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from factory.sources.datasets import DatasetSpec
 from factory.stages import BUILTIN
+from foundation.registry import Registry
 
 
 @dataclass
@@ -93,7 +93,8 @@ class StageKind:
     headline: tuple[Headline, ...] = ()  # the metrics that sum up a stage of this kind, in display order
 
 
-_REGISTRY: dict[str, StageKind] = {}
+_KINDS = Registry("stage kind", "factory.stages", {name: name for name in BUILTIN})
+_REGISTRY: dict[str, StageKind] = _KINDS.classes  # the kinds registered so far, by name
 
 
 def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape, headline: tuple[Headline, ...] = ()):
@@ -109,9 +110,7 @@ def register(name: str, config_cls: type, doc: str, shape: ShapeFn = same_shape,
 
 def stage_kinds() -> dict[str, StageKind]:
     """Every registered stage kind by name, the built-in ones imported (and so registered) first."""
-    for name in BUILTIN:  # importing a kind's module registers it
-        importlib.import_module(f"factory.stages.{name}")
-    return dict(_REGISTRY)
+    return _KINDS.all()
 
 
 def headline(kind: str) -> tuple[Headline, ...]:

@@ -7,8 +7,8 @@ import typing
 import pytest
 
 from evals import engines, tasks
-from evals.registry import Registry
 from foundation.errors import ConfigError, FactoryError
+from foundation.registry import Registry
 
 
 def test_unknown_names_are_one_line_errors_listing_the_known_ones():

@@ -1,7 +1,7 @@
-"""Name -> class registries for engines and tasks, in the style of the factory's
-stage kinds: a class registers itself with a decorator where it is defined,
-``get(name)`` looks it up, and an unknown name is a one-line error listing the
-known ones.
+"""Name -> implementation registries, one style for the factory's stage kinds and
+the eval suite's engines and tasks: an implementation registers itself with a
+decorator where it is defined, ``get(name)`` looks it up, and an unknown name is a
+one-line error listing the known ones.
 
 A registry also knows, for each built-in name, the module that defines it, and
 imports that module only when the name is first asked for: a suite that does
@@ -16,10 +16,11 @@ from foundation.errors import FactoryError
 
 
 class Registry:
-    """Classes by name, filled by ``register`` as their modules are imported.
+    """Implementations (classes, or what a caller wraps them in) by name, filled by
+    ``register`` as their modules are imported.
 
     ``builtin`` maps each built-in name to its module under ``package``;
-    ``classes`` holds what has been registered so far (a test may add to it)."""
+    ``classes`` holds what has been registered so far (a caller or a test may add to it)."""
 
     def __init__(self, kind: str, package: str, builtin: dict[str, str]):
         self.kind, self.package, self.builtin = kind, package, dict(builtin)
