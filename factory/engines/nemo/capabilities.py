@@ -29,8 +29,22 @@ NEMO2_MODELS = {
 # HF model_type -> stem of NeMo's scripts/checkpoint_converters/convert_<stem>_{hf_to_nemo,nemo_to_hf}.py,
 # which make the .nemo files NeMo-Aligner trains.
 ALIGNER_CONVERTERS = {"llama": "llama", "mistral": "mistral_7b", "qwen2": "qwen2"}
+# The ModelOpt that nemo-toolkit 2.7.3 pins (scripts/nemo-env.lock; the NGC image ships the same).
+MODELOPT_VERSION = "0.37.0"
 # mcore_minitron searches hidden and MLP widths in steps of this (ModelOpt 0.37, pinned by NeMo 2.7.3).
 MODELOPT_WIDTH_DIVISOR = 64
+# mcore_minitron prunes query groups (together with the head count) before this ModelOpt release.
+QUERY_GROUP_PRUNING_UNTIL = "0.41"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"0.37.0"`` -> ``(0, 37, 0)``; a pre-release suffix on a part is dropped."""
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split("."))
+
+
+def prunes_query_groups(modelopt_version: str = MODELOPT_VERSION) -> bool:
+    """Whether that ModelOpt's mcore_minitron can change the number of query groups."""
+    return version_tuple(modelopt_version) < version_tuple(QUERY_GROUP_PRUNING_UNTIL)
 
 
 def input_shape(ref: str, stages: dict, models: dict, shapes: dict, base: Path) -> dict | None:
@@ -100,6 +114,22 @@ def check_correct(cfg, src, res, where, shape_of) -> None:
     _check_batch(cfg, res, where, "NeMo's Megatron trainer")
 
 
+def check_query_groups(cfg, src, where: str, modelopt_version: str = MODELOPT_VERSION) -> None:
+    """A query-group target is refused only where that ModelOpt cannot prune groups (recipe
+    validation has already checked that the heads split into the groups)."""
+    groups = src.get("num_key_value_heads") or src.get("num_attention_heads") if src else None
+    want = cfg.target_num_query_groups
+    if want is None or want == groups:
+        return
+    if not prunes_query_groups(modelopt_version):
+        raise ConfigError(
+            f"{where}.target_num_query_groups",
+            f"ModelOpt {modelopt_version}'s mcore_minitron does not prune query groups (it did before "
+            f"{QUERY_GROUP_PRUNING_UNTIL}); keep the source's {groups if groups is not None else 'count'} "
+            "or use engine native for this stage",
+        )
+
+
 def check_prune(cfg, src, res, where, shape_of) -> None:
     _model_type(src, where, NEMO2_MODELS, "NeMo 2's HF importer")
     if cfg.target_params is not None:
@@ -114,13 +144,7 @@ def check_prune(cfg, src, res, where, shape_of) -> None:
             f"{where}.importance_aggregation",
             "ModelOpt mcore_minitron aggregates importance with the L2 norm over the batch only; use l2",
         )
-    groups = src.get("num_key_value_heads") or src.get("num_attention_heads") if src else None
-    if cfg.target_num_query_groups is not None and cfg.target_num_query_groups != groups:
-        raise ConfigError(
-            f"{where}.target_num_query_groups",
-            "ModelOpt mcore_minitron no longer prunes query groups (since 0.41); keep the source's "
-            f"{groups if groups is not None else 'count'} or use engine native for this stage",
-        )
+    check_query_groups(cfg, src, where)
     width = [k for k in WIDTH_TARGETS if getattr(cfg, k) is not None]
     if cfg.drop_layers is not None and width:
         raise ConfigError(

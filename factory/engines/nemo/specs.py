@@ -242,9 +242,13 @@ def pruning_config(recipe: Recipe, stage: str, src: dict | None) -> dict:
     for key in sorted(WIDTH_TARGETS):  # the order of the rendered job (ffn, hidden, heads), kept stable
         if getattr(cfg, key) is not None:
             out[key] = getattr(cfg, key)
-    if "target_num_attention_heads" in out and src is not None:
-        # ModelOpt 0.37 wants heads and groups together; later versions accept the unchanged count
-        out["target_num_query_groups"] = src.get("num_key_value_heads") or src["num_attention_heads"]
+    if (cfg.target_num_query_groups is not None or "target_num_attention_heads" in out) and src is not None:
+        # ModelOpt 0.37 takes heads and groups together: the one not pruned keeps the source's count
+        out["target_num_query_groups"] = (
+            cfg.target_num_query_groups or src.get("num_key_value_heads") or src["num_attention_heads"]
+        )
+        out.setdefault("target_num_attention_heads", src["num_attention_heads"])
+        out = dict(sorted(out.items()))
     drop = cfg.drop_layers
     if drop is None and cfg.target_num_layers is not None and cfg.depth_criterion == "last":
         n = src["num_hidden_layers"]
@@ -344,22 +348,51 @@ def _aligner_steps(spec: dict, converter: str, script: str, overrides: list[str]
         "train": ["$DIST", f"{ALIGNER_SCRIPTS}/{script}", *overrides],
         "finish": [
             ["python", TOOLS, "find-nemo", f"$RUN_DIR/{work}/aligner", f"$RUN_DIR/{work}/trained.nemo"],
-            [
-                "python",
-                f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_nemo_to_hf.py",
-                "--input_name_or_path",
-                f"$RUN_DIR/{work}/trained.nemo",
-                "--output_path",
-                f"$RUN_DIR/{work}/hf-weights/pytorch_model.bin",
-                "--hf_input_path",
-                f"$RUN_DIR/{src}",
-                "--hf_output_path",
-                f"$RUN_DIR/{work}/hf",
-            ],
+            export_argv(converter, f"$RUN_DIR/{work}", f"$RUN_DIR/{src}"),
             ["python", TOOLS, "carry-tokenizer", f"$RUN_DIR/{src}", f"$RUN_DIR/{work}/hf"],
             FINALIZE,
         ],
     }
+
+
+def export_argv(converter: str, work: str, src: str) -> list[str]:
+    """NeMo's ``convert_<converter>_nemo_to_hf.py`` call that writes the trained model to ``work/hf``.
+
+    The converters do not share one command line. Llama's and Qwen2's write the
+    state dict to ``--output_path`` and, given ``--hf_input_path`` (the input's HF
+    directory, for config and tokenizer) and ``--hf_output_path``, a full HF
+    directory. Mistral-7B's (used for every Mistral) accepts only
+    ``--input_name_or_path --output_path --hf_model_name --precision``, saves a full
+    HF directory at ``--output_path`` and reads config and tokenizer from
+    ``--hf_model_name``, which defaults to a hub id: it gets the input's directory
+    so nothing is fetched."""
+    script = f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_nemo_to_hf.py"
+    nemo = f"{work}/trained.nemo"
+    if converter == "mistral_7b":
+        return [
+            "python",
+            script,
+            "--input_name_or_path",
+            nemo,
+            "--output_path",
+            f"{work}/hf",
+            "--hf_model_name",
+            src,
+            "--precision",
+            "bf16",
+        ]
+    return [
+        "python",
+        script,
+        "--input_name_or_path",
+        nemo,
+        "--output_path",
+        f"{work}/hf-weights/pytorch_model.bin",
+        "--hf_input_path",
+        src,
+        "--hf_output_path",
+        f"{work}/hf",
+    ]
 
 
 def _converter(src: dict | None) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 try:  # in the job dir, job_tools.py lies next to this file
-    from job_tools import carry_tokenizer
+    from job_tools import carry_over
 except ImportError:  # imported from the installed package (tests)
-    from factory.engines.nemo.scripts.job_tools import carry_tokenizer
+    from factory.engines.nemo.scripts.job_tools import carry_over
 
 
 def run_dir() -> Path:
@@ -247,7 +247,7 @@ def cmd_export(spec: dict) -> None:
     if out.exists():
         shutil.rmtree(out)
     llm.export_ckpt(path=source, target="hf", output_path=out, overwrite=True)
-    carry_tokenizer(at(spec["inputs"][_trained(n)]), out)
+    carry_over(at(spec["inputs"][_trained(n)]), out)
 
 
 def main(argv: list[str]) -> None:

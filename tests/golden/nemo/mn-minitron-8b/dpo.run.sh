@@ -65,9 +65,9 @@ finish() {
       "$RUN_DIR/.nemo/dpo/trained.nemo"
   python "$NEMO_DIR/scripts/checkpoint_converters/convert_mistral_7b_nemo_to_hf.py" \
       --input_name_or_path "$RUN_DIR/.nemo/dpo/trained.nemo" \
-      --output_path "$RUN_DIR/.nemo/dpo/hf-weights/pytorch_model.bin" \
-      --hf_input_path "$RUN_DIR/sft" \
-      --hf_output_path "$RUN_DIR/.nemo/dpo/hf"
+      --output_path "$RUN_DIR/.nemo/dpo/hf" \
+      --hf_model_name "$RUN_DIR/sft" \
+      --precision bf16
   python "$JOB_DIR/job_tools.py" carry-tokenizer "$RUN_DIR/sft" "$RUN_DIR/.nemo/dpo/hf"
   python -m factory.engines.nemo.finalize "$JOB_DIR/manifest.template.json"
 }

@@ -66,9 +66,9 @@ finish() {
       "$RUN_DIR/.nemo/sft/trained.nemo"
   python "$NEMO_DIR/scripts/checkpoint_converters/convert_mistral_7b_nemo_to_hf.py" \
       --input_name_or_path "$RUN_DIR/.nemo/sft/trained.nemo" \
-      --output_path "$RUN_DIR/.nemo/sft/hf-weights/pytorch_model.bin" \
-      --hf_input_path "$RUN_DIR/distill" \
-      --hf_output_path "$RUN_DIR/.nemo/sft/hf"
+      --output_path "$RUN_DIR/.nemo/sft/hf" \
+      --hf_model_name "$RUN_DIR/distill" \
+      --precision bf16
   python "$JOB_DIR/job_tools.py" carry-tokenizer "$RUN_DIR/distill" "$RUN_DIR/.nemo/sft/hf"
   python -m factory.engines.nemo.finalize "$JOB_DIR/manifest.template.json"
 }

@@ -151,11 +151,6 @@ def nemo_error(recipe: Path, overrides: list[str], native: list[str] = ("engine=
 @pytest.mark.parametrize(
     "overrides, where, why",
     [
-        (
-            ["stages.prune.target_num_attention_heads=16", "stages.prune.target_num_query_groups=4"],
-            "stages.prune.target_num_query_groups",
-            "no longer prunes query groups",
-        ),
         (["stages.prune.target_hidden_size=3040"], "stages.prune.target_hidden_size", "not a multiple of 64"),
         (
             [
