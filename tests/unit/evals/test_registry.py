@@ -20,7 +20,7 @@ def test_unknown_names_are_one_line_errors_listing_the_known_ones():
     assert str(e.value) == "unknown task 'gsm9k' (known: bfcl, gsm8k, harness, humaneval, ifeval, math500, mbpp)"
     with pytest.raises(FactoryError, match=r"^unknown engine 'tgi' \(known: hf, openai, vllm\)$"):
         engines.make_engine("tgi", "model")
-    with pytest.raises(FactoryError, match=r"^suite.yaml: task gsm8k: unknown option 'shot' \(known: shots\)$"):
+    with pytest.raises(FactoryError, match=r"^suite.yaml: task gsm8k: unknown option 'shot' \(known: shots, prompt\)$"):
         tasks.get_task("gsm8k", where="suite.yaml", shot=8)
 
 

@@ -144,3 +144,13 @@ def test_shipped_suites_validate():
     } <= names, names
     assert all(e.limit is not None for e in quick.entries)
     assert parse_suite({"name": "x", "tasks": [{"task": "gsm8k"}]}, "inline").entries[0].name == "gsm8k"
+
+
+def test_gsm8k_prompt_option_is_validated_and_names_the_entry(tmp_path):
+    text = "name: x\ntasks:\n  - {task: gsm8k, prompt: lm-eval}\n  - {task: gsm8k, shots: 8, prompt: lm-eval}\n"
+    suite = load_suite(str(_suite(tmp_path, text)))
+    assert [e.name for e in suite.entries] == ["gsm8k_lm-eval", "gsm8k_8shot_lm-eval"]
+    assert suite.entries[1].options == {"shots": 8, "prompt": "lm-eval"}
+    with pytest.raises(FactoryError) as e:
+        load_suite(str(_suite(tmp_path, "name: x\ntasks:\n  - {task: gsm8k, prompt: lmeval}\n")))
+    assert str(e.value) == f"{tmp_path / 's.yaml'}: tasks[0].prompt: expected one of 'chat', 'lm-eval', got 'lmeval'"

@@ -3,7 +3,11 @@ and (slow) the real data: counts, and every gold answer scoring 1.0."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
+import yaml
 
 from evals.api import Request, Sample
 from evals.tasks import get_task
@@ -11,15 +15,22 @@ from evals.tasks.math import (
     GSM8K,
     Math500,
     answers_match,
+    canonical,
     extract_answer,
     gsm8k_number,
     last_boxed,
+    math_verify_equal,
     own_part,
     parse_exemplars,
     pick_shots,
     to_number,
 )
 from foundation.errors import FactoryError
+
+try:
+    import lm_eval
+except ImportError:  # the lm-eval cross-checks skip without it
+    lm_eval = None
 
 
 @pytest.mark.parametrize(
@@ -268,3 +279,112 @@ def test_shipped_exemplars_come_first_and_the_reserve_fills_in():
     shots = [m["content"] for m in msgs[:-1:2]]
     assert len(shots) == 2  # Bob (shipped) and Cy (reserve); Ann is the item itself
     assert not any(docs[0]["question"] in s for s in shots)
+
+
+# ------------------------------------------------------- matrices: row breaks
+
+PMATRIX = r"\begin{pmatrix} %s \end{pmatrix}"
+
+
+@pytest.mark.parametrize(
+    "pred,same",
+    [
+        (PMATRIX % r"1 \\ -2", True),  # as the gold writes it
+        (r"\begin{pmatrix}1\\-2\end{pmatrix}", True),  # no spaces
+        (PMATRIX % r"1\\ -2", True),
+        (PMATRIX % r"1 \\-2", True),
+        (PMATRIX % r"1 \-2", False),  # one backslash: no row break (once credited: "\\ " was dropped from the gold)
+        (r"\begin{pmatrix}1\-2\end{pmatrix}", False),
+        (PMATRIX % r"1 \ -2", False),  # a TeX space, not a row break
+        (PMATRIX % r"1 & -2", False),  # a row, not a column
+        (PMATRIX % r"-2 \\ 1", False),
+    ],
+)
+def test_matrix_answers_need_their_row_breaks(pred, same):
+    gold = PMATRIX % r"1 \\ -2"
+    assert answers_match(pred, gold) is same
+
+
+def test_canonical_keeps_a_row_break_whole():
+    assert canonical(PMATRIX % r"1 \\ -2") == r"\begin{pmatrix}1\\-2\end{pmatrix}"
+    assert canonical(PMATRIX % r"1 \-2") == r"\begin{pmatrix}1\-2\end{pmatrix}"
+    assert canonical(r"x\ =\,5") == "x=5"  # spacing commands still go
+
+
+def _synthetic_matrices(count: int, seed: int = 0):
+    """(gold, the same matrix spaced differently, the matrix with its row breaks malformed)."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        r, c = rng.choice([(2, 1), (3, 1), (2, 2), (3, 3)])
+        rows = [[str(rng.randint(-9, 9)) for _ in range(c)] for _ in range(r)]
+
+        def write(sep, col=" & ", rows=rows):
+            return PMATRIX % sep.join(col.join(row) for row in rows)
+
+        gold = write(r" \\ ")
+        good = write(rng.choice([r"\\", r" \\ ", r"\\ ", r" \\"]), rng.choice(["&", " & "]))
+        bad = write(rng.choice([" \\", "\\", " \\ "]))  # one backslash where two belong
+        yield gold, good, bad
+
+
+def test_synthetic_matrices_agree_with_math_verify():
+    """Correct spellings of a matrix still match; malformed row breaks, which
+    math-verify rejects, are no longer credited by the cheap string test."""
+    triples = list(_synthetic_matrices(60))
+    assert all(answers_match(good, gold) for gold, good, _ in triples)
+    assert not any(answers_match(bad, gold) for gold, _, bad in triples)
+    assert not any(math_verify_equal(gold, bad) for gold, _, bad in triples[:20])
+
+
+# ------------------------------------------------------ lm-eval's GSM8K prompts
+
+LM_EVAL_GSM8K = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" if lm_eval else None
+
+
+def test_gsm8k_lm_eval_zero_shot_is_a_plain_question_answer_prompt():
+    task = GSM8K(prompt="lm-eval")
+    req = task.request("Ann has 2 cats and gets 3 more. How many cats?", [])
+    assert req.messages is None
+    assert req.prompt == "Question: Ann has 2 cats and gets 3 more. How many cats?\nAnswer:"
+    assert req.sampling.stop == ["Question:", "</s>", "<|im_end|>"] and req.sampling.max_tokens == 256
+    assert req.sampling.temperature == 0.0
+    chat = GSM8K().request("Ann has 2 cats?", [])
+    assert chat.prompt is None and chat.messages[0]["role"] == "user" and chat.sampling.max_tokens == 512
+
+
+def test_gsm8k_lm_eval_eight_shot_is_its_cot_prompt_with_the_shipped_exemplars():
+    pool = [(f"Problem number {i}?", f"{i} + 0 = {i}. So the answer is {i}.") for i in range(12)]
+    prompt = GSM8K(shots=8, prompt="lm-eval").request("Problem number 3?", pool).prompt
+    blocks = prompt.split("\n\n")
+    assert len(blocks) == 9 and blocks[-1] == "Q: Problem number 3?\nA:"
+    assert blocks[0] == "Q: Problem number 0?\nA: 0 + 0 = 0. The answer is 0."
+    assert "Problem number 3?\nA: 3" not in prompt  # the problem is never its own exemplar
+    assert GSM8K(shots=8, prompt="lm-eval").request("x", pool).sampling.stop == ["Q:", "</s>", "<|im_end|>"]
+
+
+@pytest.mark.skipif(lm_eval is None, reason="lm-eval is not installed")
+@pytest.mark.parametrize("shots,yaml_name", [(0, "gsm8k.yaml"), (8, "gsm8k-cot.yaml")])
+def test_gsm8k_lm_eval_prompt_equals_lm_evals_own_rendering(shots, yaml_name):
+    """The installed lm-eval's task YAML, rendered as lm-eval assembles a few-shot context
+    (text, a space, the target; blank lines between), gives our prompt to the character,
+    with the exemplars spelled as the data package ships them ("So the answer is N.")."""
+    from lm_eval.utils import apply_template
+
+    config = yaml.safe_load((LM_EVAL_GSM8K / yaml_name).read_text())
+    exemplars = (config.get("fewshot_config") or {}).get("samples", [])[:shots]
+    assert len(exemplars) == shots
+    question = "Janet's ducks lay 16 eggs per day. How many are left?"
+    expected = "\n\n".join(
+        [apply_template(config["doc_to_text"], ex) + " " + ex["target"] for ex in exemplars]
+        + [apply_template(config["doc_to_text"], {"question": question})]
+    )
+    pool = [(ex["question"], ex["target"].replace("The answer is", "So the answer is")) for ex in exemplars]
+    request = GSM8K(shots=shots, prompt="lm-eval").request(question, pool)
+    assert request.prompt == expected
+    assert request.sampling.stop == config["generation_kwargs"]["until"]
+
+
+def test_gsm8k_prompt_option_is_checked():
+    assert get_task("gsm8k", prompt="lm-eval").prompt == "lm-eval"
+    with pytest.raises(FactoryError, match="prompt must be one of chat, lm-eval, got 'lmeval'"):
+        get_task("gsm8k", prompt="lmeval")
