@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Protocol
 
 from evals.engines import ENGINES, check_settings
 from evals.suite import load_suite, parse_key_values, parse_overrides
@@ -59,6 +61,78 @@ def check_model_dir(path: Path) -> None:
         raise FactoryError(f"{path}: not a model directory: no {', no '.join(missing)}")
 
 
+class ModelCatalog(Protocol):
+    """Models ``eval`` knows by name besides directories: the factory's packaged
+    checkpoints (``factory eval smollm2-135m-instruct``)."""
+
+    def names(self) -> list[str]:
+        """Every name ``path`` accepts."""
+        ...
+
+    def path(self, name: str) -> Path:
+        """The checkpoint directory of ``name``, fetched and converted on first use."""
+        ...
+
+
+_HASH_NAME = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def model_label(path: Path) -> str:
+    """A readable name for the model in ``path``: the directory's name, unless that is a
+    content hash (a cache entry), then what the cache recorded it was built from (its
+    ``.complete`` source: "packaged smollm2-135m-instruct" -> "smollm2-135m-instruct"),
+    else the checkpoint's own ``_name_or_path``."""
+    name = path.resolve().name
+    if not _HASH_NAME.match(name):
+        return name
+    for file, key in ((".complete", "source"), ("config.json", "_name_or_path")):
+        try:
+            found = json.loads((path / file).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, str) and found.strip():
+            return Path(found.strip().removeprefix("packaged ")).name
+    return name
+
+
+def resolve_model(
+    model: str, label: str | None, catalog: ModelCatalog | None, served: bool, cached_only: bool
+) -> tuple[str | None, str]:
+    """What ``eval MODEL`` names: (the name of a catalog model to fetch, or None; the
+    model's label, ``label`` if given). A directory is the model itself; another name
+    must be one the catalog knows, unless the model is ``served`` (engine openai), whose
+    server knows it, or only the completions cache is scored (``cached_only``)."""
+    if Path(model).is_dir():
+        return None, label or model_label(Path(model))
+    if not served and catalog is not None and model in catalog.names():
+        return model, label or model
+    if served or cached_only:
+        return None, label or Path(model.rstrip("/")).name or model
+    known = (
+        f"packaged models: {', '.join(catalog.names())}"
+        if catalog is not None
+        else "packaged model names are known to `factory eval`"
+    )
+    raise FactoryError(
+        f"{model}: no such model directory or packaged model ({known}; "
+        f"a served model's name needs --engine openai or --base-url)"
+    )
+
+
+def limit_notice(suite, limit: int | None) -> str | None:
+    """One line naming the tasks whose own limit in the suite is below ``--limit``
+    (they run at their own), or None when there are none."""
+    if limit is None:
+        return None
+    lower = [f"{e.name} ({e.limit})" for e in suite.entries if e.limit is not None and e.limit < limit]
+    if not lower:
+        return None
+    return (
+        f"[evals] --limit {limit}: suite {suite.name} caps these tasks lower, so they run at its limit: "
+        + ", ".join(lower)
+    )
+
+
 def cmd_eval(args) -> int:
     from evals import report  # loaded when the command runs: every factory command builds this parser
     from evals.runner import run_suite  # loaded when the command runs: every factory command builds this parser
@@ -76,12 +150,16 @@ def cmd_eval(args) -> int:
     settings = {"base_url": args.base_url} if args.base_url else {}
     if args.engine_arg:
         settings.update(_engine_args(args.engine_arg, engine or suite.engine))
-    label = args.label or Path(args.model.rstrip("/")).name or args.model
+    served = (engine or suite.engine) == "openai"
+    catalog = getattr(args, "catalog", None)
+    to_fetch, label = resolve_model(args.model, args.label, catalog, served, args.cached_only)
     out = Path(args.out) if args.out else Path("evals-out") / f"{label}-{suite.name}"
-    if not Path(args.model).is_dir() and (engine or suite.engine) != "openai" and not args.cached_only:
-        raise FactoryError(f"{args.model}: no such model directory (a model name needs --engine openai)")
+    notice = limit_notice(suite, args.limit)
+    if notice:
+        print(notice, file=sys.stderr)
+    model = str(catalog.path(to_fetch)) if to_fetch else args.model
     results = run_suite(
-        args.model,
+        model,
         suite,
         engine=engine,
         engine_settings=settings,
@@ -144,25 +222,33 @@ def cmd_report(args) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    """Register ``eval``, ``gate`` and ``report`` on an argparse subparsers object."""
-    _add_eval(sub)
+def add_commands(sub, catalog: ModelCatalog | None = None) -> None:
+    """Register ``eval``, ``gate`` and ``report`` on an argparse subparsers object;
+    ``catalog``: the models ``eval`` also knows by name."""
+    _add_eval(sub, catalog)
     _add_gate(sub)
     _add_report(sub)
 
 
-def _add_eval(sub) -> None:
+def _add_eval(sub, catalog: ModelCatalog | None) -> None:
     """The ``eval`` command: run a suite on one model."""
     sp = sub.add_parser("eval", help="run an evaluation suite on a model; writes results.json and a report")
-    sp.add_argument("model", help="HF checkpoint dir, or the model's name on an OpenAI-compatible server")
+    packaged = ", a packaged model's name (e.g. smollm2-135m-instruct)" if catalog is not None else ""
+    sp.add_argument("model", help=f"HF checkpoint dir{packaged}, or the model's name on an OpenAI-compatible server")
     sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
     sp.add_argument("--engine", choices=ENGINES, help="override the suite's engine")
     sp.add_argument(
         "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (implies --engine openai)"
     )
-    sp.add_argument("--limit", type=_positive, help="cap every task at N samples")
+    sp.add_argument(
+        "--limit", type=_positive, help="cap every task at N samples (a task the suite caps lower keeps its cap)"
+    )
     sp.add_argument("--out", help="output dir (default evals-out/<model>-<suite>)")
-    sp.add_argument("--label", help="the model's name in reports (default: the dir's name)")
+    sp.add_argument(
+        "--label",
+        help="the model's name in reports (default: the packaged model's name or the dir's name; "
+        "for a cache dir named by a hash, the model it was built from)",
+    )
     sp.add_argument(
         "--no-cache",
         action="store_true",
@@ -199,7 +285,7 @@ def _add_eval(sub) -> None:
         "there are left out and listed",
     )
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sp.set_defaults(fn=cmd_eval)
+    sp.set_defaults(fn=cmd_eval, catalog=catalog)
 
 
 def _add_gate(sub) -> None:

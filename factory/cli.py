@@ -176,6 +176,18 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """``status RUN_DIR``: per stage its engine, Slurm job ids and allocations, state and progress."""
+    from factory.engines.nemo.status import format_status, run_status  # reads job logs and asks Slurm: only here
+
+    stages = run_status(Path(args.run_dir))
+    if args.json:
+        print(json.dumps({"run_dir": args.run_dir, "stages": stages}, indent=2))
+    else:
+        print("\n".join(format_status(stages)))
+    return 0
+
+
 def cmd_show(args) -> int:
     d = Path(args.artifact)
     m = read_manifest(d)
@@ -288,17 +300,36 @@ def _add_artifact_commands(sub) -> None:
     sp = sub.add_parser("ls", help="list artifacts in a runs directory")
     sp.add_argument("--runs-dir", default=os.environ.get("FACTORY_RUNS", "runs"))
     sp.set_defaults(fn=cmd_ls)
+    sp = sub.add_parser("status", help="each stage of a run: its engine, Slurm jobs, state and progress")
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="a recipe's run directory, e.g. runs/mn-minitron-8b")
+    sp.add_argument("--json", action="store_true", help="machine-readable")
+    sp.set_defaults(fn=cmd_status)
     sp = sub.add_parser("show", help="show an artifact's manifest and verify its files")
     sp.add_argument("artifact", help="artifact directory")
     sp.add_argument("--json", action="store_true", help="print the raw manifest")
     sp.set_defaults(fn=cmd_show)
 
 
+class PackagedModels:
+    """The packaged checkpoints (factory.sources.models) as the models ``factory eval``
+    knows by name: ``factory eval smollm2-135m-instruct``."""
+
+    def names(self) -> list[str]:
+        from factory.sources.models import PACKAGED_MODELS  # deferred: only an eval of a named model asks
+
+        return list(PACKAGED_MODELS)
+
+    def path(self, name: str) -> Path:
+        from factory.sources.models import ModelSpec, materialize  # deferred: as above
+
+        return materialize(ModelSpec(packaged=name), Path.cwd())
+
+
 def _add_eval_commands(sub) -> None:
     """``eval``, ``gate`` and ``report`` from the evaluation suite, ``report`` widened to run dirs."""
     from evals.cli import add_commands  # the suite's CLI loads its tasks: kept off `factory validate`'s path
 
-    add_commands(sub)  # eval, gate, report: the evaluation suite's own commands
+    add_commands(sub, PackagedModels())  # eval, gate, report: the evaluation suite's own commands
     # `factory report RUN_DIR` draws a whole pipeline run; results files go to the suite's report.
     report = sub.choices["report"]
     report.description = report.help = (
