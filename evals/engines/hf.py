@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evals.api import Completion, Request
-from evals.engines import register
+from evals.engines import register, sizing
 from evals.engines.common import (
     check_choice,
     check_positive,
@@ -213,8 +213,8 @@ class HFEngine:
         model: str,
         dtype: str = "float32",
         device: str = "cpu",
-        max_batch: int = 64,
-        prefill_tokens: int = 4096,
+        max_batch: int | None = None,
+        prefill_tokens: int | None = None,
         attention: str = "grouped",
         threads: int | None = None,
         trust_remote_code: bool = False,
@@ -227,7 +227,7 @@ class HFEngine:
         if threads:
             torch.set_num_threads(threads)
         self.path, self.dtype, self.device = model, dtype, torch.device(device)
-        self.max_batch, self.prefill_tokens, self.attention = max_batch, prefill_tokens, attention
+        self.attention = attention
         _register_attention()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -250,14 +250,25 @@ class HFEngine:
                 "which this engine's cache does not handle (use the vllm engine)"
             )
         self.context = getattr(config, "max_position_embeddings", None) or 1 << 30
+        self.max_batch, self.prefill_tokens = self._batch(config, max_batch, prefill_tokens)
         eos = self.model.generation_config.eos_token_id
         self.eos = {e for e in ([eos] if isinstance(eos, int) else eos or []) if e is not None}
         if self.tokenizer.eos_token_id is not None:
             self.eos.add(self.tokenizer.eos_token_id)
         self._hash = None
 
+    def _batch(self, config, max_batch: int | None, prefill_tokens: int | None) -> tuple[int, int]:
+        """The settings given, else sized for the device (``evals.engines.sizing``): 64
+        sequences and 4096 prefill tokens on a CPU; on a GPU from the memory the weights
+        left free, for sequences of up to 4096 tokens (or the model's context)."""
+        cost = sizing.ModelCost.from_config(config, self.model.dtype)
+        sized = sizing.generation_batch(sizing.device_free_bytes(self.device), cost, min(self.context, 4096))
+        return max_batch or sized[0], prefill_tokens or sized[1]
+
     @staticmethod
-    def check(dtype: str, attention: str, max_batch: int, prefill_tokens: int, threads: int | None, **_) -> None:
+    def check(
+        dtype: str, attention: str, max_batch: int | None, prefill_tokens: int | None, threads: int | None, **_
+    ) -> None:
         """Reject bad setting values before anything is loaded (see engines.check_engine_settings)."""
         check_choice("hf", "dtype", dtype, tuple(DTYPES))
         check_choice("hf", "attention", attention, ("grouped", "sdpa"))

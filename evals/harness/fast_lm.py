@@ -24,6 +24,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from evals.engines import sizing
 from evals.harness import packing
 from foundation.device import resolve_device
 from foundation.errors import FactoryError
@@ -39,8 +40,8 @@ class FastLM(TemplateLM):
         pretrained: str,
         device: str = "auto",
         dtype: str = "auto",
-        batch_size: int | str = 64,
-        max_batch_tokens: int = 1024,
+        batch_size: int | str | None = None,
+        max_batch_tokens: int | None = None,
         row_tokens: int = 1024,
         head_chunk: int = 512,
         max_length: int | None = None,
@@ -51,7 +52,10 @@ class FastLM(TemplateLM):
         **_ignored,
     ):
         """``store``: where answers are kept as they are computed, so an interrupted
-        run resumes (``evals.completion_cache.LoglikStore``); None keeps nothing."""
+        run resumes (``evals.completion_cache.LoglikStore``); None keeps nothing.
+        ``batch_size`` (rows) and ``max_batch_tokens`` left unset (or ``batch_size``
+        "auto") are sized for the device (``evals.engines.sizing``): 64 rows and 1024
+        tokens on a CPU, from the memory left free by the weights on a GPU."""
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only when a model does
 
@@ -70,10 +74,14 @@ class FastLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self._max_length = max_length
-        self.max_rows = _rows(batch_size)
-        self.max_batch_tokens = int(max_batch_tokens)
         self.row_tokens = int(row_tokens)
         self.head_chunk = int(head_chunk)
+        cost = sizing.ModelCost.from_config(self.model.config, self.model.dtype)
+        rows, tokens = sizing.scoring_batch(
+            sizing.device_free_bytes(self._device), cost, self.row_tokens, self.head_chunk
+        )
+        self.max_rows = rows if batch_size is None or str(batch_size).startswith("auto") else _rows(batch_size)
+        self.max_batch_tokens = tokens if max_batch_tokens is None else int(max_batch_tokens)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.store = store
         self._split_head = self._head_is_separable()
@@ -225,11 +233,9 @@ class FastLM(TemplateLM):
 
 
 def _rows(batch_size) -> int:
-    """lm-eval passes ``batch_size`` as given on its command line: a number, or
-    "auto"/"auto:N", which the token budget already covers."""
+    """lm-eval passes ``batch_size`` as given on its command line: a number (here), or
+    "auto"/"auto:N", which the device's sizing covers."""
     text = str(batch_size)
-    if text.startswith("auto"):
-        return 64
     try:
         return max(1, int(text))
     except ValueError:

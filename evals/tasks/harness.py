@@ -44,8 +44,8 @@ class HarnessTask:
         self,
         tasks: list[str] | str = "arc_easy",
         num_fewshot: int = 0,
-        batch_size: int = 64,
-        max_batch_tokens: int = 1024,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         backend: str = "fast",
@@ -54,10 +54,9 @@ class HarnessTask:
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         taskdir.check_names(self.tasks)
         _check(isinstance(num_fewshot, int) and num_fewshot >= 0, "num_fewshot", "must be an integer >= 0")
-        _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", "must be an integer >= 1")
-        _check(
-            isinstance(max_batch_tokens, int) and max_batch_tokens >= 1, "max_batch_tokens", "must be an integer >= 1"
-        )
+        for key, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+            # unset: sized for the device (64 rows / 1024 tokens on a CPU; evals.engines.sizing)
+            _check(value is None or (isinstance(value, int) and value >= 1), key, "must be an integer >= 1")
         _check(backend in BACKENDS, "backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
         _check(dtype in DTYPES, "dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
         check_device(device, "harness")
@@ -90,7 +89,7 @@ class HarnessTask:
             return HFLM(
                 pretrained=model_path,
                 dtype=self.dtype,
-                batch_size=self.batch_size,
+                batch_size=self.batch_size if self.batch_size is not None else 64,
                 device=str(resolve_device(self.device)),
             )
         return FastLM(
