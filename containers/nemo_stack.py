@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
         return 2
     action, kind = argv
     if action == "requirements":
-        print("\n".join(f"{n}=={PINS[kind][n]}" for n in OVERLAY[kind]))
+        for name in OVERLAY[kind]:  # nothing at all when nothing is installed over the base
+            print(f"{name}=={PINS[kind][name]}")
         return 0
     found, sources = survey(kind)
     if action == "show":

@@ -103,6 +103,7 @@ def test_command_line_prints_requirements_and_fails_outside_an_image():
     done = run("requirements", "nemo")
     assert done.returncode == 0
     assert done.stdout.split() == ["nemo-toolkit==2.7.3", "nvidia-modelopt==0.37.0", "megatron-core==0.15.3"]
+    assert run("requirements", "aligner").stdout == ""  # an empty file: the Dockerfile runs no pip
     done = run("check", "nemo")  # the project's environment has no NeMo
     assert done.returncode == 1
     assert done.stdout.startswith("FAIL  nemo image: nemo-toolkit not installed (pinned 2.7.3)")
@@ -121,5 +122,33 @@ def test_pins_are_the_versions_the_check_environment_installs(nemo_stack):
         re.search(r"aligner_version=\$\{ALIGNER_VERSION:-([\d.]+)\}", env)[1]
         == (nemo_stack.PINS["aligner"]["nemo-aligner"])
     )
-    assert f"megatron-core=={nemo_stack.PINS['nemo']['megatron-core']}" in env
+    lock = ROOT / "scripts" / "nemo-env.lock"
+    pins = env + (lock.read_text() if lock.exists() else "")
+    assert f"megatron-core=={nemo_stack.PINS['nemo']['megatron-core']}" in pins
     assert nemo_stack.PINS["nemo"]["nvidia-modelopt"] == MODELOPT_VERSION
+
+
+def dockerfile_check(stack: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The Dockerfile's version step, run as the build runs it (``python`` is this interpreter,
+    which has no NeMo; ``pip`` must not be reached)."""
+    text = (ROOT / "containers" / "Dockerfile.nemo").read_text().replace("\\\n", " ")
+    run_line = next(ln for ln in text.splitlines() if ln.startswith("RUN ") and "nemo_stack.py check" in ln)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "pip").write_text("#!/bin/sh\necho pip was run >&2\nexit 99\n")
+    (bin_dir / "pip").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STACK": stack, "TMPDIR": str(tmp_path)}
+    command = run_line.removeprefix("RUN ").replace("/tmp/nemo-stack.txt", str(tmp_path / "stack.txt"))
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_the_dockerfile_stops_on_a_base_without_the_pinned_stack(tmp_path):
+    done = dockerfile_check("nemo", tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "FAIL  nemo base image: nemo-toolkit not installed (pinned 2.7.3)" in done.stdout
+    assert "pip was run" not in done.stderr
+    done = dockerfile_check("aligner", tmp_path / "a")
+    assert done.returncode == 1, done.stderr
+    assert "FAIL  aligner image: nemo-aligner not installed (pinned 0.7.0)" in done.stdout
+    assert "pip was run" not in done.stderr  # nothing is installed over an Aligner image
