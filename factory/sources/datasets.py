@@ -7,12 +7,14 @@ uses them, and, for record data, their format."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -245,11 +247,37 @@ def fingerprint(spec: DatasetSpec, base: Path) -> str:
     return sha256_json({"files": files, "format": spec.format, **opts})
 
 
-def split_paragraphs(text: str, doc_chars: int) -> Iterator[str]:
-    """Cut ``text`` at blank lines into documents of about ``doc_chars`` characters."""
+READ_BYTES = 1 << 20  # data files are read this many bytes at a time
+MAX_PARAGRAPH_CHARS = 1 << 22  # a longer paragraph (a text with no blank lines) is cut at a line break
+HOLD_BYTES = 1 << 24  # skipping undecodable lines: a line is held back until its end up to this size
+
+
+def _paragraphs(pieces: Iterable[str]) -> Iterator[str]:
+    """``text.replace("\r\n", "\n").split("\n\n")`` over the concatenation of ``pieces``,
+    holding at most one paragraph: one that grows past ``MAX_PARAGRAPH_CHARS`` is cut at
+    its last line break (or, with none, where it stands) so that no text is held whole."""
+    buf, carry = "", ""
+    for piece in pieces:
+        text = carry + piece
+        carry = "\r" if text.endswith("\r") else ""
+        buf += text[: len(text) - len(carry)].replace("\r\n", "\n")
+        while (k := buf.find("\n\n")) >= 0:
+            yield buf[:k]
+            buf = buf[k + 2 :]
+        while len(buf) > MAX_PARAGRAPH_CHARS:
+            cut = buf.rfind("\n", 0, MAX_PARAGRAPH_CHARS) + 1 or MAX_PARAGRAPH_CHARS
+            yield buf[:cut]
+            buf = buf[cut:]
+    yield buf + carry
+
+
+def paragraph_documents(pieces: Iterable[str], doc_chars: int) -> Iterator[str]:
+    """Text given in pieces, cut at blank lines into documents of about ``doc_chars``
+    characters (a paragraph is never split, but one over ``MAX_PARAGRAPH_CHARS`` is cut
+    at a line break); memory is one document, whatever the text's size."""
     buf: list[str] = []
     size = 0
-    for para in text.replace("\r\n", "\n").split("\n\n"):
+    for para in _paragraphs(pieces):
         if not para.strip():
             continue
         buf.append(para)
@@ -261,28 +289,84 @@ def split_paragraphs(text: str, doc_chars: int) -> Iterator[str]:
         yield "\n\n".join(buf)
 
 
-def read_data_text(path: Path, empty_ok: bool = False) -> str:
-    """A data file's text: UTF-8, a leading byte-order mark dropped (as Python's
-    ``utf-8-sig`` does). Bytes that are not UTF-8 are reported as ``file:line``;
-    an empty file (nothing but whitespace) is an error naming it unless ``empty_ok``
-    (members of packaged datasets, which are pinned as they are)."""
-    data = path.read_bytes()
+def split_paragraphs(text: str, doc_chars: int) -> Iterator[str]:
+    """Cut ``text`` at blank lines into documents of about ``doc_chars`` characters."""
+    return paragraph_documents([text], doc_chars)
+
+
+def _not_utf8(path: Path, line: int, column: int, byte: int) -> FactoryError:
+    return FactoryError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {column}): a binary file?")
+
+
+def text_pieces(path: Path, empty_ok: bool = False, bad: dict[str, int] | None = None) -> Iterator[str]:
+    """A data file's text, UTF-8 with a leading byte-order mark dropped (as ``utf-8-sig``
+    does), in pieces of about ``READ_BYTES`` bytes that end at a line end (or, inside a
+    longer line, where the read stopped): the file is never held whole. Bytes that are not
+    UTF-8 stop the run as ``file:line`` or, given ``bad``, the line holding them becomes an
+    empty line, counted under the file's name (a line is held back until its end to that
+    end, up to ``HOLD_BYTES``; of a longer one, what follows the bad bytes is dropped). A file
+    with nothing but whitespace is an error naming it unless ``empty_ok`` (members of
+    packaged datasets, pinned as they are)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    line, column, size, seen_text, skipping = 1, 0, 0, False, False
+    held: list[str] = []  # with ``bad``: the current line so far, until its end shows it is good
+    with open(path, "rb") as f:
+        while raw := f.readline(READ_BYTES):
+            size, ends = size + len(raw), raw.endswith(b"\n")
+            try:
+                pending = len(decoder.getstate()[0])
+                text = decoder.decode(raw)
+            except UnicodeDecodeError as e:
+                if bad is None:
+                    raise _not_utf8(path, line, column - pending + e.start + 1, e.object[e.start]) from None
+                bad[str(path)] = bad.get(str(path), 0) + (not skipping)
+                decoder.setstate((b"", 0))  # past the start: a later U+FEFF is text, not a byte-order mark
+                held, skipping = [], True
+            column, line = (0 if ends else column + len(raw)), line + ends
+            if skipping:
+                text, skipping = ("\n" if ends else ""), not ends  # an empty line keeps paragraphs apart
+            elif bad is not None:
+                held.append(text)
+                if not ends and sum(map(len, held)) < HOLD_BYTES:
+                    continue
+                text, held = "".join(held), []
+            seen_text = seen_text or bool(text.strip())
+            if text:
+                yield text
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line_start = data.rfind(b"\n", 0, e.start) + 1
-        line = data.count(b"\n", 0, e.start) + 1
-        raise FactoryError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
-            f"{e.start - line_start + 1}): a binary file?"
-        ) from None
-    if not empty_ok and not text.strip():
-        raise FactoryError(f"{path}: empty data file ({len(data)} bytes, no text)")
-    return text
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:  # the file ends inside a character
+        if bad is None:
+            raise _not_utf8(path, line, column - len(e.object) + e.start + 1, e.object[e.start]) from None
+        bad[str(path)] = bad.get(str(path), 0) + (not skipping)
+        held = []
+    if held and (text := "".join(held)):
+        seen_text = seen_text or bool(text.strip())
+        yield text
+    if not empty_ok and not seen_text:
+        raise FactoryError(f"{path}: empty data file ({size} bytes, no text)")
+
+
+def text_lines(path: Path, empty_ok: bool = False) -> Iterator[str]:
+    """The file's lines (each with its ``\\n``), read as :func:`text_pieces` reads them."""
+    parts: list[str] = []
+    for piece in text_pieces(path, empty_ok):
+        parts.append(piece)
+        if piece.endswith("\n"):
+            yield "".join(parts)
+            parts = []
+    if parts:
+        yield "".join(parts)
+
+
+def read_data_text(path: Path, empty_ok: bool = False) -> str:
+    """A data file's whole text, checked as :func:`text_pieces` checks it: for formats
+    that are one value (a JSON array, a JSON task file)."""
+    return "".join(text_pieces(path, empty_ok))
 
 
 def _read_text(path: Path, doc_chars: int, empty_ok: bool = False) -> Iterator[str]:
-    yield from split_paragraphs(read_data_text(path, empty_ok), doc_chars)
+    yield from paragraph_documents(text_pieces(path, empty_ok), doc_chars)
 
 
 class RecordError(FactoryError):
@@ -325,8 +409,8 @@ def _json_array_records(path: Path, text: str, start: int) -> Iterator[tuple[int
             raise FactoryError(f"{path}:{text.count(chr(10), 0, i) + 1}: invalid JSON (expected ',' or ']')")
 
 
-def _json_lines_records(path: Path, text: str) -> Iterator[tuple[int, dict | RecordError]]:
-    for lineno, line in enumerate(text.splitlines(), 1):
+def _json_lines_records(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, dict | RecordError]]:
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -344,14 +428,20 @@ def _json_lines_records(path: Path, text: str) -> Iterator[tuple[int, dict | Rec
 
 
 def json_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict | RecordError]]:
-    """(line number, record) of a JSON-lines file or of a file holding one JSON
-    array (the line each record starts on). A malformed line comes back as a
-    RecordError for the caller to raise or skip; a malformed array is an error."""
-    text = read_data_text(path, empty_ok)
-    start = _skip_space(text, 0)
-    if text.startswith("[", start):
-        return _json_array_records(path, text, start + 1)
-    return _json_lines_records(path, text)
+    """(line number, record) of a JSON-lines file (read a line at a time) or of a file
+    holding one JSON array (the line each record starts on; an array is one value, so
+    it is read whole). A malformed line comes back as a RecordError for the caller to
+    raise or skip; a malformed array is an error."""
+    lines = text_lines(path, empty_ok)
+    head = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    if "".join(head).lstrip().startswith("["):  # one JSON value: read whole
+        text = "".join(chain(head, lines))
+        return _json_array_records(path, text, _skip_space(text, 0) + 1)
+    return _json_lines_records(path, chain(head, lines))
 
 
 def read_jsonl_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict]]:
@@ -392,13 +482,17 @@ def _read_jsonl_grouped(path: Path, text_field: str, keys: tuple[str, ...]) -> I
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     import pyarrow.parquet as pq  # heavy: only parquet files need it
 
-    table = pq.read_table(path)
-    if text_field not in table.column_names:
-        raise FactoryError(f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)})")
-    for i, value in enumerate(table.column(text_field).to_pylist()):
-        if not isinstance(value, str):
-            raise FactoryError(f"{path}: row {i}: column {text_field!r} is not a string")
-        yield value
+    f = pq.ParquetFile(path)
+    names = f.schema_arrow.names
+    if text_field not in names:
+        raise FactoryError(f"{path}: no column {text_field!r} (columns: {', '.join(names)})")
+    i = 0
+    for batch in f.iter_batches(batch_size=1024, columns=[text_field]):  # a batch at a time, one column
+        for value in batch.column(0).to_pylist():
+            if not isinstance(value, str):
+                raise FactoryError(f"{path}: row {i}: column {text_field!r} is not a string")
+            yield value
+            i += 1
 
 
 def read_file(path: Path, fmt: str, spec: DatasetSpec) -> Iterator[str | list[dict]]:
@@ -461,8 +555,7 @@ def _packaged_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordErr
 
 
 def _hub_records(spec: DatasetSpec) -> Iterator[tuple[str, dict | RecordError]]:
-    ds = _hub_dataset(spec)
-    for i, row in enumerate(ds):
+    for i, row in hub_rows(spec):
         yield f"{spec.hub}:{i}", dict(row)
 
 
@@ -496,21 +589,42 @@ def packaged_documents(spec: DatasetSpec) -> Iterator[str]:
             yield from _read_jsonl_grouped(p, entry.text_field, entry.group_by)
 
 
-def _hub_dataset(spec: DatasetSpec):
+def hub_dataset(spec: DatasetSpec):
+    """The hub dataset ``spec`` names, opened with ``streaming=True``: a ``datasets.IterableDataset``
+    that reads rows as they are asked for, so nothing of a corpus of any size is downloaded
+    or held whole. Every reader here goes through it row by row, in order; none needs
+    random access, so no caller loads a hub dataset whole. ``hub`` may also be a local
+    directory of data files (json, jsonl, parquet, csv, txt), which the same loader streams."""
     try:
         import datasets  # optional: only hub datasets need it
     except ImportError as e:
         raise FactoryError(f"hub dataset {spec.hub!r} needs the `datasets` package: pip install datasets") from e
     try:
-        return datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision)
+        return datasets.load_dataset(spec.hub, split=spec.split, revision=spec.revision, streaming=True)
     except Exception as e:
         raise FactoryError(
             f"could not load dataset {spec.hub!r} from the hub: {type(e).__name__}: {str(e)[:200]}"
         ) from e
 
 
+def hub_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of the streamed hub dataset; a row that cannot be read stops
+    the run in one line naming the dataset and the row."""
+    rows = iter(hub_dataset(spec))
+    i = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            msg = " ".join(str(e).split())[:200]
+            raise FactoryError(f"{spec.hub}:{i}: could not read the row: {type(e).__name__}: {msg}") from None
+        yield i, row
+        i += 1
+
+
 def hub_documents(spec: DatasetSpec) -> Iterator[str]:
-    ds = _hub_dataset(spec)
-    if spec.text_field not in ds.column_names:
-        raise FactoryError(f"hub dataset {spec.hub!r} has no column {spec.text_field!r}")
-    yield from ds[spec.text_field]
+    """The text field of every row of the streamed hub dataset, in order."""
+    for i, row in hub_rows(spec):
+        yield _text_of(row, spec.text_field, f"{spec.hub}:{i}")
