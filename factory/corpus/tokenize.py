@@ -25,7 +25,15 @@ import numpy as np
 from factory.corpus.artifact import CORPUS_FORMAT, tokenizer_digest
 from factory.corpus.indexed import IndexedWriter, token_dtype
 from factory.corpus.workers import encode, init_worker
-from factory.sources.datasets import RECORD_FORMATS, DatasetSpec, files_of, format_of, read_file, split_paragraphs
+from factory.sources.datasets import (
+    RECORD_FORMATS,
+    DatasetSpec,
+    files_of,
+    format_of,
+    paragraph_documents,
+    read_file,
+    text_pieces,
+)
 from factory.sources.documents import iter_documents
 from factory.sources.models import resolve_path
 from foundation import storage
@@ -44,6 +52,7 @@ class TokenizeSettings:
     workers: int = 1
     append_eos: bool = True
     batch_documents: int = 256
+    window_chars: int = 1 << 18  # a longer document is tokenized in windows of this many characters
     progress: bool = True
 
 
@@ -63,29 +72,16 @@ class _State:
 # ---- documents ------------------------------------------------------------------------------------------
 
 
-def _utf8_lines(path: Path, bad: dict[str, int]) -> Iterator[str]:
-    """The file's lines (a leading byte-order mark dropped), each one that is not UTF-8
-    replaced by an empty line and counted in ``bad``."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f):
-            try:
-                line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
-            except UnicodeDecodeError:
-                bad[str(path)] = bad.get(str(path), 0) + 1
-                line = "\n"  # an empty line in its place keeps paragraphs apart
-            yield line
-
-
 def _skipping_file_documents(path: Path, spec: DatasetSpec, bad: dict[str, int]) -> Iterator[str | list[dict]]:
     """A local file's documents with undecodable lines skipped and counted: a text
     file loses only those lines; a jsonl file with any is skipped whole (other formats
     are read as they are)."""
     fmt = format_of(path, spec.format, "format")
     if fmt == "text":
-        yield from split_paragraphs("".join(_utf8_lines(path, bad)), spec.doc_chars)
+        yield from paragraph_documents(text_pieces(path, empty_ok=True, bad=bad), spec.doc_chars)
         return
     if fmt == "jsonl":
-        for _ in _utf8_lines(path, bad):
+        for _ in text_pieces(path, empty_ok=True, bad=bad):
             pass
         if bad.get(str(path)):
             return
@@ -115,7 +111,7 @@ def _batches(stream: Iterable[tuple[int, object]], size: int) -> Iterator[tuple[
 def _encoded(batches, tokenizer_dir: Path, settings: TokenizeSettings, dtype: np.dtype):
     """(ordinal, ids or None) per document, in stream order; ``workers`` processes
     with a bounded number of batches in flight, or this process for one worker."""
-    args = (settings.append_eos, dtype.str)
+    args = (settings.append_eos, dtype.str, settings.window_chars)
     if settings.workers <= 1:
         init_worker(str(tokenizer_dir))
         for ords, docs in batches:

@@ -27,6 +27,11 @@ class TokenizeConfig:
     heldout_tokens: int = field(0, help="the first documents of the stream, up to this many tokens, are held out")
     workers: int | None = field(None, help="tokenizer worker processes (default: the machine's cores)", hashed=False)
     append_eos: bool = field(True, help="append the tokenizer's EOS token to every document")
+    window_chars: int = field(
+        1 << 18,
+        help="a longer document is tokenized this many characters at a time (bounded memory; the same ids "
+        "for byte-level BPE tokenizers, see docs/recipes.md)",
+    )
     max_documents: int | None = field(None, help="tokenize at most this many documents of the stream")
     on_bad_record: Literal["error", "skip"] | None = field(
         None,
@@ -40,6 +45,7 @@ class TokenizeConfig:
         require(self.shard_tokens > 0, where, "shard_tokens", "must be positive")
         require(self.heldout_tokens >= 0, where, "heldout_tokens", "must be zero or positive")
         require(self.workers is None or self.workers > 0, where, "workers", "must be positive")
+        require(self.window_chars >= 2, where, "window_chars", "must be at least 2")
         require(self.max_documents is None or self.max_documents > 0, where, "max_documents", "must be positive")
 
 
@@ -62,6 +68,7 @@ def run(ctx: StageContext) -> StageResult:
         heldout_tokens=cfg.heldout_tokens,
         workers=cfg.workers or os.cpu_count() or 1,
         append_eos=cfg.append_eos,
+        window_chars=cfg.window_chars,
         progress=ctx.progress,
     )
     made = tokenize_corpus(documents, ctx.models["tokenizer"], ctx.work_dir, settings)
