@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import math
 
+from factory.corpus.artifact import CORPUS_FORMAT
+from factory.corpus.blend import Blend
+from factory.corpus.feed import corpus_dir
 from factory.engines.nemo.capabilities import ALIGNER_CONVERTERS, input_shape
 from factory.pruning.arch import WIDTH_TARGETS
 from factory.recipe import Recipe
 from factory.shapes import first_model
+from foundation.errors import FactoryError
 
 NEMO_SCRIPTS = "$NEMO_DIR/scripts"
 ALIGNER_SCRIPTS = "$ALIGNER_DIR/examples/nlp/gpt"
@@ -55,7 +59,7 @@ def _base(recipe: Recipe, stage: str, backend: str) -> dict:
 
 
 def _data(recipe: Recipe, stage: str, field: str, fmt: str, eval_amount: dict) -> dict:
-    """The dataset a job reads: exported by the host to jsonl before launch."""
+    """Chat or preference records a NeMo-Aligner job reads: exported by the host to jsonl before launch."""
     _, name = recipe.stage_inputs(stage)[field]
     work = work_dir(stage)
     return {
@@ -66,6 +70,84 @@ def _data(recipe: Recipe, stage: str, field: str, fmt: str, eval_amount: dict) -
         "valid": f"{work}/data/valid.jsonl",
         **eval_amount,
     }
+
+
+def _field_value(cfg, field: str):
+    """A (possibly nested, ``calibration.data``) config field's value."""
+    for part in field.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _corpus_path(recipe: Recipe, name: str) -> str | None:
+    """Where the tokenized corpus ``name`` lies (a ``tokenize`` stage's artifact, relative
+    to the run dir, or a datasets: entry pointing at one, absolute), or None for a plain dataset."""
+    if name in recipe.stages:
+        return name if recipe.stages[name].kind == "tokenize" else None
+    found = corpus_dir(recipe.datasets[name], recipe.base)
+    return None if found is None else str(found.resolve())
+
+
+def _corpora(recipe: Recipe, stage: str, field: str) -> list[dict] | None:
+    """The tokenized corpora a stage's ``field`` names, each ``{name, weight, path}``, or
+    None for a plain dataset (which the host prepare step tokenizes). A blend must name
+    tokenized corpora only: a member that is not one is refused in one line."""
+    value = _field_value(recipe.stages[stage], field)
+    if not isinstance(value, Blend):
+        path = _corpus_path(recipe, value)
+        return None if path is None else [{"name": value, "weight": 1.0, "path": path}]
+    out = []
+    for i, (name, weight) in enumerate(zip(value.corpora, value.weights(), strict=True)):
+        path = _corpus_path(recipe, name)
+        if path is None:
+            raise FactoryError(
+                f"stages.{stage}.{field}.blend[{i}]: {name!r} is not a tokenized corpus "
+                "(a blend reads `tokenize` stages or datasets: entries pointing at one)"
+            )
+        out.append({"name": name, "weight": weight, "path": path})
+    return out
+
+
+def _text_data(recipe: Recipe, stage: str, field: str, tokenizer: str, heldout_tokens: int, tokens: int) -> dict:
+    """The corpus a NeMo 2 job reads, as Megatron indexed shards: the tokenized corpora
+    the stage's ``field`` names, read as they are, or else the dataset, which the host
+    prepare step tokenizes (streaming, in worker processes, resumable) into the job's
+    ``tokens/`` dir, the first documents up to ``heldout_tokens`` held out as the
+    ``tokenize`` stage does it, reading about ``tokens`` plus those held-out tokens of
+    it. Either way the shards must have the ``tokenizer`` input's tokenizer."""
+    corpora = _corpora(recipe, stage, field)
+    data = {"field": field, "tokenizer": tokenizer, "heldout": heldout_tokens > 0}
+    if corpora is not None:
+        return {**data, "format": CORPUS_FORMAT, "corpora": corpora}
+    _, name = recipe.stage_inputs(stage)[field]
+    out = f"{work_dir(stage)}/tokens"
+    return {
+        **data,
+        "format": "text",
+        "dataset": name,
+        "tokens": out,
+        "heldout_tokens": heldout_tokens,
+        "max_tokens": tokens + heldout_tokens,
+        "corpora": [{"name": name, "weight": 1.0, "path": out}],
+    }
+
+
+def megatron_paths(data: dict) -> dict:
+    """llm.PreTrainingDataModule ``paths``: per split a Megatron blend list
+    ``[w1, corpus1, w2, corpus2, ...]`` with the weights normalised. Each entry is a
+    tokenized-corpus dir; the job (``job_tools.megatron_blend``) replaces it with its
+    shards, train shards for ``train`` and held-out shards for ``validation`` and
+    ``test``, each weighted by its share of the corpus's tokens."""
+    total = sum(c["weight"] for c in data["corpora"])
+
+    def blend() -> list:
+        out: list = []
+        for c in data["corpora"]:
+            path = c["path"] if c["path"].startswith("/") else f"$RUN_DIR/{c['path']}"
+            out += [round(c["weight"] / total, 12), path]
+        return out
+
+    return {"train": blend(), "validation": blend(), "test": blend()}  # three lists: no YAML aliases
 
 
 # -- NeMo 2 (correct, distill: Megatron training; prune: ModelOpt) -----------------------------------
@@ -123,49 +205,17 @@ def _scheduler(cfg) -> dict:
     return {"max_steps": s["max_steps"], "warmup_steps": s["warmup_steps"], "constant_steps": 0, "min_lr": s["min_lr"]}
 
 
-def _pretraining_data(cfg, res, seed: int, tokens_prefix: str) -> dict:
-    """llm.PreTrainingDataModule arguments over Megatron-indexed train/validation splits."""
+def _pretraining_data(cfg, res, seed: int, data: dict, work: str) -> dict:
+    """llm.PreTrainingDataModule arguments over the train and held-out shards of the corpora."""
     return {
-        "paths": {
-            "train": [1.0, f"$RUN_DIR/{tokens_prefix}/train_text_document"],
-            "validation": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"],
-            "test": [f"$RUN_DIR/{tokens_prefix}/valid_text_document"],
-        },
+        "paths": megatron_paths(data),
         "split": None,  # the three splits are given: no split of one blend
         "seq_length": cfg.seq_len,
         "micro_batch_size": res.micro_batch_size,
         "global_batch_size": cfg.batch_size * cfg.grad_accum,
         "seed": seed,
-        "index_mapping_dir": f"$RUN_DIR/{tokens_prefix}/index",
+        "index_mapping_dir": f"$RUN_DIR/{work}/index",
     }
-
-
-def _tokenize(data: dict, tokenizer_dir: str, work: str, workers: int) -> list[list[str]]:
-    """NeMo's Megatron preprocessing of both splits with the model's own HF tokenizer."""
-    steps = []
-    for split in ("train", "valid"):
-        steps.append(
-            [
-                "python",
-                f"{NEMO_SCRIPTS}/nlp_language_modeling/preprocess_data_for_megatron.py",
-                "--input",
-                f"$RUN_DIR/{data[split]}",
-                "--json-keys",
-                "text",
-                "--tokenizer-library",
-                "huggingface",
-                "--tokenizer-type",
-                f"$RUN_DIR/{tokenizer_dir}",
-                "--dataset-impl",
-                "mmap",
-                "--append-eod",
-                "--workers",
-                str(workers),
-                "--output-prefix",
-                f"$RUN_DIR/{work}/tokens/{split}",
-            ]
-        )
-    return steps
 
 
 def _nemo2_steps(spec: dict, tokenize: list) -> dict:
@@ -186,15 +236,15 @@ def _imports(spec: dict) -> dict:
 def correct_spec(recipe: Recipe, stage: str) -> dict:
     cfg = recipe.stages[stage]
     spec = _base(recipe, stage, "nemo2")
-    spec["data"] = _data(recipe, stage, "data", "text", {"eval_tokens": cfg.eval_tokens})
+    spec["data"] = _training_data(recipe, stage, cfg, tokenizer="model")
     spec["nemo2"] = {"api": "llm.train", "imports": _imports(spec), "model": "model"}
-    return _nemo2_training(spec, recipe, stage, tokenizer="model")
+    return _nemo2_training(spec, recipe, stage)
 
 
 def distill_spec(recipe: Recipe, stage: str) -> dict:
     cfg = recipe.stages[stage]
     spec = _base(recipe, stage, "nemo2")
-    spec["data"] = _data(recipe, stage, "data", "text", {"eval_tokens": cfg.eval_tokens})
+    spec["data"] = _training_data(recipe, stage, cfg, tokenizer="teacher")
     pairs = [[f"decoder.layers.{s}", f"decoder.layers.{t}"] for s, t in (cfg.intermediate_layer_pairs or [])]
     spec["nemo2"] = {
         "api": "llm.distill",
@@ -209,13 +259,20 @@ def distill_spec(recipe: Recipe, stage: str) -> dict:
             "kd_loss_scale": cfg.kd_loss_scale,
         },
     }
-    return _nemo2_training(spec, recipe, stage, tokenizer="teacher")
+    return _nemo2_training(spec, recipe, stage)
 
 
-def _nemo2_training(spec: dict, recipe: Recipe, stage: str, tokenizer: str) -> dict:
+def _training_data(recipe: Recipe, stage: str, cfg, tokenizer: str) -> dict:
+    """The corpus of a NeMo 2 training job (correct, distill): held-out tokens as the
+    native engine holds them out (whole ``seq_len`` blocks covering ``eval_tokens``)."""
+    heldout = max(1, math.ceil(cfg.eval_tokens / cfg.seq_len)) * cfg.seq_len
+    return _text_data(recipe, stage, "data", tokenizer, heldout, cfg.total_steps * cfg.tokens_per_step)
+
+
+def _nemo2_training(spec: dict, recipe: Recipe, stage: str) -> dict:
     """What every NeMo 2 training job (llm.train, llm.distill) adds after its own keys:
-    trainer, optimizer, schedule, packed data, checkpoints, the token budget, and the
-    steps that tokenize the corpus with the ``tokenizer`` input's tokenizer."""
+    trainer, optimizer, schedule, the data module over the corpus's shards, checkpoints
+    and the token budget."""
     cfg = recipe.stages[stage]
     settings = recipe.engine_settings["nemo"]
     res = settings.resources(stage)
@@ -224,14 +281,12 @@ def _nemo2_training(spec: dict, recipe: Recipe, stage: str, tokenizer: str) -> d
             "trainer": _trainer(cfg, res, settings.precision),
             "optimizer": _optimizer(cfg, settings.precision),
             "scheduler": _scheduler(cfg),
-            "data": _pretraining_data(cfg, res, recipe.seed, f"{spec['work']}/tokens"),
+            "data": _pretraining_data(cfg, res, recipe.seed, spec["data"], spec["work"]),
             "checkpoints": f"{spec['work']}/train",
         }
     )
     spec["tokens"] = cfg.total_steps * cfg.tokens_per_step
-    spec["steps"] = _nemo2_steps(
-        spec, _tokenize(spec["data"], spec["inputs"][tokenizer], spec["work"], settings.workers)
-    )
+    spec["steps"] = _nemo2_steps(spec, [])  # the data is tokenized before the job starts
     return spec
 
 
@@ -280,26 +335,21 @@ def prune_spec(recipe: Recipe, stage: str, src: dict | None) -> dict:
         "num_train_samples": c.samples,
         "save_path": f"{spec['work']}/pruned",
     }
-    tokenize = []
     if needs_data:
-        spec["data"] = _data(recipe, stage, "calibration.data", "text", {"eval_tokens": 0})
+        # calibration reads training shards only: no held-out split (validation falls back to train shards)
+        spec["data"] = _text_data(recipe, stage, "calibration.data", "model", 0, c.samples * c.seq_len)
         nemo2["data"] = {
-            "paths": {
-                "train": [1.0, f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
-                "validation": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
-                "test": [f"$RUN_DIR/{spec['work']}/tokens/train_text_document"],
-            },
+            "paths": megatron_paths(spec["data"]),
             "split": None,
             "seq_length": c.seq_len,
             "micro_batch_size": c.batch_size,
             "global_batch_size": c.batch_size,
             "seed": recipe.seed,
-            "index_mapping_dir": f"$RUN_DIR/{spec['work']}/tokens/index",
+            "index_mapping_dir": f"$RUN_DIR/{spec['work']}/index",
         }
-        tokenize = _tokenize(spec["data"], spec["inputs"]["model"], spec["work"], settings.workers)[:1]
     spec["nemo2"] = nemo2
     spec["tokens"] = c.samples * c.seq_len if needs_data else 0
-    spec["steps"] = _nemo2_steps(spec, tokenize)
+    spec["steps"] = _nemo2_steps(spec, [])
     return spec
 
 

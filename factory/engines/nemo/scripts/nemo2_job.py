@@ -79,7 +79,34 @@ def data_module(spec: dict, args: dict, tokenizer=None):
         )  # only inside the NeMo container
 
         tokenizer = AutoTokenizer(str(at(spec["inputs"][spec["nemo2"].get("tokenizer_from", _first_input(spec))])))
-    return llm.PreTrainingDataModule(tokenizer=tokenizer, **expand(args))
+    args = expand(args)
+    args["paths"] = {split: megatron_blend(entries, split) for split, entries in args["paths"].items()}
+    return llm.PreTrainingDataModule(tokenizer=tokenizer, **args)
+
+
+CORPUS_FILE = "corpus.json"  # a tokenized corpus's index (factory.corpus.artifact.CORPUS_FILE)
+
+
+def megatron_blend(entries: list, split: str) -> list:
+    """A Megatron blend list ``[w1, prefix1, w2, prefix2, ...]`` in which every entry that
+    is a tokenized-corpus dir (one holding ``corpus.json``) becomes its shards: the train
+    shards for ``train``, the held-out shards for ``validation`` and ``test`` (the train
+    shards of a corpus without any: calibration data), each weighted by its share of the
+    corpus's tokens, so the corpus keeps its weight. Shard prefixes stay as they are."""
+    if not entries or isinstance(entries[0], str):
+        return entries  # unweighted prefixes: Megatron weighs them by size
+    out: list = []
+    for weight, path in zip(entries[::2], entries[1::2], strict=True):
+        index = Path(path) / CORPUS_FILE
+        if not index.is_file():
+            out += [weight, path]
+            continue
+        meta = json.loads(index.read_text())
+        shards = meta["train"] if split == "train" else (meta["heldout"] or meta["train"])
+        total = sum(s["tokens"] for s in shards)
+        for s in shards:
+            out += [weight * s["tokens"] / total, str(Path(path) / s["prefix"])]
+    return out
 
 
 def _first_input(spec: dict) -> str:

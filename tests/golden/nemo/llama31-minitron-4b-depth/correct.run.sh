@@ -14,24 +14,6 @@ export PYTHONPATH="$JOB_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 prepare() {
   date +%s > "$JOB_DIR/.started"
-  python "$NEMO_DIR/scripts/nlp_language_modeling/preprocess_data_for_megatron.py" \
-      --input "$RUN_DIR/.nemo/correct/data/train.jsonl" \
-      --json-keys text \
-      --tokenizer-library huggingface \
-      --tokenizer-type "$RUN_DIR/.sources/teacher" \
-      --dataset-impl mmap \
-      --append-eod \
-      --workers 8 \
-      --output-prefix "$RUN_DIR/.nemo/correct/tokens/train"
-  python "$NEMO_DIR/scripts/nlp_language_modeling/preprocess_data_for_megatron.py" \
-      --input "$RUN_DIR/.nemo/correct/data/valid.jsonl" \
-      --json-keys text \
-      --tokenizer-library huggingface \
-      --tokenizer-type "$RUN_DIR/.sources/teacher" \
-      --dataset-impl mmap \
-      --append-eod \
-      --workers 8 \
-      --output-prefix "$RUN_DIR/.nemo/correct/tokens/valid"
   python "$JOB_DIR/job.py" import "$JOB_DIR/config.yaml"
 }
 

@@ -14,15 +14,6 @@ export PYTHONPATH="$JOB_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 prepare() {
   date +%s > "$JOB_DIR/.started"
-  python "$NEMO_DIR/scripts/nlp_language_modeling/preprocess_data_for_megatron.py" \
-      --input "$RUN_DIR/.nemo/prune/data/train.jsonl" \
-      --json-keys text \
-      --tokenizer-library huggingface \
-      --tokenizer-type "$RUN_DIR/correct" \
-      --dataset-impl mmap \
-      --append-eod \
-      --workers 8 \
-      --output-prefix "$RUN_DIR/.nemo/prune/tokens/train"
   python "$JOB_DIR/job.py" import "$JOB_DIR/config.yaml"
 }
 

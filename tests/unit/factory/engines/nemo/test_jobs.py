@@ -336,15 +336,6 @@ def test_render_chat_splits_exactly_at_the_assistant_turns(tmp_path):
     assert dpo["rejected_response"].startswith("5")
 
 
-def test_text_export_holds_out_about_eval_tokens():
-    from factory.engines.nemo.prepare import text_split
-
-    docs = [f"{i:03d}" + "x" * 397 for i in range(50)]  # 400 characters each, about 100 tokens
-    train, valid = text_split(docs, eval_tokens=1000, seed=3)
-    assert len(valid) == 10 and len(train) == 40 and sorted(train + valid) == sorted(docs)
-    assert text_split(docs, 1000, 3) == (train, valid)  # seeded
-
-
 def test_finalized_nemo_artifact_is_cached_for_the_native_pipeline(tmp_path):
     """A mixed recipe: the nemo job's exported checkpoint becomes an artifact the
     native pipeline recognises, so a native stage after it runs on it unchanged."""
@@ -433,7 +424,7 @@ MIXED = """
 name: mixed
 engine: nemo
 engines: {again: native}
-nemo: {gpus_per_node: 1, launcher: LAUNCHER}
+nemo: {gpus_per_node: 1, launcher: LAUNCHER, workers: 1}
 models: {teacher: {tiny: {num_hidden_layers: 2, hidden_size: 64, num_attention_heads: 4,
                           num_key_value_heads: 2, intermediate_size: 128}}}
 datasets: {corpus: {path: corpus.txt, licence: CC0-1.0, doc_chars: 200}}
@@ -456,6 +447,7 @@ def _mixed(tmp_path, launcher: str):
 def test_local_run_prepares_launches_and_hands_over_to_native(tmp_path, monkeypatch):
     """`factory run` with the job itself stubbed: what a job reads is in place, its
     artifact is published, and the native stage after it trains on it."""
+    from factory.corpus import load_corpus
     from factory.engines.nemo import finalize, launchers
     from factory.sources.tiny import TinyLlamaSpec, build_tiny
 
@@ -466,10 +458,9 @@ def test_local_run_prepares_launches_and_hands_over_to_native(tmp_path, monkeypa
         launched.append(spec["stage"])
         for field, rel in spec["inputs"].items():  # inputs are HF checkpoints in the run dir
             assert (run_dir / rel / "config.json").is_file(), (field, rel)
-        train = (run_dir / spec["data"]["train"]).read_text().splitlines()
-        valid = (run_dir / spec["data"]["valid"]).read_text().splitlines()
-        assert (len(train), len(valid)) == (39, 1)  # 64 held-out tokens: one ~260-character paragraph
-        assert json.loads(train[0])["text"].startswith("paragraph")
+        corpus = load_corpus(run_dir / spec["data"]["tokens"])  # tokenized here: the job reads the shards
+        # 64 held-out tokens: one paragraph; then (128 + 64 tokens) x 5 characters: three more of 260
+        assert (sum(map(len, corpus.train)), sum(map(len, corpus.heldout))) == (3, 1)
         build_tiny(
             TinyLlamaSpec(
                 num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
