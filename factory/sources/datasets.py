@@ -347,18 +347,6 @@ def text_pieces(path: Path, empty_ok: bool = False, bad: dict[str, int] | None =
         raise FactoryError(f"{path}: empty data file ({size} bytes, no text)")
 
 
-def text_lines(path: Path, empty_ok: bool = False) -> Iterator[str]:
-    """The file's lines (each with its ``\\n``), read as :func:`text_pieces` reads them."""
-    parts: list[str] = []
-    for piece in text_pieces(path, empty_ok):
-        parts.append(piece)
-        if piece.endswith("\n"):
-            yield "".join(parts)
-            parts = []
-    if parts:
-        yield "".join(parts)
-
-
 def read_data_text(path: Path, empty_ok: bool = False) -> str:
     """A data file's whole text, checked as :func:`text_pieces` checks it: for formats
     that are one value (a JSON array, a JSON task file)."""
@@ -409,8 +397,31 @@ def _json_array_records(path: Path, text: str, start: int) -> Iterator[tuple[int
             raise FactoryError(f"{path}:{text.count(chr(10), 0, i) + 1}: invalid JSON (expected ',' or ']')")
 
 
-def _json_lines_records(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, dict | RecordError]]:
+def _decoded_lines(path: Path, empty_ok: bool) -> Iterator[str | RecordError]:
+    """A JSON-lines file's lines, a line at a time (a record is parsed whole anyway); a
+    line that is not UTF-8 comes as a RecordError naming ``file:line``, so that
+    ``on_bad_record: skip`` skips and counts it like any other bad record."""
+    seen, size = False, 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            size += len(raw)
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                detail = f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at column {e.start + 1}): a binary file?"
+                yield RecordError(f"{path}:{n}", "not UTF-8", detail)
+                continue
+            seen = seen or bool(line.strip())
+            yield line
+    if not empty_ok and not seen:
+        raise FactoryError(f"{path}: empty data file ({size} bytes, no text)")
+
+
+def _json_lines_records(path: Path, lines: Iterable[str | RecordError]) -> Iterator[tuple[int, dict | RecordError]]:
     for lineno, line in enumerate(lines, 1):
+        if isinstance(line, RecordError):
+            yield lineno, line
+            continue
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -430,16 +441,18 @@ def _json_lines_records(path: Path, lines: Iterable[str]) -> Iterator[tuple[int,
 def json_records(path: Path, empty_ok: bool = False) -> Iterator[tuple[int, dict | RecordError]]:
     """(line number, record) of a JSON-lines file (read a line at a time) or of a file
     holding one JSON array (the line each record starts on; an array is one value, so
-    it is read whole). A malformed line comes back as a RecordError for the caller to
-    raise or skip; a malformed array is an error."""
-    lines = text_lines(path, empty_ok)
+    it is read whole). A malformed or undecodable line comes back as a RecordError for
+    the caller to raise or skip; a malformed array is an error."""
+    lines = _decoded_lines(path, empty_ok)
     head = []
     for line in lines:
         head.append(line)
-        if line.strip():
+        if isinstance(line, RecordError) or line.strip():
             break
-    if "".join(head).lstrip().startswith("["):  # one JSON value: read whole
-        text = "".join(chain(head, lines))
+    first = head[-1] if head else ""
+    if isinstance(first, str) and first.lstrip().startswith("["):  # one JSON value: read whole
+        lines.close()
+        text = read_data_text(path, empty_ok)
         return _json_array_records(path, text, _skip_space(text, 0) + 1)
     return _json_lines_records(path, chain(head, lines))
 

@@ -175,3 +175,17 @@ def test_a_large_text_file_is_read_in_flat_memory(tmp_path):
     chars, grew_kib = map(int, out.stdout.split())
     assert size > 30 * 2**20 and chars > 0.99 * size
     assert grew_kib < 8 * 1024, grew_kib  # reading it whole would hold 30+ MiB of bytes and as much text
+
+
+def test_an_undecodable_record_line_is_a_bad_record_skipped_or_named(tmp_path):
+    from factory.alignment.records import BadRecords, iter_conversations
+
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    good = json.dumps({"messages": chat}).encode()
+    (tmp_path / "c.jsonl").write_bytes(good + b"\n" + good[:-3] + b'\xff"}]}\n' + good + b"\n")
+    with pytest.raises(FactoryError, match=r"c\.jsonl:2: not UTF-8 text \(byte 0xff at column \d+\)"):
+        list(iter_documents(DatasetSpec(path="c.jsonl", format="chat"), tmp_path))
+    bad = BadRecords()
+    kept = list(iter_conversations(DatasetSpec(path="c.jsonl", format="chat", on_bad_record="skip"), tmp_path, bad))
+    assert [c.messages for c in kept] == [chat, chat]
+    assert bad.reasons == {"not UTF-8": 1} and bad.first["not UTF-8"].startswith(f"{tmp_path / 'c.jsonl'}:2:")
