@@ -233,7 +233,7 @@ def add_commands(sub, catalog: ModelCatalog | None = None) -> None:
 def _add_eval(sub, catalog: ModelCatalog | None) -> None:
     """The ``eval`` command: run a suite on one model."""
     sp = sub.add_parser("eval", help="run an evaluation suite on a model; writes results.json and a report")
-    packaged = ", a packaged model's name (e.g. smollm2-135m-instruct)" if catalog is not None else ""
+    packaged = ", a packaged model's name (an unknown name lists them)" if catalog is not None else ""
     sp.add_argument("model", help=f"HF checkpoint dir{packaged}, or the model's name on an OpenAI-compatible server")
     sp.add_argument("--suite", default="quick", help="shipped suite name (quick, full) or a suite YAML file")
     sp.add_argument("--engine", choices=ENGINES, help="override the suite's engine")
