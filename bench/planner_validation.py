@@ -103,7 +103,8 @@ GPU_TOKENS = 131_072  # correct's and distill's budget at scale 1 on a GPU (4 st
 def run_smoke(runs: Path, overrides: list[str]) -> float:
     """Run the smoke line into ``runs`` (fresh); the seconds it took."""
     t0 = time.perf_counter()
-    cmd = [str(ROOT / ".venv/bin/factory"), "run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", *overrides]
+    # this interpreter, not a console script: a GPU machine runs the bench without the project's .venv
+    cmd = [sys.executable, "-m", "factory.cli", "run", str(SMOKE), "--runs-dir", str(runs), "--no-progress", *overrides]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
