@@ -29,7 +29,8 @@ NEMO2_MODELS = {
 # HF model_type -> stem of NeMo's scripts/checkpoint_converters/convert_<stem>_{hf_to_nemo,nemo_to_hf}.py,
 # which make the .nemo files NeMo-Aligner trains.
 ALIGNER_CONVERTERS = {"llama": "llama", "mistral": "mistral_7b", "qwen2": "qwen2"}
-# The ModelOpt that nemo-toolkit 2.7.3 pins (scripts/nemo-env.lock; the NGC image ships the same).
+# The ModelOpt that nemo-toolkit 2.7.3 pins (scripts/nemo-env.lock); containers/Dockerfile.nemo installs
+# exactly it over the NGC image (nemo:26.02 itself ships 0.41).
 MODELOPT_VERSION = "0.37.0"
 # mcore_minitron searches hidden and MLP widths in steps of this (ModelOpt 0.37, pinned by NeMo 2.7.3).
 MODELOPT_WIDTH_DIVISOR = 64
