@@ -38,7 +38,7 @@ from factory.sources.documents import iter_documents
 from factory.sources.models import resolve_path
 from foundation import storage
 from foundation.errors import FactoryError
-from foundation.hashing import sha256_json
+from foundation.hashing import sha256_file, sha256_json
 
 PROGRESS_FILE = "tokenize-progress.json"
 
@@ -67,6 +67,9 @@ class _State:
     documents: int = 0
     tokens: int = 0
     empty: int = 0
+    # per finished shard, in the order finished (held-out first): its files' sha256 and the
+    # stream position and empty-document count after it, to fall back to if it is damaged
+    marks: list = field(default_factory=list)
 
 
 # ---- documents ------------------------------------------------------------------------------------------
@@ -151,6 +154,8 @@ class _Shards:
         entry = {"prefix": f"shards/{self.writer.prefix.name}", **self.writer.finish()}
         getattr(self.state, self.split).append(entry)
         self.state.documents_read = documents_read
+        files = {ext: sha256_file(Path(f"{self.writer.prefix}{ext}")) for ext in (".bin", ".idx")}
+        self.state.marks.append({"sha256": files, "documents_read": documents_read, "empty": self.state.empty})
         _save_progress(self.root.parent, self.state)
         self.writer = None
 
@@ -199,6 +204,43 @@ def _load_progress(work_dir: Path, key: str) -> _State:
     return _State(**saved) if saved.get("key") == key else _State(key=key)
 
 
+def _damaged(work_dir: Path, state: _State) -> tuple[int, str] | None:
+    """(place in finishing order, file) of the first finished shard whose file is missing
+    or differs from the sha256 recorded when it was finished, or None."""
+    for k, (shard, mark) in enumerate(zip(state.heldout + state.train, state.marks, strict=True)):
+        for ext, want in mark["sha256"].items():
+            path = work_dir / f"{shard['prefix']}{ext}"
+            if not path.is_file() or sha256_file(path) != want:
+                return k, f"{shard['prefix']}{ext}"
+    return None
+
+
+def _checked_progress(work_dir: Path, state: _State, say: bool) -> _State:
+    """``state`` cut back to before its first damaged shard (truncated or altered on disk
+    since it was finished), so that shard and those after it are tokenized again."""
+    if len(state.marks) != len(state.heldout) + len(state.train):
+        return _State(key=state.key)  # not a progress file this version wrote: start over
+    found = _damaged(work_dir, state)
+    if found is None:
+        return state
+    k, name = found
+    if say:
+        print(f"tokenize: {work_dir / name} does not match its sha256: rebuilding from it", file=sys.stderr)
+    kept = (state.heldout + state.train)[:k]
+    held = len(state.heldout) if k >= len(state.heldout) else k
+    before = state.marks[k - 1] if k else {"documents_read": 0, "empty": 0}
+    return _State(
+        key=state.key,
+        documents_read=before["documents_read"],
+        heldout=kept[:held],
+        train=kept[held:],
+        documents=sum(s["documents"] for s in kept),
+        tokens=sum(s["tokens"] for s in kept),
+        empty=before["empty"],
+        marks=state.marks[:k],
+    )
+
+
 class _Progress:
     """Tokens/s on stderr, at most every ``every`` seconds, and once at the end."""
 
@@ -236,6 +278,7 @@ def tokenize_corpus(documents: Iterable, tokenizer_dir: Path, work_dir: Path, se
     dtype = token_dtype(len(tok))
     shaping = {k: v for k, v in asdict(settings).items() if k not in ("workers", "progress")}
     state = _load_progress(work_dir, sha256_json({"tokenizer": digest, **shaping}))
+    state = _checked_progress(work_dir, state, settings.progress)
     if state.documents_read and settings.progress:
         print(f"tokenize: resuming after {state.documents_read} documents", file=sys.stderr, flush=True)
     shards = _Shards(work_dir / "shards", dtype, settings, state)

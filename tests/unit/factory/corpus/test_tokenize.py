@@ -106,6 +106,55 @@ def test_a_crash_mid_run_resumes_at_the_last_shard_with_identical_shards(tmp_pat
 tk_encode = tk.encode
 
 
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, shard, kept",
+    [
+        (_flip, "train-00001.bin", 2),  # altered in place, same size: only its hash tells
+        (lambda p: p.write_bytes(p.read_bytes()[:-2]), "train-00000.bin", 1),
+        (lambda p: p.unlink(), "heldout-00000.idx", 0),
+    ],
+)
+def test_a_damaged_finished_shard_is_found_by_hash_and_rebuilt_on_resume(
+    tmp_path, tok_dir, monkeypatch, capsys, damage, shard, kept
+):
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    settings = _settings(heldout_tokens=50, batch_documents=5)
+    tokenize_corpus(iter(_docs()), tok_dir, clean, settings)
+    finish, calls = IndexedWriter.finish, []
+
+    def dying_finish(self):
+        calls.append(self.prefix.name)
+        if len(calls) == 5:  # held-out + 3 train shards finished
+            raise Crash
+        return finish(self)
+
+    monkeypatch.setattr(IndexedWriter, "finish", dying_finish)
+    with pytest.raises(Crash):
+        tokenize_corpus(iter(_docs()), tok_dir, crashed, settings)
+    monkeypatch.setattr(IndexedWriter, "finish", finish)
+    marks = json.loads((crashed / tk.PROGRESS_FILE).read_text())["marks"]
+    damage(crashed / "shards" / shard)
+    encoded = []
+    monkeypatch.setattr(tk, "encode", lambda docs, *a: encoded.extend(docs) or tk_encode(docs, *a))
+    made = tokenize_corpus(
+        iter(_docs()), tok_dir, crashed, _settings(heldout_tokens=50, batch_documents=5, progress=True)
+    )
+    err = capsys.readouterr().err
+    assert f"{crashed / 'shards' / shard} does not match its sha256: rebuilding from it" in err
+    start = marks[kept - 1]["documents_read"] if kept else 0
+    assert encoded == _docs()[start:]  # the shards before the damaged one are kept, it and the rest redone
+    assert _shard_bytes(crashed) == _shard_bytes(clean)
+    assert made["documents"] == len(_docs()) and made["tokens"] == sum(
+        s["tokens"] for s in made["train"] + made["heldout"]
+    )
+
+
 def test_changed_settings_start_over_instead_of_resuming(tmp_path, tok_dir):
     tokenize_corpus(iter(_docs()), tok_dir, tmp_path, _settings())
     made = tokenize_corpus(iter(_docs()), tok_dir, tmp_path, _settings(shard_tokens=400))
