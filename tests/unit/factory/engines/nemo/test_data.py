@@ -164,6 +164,10 @@ def test_a_corpus_without_heldout_shards_is_refused_for_a_job_that_validates(tmp
     _tokenize_stages(recipe, runs, "bare")
     with pytest.raises(FactoryError, match=r"^stages\.correct\.data: corpus 'bare' .* has no held-out shards"):
         _prepare(recipe, runs)
+    # calibration data (prune) validates on nothing: its validation split falls back to the train shards
+    bare = runs / "data" / "bare"
+    train = [1.0, str(bare / "shards" / "train-00000")]
+    assert megatron_blend([1.0, str(bare)], "validation") == megatron_blend([1.0, str(bare)], "train") == train
 
 
 def test_a_blend_member_that_is_not_a_tokenized_corpus_is_refused_in_one_line(tmp_path):
