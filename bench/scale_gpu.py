@@ -209,6 +209,10 @@ def estimate_and_prune(teacher, scale: Scale, device: torch.device, peak: float)
     t_imp = time.perf_counter() - t0
     s = scale.student
     plan = width.make_plan(imp, src, list(range(src.num_layers)), s["hidden"], s["ffn"], s["heads"], s["groups"])
+    # the plan's indices where the weights are: under the device context every index
+    # tensor apply makes is created there, and indexing needs both on one device
+    on = lambda ts: [t.to(device) for t in ts]  # noqa: E731
+    plan = replace(plan, hidden=plan.hidden.to(device), ffn=on(plan.ffn), heads=on(plan.heads), groups=on(plan.groups))
     t0 = time.perf_counter()
     with torch.device(device):
         student = width.apply(teacher, plan)
