@@ -1,6 +1,8 @@
 # Checks of the nemo engine in a separate environment (never the project's .venv).
 #   make nemo-env      create it (about 3 GB, a few minutes): scripts/nemo-env.sh
-#   make nemo-check    build every generated NeMo / ModelOpt / Aligner config object from the real code
+#   make nemo-check    build every generated NeMo / ModelOpt / Aligner config object from the real code,
+#                      and run every paper recipe's jobs (tiny checkpoints of the same architectures) on
+#                      the CPU up to their first CUDA call (tests/nemo_env; NEMO_SRC: NeMo's scripts/)
 NEMO_VENV ?= $(CURDIR)/.venv-nemo
 
 .PHONY: nemo-env nemo-check
