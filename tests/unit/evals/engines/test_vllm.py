@@ -74,9 +74,12 @@ def test_planned_identity_resolves_the_dtype_as_the_engine_will(tmp_path, monkey
     assert planned_identity("vllm", str(model), {"dtype": "bfloat16"})["dtype"] == "bfloat16"
     assert planned_identity("vllm", str(model), {"engine_args": {"dtype": "float16"}})["dtype"] == "float16"
     monkeypatch.setattr(vllm_engine, "cpu_has_native_bf16", lambda cpuinfo=None: True)
-    assert planned_identity("vllm", str(model), {})["dtype"] == "auto"
+    # vLLM's auto: the dtype it computes in is known once it has read the checkpoint, so the
+    # planned identity cannot name it (the built engine's description does, see describe)
+    assert planned_identity("vllm", str(model), {}) is None
     monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: False)  # a GPU: vLLM's auto
-    assert planned_identity("vllm", str(model), {"max_num_seqs": 8})["dtype"] == "auto"
+    assert planned_identity("vllm", str(model), {"max_num_seqs": 8}) is None
+    assert planned_identity("vllm", str(model), {"dtype": "float32"})["dtype"] == "float32"
     assert planned_identity("vllm", "org/hub-name", {}) is None  # content not on this machine
     assert planned_identity("openai", "served", {"base_url": "http://h/v1"}) is None  # only the server knows
     assert planned_identity("vllm", str(model), {"batch": 4}) is None  # make_engine reports the bad key
