@@ -28,6 +28,7 @@ from evals.api import Completion, Request, Sample
 from evals.completion_cache import CompletionCache, LoglikStore, writer_lock
 from evals.engines import LazyEngine
 from evals.engines.cached import CHUNK, CachedEngine
+from evals.engines.choice import AUTO, resolve_engine
 from evals.engines.common import model_hash
 from evals.suite import Suite, TaskEntry
 from evals.tasks import get_task
@@ -165,24 +166,37 @@ def _task_entry(p: Planned, records: list[dict], wall: float, boot: dict) -> dic
 
 
 def _engine(
-    model: str, suite: Suite, engine: Any, settings: dict | None, cache: CompletionCache | None, cached_only: bool
-) -> tuple[Any, bool]:
-    """The engine generation goes through, and whether the run owns (so closes) it.
+    model: str,
+    suite: Suite,
+    engine: Any,
+    settings: dict | None,
+    cache: CompletionCache | None,
+    cached_only: bool,
+    tokens: int | None = None,
+) -> tuple[Any, bool, str | None]:
+    """The engine generation goes through, whether the run owns (so closes) it, and
+    why ``auto`` chose it (None: not chosen; ``tokens``: what the run may generate).
 
     ``engine``: an engine object the caller built, or a name (None: the suite's),
     built on first use with the suite's settings and the caller's on top. With a
     cache, a CachedEngine stands in front of it; with ``cached_only``, a
     CachedEngine with nothing behind it."""
     if cached_only:
-        return CachedEngine(None, cache, model=model, engine=engine if isinstance(engine, str) else None), True
+        return CachedEngine(None, cache, model=model, engine=engine if isinstance(engine, str) else None), True, None
     owned = engine is None or isinstance(engine, str)
-    inner = engine
+    inner, reason = engine, None
     if owned:
-        name = engine or suite.engine
-        inner = LazyEngine(
-            name, model, {**suite.settings_for(name), **(settings or {})}, where=f"{suite.file}: engine_settings.{name}"
+        # auto: hf or vllm, whichever is faster here for this much generation
+        name, chosen, reason = resolve_engine(
+            engine or suite.engine, {**suite.settings_for("vllm"), **(settings or {})}, tokens
         )
-    return (CachedEngine(inner, cache, chunk=CHUNK) if cache is not None else inner), owned
+        inner = LazyEngine(
+            name,
+            model,
+            {**chosen, **suite.settings_for(name), **(settings or {})},
+            where=f"{suite.file}: engine_settings.{name}",
+        )
+    return (CachedEngine(inner, cache, chunk=CHUNK) if cache is not None else inner), owned, reason
 
 
 def _run_generation(
@@ -317,12 +331,15 @@ def _run_suite(
     walls: dict[str, float] = {}
     missing: dict[str, dict] = {}
     generated = [p for p in planned if not p.needs_model]
-    eng, owned = _engine(model, suite, engine, engine_settings, kept, cached_only)
+    tokens = sum(s.request.sampling.max_tokens * s.request.sampling.n for p in generated for s in p.samples)
+    eng, owned, chosen = _engine(model, suite, engine, engine_settings, kept, cached_only, tokens)
     try:
         described = _run_generation(generated, eng, cached_only, progress, records, walls, missing)
     finally:
         if owned:  # before the model tasks, which load the model again
             eng.close()
+    if chosen:
+        described = {**described, "chosen_by": f"{AUTO}: {chosen}"}
     identity = {**model_identity(model, described), "label": label or Path(model).name or model}
     _run_model_tasks(planned, model, identity["hash"], progress, kept, cached_only, records, walls, missing)
     planned = [p for p in planned if p.entry.name in records]

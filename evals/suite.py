@@ -4,7 +4,7 @@ A suite is YAML::
 
     name: quick
     description: small subsets, minutes on a CPU
-    engine: hf                      # hf | vllm | openai (the CLI may override)
+    engine: hf                      # hf | vllm | openai | auto (the CLI may override)
     engine_settings:                # per engine: used when that engine runs
       hf: {max_batch: 8}
     sampling: {max_tokens: 256}     # defaults for every task (evals.api.Sampling keys)
@@ -33,6 +33,7 @@ import yaml
 
 from evals.api import Sampling
 from evals.engines import ENGINES, check_engine_settings
+from evals.engines.choice import AUTO
 from evals.tasks import get_task, task_class, task_names
 from foundation.configs import coerce
 from foundation.errors import ConfigError, FactoryError
@@ -141,8 +142,8 @@ def _parse(data: Any, file: str) -> Suite:
             raise ConfigError(key, "missing required key")
     name = coerce(str, data["name"], "name")
     engine = coerce(str, data.get("engine", "hf"), "engine")
-    if engine not in ENGINES:
-        raise ConfigError("engine", f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if engine not in (*ENGINES, AUTO):
+        raise ConfigError("engine", f"unknown engine {engine!r} (known: {', '.join(ENGINES)}, {AUTO})")
     settings = coerce(dict[str, dict[str, Any]], data.get("engine_settings") or {}, "engine_settings")
     for key in settings:
         if key not in ENGINES:

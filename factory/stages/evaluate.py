@@ -18,6 +18,7 @@ from typing import Any, Literal
 from evals import report
 from evals import results as res
 from evals.engines import ENGINES, check_engine_settings
+from evals.engines.choice import AUTO
 from evals.runner import run_suite
 from evals.suite import check_suite, is_file_ref, parse_sampling, parse_suite
 from evals.suite import load_suite as load_file
@@ -80,11 +81,14 @@ class EvaluateConfig:
         """The settings of the engine that will run (this stage's or the suite's),
         this stage's ``engine_settings`` over the suite's, as building it would check them."""
         engine = self.engine or suite.engine
-        try:
-            check_engine_settings(engine, {**suite.settings_for(engine), **self.engine_settings})
-        except ConfigError as e:
-            key = f"{where}.engine_settings" + (f".{e.where}" if e.where else "")
-            raise ConfigError(key, e.message) from None
+        # auto runs hf or vllm (decided at run time): the settings must suit either
+        for name in ("hf", "vllm") if engine == AUTO else (engine,):
+            try:
+                check_engine_settings(name, {**suite.settings_for(name), **self.engine_settings})
+            except ConfigError as e:
+                key = f"{where}.engine_settings" + (f".{e.where}" if e.where else "")
+                hint = f" (the suite's engine is {AUTO}, which may run {name}: set engine)" if engine == AUTO else ""
+                raise ConfigError(key, e.message + hint) from None
 
     def model_fields(self) -> dict[str, str]:
         """Label -> the StageContext.models key of that model."""
@@ -122,6 +126,14 @@ def load_suite(suite, base: Path | None, where: str):
         raise
     except FactoryError as e:
         raise ConfigError(where, str(e)) from None
+
+
+def _engine_used(results: dict) -> dict:
+    """Which engine made a model's results, in which dtype, and why when the suite's
+    ``engine: auto`` chose it (evals.engines.choice)."""
+    described = results.get("engine") or {}
+    keep = ("engine", "dtype", "chosen_by")
+    return {k: described[k] for k in keep if described.get(k) is not None}
 
 
 def _cached_results(ctx: StageContext, cfg: EvaluateConfig, suite, key: str) -> Path | None:
@@ -214,5 +226,6 @@ def run(ctx: StageContext) -> StageResult:
         "report": sorted(p.name for p in files.values()),
         "samples": sum(len(r["samples"]) for _, r in runs),
         "reused": reused,
+        "engines": {label: _engine_used(r) for label, r in runs},
     }
     return StageResult(metrics=metrics, extra=extra)

@@ -80,5 +80,5 @@ def test_one_list_of_engine_names():
     assert typing.get_args(typing.get_args(hint)[0]) == engines.ENGINES
     for name in engines.ENGINES:
         assert parse_suite({"name": "s", "engine": name, "tasks": [{"task": "gsm8k"}]}, "s.yaml").engine == name
-    with pytest.raises(ConfigError, match=r"^s.yaml: engine: unknown engine 'tgi' \(known: hf, vllm, openai\)$"):
+    with pytest.raises(ConfigError, match=r"^s.yaml: engine: unknown engine 'tgi' \(known: hf, vllm, openai, auto\)$"):
         parse_suite({"name": "s", "engine": "tgi", "tasks": [{"task": "gsm8k"}]}, "s.yaml")
