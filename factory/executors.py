@@ -2,7 +2,7 @@
 
 A recipe names an engine (``engine:``, ``engines:`` per stage); a stage runs on
 that engine's executor when the executor runs its kind, and natively otherwise
-(the nemo engine has no job for evaluate, gate, pairs or release). Adding an
+(the nemo engine has no job for tokenize, evaluate, gate, pairs or release). Adding an
 engine means writing an executor (``factory.engines.base.Executor``), adding it
 here and its name to ``factory.engines.ENGINES``."""
 

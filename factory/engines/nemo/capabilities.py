@@ -14,8 +14,9 @@ from factory.sources.models import peek_config
 from foundation.errors import ConfigError
 
 JOBS = ("correct", "prune", "distill", "sft", "dpo")
-# Kinds that only read and write artifacts: they run natively under every engine.
-NATIVE_ANYWHERE = ("evaluate", "gate", "pairs", "release")
+# Kinds that only read and write artifacts (tokenize: on the submitting host, streaming, in worker
+# processes): they run natively under every engine.
+NATIVE_ANYWHERE = ("evaluate", "gate", "pairs", "release", "tokenize")
 
 # HF model_type -> (NeMo 2 model class, config class) whose "hf" importer/exporter converts it.
 # The importer reads the shape from config.json; the config only has to be a complete one of the

@@ -90,3 +90,17 @@ def test_version_tuple():
     assert capabilities.version_tuple("0.37.0") == (0, 37, 0)
     assert capabilities.version_tuple("0.41.0rc1") == (0, 41, 1)
     assert not capabilities.prunes_query_groups("0.41.0rc1") and capabilities.prunes_query_groups("0.40.9")
+
+
+def test_a_tokenize_stage_runs_natively_under_the_nemo_engine(tmp_path):
+    from factory.executors import executor_name
+    from factory.recipe import load_recipe
+    from tests.unit.factory.engines.nemo import test_data
+
+    text = test_data.RECIPE.replace("engines: {web: native, code: native, bare: native}\n", "")
+    text = text.replace("  other: {path: other}\n", "")
+    (tmp_path / "corpus.txt").write_text("one paragraph\n\nanother one")
+    path = tmp_path / "r.yaml"
+    path.write_text(text.replace("DATA", "text").replace("TOKENIZER", "teacher"))
+    recipe = load_recipe(path)  # raised "the nemo engine has no job for stage kind 'tokenize'" before
+    assert [executor_name(recipe, s) for s in recipe.stages] == ["native", "native", "native", "nemo"]
