@@ -260,10 +260,11 @@ def _paragraphs(pieces: Iterable[str]) -> Iterator[str]:
     for piece in pieces:
         text = carry + piece
         carry = "\r" if text.endswith("\r") else ""
+        scan = max(0, len(buf) - 1)  # the buffer holds no separator yet: look only where one can end
         buf += text[: len(text) - len(carry)].replace("\r\n", "\n")
-        while (k := buf.find("\n\n")) >= 0:
+        while (k := buf.find("\n\n", scan)) >= 0:
             yield buf[:k]
-            buf = buf[k + 2 :]
+            buf, scan = buf[k + 2 :], 0
         while len(buf) > MAX_PARAGRAPH_CHARS:
             cut = buf.rfind("\n", 0, MAX_PARAGRAPH_CHARS) + 1 or MAX_PARAGRAPH_CHARS
             yield buf[:cut]
