@@ -432,33 +432,23 @@ def model_report(model) -> dict:
     return {**Shape.from_config(model.config.to_dict()).as_dict(), "vocab_size": model.config.vocab_size}
 
 
-def run(scale: Scale, device: torch.device, seqs: tuple[int, ...] | None = None) -> dict:
-    """The whole bench at ``scale`` on ``device``: the report (also what the JSON file holds)."""
+def run(scale: Scale, device: torch.device, seqs: tuple[int, ...] | None = None, out: Path | None = None) -> dict:
+    """The whole bench at ``scale`` on ``device``: the report, also written to ``out`` (when
+    given) after every run, so a bench cut short by a time limit leaves what it measured."""
     dtype = getattr(torch, scale.dtype)
     t_start = time.perf_counter()
     peak = matmul_peak_tflops(device, torch.bfloat16 if device.type == "cuda" else dtype, scale.matmul_n)
     print(f"matmul peak: {peak:.3g} TFLOP/s", flush=True)
     teacher = build_model(llama_config(scale.teacher), device, dtype).eval()
     teacher.requires_grad_(False)
-    student, report = estimate_and_prune(teacher, scale, device, peak)
-    print(f"importance {report['importance']}, prune {report['prune']}", flush=True)
+    student, pruning = estimate_and_prune(teacher, scale, device, peak)
+    print(f"importance {pruning['importance']}, prune {pruning['prune']}", flush=True)
     t_shape, s_shape = Shape.from_config(teacher.config.to_dict()), Shape.from_config(student.config.to_dict())
     probe = random_tokens(1, min(scale.seqs), t_shape.vocab_size, seed=7).to(device)
-    agreement = loss_agreement(student, teacher, probe, KDSettings(chunk=scale.kd_chunk))
-    maker = StudentMaker(student, device, dtype)
-    del student
-    runs = []
-    for seq in seqs or scale.seqs:
-        for contender in (FACTORY, PEER):
-            rows = contender_runs(contender, maker, teacher, scale, seq, device, peak)
-            for r in rows:
-                if not r["oom"]:
-                    r["planned_peak_gib"] = planned_peak_gib(t_shape, s_shape, scale, seq, r["rows"])
-                print(format_row(r), flush=True)
-            runs += rows
-    return {
+    report = {
         "bench": "scale_gpu",
         "shapes": scale.name,
+        "scale": asdict(scale),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": scale.dtype,
@@ -467,12 +457,29 @@ def run(scale: Scale, device: torch.device, seqs: tuple[int, ...] | None = None)
         "teacher": model_report(teacher),
         "student": {**s_shape.as_dict(), "vocab_size": s_shape.vocab_size},
         "student_target": scale.student,
-        **report,
-        "kd_loss_agreement": agreement,
+        **pruning,
+        "kd_loss_agreement": loss_agreement(student, teacher, probe, KDSettings(chunk=scale.kd_chunk)),
         "kd_chunk": scale.kd_chunk,
-        "runs": runs,
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        "runs": [],
     }
+    maker = StudentMaker(student, device, dtype)
+    del student
+    for seq in seqs or scale.seqs:
+        for contender in (FACTORY, PEER):
+            for r in contender_runs(contender, maker, teacher, scale, seq, device, peak):
+                if not r["oom"]:
+                    r["planned_peak_gib"] = planned_peak_gib(t_shape, s_shape, scale, seq, r["rows"])
+                print(format_row(r), flush=True)
+                report["runs"].append(r)
+            report["wall_s"] = round(time.perf_counter() - t_start, 1)
+            write(report, out)
+    return report
+
+
+def write(report: dict, out: Path | None) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def format_row(r: dict) -> str:
@@ -520,13 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         print("scale_gpu: no CUDA device visible (run with --shapes tiny on a CPU)", file=sys.stderr)
         return 2
     seqs = tuple(int(s) for s in args.seqs.split(",")) if args.seqs else None
-    report = run(scale, device, seqs)
-    report["scale"] = asdict(scale)
-    print(table(report))
+    # tiny shapes are a smoke run: written only where --out says
     out = args.out or (RESULTS / f"scale_gpu-{device_slug(device)}.json" if scale.name == "real" else None)
-    if out is not None:  # tiny shapes are a smoke run: written only where --out says
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+    report = run(scale, device, seqs, out)
+    print(table(report))
+    if out is not None:
         print(f"-> {out}")
     return 0
 
