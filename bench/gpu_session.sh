@@ -64,7 +64,7 @@ pack() {
     tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
     PART_LIMIT=$((63 * 1024 * 1024 - tree))
     local gguf="$cache/$MODEL_DIR/$MODEL_MEMBER"
-    [ -f "$gguf" ] || { echo "pack: $gguf missing (validate fetched no teacher?)"; return 1; }
+    [ -f "$gguf" ] || { echo "pack: $gguf missing after fetching the teacher"; return 1; }
     local rest=$((PART_LIMIT - $(du -sb .gpu/b | cut -f1)))
     local size head
     size=$(stat -c %s "$gguf")
