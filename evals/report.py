@@ -164,7 +164,7 @@ def bar_chart(runs: list[tuple[str, dict]], path: Path) -> bool:
         chances = {**chance_levels(r), **chances}
     for i, (task, _, _) in enumerate(rows):
         if task in chances:
-            ax.hlines(chances[task], i - 0.45, i + 0.45, colors="grey", linestyles="dashed", linewidth=1)
+            ax.hlines(chances[task], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1, zorder=3)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{t}/{m}" for t, m, _ in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score (95% CI); dashed: chance")
