@@ -6,7 +6,12 @@
 
 Three tasks in sequence, like the generated job.sbatch: prepare and finish on one task,
 train on every GPU of every node (run.sh train with DIST=python under srun). Needs nemo_run
-(pip install nemo_run, or the NeMo environment of scripts/nemo-env.sh)."""
+(pip install nemo_run, or the NeMo environment of scripts/nemo-env.sh).
+
+These three jobs are not requeued at their time limit: a stage that needs more than one
+allocation is submitted with the generated job.sbatch (`factory run --launcher slurm`),
+which saves, requeues itself and resumes (docs/engines.md, "Long jobs and walltime"). A
+train task cut off here resumes from its last periodic checkpoint when submitted again."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from factory.engines.base import Outcome, SourceHashes, StageRun, describe_sources, handles, input_fields, manifest_head
-from factory.engines.nemo import launchers, prepare, render, specs
+from factory.engines.nemo import launchers, prepare, render, specs, status
 from factory.engines.nemo.capabilities import JOBS
 from factory.recipe import Recipe
 from factory.shapes import stage_shapes
@@ -152,6 +152,12 @@ def _launch_all(recipe: Recipe, plan: list[dict], launcher: str) -> str:
             var = "job_" + p["stage"].replace("-", "_").replace(".", "_")
             dep = f" --dependency=afterok:{':'.join(deps)}" if deps else ""
             lines.append(f"{var}=$(sbatch --parsable{dep} {shlex.quote(p['job_dir'] + '/job.sbatch')})")
+            lines.append(f"{var}=${{{var}%%;*}}")  # "id;cluster" -> id
+            log = shlex.quote(p["job_dir"] + "/" + status.JOBS_LOG)
+            lines.append(  # what `factory status` reads, as `factory run` records it
+                f'printf \'{{"time": %s, "job_id": "%s", "restart": null, "event": "submitted", '
+                f'"detail": ""}}\\n\' "$(date +%s)" "${var}" >> {log}'
+            )
             ids[p["stage"]] = var
         else:
             lines.append(f"bash {shlex.quote(p['job_dir'] + '/launch.sh')}")

@@ -10,6 +10,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from factory.engines.nemo import status
+from factory.engines.nemo.settings import slurm_seconds
 from foundation.errors import FactoryError
 
 ENV_PASSED = ("HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
@@ -42,8 +44,14 @@ def torchrun_command(spec: dict, job_dir: Path, run_dir: Path) -> list[str]:
 
 
 def sbatch_script(spec: dict, job_dir: Path, run_dir: Path, slurm, time: str) -> str:
-    """One sbatch job: prepare and finish on one task, train on every GPU of every node."""
+    """One sbatch job: prepare and finish on one task, train on every GPU of every node.
+    It survives its time limit: ``slurm.signal_grace`` seconds before it, Slurm sends USR1
+    to the batch script, which asks training to save and stop, then requeues the job
+    (``scontrol requeue``: same id, so jobs chained after it with afterok keep waiting);
+    the next allocation skips prepare and resumes from the last checkpoint, at most
+    ``slurm.max_requeues`` times."""
     res = spec["resources"]
+    grace = slurm.signal_grace
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=factory-{spec['recipe']}-{spec['stage']}",
@@ -52,6 +60,9 @@ def sbatch_script(spec: dict, job_dir: Path, run_dir: Path, slurm, time: str) ->
         f"#SBATCH --gpus-per-node={res['gpus_per_node']}",
         f"#SBATCH --time={time}",
         f"#SBATCH --output={job_dir}/slurm-%j.out",
+        "#SBATCH --open-mode=append",  # a requeued job keeps its id: append, so every allocation's log stays
+        "#SBATCH --requeue",
+        f"#SBATCH --signal=B:USR1@{grace}",
     ]
     if slurm.account:
         lines.append(f"#SBATCH --account={slurm.account}")
@@ -63,15 +74,121 @@ def sbatch_script(spec: dict, job_dir: Path, run_dir: Path, slurm, time: str) ->
         f"--container-image={shlex.quote(spec['image'])} --container-mounts={shlex.quote(mounts)} "
         f"--container-workdir={shlex.quote(str(run_dir))}"
     )
-    run_sh = shlex.quote(str(job_dir / "run.sh"))
-    lines += [
-        "set -euo pipefail",
-        f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} prepare",
-        f"srun {container} env DIST=python bash {run_sh} train",
-        f"srun --nodes=1 --ntasks=1 {container} bash {run_sh} finish",
-        "",
-    ]
+    head = {
+        "STAGE": spec["stage"],
+        "JOB_DIR": str(job_dir),
+        "RUN_SH": str(job_dir / "run.sh"),
+        "GRACE": str(grace),
+        "MAX_REQUEUES": str(slurm.max_requeues),
+        "LIMIT_S": str(slurm_seconds(time)),
+    }
+    lines += ["set -euo pipefail"] + [f"{k}={shlex.quote(v)}" for k, v in head.items()]
+    lines += [f"CONTAINER=({container})", WALLTIME_FUNCTIONS, WALLTIME_MAIN]
     return "\n".join(lines)
+
+
+# The batch script's steps. Each srun runs in the background so that USR1 is handled at
+# once (bash runs a trap only after a foreground command ends); every event goes to
+# $JOB_DIR/jobs.jsonl, the run dir's record of this job that `factory status` reads.
+WALLTIME_FUNCTIONS = r"""
+started=$(date +%s)
+deadline=${SLURM_JOB_END_TIME:-$((started + LIMIT_S))}
+restarts=${SLURM_RESTART_COUNT:-0}
+walltime=0 step_pid= watchdog=
+
+note() {  # one row of jobs.jsonl: event [detail]
+  printf '{"time": %s, "job_id": "%s", "restart": %s, "event": "%s", "detail": "%s"}\n' \
+    "$(date +%s)" "${SLURM_JOB_ID:-}" "$restarts" "$1" "${2:-}" >> "$JOB_DIR/jobs.jsonl"
+}
+
+run_step() {  # one srun step in the background; returns its exit status
+  "$@" &
+  step_pid=$!
+  local rc
+  while :; do
+    rc=0
+    wait "$step_pid" || rc=$?
+    # above 128 with the step still alive: a trapped signal interrupted wait
+    if [ "$rc" -gt 128 ] && kill -0 "$step_pid" 2>/dev/null; then continue; fi
+    break
+  done
+  step_pid=
+  return "$rc"
+}
+
+requeue() {  # why: training stopped before its end; requeue, or stop after MAX_REQUEUES
+  if [ -n "$watchdog" ] && [ "$BASHPID" = "$$" ]; then kill "$watchdog" 2>/dev/null || true; fi
+  if [ "$restarts" -ge "$MAX_REQUEUES" ]; then
+    note gave-up "$1"
+    echo "[factory] $STAGE: $1, and job ${SLURM_JOB_ID:-} was requeued $restarts times already" \
+      "(nemo.slurm.max_requeues=$MAX_REQUEUES): stopping here. The last checkpoint is kept; raise" \
+      "nemo.slurm.max_requeues or the stage's time limit and run the recipe again to resume from it." >&2
+    exit 3
+  fi
+  note requeue "$1"
+  echo "[factory] $STAGE: $1; requeueing job ${SLURM_JOB_ID:-} ($((restarts + 1)) of at most" \
+    "$MAX_REQUEUES requeues): it resumes from its last checkpoint" >&2
+  if ! scontrol requeue "$SLURM_JOB_ID"; then
+    note failed "scontrol requeue refused"
+    echo "[factory] $STAGE: this cluster refused to requeue job ${SLURM_JOB_ID:-}: its last checkpoint" \
+      "is kept; run the recipe again to resume from it" >&2
+    exit 4
+  fi
+  exit 0
+}
+
+on_walltime() {  # USR1 from Slurm, GRACE seconds before the time limit
+  walltime=1
+  note walltime
+  touch "$JOB_DIR/stop-requested"  # training saves and stops at the end of its next step
+  if [ "$restarts" -lt "$MAX_REQUEUES" ] && [ -z "$watchdog" ]; then
+    # a step that does not stop in time is requeued anyway (from its last periodic checkpoint)
+    (sleep $((GRACE * 9 / 10)); requeue "the time limit is near and the step did not stop") &
+    watchdog=$!
+  fi
+}
+
+finish_up() {
+  rm -f "$JOB_DIR/stop-requested"
+  if [ -n "$watchdog" ]; then kill "$watchdog" 2>/dev/null || true; fi
+}
+
+max_time() {  # what is left of this allocation for NeMo-Aligner's own timer, as DD:HH:MM:SS
+  local s=$((deadline - $(date +%s) - 2 * GRACE))
+  [ "$s" -ge 60 ] || s=60
+  printf '%02d:%02d:%02d:%02d' $((s / 86400)) $((s % 86400 / 3600)) $((s % 3600 / 60)) $((s % 60))
+}
+"""
+
+WALLTIME_MAIN = r"""trap on_walltime USR1
+trap finish_up EXIT
+rm -f "$JOB_DIR/stop-requested"
+note start
+if [ ! -e "$JOB_DIR/.prepared-${SLURM_JOB_ID:-0}" ]; then  # a requeued job prepared already
+  run_step srun --nodes=1 --ntasks=1 "${CONTAINER[@]}" bash "$RUN_SH" prepare
+  touch "$JOB_DIR/.prepared-${SLURM_JOB_ID:-0}"
+fi
+[ "$walltime" -eq 0 ] || requeue "the time limit came during prepare"
+rc=0
+FACTORY_MAX_TIME=$(max_time)
+export FACTORY_MAX_TIME  # srun passes the environment on
+run_step srun "${CONTAINER[@]}" env DIST=python bash "$RUN_SH" train || rc=$?
+if [ "$rc" -eq 0 ] && bash "$RUN_SH" trained; then
+  note trained
+elif [ "$rc" -eq 0 ] || [ "$walltime" -eq 1 ]; then
+  requeue "training stopped before its last step (exit status $rc)"
+else
+  note failed "train exit status $rc"
+  exit "$rc"
+fi
+rc=0
+run_step srun --nodes=1 --ntasks=1 "${CONTAINER[@]}" bash "$RUN_SH" finish || rc=$?
+if [ "$rc" -ne 0 ]; then
+  note failed "finish exit status $rc"
+  exit "$rc"
+fi
+note completed
+"""
 
 
 def sbatch_command(job_dir: Path, after: list[str] = ()) -> list[str]:
@@ -88,7 +205,10 @@ def launch_files(settings, spec: dict, job_dir: Path, run_dir: Path, stage: str)
     if launcher == "slurm":
         files["job.sbatch"] = sbatch_script(spec, job_dir, run_dir, settings.slurm, settings.resources(stage).time)
         cmd = sbatch_command(job_dir)
-        note = "# submit after the jobs this one reads from (add --dependency=afterok:ID when chaining by hand)"
+        note = (
+            "# submit after the jobs this one reads from (add --dependency=afterok:ID when chaining by hand);\n"
+            "# the job requeues itself at its time limit, so afterok waits for the stage, not one allocation"
+        )
     elif launcher == "docker":
         cmd = docker_command(spec, job_dir, run_dir)
         note = f"# one node, in the image {spec['image']}"
@@ -103,7 +223,9 @@ def start(settings, job_dir: Path, run_dir: Path, spec: dict, after: list[str] =
     """Start a job: local launchers wait for it (returns None); Slurm returns the job id."""
     if settings.launcher == "slurm":
         out = _call(sbatch_command(job_dir, after), capture=True)
-        return out.strip().split(";")[0]
+        job_id = out.strip().split(";")[0]
+        status.record(job_dir, "submitted", job_id, f"after {','.join(after)}" if after else "")
+        return job_id
     cmd = (
         docker_command(spec, job_dir, run_dir)
         if settings.launcher == "docker"

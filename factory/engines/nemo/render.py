@@ -4,6 +4,7 @@ job runs, readable and runnable by hand:
     config.yaml              the job spec (what the scripts read)
     run.sh                   prepare / train / finish steps (``bash run.sh all``)
     job.py, job_tools.py     NeMo 2 jobs: import, run, export (scripts/nemo2_job.py)
+    walltime.py              NeMo 2 jobs: progress.json, and a checkpointed stop before a time limit
     render_chat.py           NeMo-Aligner jobs: conversations -> Aligner jsonl
     manifest.template.json   what finalize puts in the artifact's manifest
     launch.sh (+ job.sbatch) how the chosen launcher starts it"""
@@ -19,7 +20,7 @@ import yaml
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FILES = {
-    "nemo2": {"job.py": "nemo2_job.py", "job_tools.py": "job_tools.py"},
+    "nemo2": {"job.py": "nemo2_job.py", "job_tools.py": "job_tools.py", "walltime.py": "walltime.py"},
     "aligner": {"render_chat.py": "render_chat.py", "job_tools.py": "job_tools.py"},
 }
 _VAR = re.compile(r"\$[A-Z_]+")
@@ -52,10 +53,26 @@ def shell_line(argv: list[str]) -> str:
     return " \\\n    ".join(chunks)
 
 
+# NeMo-Aligner stops itself when exp_manager.max_time_per_run (DD:HH:MM:SS) has passed, saving a
+# checkpoint first; the Slurm batch script sets FACTORY_MAX_TIME from the time its allocation has left.
+ALIGNER_STOP = "++exp_manager.max_time_per_run=$FACTORY_MAX_TIME"
+
+
+def trained_check(spec: dict) -> str:
+    """A shell test that succeeds once the train step has done all of its work (the Slurm
+    batch script requeues a job whose training stopped before that)."""
+    if spec["backend"] == "aligner":  # Aligner writes the .nemo only when training reaches its end
+        return f'find "$RUN_DIR/{spec["work"]}/aligner" -name "*.nemo" -print 2>/dev/null | grep -q .'
+    if spec["nemo2"]["api"] == "llm.prune":  # one pass, no checkpoints: done when it saved
+        return f'test -d "$RUN_DIR/{spec["nemo2"]["save_path"]}"'
+    return 'grep -q \'"done": true\' "$JOB_DIR/progress.json" 2>/dev/null'  # walltime.py writes it
+
+
 def run_script(spec: dict) -> str:
     """run.sh: the job's steps as shell functions."""
     res = spec["resources"]
     steps = spec["steps"]
+    train = steps["train"] + ([ALIGNER_STOP] if spec["backend"] == "aligner" else [])
 
     def body(cmds: list[list[str]]) -> str:
         return "\n".join("  " + shell_line(c).replace("\n", "\n  ") for c in cmds) or "  :"
@@ -65,12 +82,14 @@ def run_script(spec: dict) -> str:
 # nemo engine. Edit config.yaml and rerun rather than editing this file.
 #   bash run.sh all                      prepare, train, finish
 #   bash run.sh prepare|train|finish     one step (Slurm runs train on every task with DIST=python)
+#   bash run.sh trained                  exit 0 once training has done all of its steps
 set -euo pipefail
 JOB_DIR=$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)
 RUN_DIR=${{FACTORY_RUN_DIR:-$(cd "$JOB_DIR/../.." && pwd)}}
 NEMO_DIR=${{NEMO_DIR:-/opt/NeMo}}
 ALIGNER_DIR=${{ALIGNER_DIR:-/opt/NeMo-Aligner}}
 DIST=${{DIST:-torchrun --nproc-per-node={res["gpus_per_node"]} --nnodes={res["nodes"]}}}
+FACTORY_MAX_TIME=${{FACTORY_MAX_TIME:-null}}
 export JOB_DIR RUN_DIR NEMO_DIR ALIGNER_DIR
 export PYTHONPATH="$JOB_DIR${{PYTHONPATH:+:$PYTHONPATH}}"
 
@@ -80,7 +99,11 @@ prepare() {{
 }}
 
 train() {{
-{body([steps["train"]])}
+{body([train])}
+}}
+
+trained() {{
+  {trained_check(spec)}
 }}
 
 finish() {{
@@ -91,8 +114,9 @@ case "${{1:-all}}" in
   prepare) prepare ;;
   train) train ;;
   finish) finish ;;
+  trained) trained ;;
   all) prepare; train; finish ;;
-  *) echo "usage: run.sh [all|prepare|train|finish]" >&2; exit 2 ;;
+  *) echo "usage: run.sh [all|prepare|train|finish|trained]" >&2; exit 2 ;;
 esac
 """
 

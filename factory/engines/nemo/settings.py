@@ -7,6 +7,7 @@ key can be overridden on the command line, e.g. ``nemo.gpus_per_node=4`` or
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,7 @@ class StageResources:
         for key in ("nodes", "gpus_per_node", "tensor_parallel", "pipeline_parallel", "micro_batch_size"):
             v = getattr(self, key)
             require(v is None or v > 0, where, key, "must be positive")
+        _check_time(self.time, where, "time")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,32 @@ class Resources:
         }
 
 
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def slurm_seconds(text: str) -> int:
+    """A Slurm time limit in seconds: minutes, minutes:seconds, hours:minutes:seconds,
+    days-hours, days-hours:minutes or days-hours:minutes:seconds (sbatch --time)."""
+    m = _SLURM_TIME.match(str(text).strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a Slurm time limit (e.g. 04:00:00, 3-00:00:00 or 90)")
+    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+    if c is not None:  # hours:minutes:seconds
+        return (a * 60 + b) * 60 + c
+    return a * 60 + (b or 0)  # minutes[:seconds]
+
+
+def _check_time(text: str | None, where: str, key: str) -> None:
+    if text is not None:
+        try:
+            seconds = slurm_seconds(text)
+        except ValueError as e:
+            require(False, where, key, str(e))
+        require(seconds > 0, where, key, "must be longer than zero")
+
+
 @dataclass
 class SlurmSettings:
     account: str | None = field(None, help="sbatch --account")
@@ -65,6 +93,20 @@ class SlurmSettings:
     time: str = field("04:00:00", help="default time limit per job")
     mounts: list[str] = field(factory=list, help="extra container mounts (host:container), e.g. a data lake")
     extra_sbatch: list[str] = field(factory=list, help="further #SBATCH lines, e.g. --exclusive or --qos=high")
+    signal_grace: int = field(
+        600,
+        help="seconds before a job's time limit at which Slurm signals it (sbatch --signal=B:USR1@N): "
+        "training saves a checkpoint and the job requeues itself to resume from it",
+    )
+    max_requeues: int = field(
+        8, help="how often one stage's job may requeue itself at its time limit before it stops (0: never)"
+    )
+
+    def check(self, where: str) -> None:
+        _check_time(self.time, where, "time")
+        require(self.signal_grace > 0, where, "signal_grace", "must be positive")
+        require(self.signal_grace <= 65535, where, "signal_grace", "Slurm's --signal takes at most 65535 seconds")
+        require(self.max_requeues >= 0, where, "max_requeues", "must be zero or more")
 
 
 @dataclass
@@ -99,6 +141,12 @@ class NeMoSettings:
     def check(self, where: str) -> None:
         for key in ("nodes", "gpus_per_node", "tensor_parallel", "pipeline_parallel", "micro_batch_size", "workers"):
             require(getattr(self, key) > 0, where, key, "must be positive")
+        grace = self.slurm.signal_grace
+        for stage, o in [("", None), *self.stages.items()]:
+            limit = slurm_seconds(self.resources(stage).time) if o is None or o.time else None
+            if limit is not None and grace >= limit:
+                key = f"stages.{stage}.time" if stage else "slurm.time"
+                require(False, where, key, f"{limit} s leaves no time before slurm.signal_grace ({grace} s)")
 
     def resources(self, stage: str) -> Resources:
         o = self.stages.get(stage) or StageResources()

@@ -23,6 +23,10 @@ try:  # in the job dir, job_tools.py lies next to this file
     from job_tools import carry_over
 except ImportError:  # imported from the installed package (tests)
     from factory.engines.nemo.scripts.job_tools import carry_over
+try:  # likewise walltime.py, the stop-and-resume protocol with the Slurm batch script
+    import walltime
+except ImportError:
+    from factory.engines.nemo.scripts import walltime
 
 
 def run_dir() -> Path:
@@ -166,6 +170,7 @@ def _trainer(t: dict, accelerator: str):
         limit_val_batches=t["limit_val_batches"],
         log_every_n_steps=t["log_every_n_steps"],
         num_sanity_val_steps=0,
+        callbacks=[walltime.lightning_callback()],  # progress.json; saves and stops when the batch script asks
     )
 
 

@@ -3,12 +3,14 @@
 # nemo engine. Edit config.yaml and rerun rather than editing this file.
 #   bash run.sh all                      prepare, train, finish
 #   bash run.sh prepare|train|finish     one step (Slurm runs train on every task with DIST=python)
+#   bash run.sh trained                  exit 0 once training has done all of its steps
 set -euo pipefail
 JOB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN_DIR=${FACTORY_RUN_DIR:-$(cd "$JOB_DIR/../.." && pwd)}
 NEMO_DIR=${NEMO_DIR:-/opt/NeMo}
 ALIGNER_DIR=${ALIGNER_DIR:-/opt/NeMo-Aligner}
 DIST=${DIST:-torchrun --nproc-per-node=8 --nnodes=1}
+FACTORY_MAX_TIME=${FACTORY_MAX_TIME:-null}
 export JOB_DIR RUN_DIR NEMO_DIR ALIGNER_DIR
 export PYTHONPATH="$JOB_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -55,7 +57,12 @@ train() {
       model.dpo.preference_average_log_probs=False \
       model.data.data_impl=jsonl \
       model.data.seq_length=4096 \
-      "model.data.data_prefix={train:[$RUN_DIR/.nemo/dpo/data/train.aligner.jsonl],validation:[$RUN_DIR/.nemo/dpo/data/valid.aligner.jsonl],test:[$RUN_DIR/.nemo/dpo/data/valid.aligner.jsonl]}"
+      "model.data.data_prefix={train:[$RUN_DIR/.nemo/dpo/data/train.aligner.jsonl],validation:[$RUN_DIR/.nemo/dpo/data/valid.aligner.jsonl],test:[$RUN_DIR/.nemo/dpo/data/valid.aligner.jsonl]}" \
+      "++exp_manager.max_time_per_run=$FACTORY_MAX_TIME"
+}
+
+trained() {
+  find "$RUN_DIR/.nemo/dpo/aligner" -name "*.nemo" -print 2>/dev/null | grep -q .
 }
 
 finish() {
@@ -76,6 +83,7 @@ case "${1:-all}" in
   prepare) prepare ;;
   train) train ;;
   finish) finish ;;
+  trained) trained ;;
   all) prepare; train; finish ;;
-  *) echo "usage: run.sh [all|prepare|train|finish]" >&2; exit 2 ;;
+  *) echo "usage: run.sh [all|prepare|train|finish|trained]" >&2; exit 2 ;;
 esac

@@ -266,6 +266,7 @@ def test_dry_run_through_the_cli_writes_runnable_files(tmp_path, capsys):
         "run.sh",
         "job.py",
         "job_tools.py",
+        "walltime.py",
         "launch.sh",
         "job.sbatch",
         "manifest.template.json",
