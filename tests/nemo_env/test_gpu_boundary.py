@@ -102,7 +102,7 @@ def print_report(path: Path, report: dict) -> None:
 
 def entry(frames: list[str]) -> str:
     """The last frame of the job or of NeMo before the library that raised."""
-    ours = [f for f in frames if f.startswith(("job.py", "nemo/"))]
+    ours = [f for f in frames if ("job.py:" in f or f.startswith("nemo/")) and not f.startswith("nemo/lightning/io/")]
     return ours[-1] if ours else "-"
 
 
