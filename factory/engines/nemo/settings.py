@@ -134,7 +134,9 @@ class NeMoSettings:
         1, help="sequences per GPU per forward pass (the recipe's batch_size x grad_accum is the global batch)"
     )
     precision: Literal["bf16-mixed", "16-mixed", "32"] = field("bf16-mixed", help="training precision")
-    workers: int = field(8, help="CPU workers for data preprocessing")
+    workers: int = field(
+        8, help="worker processes that tokenize a text dataset into Megatron shards on the submitting host"
+    )
     slurm: SlurmSettings = field(factory=SlurmSettings, help="Slurm submission settings")
     stages: dict[str, StageResources] = field(factory=dict, help="per-stage resource overrides")
 
