@@ -29,9 +29,10 @@ per token measured on a sample of them, and written as JSON lines (``{"text": ..
 files) under ``runs-bench/data_speed/corpus-<tokens>/`` (git-ignored). Each is written once
 and reused; token counts come from the tokenizers themselves.
 
-The recorded run (T = 200M). Ours tokenized this corpus at about 75k tokens per CPU-second
-in one process, so on 2 quiet cores the run takes about 40 minutes (ours at 200M about 25 of
-them); on more cores it shrinks with them. ``--plain-tokens`` and ``--skip`` trim it::
+The recorded run (T = 200M). In the 2M smoke run on 2 cores (3.1 minutes in all) ours, once
+its two workers had started (about 20 s), tokenized about 300k tokens/s and the plain loop
+226k tokens/s, so the 200M run should take 20-25 minutes on 2 quiet cores (ours at 200M about
+12 of them); ``--plain-tokens`` and ``--skip`` trim it::
 
     .venv/bin/python bench/data_speed.py --tokens 200M
 
