@@ -65,8 +65,9 @@ class NemoExecutor:
         counts = prepare.export_data(self.recipe, spec, run_dir)
         if counts:
             job.say(f"[factory] {stage}: data exported ({counts['train']} train / {counts['valid']} held-out records)")
+        after = list(job.after) + self.submit_tokenize(spec, run_dir, job)
         job.event("launch", f"{self.settings.launcher} {job_dir}")
-        job_id = launchers.start(self.settings, job_dir, run_dir, spec, job.after)
+        job_id = launchers.start(self.settings, job_dir, run_dir, spec, after)
         if job_id is not None:
             job.say(f"[factory] {stage}: submitted Slurm job {job_id} ({job_dir}/job.sbatch)")
             return Outcome(job_id=job_id)
@@ -77,6 +78,23 @@ class NemoExecutor:
             )
         job.say(f"[factory] {stage}: done -> {run_dir / stage}")
         return Outcome()
+
+    def submit_tokenize(self, spec: dict, run_dir: Path, job: StageRun) -> list[str]:
+        """With ``nemo.tokenize_on: cluster``, submit the Slurm job that tokenizes the stage's
+        text dataset; returns its id (what the stage's job waits for), or none."""
+        if self.settings.tokenize_on != "cluster":
+            return []
+        made = prepare.cluster_tokenize_job(self.recipe, spec, run_dir)
+        if made is None:
+            return []
+        plan, tok_dir = made
+        cpus = self.settings.workers
+        (tok_dir / "job.sbatch").write_text(
+            launchers.tokenize_sbatch(plan, tok_dir, run_dir, self.settings.slurm, cpus)
+        )
+        job_id = launchers.start_tokenize(tok_dir)
+        job.say(f"[factory] {spec['stage']}: submitted tokenize job {job_id} ({tok_dir}/job.sbatch)")
+        return [job_id]
 
 
 def manifest_template(recipe: Recipe, stage: str, spec: dict, fingerprint) -> dict:

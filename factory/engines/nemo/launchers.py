@@ -87,20 +87,25 @@ def sbatch_script(spec: dict, job_dir: Path, run_dir: Path, slurm, time: str) ->
     return "\n".join(lines)
 
 
+NOTE_FUNCTION = r"""note() {  # one row of jobs.jsonl: event [detail]
+  printf '{"time": %s, "job_id": "%s", "restart": %s, "event": "%s", "detail": "%s"}\n' \
+    "$(date +%s)" "${SLURM_JOB_ID:-}" "$restarts" "$1" "${2:-}" >> "$JOB_DIR/jobs.jsonl"
+}
+"""
+
 # The batch script's steps. Each srun runs in the background so that USR1 is handled at
 # once (bash runs a trap only after a foreground command ends); every event goes to
 # $JOB_DIR/jobs.jsonl, the run dir's record of this job that `factory status` reads.
-WALLTIME_FUNCTIONS = r"""
+WALLTIME_FUNCTIONS = (
+    r"""
 started=$(date +%s)
 deadline=${SLURM_JOB_END_TIME:-$((started + LIMIT_S))}
 restarts=${SLURM_RESTART_COUNT:-0}
 walltime=0 step_pid= watchdog=
 
-note() {  # one row of jobs.jsonl: event [detail]
-  printf '{"time": %s, "job_id": "%s", "restart": %s, "event": "%s", "detail": "%s"}\n' \
-    "$(date +%s)" "${SLURM_JOB_ID:-}" "$restarts" "$1" "${2:-}" >> "$JOB_DIR/jobs.jsonl"
-}
-
+"""
+    + NOTE_FUNCTION
+    + r"""
 run_step() {  # one srun step in the background; returns its exit status
   "$@" &
   step_pid=$!
@@ -159,6 +164,7 @@ max_time() {  # what is left of this allocation for NeMo-Aligner's own timer, as
   printf '%02d:%02d:%02d:%02d' $((s / 86400)) $((s % 86400 / 3600)) $((s % 3600 / 60)) $((s % 60))
 }
 """
+)
 
 WALLTIME_MAIN = r"""trap on_walltime USR1
 trap finish_up EXIT
@@ -189,6 +195,60 @@ if [ "$rc" -ne 0 ]; then
 fi
 note completed
 """
+
+
+def tokenize_sbatch(plan: dict, job_dir: Path, run_dir: Path, slurm, cpus: int) -> str:
+    """The sbatch job that tokenizes a stage's text dataset (``nemo.tokenize_on: cluster``):
+    one task with ``cpus`` CPUs and no GPU, on ``slurm.cpu_partition`` (else the partition
+    of every job) for at most ``slurm.tokenize_time``, running ``prepare``'s entry point in
+    the image. Besides the run dir it mounts the recipe's dir (read-only), where local data
+    files lie, and ``slurm.mounts``. Its start and end go to its ``jobs.jsonl``. A job killed
+    at its limit leaves its finished shards: running the recipe again resumes from them."""
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=factory-{plan['recipe']}-{plan['stage']}-tokenize",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={cpus}",
+        f"#SBATCH --time={slurm.tokenize_time}",
+        f"#SBATCH --output={job_dir}/slurm-%j.out",
+    ]
+    if slurm.account:
+        lines.append(f"#SBATCH --account={slurm.account}")
+    if slurm.cpu_partition or slurm.partition:
+        lines.append(f"#SBATCH --partition={slurm.cpu_partition or slurm.partition}")
+    mounts = ",".join([f"{run_dir}:{run_dir}", f"{plan['base']}:{plan['base']}:ro", *slurm.mounts])
+    step = [
+        "srun",
+        "--ntasks=1",
+        f"--container-image={plan['image']}",
+        f"--container-mounts={mounts}",
+        f"--container-workdir={run_dir}",
+        "python",
+        "-m",
+        "factory.engines.nemo.prepare",
+        "tokenize",
+        str(job_dir / "config.yaml"),
+    ]
+    lines += [
+        "set -uo pipefail",
+        f"JOB_DIR={shlex.quote(str(job_dir))}",
+        "restarts=${SLURM_RESTART_COUNT:-0}",
+        NOTE_FUNCTION,
+        "note start",
+        f"{shlex.join(step)}",
+        "rc=$?",
+        'if [ "$rc" -ne 0 ]; then note failed "tokenize exit status $rc"; exit "$rc"; fi',
+        "note completed",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def start_tokenize(job_dir: Path) -> str:
+    """Submit a tokenize job (it depends on nothing: its data is on disk); returns its id."""
+    job_id = _call(sbatch_command(job_dir), capture=True).strip().split(";")[0]
+    status.record(job_dir, "submitted", job_id)
+    return job_id
 
 
 def sbatch_command(job_dir: Path, after: list[str] = ()) -> list[str]:

@@ -19,19 +19,24 @@ import json
 import os
 import random
 import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import yaml
+
 from factory.alignment.records import iter_conversations, iter_preferences
-from factory.corpus.artifact import CORPUS_FILE, CORPUS_FORMAT, load_corpus, tokenizer_digest
+from factory.corpus.artifact import CORPUS_FILE, CORPUS_FORMAT, TOKENIZER_FILES, load_corpus, tokenizer_digest
 from factory.corpus.tokenize import TokenizeSettings, corpus_documents, tokenize_corpus
 from factory.engines.base import SourceHashes
 from factory.recipe import Recipe
 from factory.shapes import first_model
 from factory.sources import models as model_sources
+from factory.sources.datasets import DatasetSpec
 from factory.sources.produced import dataset_from_artifact
 from foundation import storage
 from foundation.artifacts import read_manifest
+from foundation.configs import build
 from foundation.errors import FactoryError
 from foundation.hashing import sha256_json
 
@@ -39,6 +44,8 @@ from foundation.hashing import sha256_json
 # English prose averages with the tokenizers the recipes use (about 4), so the cap errs long.
 CAP_CHARS_PER_TOKEN = 5
 STAMP_FILE = ".fingerprint"  # what a job's tokens/ dir was made from
+TOKENIZE_JOB_SUFFIX = ".tokenize"  # .nemo/<stage>.tokenize/: a cluster tokenize job's dir
+ENTRY = "factory.engines.nemo.prepare"  # python -m ENTRY tokenize CONFIG: a tokenize job's step
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -84,13 +91,16 @@ def _write(path: Path, records) -> int:
 
 def export_data(recipe: Recipe, spec: dict, run_dir: Path) -> dict[str, int]:
     """Put the job's data in place: a plain text dataset tokenized into Megatron shards
-    under the job's work dir (streaming, resumable), tokenized corpora checked against
-    the model's tokenizer and left where they are, chat and preference records written
-    as jsonl. Returns the train and held-out document (or record) counts."""
+    under the job's work dir (streaming, resumable; with ``nemo.tokenize_on: cluster`` a
+    Slurm job does that instead, see ``cluster_tokenize_job``), tokenized corpora checked
+    against the model's tokenizer and left where they are, chat and preference records
+    written as jsonl. Returns the train and held-out document (or record) counts."""
     data = spec.get("data")
     if not data:
         return {}
     where = f"stages.{spec['stage']}.{data['field']}"
+    if data["format"] == "text" and recipe.engine_settings["nemo"].tokenize_on == "cluster":
+        return {}  # the stage's tokenize job makes the shards; its training job waits for it
     if data["format"] in ("text", CORPUS_FORMAT):
         tok_dir = tokenizer_dir(recipe, spec["stage"], data["tokenizer"], run_dir)
         if data["format"] == "text":
@@ -148,49 +158,104 @@ def _dataset_hash(recipe: Recipe, name: str, run_dir: Path) -> str:
     return SourceHashes(recipe)("dataset", name)
 
 
-def tokenize_dataset(recipe: Recipe, data: dict, run_dir: Path, tok_dir: Path, where: str) -> dict:
-    """Tokenize the dataset into ``data["tokens"]`` (``corpus.json`` + ``shards/``, the
+def tokenize_plan(recipe: Recipe, data: dict, run_dir: Path, tok_dir: Path, where: str) -> dict:
+    """What tokenizing a stage's text dataset into ``data["tokens"]`` takes, as plain data
+    (written to a cluster tokenize job's ``config.yaml``): the dataset's entry, the dirs,
+    the settings, and the stamp of what the shards are made from."""
+    name = data["dataset"]
+    stamp = {
+        "dataset": _dataset_hash(recipe, name, run_dir),
+        "tokenizer": tokenizer_digest(tok_dir),
+        "heldout_tokens": data["heldout_tokens"],
+        "max_tokens": data["max_tokens"],
+        "shard_tokens": TokenizeSettings().shard_tokens,
+    }
+    return {
+        "where": where,
+        "dataset": name,
+        "dataset_entry": None if name in recipe.stages else recipe.raw["datasets"][name],
+        "base": str(recipe.base),
+        "run_dir": str(run_dir),
+        "tokenizer": str(tok_dir),
+        "out": str(run_dir / data["tokens"]),
+        "heldout_tokens": data["heldout_tokens"],
+        "max_tokens": data["max_tokens"],
+        "workers": recipe.engine_settings["nemo"].workers,
+        "stamp": sha256_json(stamp),
+    }
+
+
+def finished_tokens(plan: dict) -> dict | None:
+    """The corpus index of ``plan``'s finished shards when they are made from what it says, else None."""
+    out = Path(plan["out"])
+    have = out / STAMP_FILE
+    if have.is_file() and have.read_text() == plan["stamp"] and (out / CORPUS_FILE).is_file():
+        return json.loads((out / CORPUS_FILE).read_text())
+    return None
+
+
+def run_tokenize(plan: dict) -> dict:
+    """Tokenize ``plan``'s dataset into ``plan["out"]`` (``corpus.json`` + ``shards/``, the
     layout of a ``tokenize`` stage's artifact) with factory.corpus: worker processes,
     memory flat in the corpus size, the first documents up to ``heldout_tokens`` held
-    out. A finished corpus of the same dataset, tokenizer and settings is kept; a killed
-    run resumes at its last finished shard; anything else there is started over."""
-    out = run_dir / data["tokens"]
-    settings = TokenizeSettings(
-        heldout_tokens=data["heldout_tokens"],
-        workers=max(1, min(recipe.engine_settings["nemo"].workers, os.cpu_count() or 1)),
-    )
-    digest = tokenizer_digest(tok_dir)
-    stamp = sha256_json(
-        {
-            "dataset": _dataset_hash(recipe, data["dataset"], run_dir),
-            "tokenizer": digest,
-            "heldout_tokens": settings.heldout_tokens,
-            "max_tokens": data["max_tokens"],
-            "shard_tokens": settings.shard_tokens,
-        }
-    )
+    out. A finished corpus of the same stamp is kept; a killed run resumes at its last
+    finished shard; anything else there is started over. The host and a cluster
+    tokenize job both run this, so their shards are the same bytes."""
+    done = finished_tokens(plan)
+    if done is not None:
+        return done
+    out, where, name = Path(plan["out"]), plan["where"], plan["dataset"]
     have = out / STAMP_FILE
-    if have.is_file() and have.read_text() == stamp and (out / CORPUS_FILE).is_file():
-        return json.loads((out / CORPUS_FILE).read_text())
-    if not (have.is_file() and have.read_text() == stamp) and out.exists():
+    if not (have.is_file() and have.read_text() == plan["stamp"]) and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    have.write_text(stamp)
-    ds = _dataset(recipe, data["dataset"], run_dir, where)
+    have.write_text(plan["stamp"])
+    if plan["dataset_entry"] is None:
+        ds = dataset_from_artifact(Path(plan["run_dir"]) / name, where)
+    else:
+        ds = build(DatasetSpec, plan["dataset_entry"], f"datasets.{name}")
+    settings = TokenizeSettings(
+        heldout_tokens=plan["heldout_tokens"], workers=max(1, min(plan["workers"], os.cpu_count() or 1))
+    )
     undecodable: dict[str, int] = {}
-    documents = _capped(corpus_documents(ds, recipe.base, undecodable), data["max_tokens"])
+    documents = _capped(corpus_documents(ds, Path(plan["base"]), undecodable), plan["max_tokens"])
     try:
-        made = tokenize_corpus(documents, tok_dir, out, settings)
+        made = tokenize_corpus(documents, Path(plan["tokenizer"]), out, settings)
     except FactoryError as e:
         raise FactoryError(f"{where}: {e}") from None
-    meta = {
-        **made,
-        "source": data["dataset"],
-        "licence": ds.licence_of(),
-        "undecodable_lines": dict(sorted(undecodable.items())),
-    }
+    meta = {**made, "source": name, "licence": ds.licence_of(), "undecodable_lines": dict(sorted(undecodable.items()))}
     storage.write_text(out / CORPUS_FILE, json.dumps(meta, indent=1) + "\n", "corpus index")
     return meta
+
+
+def tokenize_dataset(recipe: Recipe, data: dict, run_dir: Path, tok_dir: Path, where: str) -> dict:
+    """Tokenize the stage's text dataset on this machine (``run_tokenize``)."""
+    return run_tokenize(tokenize_plan(recipe, data, run_dir, tok_dir, where))
+
+
+def cluster_tokenize_job(recipe: Recipe, spec: dict, run_dir: Path) -> tuple[dict, Path] | None:
+    """For ``nemo.tokenize_on: cluster``: the plan of the stage's tokenize job, written to
+    its job dir ``.nemo/<stage>.tokenize/`` (``config.yaml``, and a copy of the tokenizer's
+    files, which the cluster reads from the run dir), with that dir; None when the stage
+    reads no plain text dataset or its shards are finished already."""
+    data = spec.get("data")
+    if not data or data["format"] != "text":
+        return None
+    where = f"stages.{spec['stage']}.{data['field']}"
+    tok_dir = tokenizer_dir(recipe, spec["stage"], data["tokenizer"], run_dir)
+    plan = tokenize_plan(recipe, data, run_dir, tok_dir, where)
+    if finished_tokens(plan) is not None:
+        return None
+    job_dir = run_dir / ".nemo" / f"{spec['stage']}{TOKENIZE_JOB_SUFFIX}"
+    copy = job_dir / "tokenizer"
+    copy.mkdir(parents=True, exist_ok=True)
+    for name in (*TOKENIZER_FILES, "config.json"):  # config.json: what AutoTokenizer may look at
+        if (tok_dir / name).is_file():
+            shutil.copyfile(tok_dir / name, copy / name)
+    plan = {**plan, "tokenizer": str(copy), "stage": spec["stage"], "recipe": spec["recipe"], "image": spec["image"]}
+    head = f"# Tokenize job of stage {spec['stage']} (recipe {spec['recipe']}): python -m {ENTRY} tokenize THIS\n"
+    (job_dir / "config.yaml").write_text(head + yaml.safe_dump(plan, sort_keys=False, width=120))
+    return plan, job_dir
 
 
 def check_corpora(data: dict, run_dir: Path, tok_dir: Path, where: str) -> dict[str, int]:
@@ -227,3 +292,23 @@ def _records(ds, base: Path, fmt: str) -> list[dict]:
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **({"tools": p.tools} if p.tools else {})}
         for p in iter_preferences(ds, base)
     ]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m factory.engines.nemo.prepare tokenize CONFIG``: run a tokenize job's
+    plan (its ``config.yaml``) where it lies, e.g. inside the image on a Slurm CPU node."""
+    if len(argv) != 2 or argv[0] != "tokenize":
+        print(f"usage: python -m {ENTRY} tokenize CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        plan = yaml.safe_load(Path(argv[1]).read_text())
+        meta = run_tokenize(plan)
+    except (FactoryError, OSError) as e:
+        print(f"[factory] tokenize: {e}", file=sys.stderr)
+        return 1
+    print(f"[factory] {plan['where']}: {meta.get('tokens')} tokens in {plan['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

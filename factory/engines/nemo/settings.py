@@ -101,9 +101,14 @@ class SlurmSettings:
     max_requeues: int = field(
         8, help="how often one stage's job may requeue itself at its time limit before it stops (0: never)"
     )
+    cpu_partition: str | None = field(
+        None, help="sbatch --partition of tokenize jobs (nemo.tokenize_on=cluster); unset: slurm.partition"
+    )
+    tokenize_time: str = field("04:00:00", help="time limit of a tokenize job (nemo.tokenize_on=cluster)")
 
     def check(self, where: str) -> None:
         _check_time(self.time, where, "time")
+        _check_time(self.tokenize_time, where, "tokenize_time")
         require(self.signal_grace > 0, where, "signal_grace", "must be positive")
         require(self.signal_grace <= 65535, where, "signal_grace", "Slurm's --signal takes at most 65535 seconds")
         require(self.max_requeues >= 0, where, "max_requeues", "must be zero or more")
@@ -135,7 +140,14 @@ class NeMoSettings:
     )
     precision: Literal["bf16-mixed", "16-mixed", "32"] = field("bf16-mixed", help="training precision")
     workers: int = field(
-        8, help="worker processes that tokenize a text dataset into Megatron shards on the submitting host"
+        8,
+        help="worker processes that tokenize a text dataset into Megatron shards (on the submitting host, "
+        "or the CPUs of a cluster tokenize job)",
+    )
+    tokenize_on: Literal["host", "cluster"] = field(
+        "host",
+        help="where a stage's text dataset is tokenized: host: on the submitting host before the job is "
+        "launched; cluster: in a Slurm CPU job (slurm launcher only) that the stage's job waits for",
     )
     slurm: SlurmSettings = field(factory=SlurmSettings, help="Slurm submission settings")
     stages: dict[str, StageResources] = field(factory=dict, help="per-stage resource overrides")
@@ -143,6 +155,12 @@ class NeMoSettings:
     def check(self, where: str) -> None:
         for key in ("nodes", "gpus_per_node", "tensor_parallel", "pipeline_parallel", "micro_batch_size", "workers"):
             require(getattr(self, key) > 0, where, key, "must be positive")
+        require(
+            self.tokenize_on == "host" or self.launcher == "slurm",
+            where,
+            "tokenize_on",
+            f"'cluster' submits a Slurm job: it needs launcher slurm, not {self.launcher}",
+        )
         grace = self.slurm.signal_grace
         for stage, o in [("", None), *self.stages.items()]:
             limit = slurm_seconds(self.resources(stage).time) if o is None or o.time else None
