@@ -417,32 +417,11 @@ def export_argv(converter: str, work: str, src: str) -> list[str]:
     ``--hf_model_name``, which defaults to a hub id: it gets the input's directory
     so nothing is fetched."""
     script = f"{NEMO_SCRIPTS}/checkpoint_converters/convert_{converter}_nemo_to_hf.py"
-    nemo = f"{work}/trained.nemo"
+    head = ["python", script, "--input_name_or_path", f"{work}/trained.nemo"]
     if converter == "mistral_7b":
-        return [
-            "python",
-            script,
-            "--input_name_or_path",
-            nemo,
-            "--output_path",
-            f"{work}/hf",
-            "--hf_model_name",
-            src,
-            "--precision",
-            "bf16",
-        ]
-    return [
-        "python",
-        script,
-        "--input_name_or_path",
-        nemo,
-        "--output_path",
-        f"{work}/hf-weights/pytorch_model.bin",
-        "--hf_input_path",
-        src,
-        "--hf_output_path",
-        f"{work}/hf",
-    ]
+        return [*head, "--output_path", f"{work}/hf", "--hf_model_name", src, "--precision", "bf16"]
+    weights = f"{work}/hf-weights/pytorch_model.bin"
+    return [*head, "--output_path", weights, "--hf_input_path", src, "--hf_output_path", f"{work}/hf"]
 
 
 def _converter(src: dict | None) -> str:
