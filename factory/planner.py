@@ -177,7 +177,7 @@ def stage_work(kind: str, cfg: dict, model: Shape, tokens: int, teacher: Shape |
         flops += forward_flops(model, seq) * tokens  # the reference log-probs, one pass (cached thereafter)
     if kind in ("correct", "distill"):
         steps = max(1, math.ceil(tokens / max(1, seq * cfg.get("batch_size", 1) * cfg.get("grad_accum", 1))))
-        evals = 2 + (steps // cfg["eval_every"] if cfg.get("eval_every") else 0)
+        evals = 2 + (steps // cfg["eval_every"] if cfg.get("eval_every") else 0) + len(cfg.get("eval_at_tokens") or [])
         per = forward_flops(model, seq) + (forward_flops(teacher, seq) if kind == "distill" and teacher else 0)
         flops += evals * cfg.get("eval_tokens", 0) * per
     return Work(model, tokens, flops, teacher if kind == "distill" else None)

@@ -22,13 +22,23 @@ from foundation.errors import ConfigError
 _MISSING = dataclasses.MISSING
 
 
-def field(default: Any = _MISSING, *, help: str = "", ref: str | None = None, factory=None, hashed: bool = True):
+def field(
+    default: Any = _MISSING,
+    *,
+    help: str = "",
+    ref: str | None = None,
+    factory=None,
+    hashed: bool = True,
+    hashed_when_set: bool = False,
+):
     """A dataclass field with help text and an optional reference kind.
 
     ``hashed=False`` marks knobs that cannot change a stage's result (how often
     to checkpoint or log): they stay out of the config hash, so changing them
-    never invalidates a cached artifact."""
-    meta = {"help": help, "hashed": hashed}
+    never invalidates a cached artifact. ``hashed_when_set=True`` keeps a field
+    out of the hash while it is null: a knob added later leaves the cache key of
+    every config that does not set it as it was."""
+    meta = {"help": help, "hashed": hashed, "hashed_when_set": hashed_when_set}
     if ref:
         meta["ref"] = ref
     if factory is not None:
@@ -226,6 +236,8 @@ def hashed_dict(obj) -> dict:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)  # a reference field holding a config (a blend) hashes its non-reference parts
         if (f.metadata.get("ref") and not dataclasses.is_dataclass(value)) or not f.metadata.get("hashed", True):
+            continue
+        if value is None and f.metadata.get("hashed_when_set"):
             continue
         out[f.name] = hashed_dict(value) if dataclasses.is_dataclass(value) else value
     return out

@@ -73,6 +73,12 @@ class TrainConfig:
     grad_clip: float = field(1.0, help="max global gradient norm (0 disables clipping)")
     eval_tokens: int = field(16_384, help="held-out tokens for the eval loss")
     eval_every: int = field(0, help="steps between held-out evals (0: before and after only)")
+    eval_at_tokens: list[int] | None = field(
+        None,
+        help="token counts at which to run the held-out eval as well (at the first step reaching each): "
+        "learning curves at log-spaced points",
+        hashed_when_set=True,
+    )
     eval_batch_size: int = field(8, help="sequences per eval batch", hashed=False)
     checkpoint_every: int = field(50, help="steps between mid-stage checkpoints (0: never)", hashed=False)
     log_every: int = field(1, help="steps between metrics rows", hashed=False)
@@ -103,6 +109,8 @@ class TrainConfig:
         require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, where, "adam_beta1", "betas must be in [0, 1)")
         for key in ("grad_clip", "eval_every", "checkpoint_every"):
             require(getattr(self, key) >= 0, where, key, "must be >= 0")
+        for i, tokens in enumerate(self.eval_at_tokens or []):
+            require(tokens > 0, where, f"eval_at_tokens[{i}]", f"must be positive, got {tokens}")
         require(self.log_every >= 1, where, "log_every", "must be >= 1")
         require(self.adam_eps >= 0, where, "adam_eps", "must be >= 0")
         check_budget(self.max_tokens, self.tokens_per_step, where, "max_tokens")
@@ -116,6 +124,11 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
+
+    def eval_steps(self, per_step: int) -> set[int]:
+        """The optimizer steps after which ``eval_at_tokens`` asks for a held-out eval: the first
+        step at which the run has trained on at least that many tokens, ``per_step`` a step."""
+        return {math.ceil(t / per_step) for t in self.eval_at_tokens or []}
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -258,7 +271,8 @@ def train(
     """Run ``cfg.total_steps`` optimizer steps, resuming from ``work_dir`` if a checkpoint is there.
 
     ``eval_fn`` returns a dict of held-out metrics; it runs before training
-    (step 0), every ``eval_every`` steps and at the end. Stages whose budget is
+    (step 0), every ``eval_every`` steps, at the steps ``eval_at_tokens`` names
+    and at the end. Stages whose budget is
     not a token count (DPO: epochs over pairs) pass ``total_steps`` and the
     (average) ``tokens_per_step`` themselves. ``initial_eval``, when given,
     stands in for ``eval_fn`` at step 0 of a fresh run: for stages that know
@@ -335,6 +349,7 @@ def _train_steps(
     """Optimizer steps ``start`` to ``total``, with their metrics rows, periodic evals and
     checkpoints: (seconds spent in optimizer steps, the last step's loss)."""
     warmup = int(cfg.warmup_ratio * total)
+    eval_steps = cfg.eval_steps(per_step)
     params = [p for p in model.parameters() if p.requires_grad]
     step_time = 0.0  # optimizer steps only: evals and checkpoints are not training throughput
     last_loss = float("nan")
@@ -347,7 +362,7 @@ def _train_steps(
         tps = (done - start) * per_step / max(step_time, 1e-9)
         if done % cfg.log_every == 0 or done == total:
             log.write(_step_row(done, per_step, last_loss, parts, lr, grad_norm, tps))
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+        if ((cfg.eval_every and done % cfg.eval_every == 0) or done in eval_steps) and done < total:
             log.write_evals(done, done * per_step, eval_fn())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             _save_checkpoint(ckpt, model, optimizer, done, layout)

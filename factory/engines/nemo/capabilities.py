@@ -66,6 +66,12 @@ def check_recipe(stage_engines: dict, settings, stages: dict, models: dict, shap
                 f"{', '.join(JOBS)}; {', '.join(NATIVE_ANYWHERE)} run natively); "
                 f"set engines.{name}: native",
             )
+        if getattr(cfg, "eval_at_tokens", None):
+            raise ConfigError(
+                f"{where}.eval_at_tokens",
+                "NeMo's trainers validate every val_check_interval steps only (eval_every); "
+                f"use eval_every, or set engines.{name}: native",
+            )
         res = settings.resources(name)
         _check_parallel(res, where, name)
         if res.nodes > 1 and settings.launcher != "slurm":

@@ -88,6 +88,10 @@ def test_two_layer_model_by_hand():
     assert planner.train_flops(TWO_LAYER, 8) == 6 * 80_448 + 6 * 2 * 8 * 64 == 488_832
     work = planner.stage_work("correct", {"seq_len": 8, "batch_size": 4, "eval_tokens": 0}, TWO_LAYER, 320)
     assert work.flops == 320 * 488_832
+    # every held-out eval (before, after and one per eval_at_tokens point) is a forward over eval_tokens
+    cfg = {"seq_len": 8, "batch_size": 4, "eval_tokens": 16, "eval_at_tokens": [32, 64, 128]}
+    work = planner.stage_work("correct", cfg, TWO_LAYER, 320)
+    assert work.flops == 320 * 488_832 + (2 + 3) * 16 * planner.forward_flops(TWO_LAYER, 8)
 
 
 def test_memory_components_by_hand():

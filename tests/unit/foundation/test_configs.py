@@ -78,3 +78,20 @@ def test_optional_accepts_null():
     assert coerce(int | None, None, "k") is None
     with pytest.raises(ConfigError, match="expected int, got null"):
         coerce(int, None, "k")
+
+
+@dataclass
+class Before:
+    steps: int = field(10)
+
+
+@dataclass
+class After:
+    steps: int = field(10)
+    points: list[int] | None = field(None, hashed_when_set=True)
+
+
+def test_a_field_hashed_when_set_keeps_the_key_of_configs_that_leave_it_null():
+    before = hashed_dict(build(Before, {"steps": 3}, ""))
+    assert hashed_dict(build(After, {"steps": 3}, "")) == before == {"steps": 3}
+    assert hashed_dict(build(After, {"steps": 3, "points": [1, 2]}, "")) == {"steps": 3, "points": [1, 2]}

@@ -7,18 +7,19 @@ import torch
 
 from factory.training.loop import TrainConfig, train
 from factory.training.metrics import MetricsLog
+from foundation.errors import FactoryError
 
 
 class Stop(Exception):
     pass
 
 
-def run(tmp_path, stop_at=None, evals=None):
+def run(tmp_path, stop_at=None, evals=None, **knobs):
     """6 steps of a linear model towards zero output, checkpointed every 2; ``stop_at``: killed at that step."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     data = torch.randn(64, 4)
-    cfg = TrainConfig(seq_len=2, batch_size=2, max_tokens=24, checkpoint_every=2, device="cpu", lr=0.1)
+    cfg = TrainConfig(seq_len=2, batch_size=2, max_tokens=24, checkpoint_every=2, device="cpu", lr=0.1, **knobs)
     calls = evals if evals is not None else []
 
     def loss_fn(m, batch):
@@ -57,3 +58,20 @@ def test_a_resumed_run_reads_its_first_eval_back_from_the_log(tmp_path):
     assert r.resumed_from == 4
     assert len(evals) == 1  # only the final eval ran again
     assert r.first_eval == {"loss": first["eval_loss"], "tokens": 64}
+
+
+def test_eval_at_tokens_evaluates_at_the_first_step_reaching_each_count(tmp_path):
+    for sub in ("plain", "points"):
+        (tmp_path / sub).mkdir()
+    plain = run(tmp_path / "plain")
+    # 4 tokens a step: 1 -> step 1, 8 -> step 2, 9 -> step 3; 100 is past the 24-token run
+    r = run(tmp_path / "points", eval_at_tokens=[9, 1, 8, 100])
+    rows = [json.loads(x) for x in (tmp_path / "points" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(row["step"], row["tokens"]) for row in rows if "eval_loss" in row]
+    assert evals == [(0, 0), (1, 4), (2, 8), (3, 12), (6, 24)]
+    assert r.last_eval == plain.last_eval  # evaluating in between does not change the training
+
+
+def test_eval_at_tokens_must_be_positive():
+    with pytest.raises(FactoryError, match=r"s\.eval_at_tokens\[1\]: must be positive, got 0"):
+        TrainConfig(eval_at_tokens=[5, 0]).check("s")

@@ -173,6 +173,7 @@ def nemo_error(recipe: Path, overrides: list[str], native: list[str] = ("engine=
         (["stages.distill.temperature=2.0"], "stages.distill.temperature", "no temperature"),
         (["stages.distill.kd_loss=reverse_kl"], "stages.distill.kd_loss", "forward KL"),
         (["stages.dpo.label_smoothing=0.1"], "stages.dpo.label_smoothing", "no label smoothing"),
+        (["stages.distill.eval_at_tokens=[1000,2000]"], "stages.distill.eval_at_tokens", "eval_every"),
         (
             ["stages.distill.batch_size=17", "stages.distill.grad_accum=47"],
             "stages.distill.batch_size",
