@@ -9,6 +9,7 @@ Every function is deterministic for a given seed and input order."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,22 @@ def ratio(values: Sequence[float], weights: Sequence[float] | None = None) -> fl
     v, w = _arrays(values, weights)
     den = w.sum()
     return float((v * w).sum() / den) if den > 0 else float("nan")
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion: ``k`` successes in ``n`` trials, ``z`` the
+    normal quantile (1.96: 95%). Unlike the normal approximation it stays inside [0, 1]
+    and is not empty at k = 0 or k = n, which matters for a few dozen held-out items.
+    With no trials nothing is known: (0, 1)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    shrink = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / shrink
+    half = z / shrink * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _resample_indices(n: int, resamples: int, seed: int):

@@ -73,9 +73,23 @@ class Headline:
     brief: str | None = None
     curve: str | None = None
     millions: bool = False  # a count (e.g. parameters) shown in millions
+    interval: bool = False  # ``{metric}_lo_*`` / ``{metric}_hi_*`` hold its 95% interval
 
     def format(self, value: float) -> str:
         return f"{value / 1e6:.1f}M" if self.millions else f"{value:.3f}"
+
+    def shown(self, metrics: dict) -> tuple[str, str] | None:
+        """(before, after) as the card and report write them, each with its interval
+        (``0.500 [0.300, 0.700]``) where the stage records one; None when either is missing."""
+        pair = self.values(metrics)
+        if pair is None:
+            return None
+        out = []
+        for when, value in zip(("before", "after"), pair):
+            lo, hi = metrics.get(f"{self.metric}_lo_{when}"), metrics.get(f"{self.metric}_hi_{when}")
+            span = f" [{self.format(lo)}, {self.format(hi)}]" if self.interval and None not in (lo, hi) else ""
+            out.append(self.format(value) + span)
+        return out[0], out[1]
 
     def values(self, metrics: dict) -> tuple[float, float] | None:
         """(before, after) from a manifest's metrics; None when either is missing."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from evals.stats import wilson_interval
 from factory.alignment.chat import Rendered, render
 from factory.alignment.preference import PreferenceLoss, fused_preference_loss, preference_loss, sequence_logps
 from factory.alignment.records import BadRecords, iter_preferences
@@ -134,14 +136,18 @@ def pair_logps(model, pairs: list[Pair], pad: int, batch_size: int, device) -> t
     return torch.cat(out)
 
 
-def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, spec: PreferenceLoss) -> dict:
-    """Loss, reward accuracy and margin from [P, 2] policy/reference log-probs and token counts."""
+def _rewards(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, spec: PreferenceLoss):
+    """(per-pair losses, {"chosen", "rejected"} implicit rewards) from [P, 2] policy/reference
+    log-probs and token counts."""
     pc, pr = logps[:, 0], logps[:, 1]
     rc, rr = ref[:, 0], ref[:, 1]
     if spec.average_log_probs:
         pc, pr = pc / counts[:, 0], pr / counts[:, 1]
         rc, rr = rc / counts[:, 0], rr / counts[:, 1]
-    losses, rewards = preference_loss(pc, pr, rc, rr, spec, chosen_tokens=counts[:, 0].float())
+    return preference_loss(pc, pr, rc, rr, spec, chosen_tokens=counts[:, 0].float())
+
+
+def _summary(losses: torch.Tensor, rewards: dict) -> dict:
     margin = rewards["chosen"] - rewards["rejected"]
     return {
         "loss": float(losses.mean()),
@@ -150,6 +156,55 @@ def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, 
         "chosen_reward": float(rewards["chosen"].mean()),
         "rejected_reward": float(rewards["rejected"].mean()),
     }
+
+
+def _reward_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, spec: PreferenceLoss) -> dict:
+    """Loss, reward accuracy and margin from [P, 2] policy/reference log-probs and token counts."""
+    return _summary(*_rewards(logps, ref, counts, spec))
+
+
+# the held-out metrics in manifest order, each as ``heldout_<name>_before`` / ``_after``
+HELDOUT = (
+    "loss",
+    "reward_accuracy",
+    "reward_accuracy_lo",
+    "reward_accuracy_hi",
+    "reward_margin",
+    "ties",
+    "reward_accuracy_above_chance",
+)
+
+
+def heldout_stats(logps: torch.Tensor, ref: torch.Tensor, counts: torch.Tensor, spec: PreferenceLoss) -> dict:
+    """``_reward_stats`` of the held-out pairs plus what a few dozen pairs can and cannot say:
+    the Wilson 95% interval of the reward accuracy (a pair counts as correct only when its
+    margin is above zero), ``ties`` (pairs whose margin is exactly zero: every pair at step 0,
+    when the policy is its reference) and ``reward_accuracy_above_chance`` (1.0 when the
+    whole interval lies above 0.5)."""
+    losses, rewards = _rewards(logps, ref, counts, spec)
+    margin = rewards["chosen"] - rewards["rejected"]
+    lo, hi = wilson_interval(int((margin > 0).sum()), len(margin))
+    return {
+        **_summary(losses, rewards),
+        "reward_accuracy_lo": lo,
+        "reward_accuracy_hi": hi,
+        "ties": int((margin == 0).sum()),
+        "reward_accuracy_above_chance": 1.0 if lo > 0.5 else 0.0,
+    }
+
+
+def accuracy_line(name: str, pairs: int, first: dict, last: dict) -> str:
+    """The stage's closing line: held-out reward accuracy before -> after on ``pairs`` pairs,
+    each with its interval, correct pairs and ties, and whether the end result is above chance."""
+
+    def one(e: dict) -> str:
+        return (
+            f"{e['reward_accuracy']:.3f} [{e['reward_accuracy_lo']:.3f}, {e['reward_accuracy_hi']:.3f}] "
+            f"({round(e['reward_accuracy'] * pairs)}/{pairs} correct, {e['ties']} ties)"
+        )
+
+    verdict = "above chance" if last["reward_accuracy_above_chance"] else "not shown above chance"
+    return f"[factory] {name}: held-out reward accuracy {one(first)} -> {one(last)} (95% Wilson); {verdict}"
 
 
 def _cached_reference(ctx: StageContext, model, pairs: list[Pair], pad: int, cfg: DPOConfig, device) -> torch.Tensor:
@@ -185,12 +240,20 @@ class _Split:
     cut: int  # pairs dropped because the prompt alone fills seq_len
 
 
+def split_pairs(pairs: list, eval_pairs: int, max_pairs: int | None, seed: int) -> tuple[list, list]:
+    """(held out, training): the pairs shuffled by ``seed``, the first ``eval_pairs`` held out
+    before anything is trained on, then at most ``max_pairs`` of the rest. Pairs are drawn
+    whole, so a held-out pair is never trained on; a prompt with one pair (as the ``pairs``
+    stage writes them) is on one side only."""
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    heldout, train_set = order[:eval_pairs], order[eval_pairs:]
+    return heldout, train_set if max_pairs is None else train_set[:max_pairs]
+
+
 def _split(ctx: StageContext, model, tok, cfg: DPOConfig, bad, device) -> _Split:
     pairs, cut = _pairs(ctx, tok, cfg, bad)
-    random.Random(ctx.seed).shuffle(pairs)
-    heldout, train_set = pairs[: cfg.eval_pairs], pairs[cfg.eval_pairs :]
-    if cfg.max_pairs is not None:
-        train_set = train_set[: cfg.max_pairs]
+    heldout, train_set = split_pairs(pairs, cfg.eval_pairs, cfg.max_pairs, ctx.seed)
     if not train_set:
         raise FactoryError(
             f"stages.{ctx.name}.data: {len(pairs)} usable pairs; need more than eval_pairs ({cfg.eval_pairs})"
@@ -241,13 +304,13 @@ def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device)
     )
 
     def eval_fn() -> dict:
-        return _reward_stats(
+        return heldout_stats(
             pair_logps(model, data.heldout, data.pad, cfg.eval_batch_size, device), data.ref_eval, eval_counts, spec
         )
 
     def initial_eval() -> dict:
         # at step 0 the policy is the reference: its held-out log-probs are the cached ones
-        return _reward_stats(data.ref_eval, data.ref_eval, eval_counts, spec)
+        return heldout_stats(data.ref_eval, data.ref_eval, eval_counts, spec)
 
     return eval_fn, initial_eval
 
@@ -258,7 +321,7 @@ def _eval_fns(model, data: _Split, cfg: DPOConfig, spec: PreferenceLoss, device)
     "preference optimisation (dpo / ipo / rpo) against the frozen starting model",
     headline=(
         Headline("heldout_loss", "held-out loss", brief="loss", curve="eval_loss"),
-        Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy"),
+        Headline("heldout_reward_accuracy", "reward accuracy", curve="eval_reward_accuracy", interval=True),
     ),
 )
 def run(ctx: StageContext) -> StageResult:
@@ -290,10 +353,12 @@ def run(ctx: StageContext) -> StageResult:
         initial_eval=initial_eval,
     )
     save_checkpoint(model, tok, ctx.out_dir)
+    if dist.is_main():
+        print(accuracy_line(ctx.name, len(data.heldout), result.first_eval, result.last_eval), file=sys.stderr)
     shutil.copy(log.path, ctx.metrics_path())
     metrics = stage_metrics(
         result,
-        {f"heldout_{k}": k for k in ("loss", "reward_accuracy", "reward_margin")},
+        {f"heldout_{k}": k for k in HELDOUT},
         by_metric=False,
         counts={"pairs_seen": steps * per_step},
         rate=("train_pairs_per_s", per_step),

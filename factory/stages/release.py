@@ -106,9 +106,9 @@ def _stage_row(m: dict) -> str:
     metrics = m.get("metrics", {})
     shown = []
     for h in headline(m["kind"]):  # what the stage's kind declares sums it up
-        pair = h.values(metrics)
+        pair = h.shown(metrics)
         if pair is not None:
-            shown.append(f"{h.label} {h.format(pair[0])} -> {h.format(pair[1])}")
+            shown.append(f"{h.label} {pair[0]} -> {pair[1]}")
     inputs = ", ".join(sorted(set(m.get("input_fields", {}).values())))
     skip = {"max_tokens"} if cfg.get("epochs") is not None else set()
     settings = {
