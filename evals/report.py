@@ -48,7 +48,7 @@ def chance_levels(results: dict) -> dict[str, float]:
     return {task: sum(v) / len(v) for task, v in inverse.items()}
 
 
-def _caps(runs: list[tuple[str, dict]]) -> dict[str, tuple[str, str, str]]:
+def task_caps(runs: list[tuple[str, dict]]) -> dict[str, tuple[str, str, str]]:
     """Task -> (chance level, max tokens, limit) as shown; values that differ between
     runs are joined by '/'. A log-likelihood task samples nothing (max tokens '-');
     a task without a limit ran on all its samples."""
@@ -81,7 +81,7 @@ def table_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]
     header = ["task", "metric", *CAP_COLUMNS]
     for label, _ in runs:
         header += [label, "n"]
-    caps = _caps(runs)
+    caps = task_caps(runs)
     rows = []
     for task, m, cells in metric_rows(runs):
         row = [task, m, *caps.get(task, ("-", "-", "-"))]

@@ -9,6 +9,7 @@ tokens, data and licences without the stage knowing the recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from evals import report
 from evals import results as res
 from factory.pruning.arch import TARGET_KEYS
+from factory.retention import Teacher, check_teacher, load_retention, retention_section
+from factory.sources.models import resolve_path
 from factory.stages.base import StageContext, StageResult, headline, register
 from foundation.artifacts import read_manifest
 from foundation.configs import field, require
@@ -40,11 +44,26 @@ class ReleaseConfig:
     model_name: str | None = field(None, help="name in the card's title (default: the recipe's name)")
     license: str = field("apache-2.0", help="licence of the released weights (the teacher's terms apply)")
     max_new_tokens: int = field(512, help="generation_config.json default")
+    retention: str | None = field(
+        None, help="a retention curve JSON (bench/retention.py), relative to the recipe: the card's size table"
+    )
+    # derived in check_files, hashed with the config: a changed curve renders the card again
+    retention_hash: str = dataclasses.field(
+        init=False, default="", metadata={"help": "derived: sha256 of the retention file"}
+    )
 
     def check(self, where: str) -> None:
         require(self.model is not None, where, "model", "missing required key")
         require(self.gate is None or self.results is not None, where, "gate", "a gate needs results too")
         require(self.max_new_tokens > 0, where, "max_new_tokens", "must be positive")
+
+    def check_files(self, where: str, base: Path) -> None:
+        """The retention file (relative to the recipe's directory ``base``) exists and holds
+        a retention curve; its sha256 joins the config hash."""
+        if self.retention is not None:
+            path = resolve_path(self.retention, base)
+            load_retention(path, f"{where}.retention")
+            self.retention_hash = sha256_file(path)
 
 
 def lineage(artifact: Path) -> list[dict]:
@@ -146,6 +165,9 @@ def _data_rows(chain: list[dict]) -> list[str]:
 
 
 def eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[str]:
+    """The card's evaluation rows: task, metric, n, the task's chance level (multiple choice)
+    and generation cap (``max_tokens``) as the eval report shows them, then each model's score."""
+
     def load(label):
         p = results_dir / f"results-{label}.json"
         if not p.is_file():
@@ -155,20 +177,28 @@ def eval_rows(results_dir: Path, candidate: str, baseline: str | None) -> list[s
 
     cand = load(candidate)
     base = load(baseline) if baseline else None
+    caps = report.task_caps([(candidate, cand), *([(baseline, base)] if base else [])])
+
+    def cell(x):
+        return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]" if x.get("ci") else f"{x['value']:.3f}"
+
     rows = []
     for task, t in cand["tasks"].items():
+        chance, max_tokens, _ = caps.get(task, ("-", "-", "-"))
         for metric, v in t["metrics"].items():
-
-            def cell(x):
-                return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]" if x.get("ci") else f"{x['value']:.3f}"
-
             b = base["tasks"].get(task, {}).get("metrics", {}).get(metric) if base else None
-            rows.append(f"| {task} | {metric} | {t.get('n', '')} | {cell(v)} | {cell(b) if b else '-'} |")
+            rows.append(
+                f"| {task} | {metric} | {t.get('n', '')} | {chance} | {max_tokens} | {cell(v)} | "
+                f"{cell(b) if b else '-'} |"
+            )
     return rows
 
 
-def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConfig) -> str:
-    """The README.md of the release: its sections in order, evaluation and gate only when configured."""
+def model_card(
+    ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConfig, retention: dict | None = None
+) -> str:
+    """The README.md of the release: its sections in order, evaluation, gate and the
+    retention curve (``retention``: the checked file's contents) only when configured."""
     top = chain[-1]
     teacher_desc = _teacher_desc(ctx, chain)
     config = json.loads((out / "config.json").read_text())
@@ -186,12 +216,14 @@ def model_card(ctx: StageContext, chain: list[dict], out: Path, cfg: ReleaseConf
         lines += _evaluation_section(ctx, cfg)
     if cfg.gate:
         lines += _gate_section(read_manifest(ctx.models["gate"]) or {})
+    if retention is not None:
+        lines += retention_section(retention, cfg.retention, cfg.retention_hash)
     lines += _closing_sections(name, recipe_file, recipe_hash)
     return "\n".join(x for x in lines if x is not None)
 
 
-def _teacher_desc(ctx: StageContext, chain: list[dict]) -> str:
-    """The non-dataset sources of the chain's root stages (those with no earlier stage as input), or "unknown"."""
+def _teacher_sources(ctx: StageContext, chain: list[dict]) -> list[str]:
+    """The non-dataset sources of the chain's root stages (those with no earlier stage as input)."""
     roots = [
         m
         for m in chain
@@ -199,10 +231,50 @@ def _teacher_desc(ctx: StageContext, chain: list[dict]) -> str:
             (ctx.models["model"].parent / n / "manifest.json").is_file() for n in m.get("input_fields", {}).values()
         )
     ]
-    return (
-        "; ".join(sorted({d for m in roots for n, d in m.get("sources", {}).items() if not d.startswith("dataset")}))
-        or "unknown"
-    )
+    return sorted({d for m in roots for n, d in m.get("sources", {}).items() if not d.startswith("dataset")})
+
+
+def _teacher_desc(ctx: StageContext, chain: list[dict]) -> str:
+    """The teacher as the card names it: its sources, or "unknown"."""
+    return "; ".join(_teacher_sources(ctx, chain)) or "unknown"
+
+
+def lineage_teacher(ctx: StageContext, chain: list[dict], params: int | None) -> Teacher:
+    """The teacher of the chain for comparing with a retention file: the packaged or hub
+    names (or local paths) of its sources, and its parameter count from the first stage that records one
+    (a prune stage's ``params_before``) or, when no stage of the chain changes the shape,
+    the released model's own ``params``."""
+    names = set()
+    for desc in _teacher_sources(ctx, chain):
+        how, _, what = desc.partition(" ")
+        if how == "packaged":
+            names.add(what)
+        elif how == "hub":
+            repo = what.split("@")[0]
+            names |= {repo, repo.rsplit("/", 1)[-1]}
+        elif how == "local":
+            local = what.split(" (")[0]
+            names |= {local, Path(local).name}
+    counts = [m["metrics"]["params_before"] for m in chain if "params_before" in m.get("metrics", {})]
+    if not counts and not any(m["kind"] in ("prune", "distill") for m in chain):
+        counts = [params] if params else []
+    return Teacher(_teacher_desc(ctx, chain), frozenset(names), counts[0] if counts else None)
+
+
+def _retention(ctx: StageContext, cfg: ReleaseConfig, chain: list[dict]) -> dict | None:
+    """The configured retention file, checked (schema, unchanged since the recipe was
+    loaded, the release's own teacher) before the card uses it; None when not configured."""
+    if cfg.retention is None:
+        return None
+    where = f"stages.{ctx.name}.retention"
+    path = resolve_path(cfg.retention, ctx.base)
+    data = load_retention(path, where)
+    if cfg.retention_hash and sha256_file(path) != cfg.retention_hash:
+        raise FactoryError(f"{where}: {path} changed after the recipe was loaded; run again to use the new file")
+    if not cfg.retention_hash:
+        cfg.retention_hash = sha256_file(path)
+    check_teacher(data, lineage_teacher(ctx, chain, _params(ctx.out_dir)), path, where)
+    return data
 
 
 def _card_intro(licence: str, name: str, params: int | None, recipe_file: Path) -> list[str]:
@@ -264,10 +336,12 @@ def _evaluation_section(ctx: StageContext, cfg: ReleaseConfig) -> list[str]:
         "## Evaluation",
         "",
         f"Scores with bootstrap 95% confidence intervals; `{cand}` is this model"
-        + (f", `{cfg.baseline}` the reference." if cfg.baseline else "."),
+        + (f", `{cfg.baseline}` the reference." if cfg.baseline else ".")
+        + " chance: the score of guessing among each item's choices (multiple choice only); "
+        "max_tokens: the generation cap per answer (- for tasks scored by log-likelihood).",
         "",
-        f"| task | metric | n | {cand} | {cfg.baseline or '-'} |",
-        "|---|---|---|---|---|",
+        f"| task | metric | n | chance | max_tokens | {cand} | {cfg.baseline or '-'} |",
+        "|---|---|---|---|---|---|---|",
         *eval_rows(ctx.models["results"], cand, cfg.baseline),
         "",
     ]
@@ -353,6 +427,7 @@ def run(ctx: StageContext) -> StageResult:
         raise FactoryError(f"stages.{ctx.name}.model: {src} has no chat template; an instruct release needs one")
     _generation_config(ctx.out_dir, tok, cfg)
     chain = lineage(src)
+    retention = _retention(ctx, cfg, chain)
     (ctx.out_dir / "lineage.json").write_text(
         json.dumps(
             [
@@ -378,7 +453,7 @@ def run(ctx: StageContext) -> StageResult:
         )
         + "\n"
     )
-    card = model_card(ctx, chain, ctx.out_dir, cfg)
+    card = model_card(ctx, chain, ctx.out_dir, cfg, retention)
     (ctx.out_dir / "README.md").write_text(card)
     tokens = {m["stage"]: m.get("tokens") for m in chain}
     return StageResult(
