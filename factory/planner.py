@@ -593,7 +593,7 @@ def plan_stage(recipe, stage: str, shapes: dict, target: Target, rates: list[Rat
     cfg, kind = to_dict(cfg_obj), cfg_obj.kind
     layout, limit = stage_layout(recipe, stage, target)
     plan = StagePlan(stage, kind, layout, target.device, time_limit_s=limit)
-    if kind not in MODELLED_KINDS and kind not in ("pairs", "release"):
+    if kind not in MODELLED_KINDS and kind not in ("generate", "pairs", "release"):
         plan.tokens_note = "not modelled (evaluation)"
         return plan
     model_ref = cfg.get("student") or cfg.get("model")

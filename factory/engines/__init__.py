@@ -4,7 +4,7 @@
 (``factory.stages``). ``nemo`` turns training stages into jobs on NVIDIA's
 stack (NeMo 2 + ModelOpt, NeMo-Aligner) that run in NGC containers, locally
 or on Slurm (``factory.engines.nemo``). Stages that only read and write
-artifacts (tokenize, evaluate, gate, pairs, release) run natively under every engine,
+artifacts (tokenize, generate, evaluate, gate, pairs, release) run natively under every engine,
 so a recipe mixes engines freely: every artifact is an HF checkpoint (or a
 results / data directory) with a manifest, whichever engine made it.
 

@@ -16,7 +16,7 @@ from foundation.errors import ConfigError
 JOBS = ("correct", "prune", "distill", "sft", "dpo")
 # Kinds that only read and write artifacts (tokenize: on the submitting host, streaming, in worker
 # processes): they run natively under every engine.
-NATIVE_ANYWHERE = ("evaluate", "gate", "pairs", "release", "tokenize")
+NATIVE_ANYWHERE = ("evaluate", "gate", "generate", "pairs", "release", "tokenize")
 
 # HF model_type -> (NeMo 2 model class, config class) whose "hf" importer/exporter converts it.
 # The importer reads the shape from config.json; the config only has to be a complete one of the

@@ -27,7 +27,8 @@ def test_the_built_in_kinds_declare_what_their_manifests_hold():
         ("heldout_loss", "loss", "eval_loss"),
         ("heldout_reward_accuracy", None, "eval_reward_accuracy"),
     ]
-    assert declared["evaluate"] == declared["gate"] == declared["pairs"] == declared["release"] == []
+    assert declared["evaluate"] == declared["gate"] == declared["pairs"] == declared["generate"] == []
+    assert declared["release"] == []
 
 
 def test_curves_in_pipeline_order_once_each():

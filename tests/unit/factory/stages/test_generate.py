@@ -272,3 +272,10 @@ def test_a_rerun_reuses_the_logged_completions_and_generates_the_rest(tmp_path, 
     got = {int(r["id"]): r["messages"][-1]["content"] for r in _answers(tmp_path / "runs" / "gen" / "short")}
     assert got == {r["index"]: f"logged {r['index']}" for r in lines} and gone not in got
     assert not log.exists()  # a finished stage leaves no work dir behind
+
+
+def test_the_nemo_engine_runs_it_natively(tmp_path, answerer):
+    from factory.executors import executor_name
+
+    recipe = load_recipe(_recipe(tmp_path, answerer[0]), ["engine=nemo"])
+    assert executor_name(recipe, "gen") == "native"
