@@ -352,6 +352,8 @@ def run(ctx: StageContext) -> StageResult:
         tokens_per_step=round(avg_tokens * per_step),
         initial_eval=initial_eval,
     )
+    if result.resumed_from:  # step 0 is the reference itself: its metrics follow from the cached log-probs
+        result.first_eval = initial_eval()  # (a log written before a metric existed lacks it)
     save_checkpoint(model, tok, ctx.out_dir)
     if dist.is_main():
         print(accuracy_line(ctx.name, len(data.heldout), result.first_eval, result.last_eval), file=sys.stderr)

@@ -161,3 +161,31 @@ def _evals(stage_dir):
     evals = [{k[len("eval_") :]: v for k, v in r.items() if k.startswith("eval_")} for r in rows]
     evals = [e for e in evals if e]
     return evals[0], evals[-1]
+
+
+def test_a_resumed_run_reports_step_zero_from_the_reference(tmp_path, monkeypatch):
+    """Killed after a mid-stage checkpoint, with a metrics log whose step-0 row predates the
+    interval (no lo/hi/ties): the rerun resumes and still reports step 0 in full, since at
+    step 0 the policy is its reference."""
+    from factory.training import loop
+
+    _pairs(tmp_path / "pairs.jsonl")
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("checkpoint_every: 0", "checkpoint_every: 2"))
+    real_save = loop._save_checkpoint
+
+    def crash_after_first(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt  # stands in for SIGKILL right after the checkpoint landed
+
+    monkeypatch.setattr(loop, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(load_recipe(tmp_path / "r.yaml"), tmp_path / "runs", progress=False).run()
+    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
+    (log,) = (tmp_path / "runs" / "dpoint" / ".work").glob("dpo-*/metrics.jsonl")
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    old = ("eval_reward_accuracy_lo", "eval_reward_accuracy_hi", "eval_ties", "eval_reward_accuracy_above_chance")
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in old}) + "\n" for r in rows))
+    Pipeline(load_recipe(tmp_path / "r.yaml"), tmp_path / "runs", progress=False).run()
+    m = read_manifest(tmp_path / "runs" / "dpoint" / "dpo")["metrics"]
+    assert m["heldout_ties_before"] == 16 and m["heldout_reward_accuracy_lo_before"] == 0.0
+    assert m["heldout_reward_accuracy_hi_before"] == pytest.approx(Z**2 / (16 + Z**2))
