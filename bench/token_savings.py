@@ -38,7 +38,7 @@ student's rate would slow random init and flatter the ratio. It is not tuned per
 Data: each run packs as many training blocks as its own budget needs from the same shuffled
 corpus (the held-out blocks, the first ones, are identical), so the student's first B tokens
 are not the scratch runs' first B tokens; all are draws from one corpus, none repeats a block
-at these budgets (Shakespeare packs to well over 1M tokens).
+at these budgets (Shakespeare is 1.56M tokens of the teacher's tokenizer).
 
 Cost of the defaults (65,536 student tokens, 524,288 scratch tokens, 8 student points; 11
 scratch points, the same density per doubling): the distill stage runs ~700 tokens/s on the
