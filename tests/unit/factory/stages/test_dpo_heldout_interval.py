@@ -13,6 +13,7 @@ from evals.stats import wilson_interval
 from factory.alignment.preference import PreferenceLoss
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from factory.report import write_report
 from factory.stages import dpo
 from factory.stages.base import headline
 from foundation.artifacts import read_manifest
@@ -153,6 +154,13 @@ def test_a_tiny_dpo_run_reports_the_interval_ties_and_chance(tmp_path, capsys):
         f"{m['heldout_reward_accuracy_after']:.3f} [{m['heldout_reward_accuracy_lo_after']:.3f}, "
         f"{m['heldout_reward_accuracy_hi_after']:.3f}]"
     ) in row
+    write_report(run)  # the run report's stage table leads with the held-out accuracy and its interval
+    (summary,) = [x for x in (run / "report" / "report.md").read_text().splitlines() if x.startswith("| dpo | dpo |")]
+    assert (
+        f"heldout_reward_accuracy_after={m['heldout_reward_accuracy_after']:.4g}, "
+        f"heldout_reward_accuracy_lo_after={m['heldout_reward_accuracy_lo_after']:.4g}, "
+        f"heldout_reward_accuracy_hi_after={m['heldout_reward_accuracy_hi_after']:.4g}"
+    ) in summary
 
 
 def _evals(stage_dir):
