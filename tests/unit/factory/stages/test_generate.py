@@ -3,6 +3,7 @@ answers, the prompts are chosen in the seeded order, truncated answers are dropp
 counted, and the artifact feeds ``tokenize`` (chat-template renderings) and a blended
 ``distill``."""
 
+import importlib.util
 import json
 from collections import Counter
 
@@ -17,7 +18,7 @@ from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from factory.sources.produced import dataset_from_artifact
 from factory.sources.tiny import byte_tokenizer
-from factory.stages.generate import prompt_turns, select_prompts, truncated
+from factory.stages.generate import GenerateConfig, Prompt, answer_records, prompt_turns, select_prompts, truncated
 from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
 from tests.conftest import RECIPES
@@ -279,3 +280,45 @@ def test_the_nemo_engine_runs_it_natively(tmp_path, answerer):
 
     recipe = load_recipe(_recipe(tmp_path, answerer[0]), ["engine=nemo"])
     assert executor_name(recipe, "gen") == "native"
+
+
+NO_VLLM = importlib.util.find_spec("vllm") is None
+
+
+@pytest.mark.skipif(not NO_VLLM, reason="auto may choose vLLM where it is installed")
+def test_auto_without_vllm_runs_hf_and_vllm_is_one_line(tmp_path, answerer, gen_runs):
+    extra = (
+        "  auto: {kind: generate, model: answerer, data: chats, max_new_tokens: 8, drop_truncated: false, "
+        "engine: auto, device: cpu}\n"
+        "  vllm: {kind: generate, model: answerer, data: chats, engine: vllm}\n"
+    )
+    recipe = load_recipe(_recipe(tmp_path, answerer[0], extra=extra))
+    Pipeline(recipe, tmp_path / "runs", progress=False).run(until="auto")
+    art = tmp_path / "runs" / "gen" / "auto"
+    assert read_manifest(art)["generator"]["engine"] == "hf"
+    assert _answers(art) == _answers(gen_runs[0, "gen_all"])
+    with pytest.raises(FactoryError, match=r"vllm") as e:
+        Pipeline(recipe, tmp_path / "runs", progress=False).run(until="vllm")
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_engine_settings_are_refused_at_load(tmp_path, answerer):
+    extra = "  bad: {kind: generate, model: answerer, data: chats, engine_settings: {max_num_seqs: 4}}\n"
+    with pytest.raises(FactoryError, match=r"stages\.bad\.engine_settings\.max_num_seqs: unknown setting of engine hf"):
+        load_recipe(_recipe(tmp_path, answerer[0], extra=extra))
+
+
+def test_answer_records_name_each_sample_and_count_what_they_drop():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    prompts = [Prompt(4, _turns("q4"), None), Prompt(9, _turns("q9"), tools)]
+    comps = [
+        Completion(["ok", "cut", " "], [2, 8, 1], ["stop", "length", "stop"]),
+        Completion(["yes", "fine", "x"], [3, 4, 1], ["stop", "stop", "stop"]),
+    ]
+    cfg = GenerateConfig(model="m", data="d", max_new_tokens=8, temperature=1.0, samples_per_prompt=3, min_chars=2)
+    counts = Counter()
+    recs = list(answer_records(prompts, comps, cfg, counts))
+    assert [r["id"] for r in recs] == ["4.0", "9.0", "9.1"]
+    assert recs[1]["tools"] == tools and "tools" not in recs[0]
+    assert recs[2]["messages"] == [{"role": "user", "content": "q9"}, {"role": "assistant", "content": "fine"}]
+    assert counts == {"dropped_truncated": 1, "dropped_empty": 2, "answer_tokens": 9, "answer_chars": 9}
