@@ -227,6 +227,8 @@ BLEND = """
     max_tokens: 128
     eval_tokens: 32
     device: cpu
+  distill_direct: {kind: distill, student: student, teacher: answerer, data: gen_all, seq_len: 16, batch_size: 2,
+                   max_tokens: 64, eval_tokens: 32, device: cpu}
 """
 
 
@@ -250,6 +252,10 @@ def test_tokenized_answers_are_chat_renderings_and_feed_a_blended_distill(tmp_pa
     assert corpora["answers_tok"]["weight"] == pytest.approx(0.5)
     assert corpora["answers_tok"]["realised_samples"] > 0 and corpora["prose_tok"]["realised_samples"] > 0
     assert dist["tokens"] == 128 and dist["metrics"]["heldout_kl_after"] >= 0
+    # without a blend, distill packs the answers itself, rendered with the same chat template
+    Pipeline(recipe, tmp_path / "runs", progress=False).run(until="distill_direct")
+    direct = read_manifest(runs / "distill_direct")
+    assert direct["tokens"] == 64 and "answerer" in direct["data"]["licence"]
 
 
 def test_a_rerun_reuses_the_logged_completions_and_generates_the_rest(tmp_path, answerer):
