@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evals.api import Completion, Request, Sampling
-from evals.engines import check_engine_settings, make_engine
+from evals.engines import LazyEngine, check_engine_settings
 from evals.engines.choice import AUTO, AUTO_CANDIDATES, resolve_engine
 from factory.alignment.records import CONVERSATION_FORMATS, BadRecords, Conversation, iter_conversations
 from factory.sources.produced import dataset_manifest_entry
@@ -153,14 +153,15 @@ def _read_log(path: Path) -> dict[int, Completion]:
     return done
 
 
-def _engine(cfg: GenerateConfig, model: Path, seed: int, tokens: int):
-    """The engine to generate with (``auto`` resolved for ``tokens`` generated at most)."""
+def _engine(cfg: GenerateConfig, model: Path, seed: int, tokens: int) -> LazyEngine:
+    """The engine to generate with (``auto`` resolved for ``tokens`` generated at most), built
+    when first asked to generate: a rerun whose completions are all logged loads no model."""
     name, chosen, _ = resolve_engine(cfg.engine, cfg.engine_settings, tokens)
     if name == "hf":
         own = {"device": str(resolve_device(cfg.device)), "max_batch": cfg.batch_size}
     else:
         own = {"max_num_seqs": cfg.batch_size, "seed": seed}
-    return make_engine(name, str(model), where=f"engine {name}", **{**chosen, **own, **cfg.engine_settings})
+    return LazyEngine(name, str(model), {**chosen, **own, **cfg.engine_settings}, where=f"engine {name}")
 
 
 def generate_all(ctx: StageContext, prompts: list[Prompt]) -> tuple[list[Completion], dict]:
