@@ -219,8 +219,12 @@ def format_of(path: Path, fmt: str, where: str) -> str:
 
 
 def files_of(root: Path) -> list[Path]:
+    """The data files at ``root`` (a file, or every file under a directory); a path
+    that does not exist is an error, never an empty dataset."""
     if root.is_file():
         return [root]
+    if not root.exists():
+        raise FactoryError(f"{root}: no such file or directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 

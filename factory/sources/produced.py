@@ -19,6 +19,7 @@ def dataset_manifest_entry(file: str, format: str, licence: str, records: int) -
 
 
 def dataset_from_artifact(artifact: Path, where: str) -> DatasetSpec:
+    artifact = artifact.resolve()  # a relative runs dir must not be read against the recipe's directory
     manifest = read_manifest(artifact)
     entry = (manifest or {}).get("dataset")
     if not entry:
