@@ -90,15 +90,11 @@ def parse_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The recipe as plain data with overrides merged and interpolations resolved."""
-    path = Path(path)
-    if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.y*ml"))
-        hint = f" (YAML files in it: {', '.join(inside)})" if inside else ""
-        raise FactoryError(f"{path}: is a directory, not a recipe file{hint}")
+def _load_conf(path: Path, chain: tuple[Path, ...]):
+    """The recipe file as an OmegaConf mapping, merged over the recipe it ``extends``
+    (mappings merge key by key, anything else is replaced)."""
     if not path.is_file():
-        raise FactoryError(f"{path}: no such recipe file")
+        raise FactoryError(f"{path}: no such recipe file" + (f" (extended by {chain[-1]})" if chain else ""))
     try:
         conf = OmegaConf.load(path)
     except yaml.YAMLError as e:
@@ -107,6 +103,25 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
         raise FactoryError(f"{path}: {str(e).splitlines()[0]}") from e
     if not OmegaConf.is_dict(conf):
         raise FactoryError(f"{path}: a recipe must be a mapping at the top level")
+    parent = conf.pop("extends", None)
+    if parent is None:
+        return conf
+    if not isinstance(parent, str):
+        raise ConfigError("extends", "expected the path of another recipe file", file=str(path))
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in chain or parent_path == path.resolve():
+        raise ConfigError("extends", f"{parent}: recipes extend each other in a cycle", file=str(path))
+    return OmegaConf.merge(_load_conf(parent_path, (*chain, path.resolve())), conf)
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The recipe as plain data with overrides merged and interpolations resolved."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))
+        hint = f" (YAML files in it: {', '.join(inside)})" if inside else ""
+        raise FactoryError(f"{path}: is a directory, not a recipe file{hint}")
+    conf = _load_conf(path, ())
     if overrides:
         try:
             conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(parse_overrides(list(overrides))))
