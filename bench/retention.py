@@ -44,6 +44,7 @@ from evals import results as res
 from evals import stats
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
+from foundation.artifacts import read_manifest
 from foundation.errors import FactoryError
 from foundation.host import describe as host_info
 
@@ -235,7 +236,8 @@ def collect(run_dir: Path, recipe: dict, teacher: dict, fractions: list[float], 
         label = point_label(f)
         cand = res.load_verified(ev / f"results-{label}.json")
         gate_json = json.loads((run_dir / f"gate_{label}" / "gate.json").read_text())
-        params = params_of(run_dir / recipe["stages"]["retention_eval"]["models"][label])
+        candidates_stage = recipe["stages"]["retention_eval"]["models"][label]
+        params = params_of(run_dir / candidates_stage)
         shape = json.loads((run_dir / f"{meta['prune']}_{label}" / "config.json").read_text())
         points.append(
             {
@@ -256,6 +258,8 @@ def collect(run_dir: Path, recipe: dict, teacher: dict, fractions: list[float], 
                 "scores": scores(cand),
                 "delta": deltas(cand, base, gate_json),
                 "gate_passed": gate_json["passed"],
+                # what the candidate's own stage measured (e.g. dpo's held-out reward accuracy)
+                "candidate_metrics": read_manifest(run_dir / candidates_stage)["metrics"],
             }
         )
     return {"teacher": teacher, "points": points}
@@ -277,6 +281,25 @@ def table(data: dict, keys: list[str]) -> str:
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def markdown(data: dict, keys: list[str]) -> str:
+    """The curve as a Markdown table: a column per score (value [interval], delta, verdict)."""
+    lines = ["| model | params | of teacher | " + " | ".join(keys) + " | gate |", "|---" * (len(keys) + 4) + "|"]
+    for p in data["points"]:
+        cells = []
+        for k in keys:
+            s, d = p["scores"][k], p.get("delta", {}).get(k)
+            cell = f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+            if d:
+                cell += f"; {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] {d['verdict']}"
+            cells.append(cell)
+        gate = "" if "gate_passed" not in p else ("**PASS**" if p["gate_passed"] else "FAIL")
+        name = "teacher" if p["label"] == "teacher" else f"{p['label']} ({p['target_fraction']:.2f})"
+        lines.append(
+            f"| {name} | {p['params'] / 1e6:.1f}M | {p['fraction']:.2f} | " + " | ".join(cells) + f" | {gate} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -325,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(data, indent=1) + "\n")
     keys = sorted({k for p in data["points"] for k in p.get("delta", {})})
     print(table(data, keys))
+    print(markdown(data, keys))
     print(f"written {out}")
     return data
 

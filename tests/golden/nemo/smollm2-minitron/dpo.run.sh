@@ -40,7 +40,7 @@ train() {
       model.optim.sched.constant_steps=0 \
       model.optim.sched.warmup_steps=null \
       ++model.optim.sched.warmup_ratio=0.1 \
-      trainer.dpo.max_epochs=1 \
+      trainer.dpo.max_epochs=2 \
       trainer.dpo.max_steps=-1 \
       trainer.dpo.limit_train_batches=1.0 \
       trainer.dpo.val_check_interval=1.0 \
