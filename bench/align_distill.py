@@ -39,7 +39,6 @@ from pathlib import Path
 import yaml
 
 from evals import results as res
-from evals import stats
 from factory.pipeline import Pipeline
 from factory.recipe import load_recipe
 from foundation.errors import FactoryError
@@ -98,22 +97,10 @@ def order_recipe(base: dict, fraction: float, teacher_params: int, ifeval_limit:
 
 
 def compare(ev: Path, a: str, b: str) -> dict:
-    ra, rb = res.load_verified(ev / f"results-{a}.json"), res.load_verified(ev / f"results-{b}.json")
-    out = {}
-    for task in rb["tasks"]:
-        for metric in rb["tasks"][task]["metrics"]:
-            pair = stats.paired_bootstrap(
-                res.metric_values(res.task_samples(rb, task), metric),
-                res.metric_values(res.task_samples(ra, task), metric),
-            )
-            out[f"{task}/{metric}"] = {
-                "value": pair.delta,
-                "lo": pair.ci[0],
-                "hi": pair.ci[1],
-                "p_worse": pair.p_worse,
-                "n": pair.n,
-            }
-    return out
+    """a - b on the samples both were scored on (retention.paired_deltas)."""
+    return retention.paired_deltas(
+        res.load_verified(ev / f"results-{a}.json"), res.load_verified(ev / f"results-{b}.json")
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,7 +148,7 @@ def report(data: dict) -> str:
         cells = [f"{s[k]['value']:.3f} [{s[k]['lo']:.3f}, {s[k]['hi']:.3f}]" for s in data["scores"].values()]
         for stage in ("distilled", "sft"):
             d = data["mix_minus_prose"][stage][k]
-            cells.append(f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p_worse']:.3f}")
+            cells.append(f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p']:.3f}")
         n = next(iter(data["scores"].values()))[k]["n"]
         lines.append(f"| {k} (n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -193,24 +193,27 @@ def scores(results: dict) -> dict[str, dict]:
     return out
 
 
-def deltas(cand: dict, base: dict, gate_json: dict) -> dict[str, dict]:
-    verdicts = {f"{r['task']}/{r['metric']}": r for r in gate_json["rows"]}
+def paired_deltas(cand: dict, base: dict) -> dict[str, dict]:
+    """Per task/metric of ``base``: candidate - baseline on their shared samples, with the
+    paired bootstrap's 95% interval and p-value of "the candidate is worse"."""
     out = {}
     for task in base["tasks"]:
         for metric in base["tasks"][task]["metrics"]:
             b = res.metric_values(res.task_samples(base, task), metric)
             c = res.metric_values(res.task_samples(cand, task), metric)
             pair = stats.paired_bootstrap(b, c)
-            row = verdicts.get(f"{task}/{metric}", {})
-            out[f"{task}/{metric}"] = {
-                "value": pair.delta,
-                "lo": pair.ci[0],
-                "hi": pair.ci[1],
-                "p": pair.p_worse,
-                "n": pair.n,
-                "allowed": row.get("allowed"),
-                "verdict": row.get("verdict"),
-            }
+            out[f"{task}/{metric}"] = {"value": pair.delta, "lo": pair.ci[0], "hi": pair.ci[1], "p": pair.p_worse,
+                                       "n": pair.n}  # fmt: skip
+    return out
+
+
+def deltas(cand: dict, base: dict, gate_json: dict) -> dict[str, dict]:
+    """``paired_deltas`` with each metric's allowance and verdict from the gate."""
+    verdicts = {f"{r['task']}/{r['metric']}": r for r in gate_json["rows"]}
+    out = paired_deltas(cand, base)
+    for key, d in out.items():
+        row = verdicts.get(key, {})
+        d.update(allowed=row.get("allowed"), verdict=row.get("verdict"))
     return out
 
 

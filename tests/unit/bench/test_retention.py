@@ -18,6 +18,16 @@ _spec.loader.exec_module(bench)
 DEFAULT = yaml.safe_load((ROOT / "recipes/smollm2-minitron.yaml").read_text())
 
 
+def loads(recipe: dict) -> None:
+    """Validate a cloned recipe beside the shipped ones (its relative paths resolve there)."""
+    path = ROOT / "recipes" / f".test-{recipe['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    try:
+        load_recipe(path)
+    finally:
+        path.unlink()
+
+
 def test_clone_has_one_chain_per_fraction_and_loads():
     recipe, meta = bench.curve_recipe(DEFAULT, [0.5, 0.8], 134_515_008, "recipe")
     stages = recipe["stages"]
@@ -36,13 +46,7 @@ def test_clone_has_one_chain_per_fraction_and_loads():
     for gone in ("prune", "distill", "dpo", "evaluate", "gate", "release"):
         assert gone not in stages
     assert "correct" in stages
-    # the clone is a valid recipe (references, kinds, keys)
-    path = ROOT / "recipes" / ".test-retention-clone.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    try:
-        load_recipe(path)
-    finally:
-        path.unlink()
+    loads(recipe)  # the clone is a valid recipe (references, kinds, keys)
 
 
 def test_explicit_target_shape_is_dropped_for_the_search():
@@ -104,12 +108,7 @@ def test_order_recipe_adds_a_prose_only_twin_at_equal_tokens():
     assert "dpo_p80" not in stages and "pairs_p80" not in stages and "gate_p80" not in stages
     assert stages["order_eval"]["models"] == models
     assert stages["order_eval"]["suite"]["tasks"][0] == {"task": "ifeval", "sampling": {"max_tokens": 256}}
-    path = ROOT / "recipes" / ".test-order-clone.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    try:
-        load_recipe(path)
-    finally:
-        path.unlink()
+    loads(recipe)
 
 
 def test_markdown_shows_interval_delta_and_gate():
