@@ -53,8 +53,12 @@ def test_kinds_without_a_nemo_job_run_natively_under_the_nemo_engine():
     assert chosen == {
         "correct": "nemo",
         "prune": "native",
+        "answers": "native",  # generate, tokenize and pairs have no NeMo job
+        "answers_tok": "native",
+        "prose_tok": "native",
         "distill": "nemo",
         "sft": "nemo",
+        "pairs": "native",
         "dpo": "nemo",
         "evaluate": "native",
         "gate": "native",
