@@ -29,9 +29,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_child_merges_over_its_parent_key_by_key(tmp_path):
     write(tmp_path, "base.yaml", BASE)
     child = write(
-        tmp_path,
-        "child.yaml",
-        "extends: base.yaml\nname: child\nstages:\n  prune: {target_ffn_hidden_size: 32}\n",
+        tmp_path, "child.yaml", "extends: base.yaml\nname: child\nstages:\n  prune: {target_ffn_hidden_size: 32}\n"
     )
     raw = load_raw(child)
     assert raw["name"] == "child" and "extends" not in raw
@@ -40,7 +38,9 @@ def test_child_merges_over_its_parent_key_by_key(tmp_path):
     assert raw["stages"]["correct"]["lr"] == 1.0e-4
     assert load_recipe(child).raw["stages"]["prune"]["target_ffn_hidden_size"] == 32
     # command-line overrides still come last
-    assert load_raw(child, ["stages.prune.target_ffn_hidden_size=16"])["stages"]["prune"]["target_ffn_hidden_size"] == 16
+    assert (
+        load_raw(child, ["stages.prune.target_ffn_hidden_size=16"])["stages"]["prune"]["target_ffn_hidden_size"] == 16
+    )
 
 
 def test_chains_of_extends_and_cycles(tmp_path):
