@@ -173,16 +173,18 @@ def apply_sets(recipe: dict, sets: list[str]) -> dict:
     return recipe
 
 
+def baseline_spec(base: dict, where: str) -> dict:
+    """The ``models:`` entry the recipe's gate compares against (its teacher)."""
+    evaluate = _one(base["stages"], "evaluate", where)[1]
+    gate = _one(base["stages"], "gate", where)[1]
+    return base["models"][evaluate["models"][gate["baseline"]]]
+
+
 def teacher_param_count(recipe_path: Path, base: dict) -> int:
     """The baseline model's parameters, from its materialized config."""
-    from factory.planner import param_count
     from factory.sources.models import ModelSpec, materialize
 
-    evaluate = _one(base["stages"], "evaluate", str(recipe_path))[1]
-    gate = _one(base["stages"], "gate", str(recipe_path))[1]
-    spec = base["models"][evaluate["models"][gate["baseline"]]]
-    path = materialize(ModelSpec(**spec), recipe_path.parent)
-    return param_count(json.loads((path / "config.json").read_text()))
+    return params_of(materialize(ModelSpec(**baseline_spec(base, str(recipe_path))), recipe_path.parent))
 
 
 def scores(results: dict) -> dict[str, dict]:
@@ -357,9 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _teacher_name(base: dict) -> str:
-    gate = _one(base["stages"], "gate", "recipe")[1]
-    evaluate = _one(base["stages"], "evaluate", "recipe")[1]
-    spec = base["models"][evaluate["models"][gate["baseline"]]]
+    spec = baseline_spec(base, "recipe")
     return spec.get("packaged") or spec.get("path") or str(spec)
 
 
